@@ -1,0 +1,575 @@
+//! The manifest: the immutable description of one version.
+//!
+//! Binary encoding, version 1 (all integers LEB128 varints unless noted):
+//!
+//! ```text
+//! magic "AFSM" | version u16 LE | chunker: algorithm u8 (1 = FastCDC 2020), min, avg, max
+//! annotations: count, (key str, value str)*
+//! packs: count, digest[32]*                    -- referenced by index below
+//! entries: count, entry*                       -- strictly sorted by path bytes
+//!   entry: kind u8 (0 file, 1 dir, 2 symlink), path str, mode
+//!     file:    size, digest[32], chunk count, (digest[32], len, pack index, offset, stored_len, compression u8)*
+//!     symlink: target str
+//! ```
+//!
+//! The manifest's digest is the BLAKE3 of these exact bytes. Decoding
+//! validates everything (paths, sizes, sort order, conflicts), so a decoded
+//! manifest is safe to materialize.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::FormatError;
+use crate::chunker::{ChunkParams, MAX_CHUNK_SIZE};
+use crate::codec::{Reader, put_str, put_varint};
+use crate::digest::Digest;
+use crate::path::{PATH_MAX, ancestors, validate_path};
+
+const MAGIC: &[u8; 4] = b"AFSM";
+pub const MANIFEST_VERSION: u16 = 1;
+/// Largest manifest accepted anywhere (about 5M chunks).
+pub const MANIFEST_MAX_BYTES: usize = 256 << 20;
+const ALGO_FASTCDC2020: u8 = 1;
+const ANNOTATIONS_MAX: usize = 64;
+const ANNOTATION_KEY_MAX: usize = 128;
+const ANNOTATION_VALUE_MAX: usize = 4096;
+
+/// How a chunk is stored inside its pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Zstd,
+}
+
+impl Compression {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Zstd => 1,
+        }
+    }
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        match c {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// Where a chunk's stored bytes live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkLocation {
+    pub pack: Digest,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub compression: Compression,
+}
+
+/// The largest stored form of a chunk of `len` bytes: zstd's worst case plus slack.
+pub fn max_stored_len(len: u32) -> u32 {
+    len + len / 128 + 1024
+}
+
+/// One chunk of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub digest: Digest,
+    /// Plaintext length.
+    pub len: u32,
+    #[serde(flatten)]
+    pub location: ChunkLocation,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum EntryKind {
+    File {
+        size: u64,
+        digest: Digest,
+        chunks: Vec<ChunkRef>,
+    },
+    Dir,
+    Symlink {
+        target: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub path: String,
+    /// Permission bits only (at most 0o777): no setuid, setgid or sticky bits.
+    pub mode: u32,
+    #[serde(flatten)]
+    pub kind: EntryKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Manifest {
+    pub chunking: ChunkParams,
+    pub annotations: BTreeMap<String, String>,
+    /// Sorted by path bytes, unique. Directories are listed only when empty
+    /// (or to carry a mode); parents of files are implied.
+    pub entries: Vec<Entry>,
+}
+
+/// Totals of a manifest, for listings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    pub chunks: u64,
+}
+
+impl Manifest {
+    pub fn new(chunking: ChunkParams) -> Self {
+        Self {
+            chunking,
+            annotations: BTreeMap::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// Sorts entries into their canonical order; call before [`Manifest::encode`].
+    pub fn sort(&mut self) {
+        self.entries
+            .sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    }
+
+    pub fn stats(&self) -> ManifestStats {
+        let mut s = ManifestStats::default();
+        for e in &self.entries {
+            match &e.kind {
+                EntryKind::File { size, chunks, .. } => {
+                    s.files += 1;
+                    s.bytes += size;
+                    s.chunks += chunks.len() as u64;
+                }
+                EntryKind::Dir => s.dirs += 1,
+                EntryKind::Symlink { .. } => s.symlinks += 1,
+            }
+        }
+        s
+    }
+
+    /// Every chunk the manifest references, each once.
+    pub fn unique_chunks(&self) -> HashMap<Digest, ChunkRef> {
+        let mut out = HashMap::new();
+        for e in &self.entries {
+            if let EntryKind::File { chunks, .. } = &e.kind {
+                for c in chunks {
+                    out.entry(c.digest).or_insert(*c);
+                }
+            }
+        }
+        out
+    }
+
+    /// Checks every invariant decoding checks. Encoding refuses invalid manifests.
+    pub fn validate(&self) -> Result<(), FormatError> {
+        self.chunking.validate()?;
+        let bad = |msg: String| FormatError::InvalidManifest(msg);
+        if self.annotations.len() > ANNOTATIONS_MAX {
+            return Err(bad(format!("more than {ANNOTATIONS_MAX} annotations")));
+        }
+        for (k, v) in &self.annotations {
+            if k.is_empty() || k.len() > ANNOTATION_KEY_MAX || v.len() > ANNOTATION_VALUE_MAX {
+                return Err(bad(format!("annotation {k:?} has a bad size")));
+            }
+        }
+        let mut leaves: HashSet<&str> = HashSet::new();
+        let mut prev: Option<&str> = None;
+        for e in &self.entries {
+            validate_path(&e.path)?;
+            if let Some(p) = prev {
+                if p.as_bytes() >= e.path.as_bytes() {
+                    return Err(if p == e.path {
+                        bad(format!("duplicate path {:?}", e.path))
+                    } else {
+                        bad(format!("entries not sorted at {:?}", e.path))
+                    });
+                }
+            }
+            prev = Some(&e.path);
+            if e.mode > 0o777 {
+                return Err(bad(format!(
+                    "{:?}: mode {:o} has bits beyond 0o777",
+                    e.path, e.mode
+                )));
+            }
+            match &e.kind {
+                EntryKind::File { size, chunks, .. } => {
+                    let mut total: u64 = 0;
+                    for c in chunks {
+                        if c.len == 0 || c.len > self.chunking.max {
+                            return Err(bad(format!("{:?}: chunk of {} bytes", e.path, c.len)));
+                        }
+                        let stored_ok = match c.location.compression {
+                            Compression::None => c.location.stored_len == c.len,
+                            Compression::Zstd => {
+                                c.location.stored_len > 0
+                                    && c.location.stored_len <= max_stored_len(c.len)
+                            }
+                        };
+                        if !stored_ok {
+                            return Err(bad(format!("{:?}: bad stored length", e.path)));
+                        }
+                        total += u64::from(c.len);
+                    }
+                    if total != *size {
+                        return Err(bad(format!(
+                            "{:?}: chunks sum to {total}, size is {size}",
+                            e.path
+                        )));
+                    }
+                    leaves.insert(&e.path);
+                }
+                EntryKind::Symlink { target } => {
+                    if target.is_empty() || target.len() > PATH_MAX || target.contains('\0') {
+                        return Err(bad(format!("{:?}: bad symlink target", e.path)));
+                    }
+                    leaves.insert(&e.path);
+                }
+                EntryKind::Dir => {}
+            }
+        }
+        for e in &self.entries {
+            if let Some(a) = ancestors(&e.path).find(|a| leaves.contains(a)) {
+                return Err(bad(format!(
+                    "{:?} is inside {a:?}, which is not a directory",
+                    e.path
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The canonical bytes; their digest is the manifest's digest.
+    pub fn encode(&self) -> Result<Vec<u8>, FormatError> {
+        self.validate()?;
+        let mut packs: Vec<Digest> = Vec::new();
+        let mut pack_index: HashMap<Digest, u64> = HashMap::new();
+        for e in &self.entries {
+            if let EntryKind::File { chunks, .. } = &e.kind {
+                for c in chunks {
+                    pack_index.entry(c.location.pack).or_insert_with(|| {
+                        packs.push(c.location.pack);
+                        packs.len() as u64 - 1
+                    });
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(64 + self.entries.len() * 64);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
+        out.push(ALGO_FASTCDC2020);
+        put_varint(&mut out, self.chunking.min.into());
+        put_varint(&mut out, self.chunking.avg.into());
+        put_varint(&mut out, self.chunking.max.into());
+        put_varint(&mut out, self.annotations.len() as u64);
+        for (k, v) in &self.annotations {
+            put_str(&mut out, k);
+            put_str(&mut out, v);
+        }
+        put_varint(&mut out, packs.len() as u64);
+        for p in &packs {
+            out.extend_from_slice(p.as_bytes());
+        }
+        put_varint(&mut out, self.entries.len() as u64);
+        for e in &self.entries {
+            let kind = match e.kind {
+                EntryKind::File { .. } => 0,
+                EntryKind::Dir => 1,
+                EntryKind::Symlink { .. } => 2,
+            };
+            out.push(kind);
+            put_str(&mut out, &e.path);
+            put_varint(&mut out, e.mode.into());
+            match &e.kind {
+                EntryKind::File {
+                    size,
+                    digest,
+                    chunks,
+                } => {
+                    put_varint(&mut out, *size);
+                    out.extend_from_slice(digest.as_bytes());
+                    put_varint(&mut out, chunks.len() as u64);
+                    for c in chunks {
+                        out.extend_from_slice(c.digest.as_bytes());
+                        put_varint(&mut out, c.len.into());
+                        put_varint(&mut out, pack_index[&c.location.pack]);
+                        put_varint(&mut out, c.location.offset);
+                        put_varint(&mut out, c.location.stored_len.into());
+                        out.push(c.location.compression.code());
+                    }
+                }
+                EntryKind::Dir => {}
+                EntryKind::Symlink { target } => put_str(&mut out, target),
+            }
+        }
+        if out.len() > MANIFEST_MAX_BYTES {
+            return Err(FormatError::TooLarge {
+                what: "manifest",
+                max: MANIFEST_MAX_BYTES,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Parses and validates manifest bytes from any source.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        if bytes.len() > MANIFEST_MAX_BYTES {
+            return Err(FormatError::TooLarge {
+                what: "manifest",
+                max: MANIFEST_MAX_BYTES,
+            });
+        }
+        let mut r = Reader::new(bytes, "manifest");
+        if r.bytes(4)? != MAGIC {
+            return Err(r.err("not an AetherFS manifest (bad magic)"));
+        }
+        let v = r.bytes(2)?;
+        let version = u16::from_le_bytes([v[0], v[1]]);
+        if version != MANIFEST_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                what: "manifest",
+                version,
+            });
+        }
+        if r.u8()? != ALGO_FASTCDC2020 {
+            return Err(r.err("unknown chunking algorithm"));
+        }
+        let chunking = ChunkParams {
+            min: r.varint_max(u32::MAX.into(), "chunk min")? as u32,
+            avg: r.varint_max(u32::MAX.into(), "chunk avg")? as u32,
+            max: r.varint_max(u32::MAX.into(), "chunk max")? as u32,
+        };
+        chunking.validate()?;
+        let mut annotations = BTreeMap::new();
+        let n = r.count(2, "annotation")?;
+        if n > ANNOTATIONS_MAX {
+            return Err(r.err("too many annotations"));
+        }
+        for _ in 0..n {
+            let k = r.str(ANNOTATION_KEY_MAX, "annotation key")?.to_string();
+            let v = r.str(ANNOTATION_VALUE_MAX, "annotation value")?.to_string();
+            if annotations.insert(k, v).is_some() {
+                return Err(r.err("duplicate annotation"));
+            }
+        }
+        let n = r.count(32, "pack")?;
+        let mut packs = Vec::with_capacity(n);
+        for _ in 0..n {
+            packs.push(r.digest()?);
+        }
+        let n = r.count(3, "entry")?;
+        let mut entries = Vec::with_capacity(n);
+        let max_chunk = u64::from(MAX_CHUNK_SIZE);
+        for _ in 0..n {
+            let kind = r.u8()?;
+            let path = r.str(PATH_MAX, "path")?.to_string();
+            let mode = r.varint_max(0o777, "mode")? as u32;
+            let kind = match kind {
+                0 => {
+                    let size = r.varint()?;
+                    let digest = r.digest()?;
+                    let count = r.count(37, "chunk")?;
+                    let mut chunks = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        let digest = r.digest()?;
+                        let len = r.varint_max(max_chunk, "chunk length")? as u32;
+                        let p = r.varint()?;
+                        let pack = *packs
+                            .get(p as usize)
+                            .ok_or_else(|| r.err("pack index out of range"))?;
+                        let offset = r.varint()?;
+                        let stored_len = r
+                            .varint_max(max_stored_len(MAX_CHUNK_SIZE).into(), "stored length")?
+                            as u32;
+                        let compression = Compression::from_code(r.u8()?)
+                            .ok_or_else(|| r.err("unknown compression"))?;
+                        chunks.push(ChunkRef {
+                            digest,
+                            len,
+                            location: ChunkLocation {
+                                pack,
+                                offset,
+                                stored_len,
+                                compression,
+                            },
+                        });
+                    }
+                    EntryKind::File {
+                        size,
+                        digest,
+                        chunks,
+                    }
+                }
+                1 => EntryKind::Dir,
+                2 => EntryKind::Symlink {
+                    target: r.str(PATH_MAX, "symlink target")?.to_string(),
+                },
+                k => return Err(r.err(format!("unknown entry kind {k}"))),
+            };
+            entries.push(Entry { path, mode, kind });
+        }
+        r.finish()?;
+        let m = Manifest {
+            chunking,
+            annotations,
+            entries,
+        };
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// The JSON rendering served by the API and printed by `inspect`.
+    pub fn to_json(&self, digest: &Digest, with_files: bool) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "digest": digest,
+            "version": MANIFEST_VERSION,
+            "chunking": { "algorithm": "fastcdc-2020", "min": self.chunking.min, "avg": self.chunking.avg, "max": self.chunking.max },
+            "annotations": self.annotations,
+            "stats": self.stats(),
+        });
+        if with_files {
+            v["entries"] = serde_json::to_value(&self.entries).unwrap_or_default();
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        let pack = Digest::of(b"pack");
+        let c1 = ChunkRef {
+            digest: Digest::of(b"one"),
+            len: 3,
+            location: ChunkLocation {
+                pack,
+                offset: 8,
+                stored_len: 3,
+                compression: Compression::None,
+            },
+        };
+        let mut m = Manifest::new(ChunkParams::default());
+        m.annotations
+            .insert("created".into(), "2026-11-21T00:00:00Z".into());
+        m.entries = vec![
+            Entry {
+                path: "a/empty".into(),
+                mode: 0o755,
+                kind: EntryKind::Dir,
+            },
+            Entry {
+                path: "a/f.txt".into(),
+                mode: 0o644,
+                kind: EntryKind::File {
+                    size: 3,
+                    digest: Digest::of(b"one"),
+                    chunks: vec![c1],
+                },
+            },
+            Entry {
+                path: "a/link".into(),
+                mode: 0o777,
+                kind: EntryKind::Symlink {
+                    target: "f.txt".into(),
+                },
+            },
+            Entry {
+                path: "données.csv".into(),
+                mode: 0o600,
+                kind: EntryKind::File {
+                    size: 0,
+                    digest: Digest::of(b""),
+                    chunks: vec![],
+                },
+            },
+        ];
+        m.sort();
+        m
+    }
+
+    #[test]
+    fn round_trips() {
+        let m = sample();
+        let bytes = m.encode().unwrap();
+        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        assert_eq!(m.encode().unwrap(), bytes, "encoding is deterministic");
+        let json = m.to_json(&Digest::of(&bytes), true);
+        assert_eq!(json["stats"]["files"], 2);
+        assert_eq!(json["entries"][1]["type"], "file");
+    }
+
+    #[test]
+    fn rejects_bad_paths_and_conflicts() {
+        let file = |p: &str| Entry {
+            path: p.into(),
+            mode: 0o644,
+            kind: EntryKind::File {
+                size: 0,
+                digest: Digest::of(b""),
+                chunks: vec![],
+            },
+        };
+        for entries in [
+            vec![file("../x")],
+            vec![file("/etc/passwd")],
+            vec![file("a"), file("a")],
+            vec![file("a"), file("a/b")],
+            vec![file("a/./b")],
+            vec![file("b"), file("a")],
+        ] {
+            let m = Manifest {
+                entries: entries.clone(),
+                ..Manifest::new(ChunkParams::default())
+            };
+            assert!(m.encode().is_err(), "{entries:?} accepted");
+        }
+    }
+
+    #[test]
+    fn rejects_size_mismatch_and_setuid() {
+        let mut m = sample();
+        if let EntryKind::File { size, .. } = &mut m.entries[1].kind {
+            *size = 4;
+        }
+        assert!(m.encode().is_err());
+        let mut m = sample();
+        m.entries[0].mode = 0o4755;
+        assert!(m.encode().is_err());
+    }
+
+    #[test]
+    fn decoding_truncated_or_mutated_bytes_never_panics() {
+        let bytes = sample().encode().unwrap();
+        for cut in 0..bytes.len() {
+            assert!(Manifest::decode(&bytes[..cut]).is_err());
+        }
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                let _ = Manifest::decode(&b);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let mut b = b"AFSM\x01\x00\x01".to_vec();
+            b.extend_from_slice(&data);
+            let _ = Manifest::decode(&b);
+            let _ = Manifest::decode(&data);
+        }
+    }
+}
