@@ -50,11 +50,7 @@ pub enum Expected {
 impl FromStr for Expected {
     type Err = crate::FormatError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "absent" {
-            Ok(Expected::Absent)
-        } else {
-            s.parse().map(Expected::Digest)
-        }
+        if s == "absent" { Ok(Expected::Absent) } else { s.parse().map(Expected::Digest) }
     }
 }
 

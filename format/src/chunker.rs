@@ -26,11 +26,7 @@ pub struct ChunkParams {
 
 impl Default for ChunkParams {
     fn default() -> Self {
-        Self {
-            min: 16 << 10,
-            avg: 64 << 10,
-            max: 256 << 10,
-        }
+        Self { min: 16 << 10, avg: 64 << 10, max: 256 << 10 }
     }
 }
 
@@ -46,11 +42,7 @@ impl ChunkParams {
             && min % 2 == 0
             && avg % 2 == 0
             && max % 2 == 0;
-        if ok {
-            Ok(())
-        } else {
-            Err(FormatError::InvalidChunkParams { min, avg, max })
-        }
+        if ok { Ok(()) } else { Err(FormatError::InvalidChunkParams { min, avg, max }) }
     }
 
     fn masks(&self) -> (u64, u64) {
@@ -61,16 +53,7 @@ impl ChunkParams {
     /// at least `max` bytes unless it is the end of the file.
     fn next_cut(&self, window: &[u8], masks: (u64, u64)) -> usize {
         let (s, l) = masks;
-        let (_, n) = cut(
-            window,
-            self.min as usize,
-            self.avg as usize,
-            self.max as usize,
-            s,
-            l,
-            s << 1,
-            l << 1,
-        );
+        let (_, n) = cut(window, self.min as usize, self.avg as usize, self.max as usize, s, l, s << 1, l << 1);
         n
     }
 
@@ -111,11 +94,7 @@ pub fn chunk_reader<R: Read>(params: &ChunkParams, reader: R) -> io::Result<File
     chunk_reader_with_buffer(params, reader, STREAM_BUFFER)
 }
 
-fn chunk_reader_with_buffer<R: Read>(
-    params: &ChunkParams,
-    mut reader: R,
-    buffer: usize,
-) -> io::Result<FileChunks> {
+fn chunk_reader_with_buffer<R: Read>(params: &ChunkParams, mut reader: R, buffer: usize) -> io::Result<FileChunks> {
     let masks = params.masks();
     let max = params.max as usize;
     let mut buf = vec![0u8; buffer.max(2 * max)];
@@ -137,22 +116,14 @@ fn chunk_reader_with_buffer<R: Read>(
             let n = params.next_cut(&buf[pos..len], masks).max(1);
             let bytes = &buf[pos..pos + n];
             whole.update(bytes);
-            chunks.push(ChunkInfo {
-                offset,
-                len: n as u32,
-                digest: Digest::of(bytes),
-            });
+            chunks.push(ChunkInfo { offset, len: n as u32, digest: Digest::of(bytes) });
             offset += n as u64;
             pos += n;
         }
         buf.copy_within(pos..len, 0);
         len -= pos;
         if eof && len == 0 {
-            return Ok(FileChunks {
-                chunks,
-                size: offset,
-                digest: whole.finalize(),
-            });
+            return Ok(FileChunks { chunks, size: offset, digest: whole.finalize() });
         }
     }
 }
@@ -177,28 +148,15 @@ mod tests {
     #[test]
     fn golden_cut_points() {
         let data = pseudo_random(2 << 20, 0x5eed);
-        let lens: Vec<usize> = ChunkParams::default()
-            .cut_points(&data)
-            .iter()
-            .map(|c| c.1)
-            .collect();
-        assert_eq!(
-            Digest::of(&data).to_string(),
-            GOLDEN_DIGEST,
-            "the test data itself changed"
-        );
-        assert_eq!(
-            lens, GOLDEN_LENS,
-            "FastCDC cut points moved: chunking format changed"
-        );
+        let lens: Vec<usize> = ChunkParams::default().cut_points(&data).iter().map(|c| c.1).collect();
+        assert_eq!(Digest::of(&data).to_string(), GOLDEN_DIGEST, "the test data itself changed");
+        assert_eq!(lens, GOLDEN_LENS, "FastCDC cut points moved: chunking format changed");
     }
 
-    const GOLDEN_DIGEST: &str =
-        "blake3:a936e2b44f5591b87f612520cfe047acd9a66d44b5a5f877af5961d0829be77d";
+    const GOLDEN_DIGEST: &str = "blake3:a936e2b44f5591b87f612520cfe047acd9a66d44b5a5f877af5961d0829be77d";
     const GOLDEN_LENS: &[usize] = &[
-        70860, 32337, 69488, 147106, 80103, 19470, 35570, 67267, 41465, 26848, 68082, 83047,
-        140936, 216461, 86767, 72455, 130483, 45945, 35398, 62093, 42331, 113856, 43231, 42272,
-        70884, 16592, 22440, 132241, 27559, 53565,
+        70860, 32337, 69488, 147106, 80103, 19470, 35570, 67267, 41465, 26848, 68082, 83047, 140936, 216461, 86767,
+        72455, 130483, 45945, 35398, 62093, 42331, 113856, 43231, 42272, 70884, 16592, 22440, 132241, 27559, 53565,
     ];
 
     #[test]
@@ -208,11 +166,7 @@ mod tests {
         let expected = params.cut_points(&data);
         for buffer in [params.max as usize * 2, 600_001, 8 << 20] {
             let got = chunk_reader_with_buffer(&params, &data[..], buffer).unwrap();
-            let got: Vec<(usize, usize)> = got
-                .chunks
-                .iter()
-                .map(|c| (c.offset as usize, c.len as usize))
-                .collect();
+            let got: Vec<(usize, usize)> = got.chunks.iter().map(|c| (c.offset as usize, c.len as usize)).collect();
             assert_eq!(got, expected, "buffer {buffer}");
         }
         let fc = chunk_reader(&params, &data[..]).unwrap();
@@ -242,52 +196,18 @@ mod tests {
         let data = pseudo_random(4 << 20, 11);
         let mut edited = data.clone();
         edited.splice(1_000_000..1_000_000, b"inserted bytes".iter().copied());
-        let a: std::collections::HashSet<_> = params
-            .cut_points(&data)
-            .iter()
-            .map(|&(o, l)| Digest::of(&data[o..o + l]))
-            .collect();
+        let a: std::collections::HashSet<_> =
+            params.cut_points(&data).iter().map(|&(o, l)| Digest::of(&data[o..o + l])).collect();
         let b = params.cut_points(&edited);
-        let shared = b
-            .iter()
-            .filter(|&&(o, l)| a.contains(&Digest::of(&edited[o..o + l])))
-            .count();
-        assert!(
-            shared + 3 >= b.len(),
-            "only {shared} of {} chunks survived an insertion",
-            b.len()
-        );
+        let shared = b.iter().filter(|&&(o, l)| a.contains(&Digest::of(&edited[o..o + l]))).count();
+        assert!(shared + 3 >= b.len(), "only {shared} of {} chunks survived an insertion", b.len());
     }
 
     #[test]
     fn params_validation() {
         assert!(ChunkParams::default().validate().is_ok());
-        assert!(
-            ChunkParams {
-                min: 0,
-                avg: 64,
-                max: 128
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            ChunkParams {
-                min: 16 << 10,
-                avg: 64 << 10,
-                max: 64 << 20
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            ChunkParams {
-                min: 128 << 10,
-                avg: 64 << 10,
-                max: 256 << 10
-            }
-            .validate()
-            .is_err()
-        );
+        assert!(ChunkParams { min: 0, avg: 64, max: 128 }.validate().is_err());
+        assert!(ChunkParams { min: 16 << 10, avg: 64 << 10, max: 64 << 20 }.validate().is_err());
+        assert!(ChunkParams { min: 128 << 10, avg: 64 << 10, max: 256 << 10 }.validate().is_err());
     }
 }

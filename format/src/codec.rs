@@ -29,11 +29,7 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn err(&self, msg: impl Into<String>) -> FormatError {
-        FormatError::Corrupt {
-            what: self.what,
-            offset: self.pos,
-            msg: msg.into(),
-        }
+        FormatError::Corrupt { what: self.what, offset: self.pos, msg: msg.into() }
     }
 
     pub(crate) fn remaining(&self) -> usize {

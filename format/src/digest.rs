@@ -35,11 +35,7 @@ impl Digest {
 
     /// Parses the bare hex form (no `blake3:` prefix).
     pub fn from_hex(s: &str) -> Result<Self, FormatError> {
-        if s.len() != 64
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(FormatError::InvalidDigest(truncate(s)));
         }
         let mut out = [0u8; 32];
@@ -121,10 +117,7 @@ mod tests {
     fn round_trips_and_matches_b3sum() {
         // b3sum of the empty input.
         let d = Digest::of(b"");
-        assert_eq!(
-            d.to_string(),
-            "blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
-        );
+        assert_eq!(d.to_string(), "blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
     }
 

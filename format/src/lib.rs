@@ -17,18 +17,14 @@ mod path;
 
 pub use chunker::{ChunkInfo, ChunkParams, FileChunks, chunk_reader};
 pub use digest::{Digest, Hasher};
-pub use manifest::{
-    ChunkLocation, ChunkRef, Compression, Entry, EntryKind, Manifest, ManifestStats,
-};
+pub use manifest::{ChunkLocation, ChunkRef, Compression, Entry, EntryKind, Manifest, ManifestStats};
 pub use name::{Name, Reference, Tag};
 pub use path::{ancestors, validate_path};
 
 /// Everything that can be wrong with data handed to this crate.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum FormatError {
-    #[error(
-        "invalid dataset name {0:?}: use lower-case segments [a-z0-9] separated by '/', '.', '_' or '-'"
-    )]
+    #[error("invalid dataset name {0:?}: use lower-case segments [a-z0-9] separated by '/', '.', '_' or '-'")]
     InvalidName(String),
     #[error("invalid tag {0:?}: up to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'")]
     InvalidTag(String),
@@ -43,11 +39,7 @@ pub enum FormatError {
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
     #[error("corrupt {what} at byte {offset}: {msg}")]
-    Corrupt {
-        what: &'static str,
-        offset: usize,
-        msg: String,
-    },
+    Corrupt { what: &'static str, offset: usize, msg: String },
     #[error("unsupported {what} version {version}")]
     UnsupportedVersion { what: &'static str, version: u16 },
     #[error("{what} larger than {max} bytes")]

@@ -86,15 +86,9 @@ pub struct ChunkRef {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum EntryKind {
-    File {
-        size: u64,
-        digest: Digest,
-        chunks: Vec<ChunkRef>,
-    },
+    File { size: u64, digest: Digest, chunks: Vec<ChunkRef> },
     Dir,
-    Symlink {
-        target: String,
-    },
+    Symlink { target: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -127,17 +121,12 @@ pub struct ManifestStats {
 
 impl Manifest {
     pub fn new(chunking: ChunkParams) -> Self {
-        Self {
-            chunking,
-            annotations: BTreeMap::new(),
-            entries: Vec::new(),
-        }
+        Self { chunking, annotations: BTreeMap::new(), entries: Vec::new() }
     }
 
     /// Sorts entries into their canonical order; call before [`Manifest::encode`].
     pub fn sort(&mut self) {
-        self.entries
-            .sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+        self.entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     }
 
     pub fn stats(&self) -> ManifestStats {
@@ -196,10 +185,7 @@ impl Manifest {
             }
             prev = Some(&e.path);
             if e.mode > 0o777 {
-                return Err(bad(format!(
-                    "{:?}: mode {:o} has bits beyond 0o777",
-                    e.path, e.mode
-                )));
+                return Err(bad(format!("{:?}: mode {:o} has bits beyond 0o777", e.path, e.mode)));
             }
             match &e.kind {
                 EntryKind::File { size, chunks, .. } => {
@@ -211,8 +197,7 @@ impl Manifest {
                         let stored_ok = match c.location.compression {
                             Compression::None => c.location.stored_len == c.len,
                             Compression::Zstd => {
-                                c.location.stored_len > 0
-                                    && c.location.stored_len <= max_stored_len(c.len)
+                                c.location.stored_len > 0 && c.location.stored_len <= max_stored_len(c.len)
                             }
                         };
                         if !stored_ok {
@@ -221,10 +206,7 @@ impl Manifest {
                         total += u64::from(c.len);
                     }
                     if total != *size {
-                        return Err(bad(format!(
-                            "{:?}: chunks sum to {total}, size is {size}",
-                            e.path
-                        )));
+                        return Err(bad(format!("{:?}: chunks sum to {total}, size is {size}", e.path)));
                     }
                     leaves.insert(&e.path);
                 }
@@ -239,10 +221,7 @@ impl Manifest {
         }
         for e in &self.entries {
             if let Some(a) = ancestors(&e.path).find(|a| leaves.contains(a)) {
-                return Err(bad(format!(
-                    "{:?} is inside {a:?}, which is not a directory",
-                    e.path
-                )));
+                return Err(bad(format!("{:?} is inside {a:?}, which is not a directory", e.path)));
             }
         }
         Ok(())
@@ -290,11 +269,7 @@ impl Manifest {
             put_str(&mut out, &e.path);
             put_varint(&mut out, e.mode.into());
             match &e.kind {
-                EntryKind::File {
-                    size,
-                    digest,
-                    chunks,
-                } => {
+                EntryKind::File { size, digest, chunks } => {
                     put_varint(&mut out, *size);
                     out.extend_from_slice(digest.as_bytes());
                     put_varint(&mut out, chunks.len() as u64);
@@ -312,10 +287,7 @@ impl Manifest {
             }
         }
         if out.len() > MANIFEST_MAX_BYTES {
-            return Err(FormatError::TooLarge {
-                what: "manifest",
-                max: MANIFEST_MAX_BYTES,
-            });
+            return Err(FormatError::TooLarge { what: "manifest", max: MANIFEST_MAX_BYTES });
         }
         Ok(out)
     }
@@ -323,10 +295,7 @@ impl Manifest {
     /// Parses and validates manifest bytes from any source.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         if bytes.len() > MANIFEST_MAX_BYTES {
-            return Err(FormatError::TooLarge {
-                what: "manifest",
-                max: MANIFEST_MAX_BYTES,
-            });
+            return Err(FormatError::TooLarge { what: "manifest", max: MANIFEST_MAX_BYTES });
         }
         let mut r = Reader::new(bytes, "manifest");
         if r.bytes(4)? != MAGIC {
@@ -335,10 +304,7 @@ impl Manifest {
         let v = r.bytes(2)?;
         let version = u16::from_le_bytes([v[0], v[1]]);
         if version != MANIFEST_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                what: "manifest",
-                version,
-            });
+            return Err(FormatError::UnsupportedVersion { what: "manifest", version });
         }
         if r.u8()? != ALGO_FASTCDC2020 {
             return Err(r.err("unknown chunking algorithm"));
@@ -383,46 +349,27 @@ impl Manifest {
                         let digest = r.digest()?;
                         let len = r.varint_max(max_chunk, "chunk length")? as u32;
                         let p = r.varint()?;
-                        let pack = *packs
-                            .get(p as usize)
-                            .ok_or_else(|| r.err("pack index out of range"))?;
+                        let pack = *packs.get(p as usize).ok_or_else(|| r.err("pack index out of range"))?;
                         let offset = r.varint()?;
-                        let stored_len = r
-                            .varint_max(max_stored_len(MAX_CHUNK_SIZE).into(), "stored length")?
-                            as u32;
-                        let compression = Compression::from_code(r.u8()?)
-                            .ok_or_else(|| r.err("unknown compression"))?;
+                        let stored_len = r.varint_max(max_stored_len(MAX_CHUNK_SIZE).into(), "stored length")? as u32;
+                        let compression =
+                            Compression::from_code(r.u8()?).ok_or_else(|| r.err("unknown compression"))?;
                         chunks.push(ChunkRef {
                             digest,
                             len,
-                            location: ChunkLocation {
-                                pack,
-                                offset,
-                                stored_len,
-                                compression,
-                            },
+                            location: ChunkLocation { pack, offset, stored_len, compression },
                         });
                     }
-                    EntryKind::File {
-                        size,
-                        digest,
-                        chunks,
-                    }
+                    EntryKind::File { size, digest, chunks }
                 }
                 1 => EntryKind::Dir,
-                2 => EntryKind::Symlink {
-                    target: r.str(PATH_MAX, "symlink target")?.to_string(),
-                },
+                2 => EntryKind::Symlink { target: r.str(PATH_MAX, "symlink target")?.to_string() },
                 k => return Err(r.err(format!("unknown entry kind {k}"))),
             };
             entries.push(Entry { path, mode, kind });
         }
         r.finish()?;
-        let m = Manifest {
-            chunking,
-            annotations,
-            entries,
-        };
+        let m = Manifest { chunking, annotations, entries };
         m.validate()?;
         Ok(m)
     }
@@ -452,46 +399,22 @@ mod tests {
         let c1 = ChunkRef {
             digest: Digest::of(b"one"),
             len: 3,
-            location: ChunkLocation {
-                pack,
-                offset: 8,
-                stored_len: 3,
-                compression: Compression::None,
-            },
+            location: ChunkLocation { pack, offset: 8, stored_len: 3, compression: Compression::None },
         };
         let mut m = Manifest::new(ChunkParams::default());
-        m.annotations
-            .insert("created".into(), "2026-11-21T00:00:00Z".into());
+        m.annotations.insert("created".into(), "2026-11-21T00:00:00Z".into());
         m.entries = vec![
-            Entry {
-                path: "a/empty".into(),
-                mode: 0o755,
-                kind: EntryKind::Dir,
-            },
+            Entry { path: "a/empty".into(), mode: 0o755, kind: EntryKind::Dir },
             Entry {
                 path: "a/f.txt".into(),
                 mode: 0o644,
-                kind: EntryKind::File {
-                    size: 3,
-                    digest: Digest::of(b"one"),
-                    chunks: vec![c1],
-                },
+                kind: EntryKind::File { size: 3, digest: Digest::of(b"one"), chunks: vec![c1] },
             },
-            Entry {
-                path: "a/link".into(),
-                mode: 0o777,
-                kind: EntryKind::Symlink {
-                    target: "f.txt".into(),
-                },
-            },
+            Entry { path: "a/link".into(), mode: 0o777, kind: EntryKind::Symlink { target: "f.txt".into() } },
             Entry {
                 path: "données.csv".into(),
                 mode: 0o600,
-                kind: EntryKind::File {
-                    size: 0,
-                    digest: Digest::of(b""),
-                    chunks: vec![],
-                },
+                kind: EntryKind::File { size: 0, digest: Digest::of(b""), chunks: vec![] },
             },
         ];
         m.sort();
@@ -514,11 +437,7 @@ mod tests {
         let file = |p: &str| Entry {
             path: p.into(),
             mode: 0o644,
-            kind: EntryKind::File {
-                size: 0,
-                digest: Digest::of(b""),
-                chunks: vec![],
-            },
+            kind: EntryKind::File { size: 0, digest: Digest::of(b""), chunks: vec![] },
         };
         for entries in [
             vec![file("../x")],
@@ -528,10 +447,7 @@ mod tests {
             vec![file("a/./b")],
             vec![file("b"), file("a")],
         ] {
-            let m = Manifest {
-                entries: entries.clone(),
-                ..Manifest::new(ChunkParams::default())
-            };
+            let m = Manifest { entries: entries.clone(), ..Manifest::new(ChunkParams::default()) };
             assert!(m.encode().is_err(), "{entries:?} accepted");
         }
     }

@@ -43,12 +43,7 @@ pub struct PackEntry {
 
 impl PackEntry {
     pub fn location(&self, pack: Digest) -> ChunkLocation {
-        ChunkLocation {
-            pack,
-            offset: self.offset,
-            stored_len: self.stored_len,
-            compression: self.compression,
-        }
+        ChunkLocation { pack, offset: self.offset, stored_len: self.stored_len, compression: self.compression }
     }
 }
 
@@ -79,11 +74,7 @@ impl PackBuilder {
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&VERSION.to_le_bytes());
         buf.extend_from_slice(&[0, 0]);
-        Self {
-            buf,
-            entries: Vec::new(),
-            plain_bytes: 0,
-        }
+        Self { buf, entries: Vec::new(), plain_bytes: 0 }
     }
 
     /// Bytes so far, for deciding when a pack is full.
@@ -111,13 +102,7 @@ impl PackBuilder {
             self.buf.extend_from_slice(plain);
         }
         let stored_len = (self.buf.len() as u64 - offset) as u32;
-        self.entries.push(PackEntry {
-            digest,
-            offset,
-            stored_len,
-            len: plain.len() as u32,
-            compression,
-        });
+        self.entries.push(PackEntry { digest, offset, stored_len, len: plain.len() as u32, compression });
         self.plain_bytes += plain.len() as u64;
     }
 
@@ -126,16 +111,10 @@ impl PackBuilder {
         let index = encode_index(&self.entries);
         self.buf.extend_from_slice(&index);
         self.buf.extend_from_slice(&index_offset.to_le_bytes());
-        self.buf
-            .extend_from_slice(&(index.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(&(index.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(MAGIC);
         let digest = Digest::of(&self.buf);
-        BuiltPack {
-            bytes: self.buf,
-            digest,
-            entries: self.entries,
-            plain_bytes: self.plain_bytes,
-        }
+        BuiltPack { bytes: self.buf, digest, entries: self.entries, plain_bytes: self.plain_bytes }
     }
 }
 
@@ -156,11 +135,7 @@ pub fn encode_index(entries: &[PackEntry]) -> Vec<u8> {
 }
 
 fn corrupt(msg: impl Into<String>) -> FormatError {
-    FormatError::Corrupt {
-        what: "pack",
-        offset: 0,
-        msg: msg.into(),
-    }
+    FormatError::Corrupt { what: "pack", offset: 0, msg: msg.into() }
 }
 
 fn le_u32(b: &[u8]) -> u32 {
@@ -181,10 +156,7 @@ pub fn decode_index(bytes: &[u8], data_end: Option<u64>) -> Result<Vec<PackEntry
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
     if version != VERSION {
-        return Err(FormatError::UnsupportedVersion {
-            what: "pack index",
-            version,
-        });
+        return Err(FormatError::UnsupportedVersion { what: "pack index", version });
     }
     let count = le_u32(&bytes[6..10]) as usize;
     if bytes.len() != INDEX_HEADER_LEN + count * INDEX_ENTRY_LEN {
@@ -200,8 +172,7 @@ pub fn decode_index(bytes: &[u8], data_end: Option<u64>) -> Result<Vec<PackEntry
             offset: le_u64(&raw[32..40]),
             stored_len: le_u32(&raw[40..44]),
             len: le_u32(&raw[44..48]),
-            compression: Compression::from_code(raw[48])
-                .ok_or_else(|| corrupt("unknown compression"))?,
+            compression: Compression::from_code(raw[48]).ok_or_else(|| corrupt("unknown compression"))?,
         };
         let stored_ok = match e.compression {
             Compression::None => e.stored_len == e.len,
@@ -211,10 +182,7 @@ pub fn decode_index(bytes: &[u8], data_end: Option<u64>) -> Result<Vec<PackEntry
             return Err(corrupt(format!("chunk {} has bad lengths", e.digest)));
         }
         if data_end.is_some() && e.offset != next {
-            return Err(corrupt(format!(
-                "chunk {} is not where the index says",
-                e.digest
-            )));
+            return Err(corrupt(format!("chunk {} is not where the index says", e.digest)));
         }
         if e.offset < next {
             return Err(corrupt("index entries overlap or are unsorted"));
@@ -234,10 +202,7 @@ pub fn decode_index(bytes: &[u8], data_end: Option<u64>) -> Result<Vec<PackEntry
 /// layout but not the chunk contents.
 pub fn parse_pack(bytes: &[u8]) -> Result<(std::ops::Range<usize>, Vec<PackEntry>), FormatError> {
     if bytes.len() > PACK_MAX_BYTES {
-        return Err(FormatError::TooLarge {
-            what: "pack",
-            max: PACK_MAX_BYTES,
-        });
+        return Err(FormatError::TooLarge { what: "pack", max: PACK_MAX_BYTES });
     }
     if bytes.len() < HEADER_LEN as usize + INDEX_HEADER_LEN + FOOTER_LEN
         || &bytes[..4] != MAGIC
@@ -247,10 +212,7 @@ pub fn parse_pack(bytes: &[u8]) -> Result<(std::ops::Range<usize>, Vec<PackEntry
     }
     let version = u16::from_le_bytes([bytes[4], bytes[5]]);
     if version != VERSION {
-        return Err(FormatError::UnsupportedVersion {
-            what: "pack",
-            version,
-        });
+        return Err(FormatError::UnsupportedVersion { what: "pack", version });
     }
     let footer = &bytes[bytes.len() - FOOTER_LEN..];
     let index_offset = le_u64(&footer[..8]);
@@ -285,9 +247,7 @@ pub fn decode_chunk(
     let mismatch = || FormatError::ChunkMismatch { digest: *digest };
     let plain = match compression {
         Compression::None => stored.to_vec(),
-        Compression::Zstd => {
-            zstd::bulk::decompress(stored, len as usize).map_err(|_| mismatch())?
-        }
+        Compression::Zstd => zstd::bulk::decompress(stored, len as usize).map_err(|_| mismatch())?,
     };
     if plain.len() != len as usize || Digest::of(&plain) != *digest {
         return Err(mismatch());
@@ -300,11 +260,7 @@ mod tests {
     use super::*;
 
     fn build() -> (BuiltPack, Vec<Vec<u8>>) {
-        let chunks = vec![
-            vec![7u8; 5000],
-            b"incompressible?".to_vec(),
-            (0..=255u8).cycle().take(9000).collect(),
-        ];
+        let chunks = vec![vec![7u8; 5000], b"incompressible?".to_vec(), (0..=255u8).cycle().take(9000).collect()];
         let mut b = PackBuilder::new();
         for c in &chunks {
             b.add(Digest::of(c), c, true);
@@ -323,10 +279,7 @@ mod tests {
         assert_eq!(entries[1].compression, Compression::None);
         for (e, c) in entries.iter().zip(&chunks) {
             let s = &p.bytes[e.offset as usize..(e.offset + e.stored_len as u64) as usize];
-            assert_eq!(
-                &decode_chunk(s, e.len, e.compression, &e.digest).unwrap(),
-                c
-            );
+            assert_eq!(&decode_chunk(s, e.len, e.compression, &e.digest).unwrap(), c);
         }
     }
 

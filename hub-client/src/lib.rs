@@ -1,1 +1,16 @@
+//! The AetherFS hub client: a typed client of the hub's REST API, and the
+//! push and pull engines built on it. Both engines report progress as events
+//! so the CLI can draw bars and tests can count.
 
+mod client;
+mod error;
+pub mod fetch;
+mod hashing;
+mod pull;
+mod push;
+pub mod walk;
+
+pub use client::HubClient;
+pub use error::ClientError;
+pub use pull::{PullEvent, PullOptions, PullReport, pull};
+pub use push::{Progress, PushEvent, PushOptions, PushReport, push};

@@ -1,0 +1,134 @@
+//! The command line: one binary, `aetherfs`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "aetherfs",
+    version,
+    about = "Versioned datasets, pushed and pulled by changed blocks",
+    long_about = "AetherFS distributes datasets (SQLite/DuckDB databases, lookup tables, model files) as \
+immutable, content-addressed versions. Push a directory to a hub, tag it, and pull it anywhere: \
+only the chunks a side lacks cross the network.\n\n\
+Start a hub on local storage:   aetherfs hub\n\
+Push a directory:               aetherfs push ./geoip acme/geoip:2026.11 --tag latest\n\
+Pull it elsewhere:              aetherfs pull acme/geoip:latest ./geoip",
+    after_help = "Exit status is 0 on success and non-zero on any failure, with one line on stderr saying what went wrong."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Hub URL.
+    #[arg(long, global = true, env = "AETHERFS_HUB", default_value = "http://127.0.0.1:7070")]
+    pub hub: String,
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress bars or summaries; errors only.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a hub server.
+    Hub(HubArgs),
+    /// Push a directory as a new version of a dataset and tag it.
+    Push(PushArgs),
+    /// Pull a version into a directory, reusing the data it already holds.
+    Pull(PullArgs),
+    /// Point a tag at the version a reference names.
+    Tag(TagArgs),
+    /// List datasets, a dataset's tags (NAME), or a tag's history (NAME:TAG).
+    Ls(LsArgs),
+    /// Show a version's manifest.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HubArgs {
+    /// Address to listen on.
+    #[arg(long, env = "AETHERFS_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Where data lives: file:///DIR, s3://BUCKET/PREFIX (AWS_* environment
+    /// variables apply, e.g. AWS_ENDPOINT for S3-compatible stores) or memory://.
+    /// Default: a data directory under $AETHERFS_DATA_DIR, $XDG_DATA_HOME or ~/.local/share.
+    #[arg(long, env = "AETHERFS_STORAGE")]
+    pub storage: Option<String>,
+    /// Largest pack upload accepted, in MiB.
+    #[arg(long, default_value_t = 128)]
+    pub max_pack_mib: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// Directory to push.
+    pub dir: PathBuf,
+    /// Dataset, optionally with a tag: NAME[:TAG].
+    pub reference: String,
+    /// More tags to point at the new version (repeatable). Without any tag, `latest`.
+    #[arg(long = "tag", short = 't')]
+    pub tags: Vec<String>,
+    /// Annotation KEY=VALUE stored in the manifest (repeatable).
+    #[arg(long = "annotation", short = 'a')]
+    pub annotations: Vec<String>,
+    /// Store chunks uncompressed.
+    #[arg(long)]
+    pub no_compress: bool,
+    /// Packs uploaded at once.
+    #[arg(long, default_value_t = 4)]
+    pub uploads: usize,
+    /// Target pack size in MiB (16–64 suits S3).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=96))]
+    pub pack_mib: u16,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// NAME[:TAG][@DIGEST]; the tag defaults to `latest`.
+    pub reference: String,
+    /// Directory to write the version into (created if missing).
+    pub dir: PathBuf,
+    /// Remove files and directories the version does not have.
+    #[arg(long)]
+    pub delete: bool,
+    /// Skip fsync before each file is renamed into place (faster, not crash-safe).
+    #[arg(long)]
+    pub no_fsync: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    /// The version to tag: NAME[:TAG][@DIGEST].
+    pub source: String,
+    /// The tag to move: NAME:TAG. NAME may differ from the source's dataset.
+    pub target: String,
+    /// Compare-and-swap: move only if the tag currently points at DIGEST
+    /// (or `absent`: only if it does not exist).
+    #[arg(long)]
+    pub expect: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// NAME to list its tags, NAME:TAG for that tag's history.
+    pub target: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// NAME[:TAG][@DIGEST].
+    pub reference: String,
+    /// List every file, directory and symlink.
+    #[arg(long)]
+    pub files: bool,
+}

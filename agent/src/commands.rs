@@ -1,0 +1,39 @@
+//! One module per subcommand.
+
+mod hub;
+mod inspect;
+mod ls;
+mod pull;
+mod push;
+mod tag;
+
+use aetherfs_format::Reference;
+use aetherfs_hub_client::HubClient;
+use anyhow::{Context, Result};
+
+use crate::cli::{Cli, Command, GlobalArgs};
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let g = cli.global;
+    match cli.command {
+        Command::Hub(a) => hub::run(a).await,
+        Command::Push(a) => push::run(&g, a).await,
+        Command::Pull(a) => pull::run(&g, a).await,
+        Command::Tag(a) => tag::run(&g, a).await,
+        Command::Ls(a) => ls::run(&g, a).await,
+        Command::Inspect(a) => inspect::run(&g, a).await,
+    }
+}
+
+pub(crate) fn client(g: &GlobalArgs) -> Result<HubClient> {
+    Ok(HubClient::new(&g.hub)?)
+}
+
+pub(crate) fn parse_ref(s: &str) -> Result<Reference> {
+    s.parse::<Reference>().with_context(|| format!("bad reference {s:?}"))
+}
+
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Malformed input gets the right 4xx (or a one-line CLI error) and stores nothing.
+
+use aetherfs_format::{ChunkLocation, ChunkParams, ChunkRef, Compression, Digest, Entry, EntryKind, Manifest};
+use serde_json::Value;
+
+use crate::harness::{Hub, run_err};
+
+fn empty_file(path: &str) -> Entry {
+    Entry { path: path.into(), mode: 0o644, kind: EntryKind::File { size: 0, digest: Digest::of(b""), chunks: vec![] } }
+}
+
+/// A valid manifest's bytes with one path rewritten (same length), as a
+/// hostile client would send it.
+fn patched(paths: &[&str], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut m = Manifest::new(ChunkParams::default());
+    m.entries = paths.iter().map(|p| empty_file(p)).collect();
+    m.sort();
+    let mut bytes = m.encode().unwrap();
+    let pos = bytes.windows(from.len()).position(|w| w == from.as_bytes()).unwrap();
+    bytes[pos..pos + from.len()].copy_from_slice(to.as_bytes());
+    bytes
+}
+
+async fn put_manifest(hub: &Hub, name: &str, body: Vec<u8>) -> (u16, Value) {
+    let digest = Digest::of(&body);
+    let r = reqwest::Client::new()
+        .put(format!("{}/v1/datasets/{name}/manifests/{digest}", hub.url))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_requests_get_clear_4xx_and_store_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&format!("file://{}", data.path().display()));
+    let http = reqwest::Client::new();
+
+    for (paths, from, to) in [
+        (&["ab/x"][..], "ab/x", "../x"),
+        (&["aetc/passwd"][..], "aetc/passwd", "/etc/passwd"),
+        (&["a1", "a2"][..], "a2", "a1"),
+        (&["a/b/c"][..], "a/b/c", "a//bc"),
+    ] {
+        let (status, body) = put_manifest(&hub, "acme/x", patched(paths, from, to)).await;
+        assert_eq!(status, 400, "{to}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_manifest", "{to}: {body}");
+    }
+
+    // A manifest naming a chunk the hub does not have.
+    let mut m = Manifest::new(ChunkParams::default());
+    let ghost = Digest::of(b"ghost");
+    m.entries = vec![Entry {
+        path: "f".into(),
+        mode: 0o644,
+        kind: EntryKind::File {
+            size: 5,
+            digest: ghost,
+            chunks: vec![ChunkRef {
+                digest: ghost,
+                len: 5,
+                location: ChunkLocation {
+                    pack: Digest::of(b"p"),
+                    offset: 8,
+                    stored_len: 5,
+                    compression: Compression::None,
+                },
+            }],
+        },
+    }];
+    let (status, body) = put_manifest(&hub, "acme/x", m.encode().unwrap()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("missing_chunks")), "{body}");
+
+    // Body digest not matching the URL.
+    let good = patched(&["ok"], "ok", "ok");
+    let r = http
+        .put(format!("{}/v1/datasets/acme/x/manifests/{}", hub.url, Digest::of(b"other")))
+        .body(good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Malformed names, tags, digests and bodies.
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (http.get(format!("{}/v1/datasets/Bad_Name/tags", hub.url)), 400, "invalid_name"),
+        (http.get(format!("{}/v1/datasets/acme/x/tags/-bad", hub.url)), 400, "invalid_tag"),
+        (http.get(format!("{}/v1/datasets/acme/x/manifests/blake3:zz", hub.url)), 400, "invalid_digest"),
+        (http.get(format!("{}/v1/packs/sha256:00", hub.url)), 400, "invalid_digest"),
+        (
+            http.get(format!("{}/v1/datasets/acme/x/manifests/{}", hub.url, Digest::of(b"none"))),
+            404,
+            "manifest_not_found",
+        ),
+        (http.get(format!("{}/v1/packs/{}", hub.url, Digest::of(b"none"))), 404, "pack_not_found"),
+        (http.get(format!("{}/v1/datasets/acme/x/tags/latest", hub.url)), 404, "tag_not_found"),
+        (
+            http.put(format!("{}/v1/datasets/acme/x/tags/latest", hub.url))
+                .json(&serde_json::json!({"digest": Digest::of(b"none").to_string()})),
+            404,
+            "manifest_not_found",
+        ),
+        (
+            http.put(format!("{}/v1/datasets/acme/x/tags/latest", hub.url))
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "invalid_json",
+        ),
+        (
+            http.post(format!("{}/v1/chunks/missing", hub.url)).json(&serde_json::json!({"digests": ["blake3:nope"]})),
+            400,
+            "invalid_json",
+        ),
+        (http.get(format!("{}/v1/nothing-here", hub.url)), 404, "not_found"),
+    ];
+    for (req, status, code) in cases {
+        let r = req.send().await.unwrap();
+        let got = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+
+    // An oversized pack is refused before it is stored.
+    let big = vec![0u8; 129 << 20];
+    let r = http.put(format!("{}/v1/packs/{}", hub.url, Digest::of(&big))).body(big).send().await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 413);
+    }
+
+    // Nothing of the above was stored.
+    let list: Value = http.get(format!("{}/v1/datasets", hub.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["datasets"], serde_json::json!([]), "{list}");
+    assert!(
+        !data.path().join("packs").exists() || std::fs::read_dir(data.path().join("packs")).unwrap().next().is_none()
+    );
+}
+
+#[test]
+fn the_cli_rejects_malformed_references_with_one_line() {
+    let hub = Hub::start("memory://");
+    let src = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["push", src.path().to_str().unwrap(), "Bad/Name"],
+        vec!["push", src.path().to_str().unwrap(), "acme/x:-tag"],
+        vec!["push", src.path().to_str().unwrap(), "acme/x", "--tag", "a/b"],
+        vec!["pull", "acme/x@blake3:123", "/tmp/never"],
+        vec!["tag", "acme/x:v1", "acme/x"],
+        vec!["inspect", "acme//x"],
+    ] {
+        let out = run_err(hub.cmd().args(&args));
+        let msg = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(msg.trim().lines().count(), 1, "{args:?}: {msg}");
+        assert!(msg.starts_with("error: "), "{args:?}: {msg}");
+    }
+    // A directory that does not exist.
+    let out = run_err(hub.cmd().args(["push", "/nonexistent/dir", "acme/x"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir"));
+}

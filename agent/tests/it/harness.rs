@@ -1,0 +1,290 @@
+//! One harness for the end-to-end tests: starts real processes (the hub, moto
+//! S3), waits for their readiness, and stops them on drop, even when a test
+//! fails.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_aetherfs");
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A hub running as a real `aetherfs hub` process on an ephemeral port.
+pub struct Hub {
+    pub url: String,
+    pub storage: String,
+    envs: Vec<(String, String)>,
+    proc: Option<Proc>,
+}
+
+impl Hub {
+    pub fn start(storage: &str) -> Hub {
+        Self::start_with_env(storage, &[])
+    }
+
+    pub fn start_with_env(storage: &str, envs: &[(String, String)]) -> Hub {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["hub", "--listen", "127.0.0.1:0", "--storage", storage])
+            .env("AETHERFS_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn aetherfs hub");
+        let stderr = child.stderr.take().expect("hub stderr");
+        let proc = Proc { child, name: "hub" };
+        let (tx, rx) = mpsc::channel();
+        // Read the announced address, then keep forwarding the hub's stderr
+        // to the test's, so failures show the hub's logs.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    if let Some(tx) = tx.take() {
+                        let url = rest.split_whitespace().next().unwrap_or_default().to_string();
+                        let _ = tx.send(url);
+                    }
+                }
+                eprintln!("[hub] {line}");
+            }
+        });
+        let url = rx.recv_timeout(START_TIMEOUT).expect("hub did not announce its address");
+        wait_http_ok(&url, "/readyz");
+        Hub { url, storage: storage.to_string(), envs: envs.to_vec(), proc: Some(proc) }
+    }
+
+    /// Stops the hub (as SIGKILL would) and starts a new one on the same storage.
+    pub fn restart(&mut self) {
+        self.stop();
+        let new = Hub::start_with_env(&self.storage, &self.envs);
+        *self = new;
+    }
+
+    pub fn stop(&mut self) {
+        self.proc.take();
+    }
+
+    /// An `aetherfs` command pointed at this hub.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("AETHERFS_HUB", &self.url).env("AETHERFS_LOG", "warn").stdin(Stdio::null());
+        c
+    }
+
+    pub fn client(&self) -> aetherfs_hub_client::HubClient {
+        aetherfs_hub_client::HubClient::new(&self.url).expect("client")
+    }
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{:?} failed with {}\nstdout: {}\nstderr: {}",
+        cmd,
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail; returns its output.
+pub fn run_err(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run command");
+    assert!(
+        !out.status.success(),
+        "{:?} should have failed\nstdout: {}\nstderr: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Polls `url+path` until it answers 200 (the server's own readiness signal).
+pub fn wait_http_ok(base: &str, path: &str) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if http_status(base, path) == Some(200) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{base}{path} never became ready");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn http_status(base: &str, path: &str) -> Option<u16> {
+    let hostport = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = TcpStream::connect(hostport).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Finds a program on PATH, failing with a note on how CI installs it.
+pub fn require(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(program);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{program} is not installed: run .ci/run (or see README.md) to install the test peers");
+}
+
+/// moto's S3 server on an ephemeral port, with one bucket.
+pub struct Moto {
+    pub endpoint: String,
+    _proc: Proc,
+}
+
+impl Moto {
+    pub fn start(bucket: &str) -> Moto {
+        let bin = require("moto_server");
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn moto_server");
+        let proc = Proc { child, name: "moto" };
+        let endpoint = format!("http://127.0.0.1:{port}");
+        wait_http_ok(&endpoint, "/moto-api/");
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect moto");
+        write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .expect("create bucket");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("moto answer");
+        assert!(resp.starts_with("HTTP/1.1 200"), "bucket creation failed: {resp}");
+        Moto { endpoint, _proc: proc }
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+/// Deterministic random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+/// Runs SQL through the real `sqlite3` CLI.
+pub fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new(require("sqlite3")).arg(db).arg(sql).output().expect("run sqlite3");
+    assert!(out.status.success(), "sqlite3 failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every entry under `root` with its type, permission bits and, for
+/// symlinks, target: what `diff -r` does not compare.
+pub fn tree_meta(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).expect("read_dir") {
+            let e = e.expect("entry");
+            let p = e.path();
+            let rel = p.strip_prefix(root).expect("prefix").to_string_lossy().into_owned();
+            let m = std::fs::symlink_metadata(&p).expect("lstat");
+            let desc = if m.file_type().is_symlink() {
+                format!("link -> {}", std::fs::read_link(&p).expect("readlink").display())
+            } else if m.is_dir() {
+                walk(root, &p, out);
+                format!("dir {:o}", m.permissions().mode() & 0o7777)
+            } else {
+                format!("file {:o} {}", m.permissions().mode() & 0o7777, m.len())
+            };
+            out.insert(rel, desc);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// `diff -r` (not following symlinks) must find no difference.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let out = Command::new("diff").arg("-r").arg("--no-dereference").arg(a).arg(b).output().expect("run diff");
+    assert!(
+        out.status.success(),
+        "diff -r found differences:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tree_meta(a), tree_meta(b), "types, modes or symlink targets differ");
+}
+
+/// The dataset tree every round trip uses.
+pub fn make_tree(root: &Path, big: usize) {
+    let w = |p: &str, data: &[u8]| {
+        let p = root.join(p);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, data).expect("write");
+    };
+    w("README.txt", b"example dataset\n");
+    w("nested/deeper/deepest/leaf.csv", b"id,name\n1,a\n2,b\n");
+    w("empty.bin", b"");
+    w("données/été-日本語.txt", "non-ASCII names survive\n".as_bytes());
+    w("bin/run.sh", b"#!/bin/sh\necho hello\n");
+    std::fs::set_permissions(root.join("bin/run.sh"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    w("private/key.txt", b"secret-ish\n");
+    std::fs::set_permissions(root.join("private/key.txt"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::create_dir_all(root.join("empty-dir")).expect("mkdir");
+    std::fs::create_dir_all(root.join("nested/empty-too")).expect("mkdir");
+    std::os::unix::fs::symlink("nested/deeper/deepest/leaf.csv", root.join("leaf-link")).expect("symlink");
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling-link")).expect("symlink");
+    w("big/random.bin", &random_bytes(big, 42));
+    let db = root.join("db/example.sqlite");
+    std::fs::create_dir_all(db.parent().expect("parent")).expect("mkdir");
+    sqlite(
+        &db,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, v REAL);
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<20000)
+         INSERT INTO t SELECT x, 'row-' || x, x * 0.5 FROM c;",
+    );
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests through the real `aetherfs` binary and real peers
+//! (sqlite3, diff, moto's S3 server).
+
+mod harness;
+
+mod bad_input;
+mod concurrency;
+mod dedup;
+mod integrity;
+mod roundtrip;

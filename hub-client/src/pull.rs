@@ -1,0 +1,588 @@
+//! The pull engine: materialize a version in a directory, moving only the
+//! chunks the directory does not already hold.
+//!
+//! 1. Fetch the manifest and verify it against its digest.
+//! 2. Index the directory: chunk every regular file already there with the
+//!    manifest's parameters. Files identical to the version are left alone;
+//!    every other chunk found becomes a local source.
+//! 3. Plan: files (in manifest order) are grouped into batches of about
+//!    16 MiB to fetch; a batch's remote chunks are coalesced into range reads
+//!    (see [`crate::fetch`]). A chunk needed twice in a batch is fetched once.
+//! 4. Run a few batches at once. In each, an async task streams the range
+//!    reads in order with bounded look-ahead into a blocking writer, which
+//!    writes each file to a temporary file beside its destination, verifies
+//!    every chunk (remote or local) and the whole-file digest, sets the mode,
+//!    syncs, and renames it into place. A failure leaves the old file intact
+//!    and removes the temporary one.
+//! 5. Symlinks and empty directories, directory modes, then (optionally)
+//!    removal of entries the version does not have.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, Permissions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aetherfs_format::pack::decode_chunk;
+use aetherfs_format::{ChunkRef, Digest, EntryKind, Hasher, Manifest, Name, ancestors};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt, stream};
+use tokio::sync::mpsc;
+
+use crate::client::HubClient;
+use crate::error::ClientError;
+use crate::fetch::{ChunkWant, RangeRead, coalesce};
+use crate::hashing::hash_files;
+use crate::push::Progress;
+use crate::walk::{LocalKind, Strictness, walk};
+
+const TMP_PREFIX: &str = ".aetherfs-tmp-";
+const BATCH_FETCH_BYTES: u64 = 16 << 20;
+const BATCH_MAX_FILES: usize = 512;
+
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    /// Batches of files written at once.
+    pub batches: usize,
+    /// Range reads in flight per batch.
+    pub lookahead: usize,
+    /// Threads indexing the files already in the directory.
+    pub threads: usize,
+    /// Remove entries the version does not have.
+    pub delete: bool,
+    /// fsync each file before renaming it into place.
+    pub fsync: bool,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        Self {
+            batches: 4,
+            lookahead: 4,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            delete: false,
+            fsync: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum PullEvent {
+    Resolved {
+        digest: Digest,
+        files: u64,
+        bytes: u64,
+    },
+    /// Incremental: bytes of existing files indexed.
+    Indexed {
+        bytes: u64,
+    },
+    Planned {
+        fetch_bytes: u64,
+        reuse_bytes: u64,
+        unchanged_files: u64,
+    },
+    /// Incremental: bytes received from the hub.
+    Fetched {
+        bytes: u64,
+    },
+    /// A file was written.
+    Written {
+        path: String,
+    },
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PullReport {
+    pub name: String,
+    pub digest: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub files_written: u64,
+    pub files_unchanged: u64,
+    /// Bytes received from the hub (stored form, so after compression).
+    pub fetched_bytes: u64,
+    pub range_requests: u64,
+    /// Plaintext bytes copied from files already in the directory.
+    pub reused_bytes: u64,
+    pub removed: u64,
+    /// Entries in the directory that the version does not have, left in place.
+    pub extraneous: u64,
+}
+
+#[derive(Clone)]
+struct LocalChunk {
+    path: PathBuf,
+    offset: u64,
+}
+
+enum Source {
+    /// The next chunk of the batch's range stream.
+    Remote,
+    /// Fetched earlier in this batch.
+    Again,
+    Local(LocalChunk),
+}
+
+struct PlannedFile {
+    path: String,
+    mode: u32,
+    digest: Digest,
+    chunks: Vec<(ChunkRef, Source)>,
+}
+
+struct Batch {
+    files: Vec<PlannedFile>,
+    ranges: Vec<RangeRead>,
+    /// Digests needed again after their first fetch in this batch.
+    keep: HashSet<Digest>,
+}
+
+struct Counters {
+    fetched: AtomicU64,
+    requests: AtomicU64,
+    reused: AtomicU64,
+    written: AtomicU64,
+}
+
+/// Pulls `name@digest` into `dir`.
+pub async fn pull(
+    client: &HubClient,
+    name: &Name,
+    digest: &Digest,
+    dir: &Path,
+    opts: &PullOptions,
+    progress: Progress<PullEvent>,
+) -> Result<PullReport, ClientError> {
+    let (manifest, _) = client.get_manifest(name, digest).await?;
+    let stats = manifest.stats();
+    progress(PullEvent::Resolved { digest: *digest, files: stats.files, bytes: stats.bytes });
+    fs::create_dir_all(dir).map_err(|e| ClientError::io(dir.display(), e))?;
+    let manifest = Arc::new(manifest);
+
+    let (unchanged, local) = {
+        let (dir, manifest, progress, threads) = (dir.to_path_buf(), manifest.clone(), progress.clone(), opts.threads);
+        tokio::task::spawn_blocking(move || index_local(&dir, &manifest, threads, &progress))
+            .await
+            .map_err(|e| ClientError::Invalid(format!("index task failed: {e}")))??
+    };
+
+    let (batches, fetch_bytes, reuse_bytes) = plan(&manifest, &unchanged, &local);
+    progress(PullEvent::Planned { fetch_bytes, reuse_bytes, unchanged_files: unchanged.len() as u64 });
+
+    let counters = Arc::new(Counters {
+        fetched: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
+        reused: AtomicU64::new(0),
+        written: AtomicU64::new(0),
+    });
+    stream::iter(batches)
+        .map(|b| run_batch(client, dir, b, opts, counters.clone(), progress.clone()))
+        .buffer_unordered(opts.batches.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let (dir2, manifest2, unchanged2, delete) = (dir.to_path_buf(), manifest.clone(), unchanged.clone(), opts.delete);
+    let (removed, extraneous) =
+        tokio::task::spawn_blocking(move || finish_tree(&dir2, &manifest2, &unchanged2, delete))
+            .await
+            .map_err(|e| ClientError::Invalid(format!("finish task failed: {e}")))??;
+
+    Ok(PullReport {
+        name: name.to_string(),
+        digest: digest.to_string(),
+        files: stats.files,
+        bytes: stats.bytes,
+        files_written: counters.written.load(Ordering::Relaxed),
+        files_unchanged: unchanged.len() as u64,
+        fetched_bytes: counters.fetched.load(Ordering::Relaxed),
+        range_requests: counters.requests.load(Ordering::Relaxed),
+        reused_bytes: counters.reused.load(Ordering::Relaxed),
+        removed,
+        extraneous,
+    })
+}
+
+/// Chunks the files already in `dir`. Returns the manifest paths whose file
+/// is already exactly right, and where every other chunk can be found.
+fn index_local(
+    dir: &Path,
+    manifest: &Manifest,
+    threads: usize,
+    progress: &Progress<PullEvent>,
+) -> Result<(Arc<HashSet<String>>, HashMap<Digest, LocalChunk>), ClientError> {
+    let wanted: HashMap<&str, (u64, Digest)> = manifest
+        .entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EntryKind::File { size, digest, .. } => Some((e.path.as_str(), (*size, *digest))),
+            _ => None,
+        })
+        .collect();
+    let needed: HashSet<Digest> = manifest.unique_chunks().into_keys().collect();
+    let files: Vec<(String, u64)> = walk(dir, Strictness::Skip)?
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            LocalKind::File { size } if size > 0 && !file_name(&e.path).starts_with(TMP_PREFIX) => Some((e.path, size)),
+            _ => None,
+        })
+        .collect();
+    let on_bytes = |bytes| progress(PullEvent::Indexed { bytes });
+    let results = hash_files(dir, &files, &manifest.chunking, threads, false, &on_bytes);
+    let mut unchanged = HashSet::new();
+    let mut local = HashMap::new();
+    for ((path, size), r) in files.into_iter().zip(results) {
+        // Unreadable files are simply not reused.
+        let Ok(fc) = r else { continue };
+        if wanted.get(path.as_str()) == Some(&(size, fc.digest)) {
+            unchanged.insert(path.clone());
+        }
+        let full = dir.join(&path);
+        for c in fc.chunks {
+            if needed.contains(&c.digest) {
+                local.entry(c.digest).or_insert_with(|| LocalChunk { path: full.clone(), offset: c.offset });
+            }
+        }
+    }
+    // Empty files are always "unchanged" when an empty file is there already.
+    for e in &manifest.entries {
+        if let EntryKind::File { size: 0, .. } = e.kind {
+            if fs::symlink_metadata(dir.join(&e.path)).is_ok_and(|m| m.is_file() && m.len() == 0) {
+                unchanged.insert(e.path.clone());
+            }
+        }
+    }
+    Ok((Arc::new(unchanged), local))
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn plan(
+    manifest: &Manifest,
+    unchanged: &HashSet<String>,
+    local: &HashMap<Digest, LocalChunk>,
+) -> (Vec<Batch>, u64, u64) {
+    let mut batches = Vec::new();
+    let (mut files, mut wants, mut seen, mut keep) = (Vec::new(), Vec::new(), HashSet::new(), HashSet::new());
+    let (mut batch_bytes, mut fetch_bytes, mut reuse_bytes) = (0u64, 0u64, 0u64);
+    let mut flush = |files: &mut Vec<PlannedFile>,
+                     wants: &mut Vec<ChunkWant>,
+                     seen: &mut HashSet<Digest>,
+                     keep: &mut HashSet<Digest>| {
+        if !files.is_empty() {
+            batches.push(Batch {
+                files: std::mem::take(files),
+                ranges: coalesce(std::mem::take(wants)),
+                keep: std::mem::take(keep),
+            });
+        }
+        seen.clear();
+    };
+    for e in &manifest.entries {
+        let EntryKind::File { digest, chunks, .. } = &e.kind else { continue };
+        if unchanged.contains(&e.path) {
+            continue;
+        }
+        let mut planned = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            let source = if let Some(l) = local.get(&c.digest) {
+                reuse_bytes += u64::from(c.len);
+                Source::Local(l.clone())
+            } else if seen.contains(&c.digest) {
+                keep.insert(c.digest);
+                Source::Again
+            } else {
+                seen.insert(c.digest);
+                wants.push(ChunkWant { digest: c.digest, len: c.len, location: c.location });
+                batch_bytes += u64::from(c.location.stored_len);
+                fetch_bytes += u64::from(c.location.stored_len);
+                Source::Remote
+            };
+            planned.push((*c, source));
+        }
+        files.push(PlannedFile { path: e.path.clone(), mode: e.mode, digest: *digest, chunks: planned });
+        if batch_bytes >= BATCH_FETCH_BYTES || files.len() >= BATCH_MAX_FILES {
+            flush(&mut files, &mut wants, &mut seen, &mut keep);
+            batch_bytes = 0;
+        }
+    }
+    flush(&mut files, &mut wants, &mut seen, &mut keep);
+    (batches, fetch_bytes, reuse_bytes)
+}
+
+async fn run_batch(
+    client: &HubClient,
+    dir: &Path,
+    batch: Batch,
+    opts: &PullOptions,
+    counters: Arc<Counters>,
+    progress: Progress<PullEvent>,
+) -> Result<(), ClientError> {
+    let lookahead = opts.lookahead.max(1);
+    let (tx, rx) = mpsc::channel::<Result<(RangeRead, Bytes), ClientError>>(lookahead);
+    let ranges = batch.ranges.clone();
+    let fetcher = {
+        let (client, counters, progress) = (client.clone(), counters.clone(), progress.clone());
+        async move {
+            let mut s = stream::iter(ranges)
+                .map(|r| {
+                    let client = client.clone();
+                    async move {
+                        let data = client.read_pack_range(&r.pack, r.offset, r.len).await?;
+                        Ok::<_, ClientError>((r, data))
+                    }
+                })
+                .buffered(lookahead);
+            while let Some(item) = s.next().await {
+                if let Ok((r, _)) = &item {
+                    counters.fetched.fetch_add(r.len, Ordering::Relaxed);
+                    counters.requests.fetch_add(1, Ordering::Relaxed);
+                    progress(PullEvent::Fetched { bytes: r.len });
+                }
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        }
+    };
+    let writer = {
+        let (dir, client, fsync) = (dir.to_path_buf(), client.clone(), opts.fsync);
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let mut w = BatchWriter { rx, current: None, kept: HashMap::new(), handle, client };
+            w.write_all(&dir, batch.files, &batch.keep, fsync, &counters, &progress)
+        })
+    };
+    let (_, written) = tokio::join!(fetcher, writer);
+    written.map_err(|e| ClientError::Invalid(format!("writer task failed: {e}")))?
+}
+
+struct BatchWriter {
+    rx: mpsc::Receiver<Result<(RangeRead, Bytes), ClientError>>,
+    /// The range being consumed, and how many of its chunks are used.
+    current: Option<(RangeRead, Bytes, usize)>,
+    kept: HashMap<Digest, Arc<Vec<u8>>>,
+    handle: tokio::runtime::Handle,
+    client: HubClient,
+}
+
+impl BatchWriter {
+    fn write_all(
+        &mut self,
+        dir: &Path,
+        files: Vec<PlannedFile>,
+        keep: &HashSet<Digest>,
+        fsync: bool,
+        counters: &Counters,
+        progress: &Progress<PullEvent>,
+    ) -> Result<(), ClientError> {
+        for f in files {
+            self.write_file(dir, &f, keep, fsync, counters)?;
+            counters.written.fetch_add(1, Ordering::Relaxed);
+            progress(PullEvent::Written { path: f.path });
+        }
+        Ok(())
+    }
+
+    fn write_file(
+        &mut self,
+        dir: &Path,
+        f: &PlannedFile,
+        keep: &HashSet<Digest>,
+        fsync: bool,
+        counters: &Counters,
+    ) -> Result<(), ClientError> {
+        let dest = dir.join(&f.path);
+        let parent = prepare_parent(dir, &f.path)?;
+        let io = |e| ClientError::io(&f.path, e);
+        let tmp = tempfile::Builder::new().prefix(TMP_PREFIX).tempfile_in(&parent).map_err(io)?;
+        let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
+        let mut hasher = Hasher::new();
+        for (c, source) in &f.chunks {
+            let plain: Arc<Vec<u8>> = match source {
+                Source::Remote => {
+                    let p = Arc::new(self.next_remote(c, &f.path)?);
+                    if keep.contains(&c.digest) {
+                        self.kept.insert(c.digest, p.clone());
+                    }
+                    p
+                }
+                Source::Again => match self.kept.get(&c.digest) {
+                    Some(p) => p.clone(),
+                    None => Arc::new(self.fetch_one(c, &f.path)?),
+                },
+                Source::Local(l) => {
+                    let p = Arc::new(self.read_local(l, c, &f.path)?);
+                    counters.reused.fetch_add(u64::from(c.len), Ordering::Relaxed);
+                    p
+                }
+            };
+            hasher.update(&plain);
+            out.write_all(&plain).map_err(io)?;
+        }
+        out.flush().map_err(io)?;
+        drop(out);
+        if hasher.finalize() != f.digest {
+            return Err(ClientError::Integrity { path: f.path.clone(), what: "file", digest: f.digest });
+        }
+        tmp.as_file().set_permissions(Permissions::from_mode(f.mode)).map_err(io)?;
+        if fsync {
+            tmp.as_file().sync_data().map_err(io)?;
+        }
+        if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+            fs::remove_dir_all(&dest).map_err(io)?;
+        }
+        tmp.persist(&dest).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+
+    /// The next chunk from the range stream, verified.
+    fn next_remote(&mut self, c: &ChunkRef, path: &str) -> Result<Vec<u8>, ClientError> {
+        if self.current.as_ref().is_none_or(|(r, _, used)| *used >= r.chunks.len()) {
+            let next =
+                self.rx.blocking_recv().ok_or_else(|| ClientError::Invalid("range stream ended early".into()))??;
+            self.current = Some((next.0, next.1, 0));
+        }
+        let Some((range, data, used)) = self.current.as_mut() else {
+            return Err(ClientError::Invalid("no range to read".into()));
+        };
+        let want = range.chunks[*used];
+        *used += 1;
+        if want.digest != c.digest {
+            return Err(ClientError::Invalid(format!("{path}: fetch plan out of order")));
+        }
+        let stored = range.slice(data, &want);
+        decode_chunk(stored, c.len, c.location.compression, &c.digest).map_err(|_| ClientError::Integrity {
+            path: path.to_string(),
+            what: "chunk",
+            digest: c.digest,
+        })
+    }
+
+    fn fetch_one(&self, c: &ChunkRef, path: &str) -> Result<Vec<u8>, ClientError> {
+        self.handle.block_on(self.client.read_chunk(&c.digest, c.len, &c.location)).map_err(|e| match e {
+            ClientError::Format(_) => {
+                ClientError::Integrity { path: path.to_string(), what: "chunk", digest: c.digest }
+            }
+            e => e,
+        })
+    }
+
+    /// A chunk from a file already on disk; if that file changed since it
+    /// was indexed, the chunk is fetched instead.
+    fn read_local(&self, l: &LocalChunk, c: &ChunkRef, path: &str) -> Result<Vec<u8>, ClientError> {
+        let mut buf = vec![0u8; c.len as usize];
+        let ok = File::open(&l.path).and_then(|f| f.read_exact_at(&mut buf, l.offset)).is_ok();
+        if ok && Digest::of(&buf) == c.digest {
+            return Ok(buf);
+        }
+        self.fetch_one(c, path)
+    }
+}
+
+/// Makes sure every parent directory of `rel` is a real directory (not a
+/// file, nor a symlink that could lead outside `dir`) and returns the parent.
+fn prepare_parent(dir: &Path, rel: &str) -> Result<PathBuf, ClientError> {
+    let mut parent = dir.to_path_buf();
+    for a in ancestors(rel) {
+        let p = dir.join(a);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(&p).map_err(|e| ClientError::io(a, e))?;
+                mkdir(&p, a)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => mkdir(&p, a)?,
+            Err(e) => return Err(ClientError::io(a, e)),
+        }
+        parent = p;
+    }
+    Ok(parent)
+}
+
+fn mkdir(p: &Path, rel: &str) -> Result<(), ClientError> {
+    match fs::create_dir(p) {
+        Ok(()) => Ok(()),
+        // Another batch made it first.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => Ok(()),
+        Err(e) => Err(ClientError::io(rel, e)),
+    }
+}
+
+/// Symlinks, directories and their modes, unchanged files' modes, and the
+/// removal (or count) of entries the version lacks.
+fn finish_tree(
+    dir: &Path,
+    manifest: &Manifest,
+    unchanged: &HashSet<String>,
+    delete: bool,
+) -> Result<(u64, u64), ClientError> {
+    let io = |p: &str, e| ClientError::io(p, e);
+    for e in &manifest.entries {
+        let dest = dir.join(&e.path);
+        match &e.kind {
+            EntryKind::Symlink { target } => {
+                if fs::read_link(&dest).is_ok_and(|t| t.as_os_str() == target.as_str()) {
+                    continue;
+                }
+                let parent = prepare_parent(dir, &e.path)?;
+                let tmp = parent.join(format!("{TMP_PREFIX}{}", rand::random::<u64>()));
+                std::os::unix::fs::symlink(target, &tmp).map_err(|err| io(&e.path, err))?;
+                if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+                    fs::remove_dir_all(&dest).map_err(|err| io(&e.path, err))?;
+                }
+                fs::rename(&tmp, &dest).map_err(|err| io(&e.path, err))?;
+            }
+            EntryKind::Dir => {
+                prepare_parent(dir, &e.path)?;
+                match fs::symlink_metadata(&dest) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        fs::remove_file(&dest).map_err(|err| io(&e.path, err))?;
+                        mkdir(&dest, &e.path)?;
+                    }
+                    Err(_) => mkdir(&dest, &e.path)?,
+                }
+            }
+            EntryKind::File { .. } if unchanged.contains(&e.path) => {
+                fs::set_permissions(&dest, Permissions::from_mode(e.mode)).map_err(|err| io(&e.path, err))?;
+            }
+            EntryKind::File { .. } => {}
+        }
+    }
+    // Entries the version does not have.
+    let mut keep: HashSet<&str> = HashSet::new();
+    for e in &manifest.entries {
+        keep.insert(&e.path);
+        keep.extend(ancestors(&e.path));
+    }
+    let extra: Vec<_> = walk(dir, Strictness::Skip)?.into_iter().filter(|e| !keep.contains(e.path.as_str())).collect();
+    let mut removed = 0;
+    if delete {
+        let mut gone: Vec<&str> = Vec::new();
+        for e in &extra {
+            if gone.iter().any(|g| e.path.starts_with(g) && e.path.as_bytes().get(g.len()) == Some(&b'/')) {
+                continue;
+            }
+            let p = dir.join(&e.path);
+            let r = if matches!(e.kind, LocalKind::Dir { .. }) { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            r.map_err(|err| io(&e.path, err))?;
+            gone.push(&e.path);
+            removed += 1;
+        }
+    }
+    // Directory modes last, deepest first, so a read-only directory is
+    // filled before it is closed.
+    for e in manifest.entries.iter().rev() {
+        if matches!(e.kind, EntryKind::Dir) {
+            fs::set_permissions(dir.join(&e.path), Permissions::from_mode(e.mode)).map_err(|err| io(&e.path, err))?;
+        }
+    }
+    let extraneous = if delete { 0 } else { extra.iter().filter(|e| !e.path.starts_with(TMP_PREFIX)).count() as u64 };
+    Ok((removed, extraneous))
+}

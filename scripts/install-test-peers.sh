@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the real peers the tests talk to: sqlite3, diff, moto's S3 server.
+# Only what is missing is installed; safe to run repeatedly.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+apt_pkgs=()
+command -v sqlite3 >/dev/null || apt_pkgs+=(sqlite3)
+command -v diff >/dev/null || apt_pkgs+=(diffutils)
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  echo "installing ${apt_pkgs[*]} (apt)"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+fi
+
+if ! command -v moto_server >/dev/null || ! moto_server --help >/dev/null 2>&1; then
+  echo "installing moto[server] (pip)"
+  python3 -m pip install --quiet 'moto[server]==5.2.5'
+  command -v pyenv >/dev/null && pyenv rehash || true
+fi
