@@ -17,7 +17,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// A child process killed (and reaped) on drop.
 pub struct Proc {
     pub child: Child,
-    pub name: &'static str,
 }
 
 impl Drop for Proc {
@@ -52,7 +51,7 @@ impl Hub {
         }
         let mut child = cmd.spawn().expect("spawn aetherfs hub");
         let stderr = child.stderr.take().expect("hub stderr");
-        let proc = Proc { child, name: "hub" };
+        let proc = Proc { child };
         let (tx, rx) = mpsc::channel();
         // Read the announced address, then keep forwarding the hub's stderr
         // to the test's, so failures show the hub's logs.
@@ -179,7 +178,7 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn moto_server");
-        let proc = Proc { child, name: "moto" };
+        let proc = Proc { child };
         let endpoint = format!("http://127.0.0.1:{port}");
         wait_http_ok(&endpoint, "/moto-api/");
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect moto");
