@@ -174,14 +174,14 @@ impl Manifest {
         let mut prev: Option<&str> = None;
         for e in &self.entries {
             validate_path(&e.path)?;
-            if let Some(p) = prev {
-                if p.as_bytes() >= e.path.as_bytes() {
-                    return Err(if p == e.path {
-                        bad(format!("duplicate path {:?}", e.path))
-                    } else {
-                        bad(format!("entries not sorted at {:?}", e.path))
-                    });
-                }
+            if let Some(p) = prev
+                && p.as_bytes() >= e.path.as_bytes()
+            {
+                return Err(if p == e.path {
+                    bad(format!("duplicate path {:?}", e.path))
+                } else {
+                    bad(format!("entries not sorted at {:?}", e.path))
+                });
             }
             prev = Some(&e.path);
             if e.mode > 0o777 {

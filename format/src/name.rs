@@ -215,3 +215,20 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics_and_round_trips(s in "\\PC{0,300}") {
+            if let Ok(r) = s.parse::<Reference>() {
+                proptest::prop_assert_eq!(r.to_string().parse::<Reference>().ok(), Some(r));
+            }
+            let _ = s.parse::<Name>();
+            let _ = s.parse::<Tag>();
+            let _ = s.parse::<Digest>();
+        }
+    }
+}

@@ -90,13 +90,13 @@ impl PackBuilder {
     pub fn add(&mut self, digest: Digest, plain: &[u8], compress: bool) {
         let offset = self.buf.len() as u64;
         let mut compression = Compression::None;
-        if compress && plain.len() >= 64 {
-            if let Ok(z) = zstd::bulk::compress(plain, ZSTD_LEVEL) {
-                if z.len() + plain.len() / COMPRESS_MIN_SAVING < plain.len() {
-                    self.buf.extend_from_slice(&z);
-                    compression = Compression::Zstd;
-                }
-            }
+        if compress
+            && plain.len() >= 64
+            && let Ok(z) = zstd::bulk::compress(plain, ZSTD_LEVEL)
+            && z.len() + plain.len() / COMPRESS_MIN_SAVING < plain.len()
+        {
+            self.buf.extend_from_slice(&z);
+            compression = Compression::Zstd;
         }
         if compression == Compression::None {
             self.buf.extend_from_slice(plain);
@@ -190,10 +190,10 @@ pub fn decode_index(bytes: &[u8], data_end: Option<u64>) -> Result<Vec<PackEntry
         next = e.offset + u64::from(e.stored_len);
         entries.push(e);
     }
-    if let Some(end) = data_end {
-        if next != end {
-            return Err(corrupt("chunk data does not end where the index starts"));
-        }
+    if let Some(end) = data_end
+        && next != end
+    {
+        return Err(corrupt("chunk data does not end where the index starts"));
     }
     Ok(entries)
 }
@@ -302,6 +302,22 @@ mod tests {
         let (p, _) = build();
         for cut in 0..p.bytes.len() {
             assert!(verify_pack(&p.bytes[..cut]).is_err());
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_packs_and_indexes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let _ = verify_pack(&data);
+            let _ = decode_index(&data, None);
+            let mut framed = b"AFSI\x01\x00".to_vec();
+            framed.extend_from_slice(&data);
+            let _ = decode_index(&framed, Some(8));
         }
     }
 }
