@@ -1,1 +1,125 @@
+//! The AetherFS hub: a stateless HTTP server over an object store.
+//!
+//! ```text
+//!   HTTP (axum)           routes/*        one file per resource; every error is an AppError
+//!     │
+//!     ├── tags            compare-and-swap moves, history, long-polls      (tags.rs)
+//!     ├── chunk index     in-memory cache of packs/*.idx, rebuilt at start (chunk_index.rs)
+//!     └── object store    file://, memory://, s3://; key layout             (storage.rs)
+//! ```
+//!
+//! All durable state lives in the object store (layout in
+//! docs/storage-layout.md), so several replicas can serve one bucket and any
+//! replica can be restarted: its only local state is the chunk index and a
+//! few caches, all rebuilt from storage. Every input is untrusted: sizes are
+//! bounded while reading, digests recomputed, packs verified chunk by chunk
+//! before they are stored, manifests decoded and checked against the pack
+//! indexes they reference before they are published.
 
+mod chunk_index;
+mod error;
+mod metrics;
+mod routes;
+mod storage;
+mod tags;
+
+use std::sync::Arc;
+
+use aetherfs_format::manifest::MANIFEST_MAX_BYTES;
+use aetherfs_format::pack::PACK_MAX_BYTES;
+use object_store::ObjectStore;
+use tokio::sync::Semaphore;
+
+pub use error::HubError;
+
+/// Pack uploads verified at once; each holds up to `max_pack_bytes` in memory.
+const CONCURRENT_UPLOADS: usize = 8;
+
+/// How to open a hub.
+#[derive(Clone, Debug)]
+pub struct HubOptions {
+    /// `file:///DIR` (created if missing), `memory://` or `s3://BUCKET[/PREFIX]`
+    /// (configured from the usual `AWS_*` environment variables).
+    pub storage: String,
+    /// Largest pack accepted (default [`PACK_MAX_BYTES`]).
+    pub max_pack_bytes: usize,
+    /// Largest manifest accepted (default [`MANIFEST_MAX_BYTES`]).
+    pub max_manifest_bytes: usize,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self {
+            storage: "memory://".to_string(),
+            max_pack_bytes: PACK_MAX_BYTES,
+            max_manifest_bytes: MANIFEST_MAX_BYTES,
+        }
+    }
+}
+
+/// Who makes a request; recorded as `by` in tag records. An authentication
+/// layer inserts it as a request extension; requests without one are
+/// `anonymous`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal(pub String);
+
+/// A hub: cheap to clone, all clones share one state.
+#[derive(Clone)]
+pub struct Hub {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub store: Arc<dyn ObjectStore>,
+    pub opts: HubOptions,
+    pub description: String,
+    pub chunks: chunk_index::ChunkIndex,
+    pub tags: tags::TagStore,
+    pub metrics: metrics::Metrics,
+    pub uploads: Semaphore,
+}
+
+impl Hub {
+    /// Opens the storage `opts.storage` names. Returns at once; the chunk
+    /// index loads in a background task (`/readyz` reports when it is done).
+    pub async fn open(opts: HubOptions) -> Result<Hub, HubError> {
+        let (store, description) = storage::open(&opts.storage)?;
+        Ok(Self::build(store, description, opts))
+    }
+
+    /// A hub over an existing store (tests use an in-memory one). Starts the
+    /// chunk index load when called inside a tokio runtime, else on first use.
+    pub fn from_store(store: Arc<dyn ObjectStore>, opts: HubOptions) -> Hub {
+        let description = store.to_string();
+        Self::build(store, description, opts)
+    }
+
+    fn build(store: Arc<dyn ObjectStore>, description: String, opts: HubOptions) -> Hub {
+        let metrics = metrics::Metrics::new();
+        let chunks = chunk_index::ChunkIndex::new(store.clone(), metrics.chunks_indexed.clone());
+        let hub = Hub {
+            inner: Arc::new(Inner {
+                tags: tags::TagStore::new(store.clone()),
+                store,
+                opts,
+                description,
+                chunks,
+                metrics,
+                uploads: Semaphore::new(CONCURRENT_UPLOADS),
+            }),
+        };
+        hub.inner.chunks.start();
+        hub
+    }
+
+    /// The whole HTTP API.
+    pub fn router(&self) -> axum::Router {
+        self.inner.chunks.start();
+        routes::build(self.clone()).0
+    }
+
+    /// Where the data lives, for the startup log line (never credentials).
+    pub fn storage_description(&self) -> String {
+        self.inner.description.clone()
+    }
+}

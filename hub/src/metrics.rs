@@ -1,0 +1,139 @@
+//! Prometheus metrics, in a [`Registry`] the hub owns (no global recorder, so
+//! several hubs in one process, as in tests, keep separate counts).
+//!
+//! The names below are the whole list; docs/storage-layout.md does not repeat
+//! them, `GET /metrics` is the reference.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::Hub;
+
+// Counter names get `_total` appended by the encoder.
+pub(crate) const HTTP_REQUESTS: &str = "aetherfs_hub_http_requests";
+pub(crate) const HTTP_REQUEST_DURATION: &str = "aetherfs_hub_http_request_duration";
+pub(crate) const PACK_BYTES_RECEIVED: &str = "aetherfs_hub_pack_received";
+pub(crate) const PACK_BYTES_SERVED: &str = "aetherfs_hub_pack_served";
+pub(crate) const PACKS_STORED: &str = "aetherfs_hub_packs_stored";
+pub(crate) const MANIFESTS_PUBLISHED: &str = "aetherfs_hub_manifests_published";
+pub(crate) const TAG_MOVES: &str = "aetherfs_hub_tag_moves";
+pub(crate) const CHUNKS_INDEXED: &str = "aetherfs_hub_chunks_indexed";
+pub(crate) const LONG_POLLS_WAITING: &str = "aetherfs_hub_long_polls_waiting";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RouteLabels {
+    pub route: String,
+    pub method: String,
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: HistogramFamily,
+    pub pack_bytes_received: Counter,
+    pub pack_bytes_served: Counter,
+    pub packs_stored: Counter,
+    pub manifests_published: Counter,
+    pub tag_moves: Counter,
+    pub chunks_indexed: Gauge,
+    pub long_polls_waiting: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~33 s: from a cached tag lookup to a slow pack upload.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let http_duration: HistogramFamily = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let m = Self {
+            registry: Registry::default(),
+            http_requests: Family::default(),
+            http_duration,
+            pack_bytes_received: Counter::default(),
+            pack_bytes_served: Counter::default(),
+            packs_stored: Counter::default(),
+            manifests_published: Counter::default(),
+            tag_moves: Counter::default(),
+            chunks_indexed: Gauge::default(),
+            long_polls_waiting: Gauge::default(),
+        };
+        let mut r = Registry::default();
+        r.register(HTTP_REQUESTS, "HTTP requests by route template, method and status", m.http_requests.clone());
+        r.register_with_unit(
+            HTTP_REQUEST_DURATION,
+            "Time to answer an HTTP request (until the response head), by route and method",
+            Unit::Seconds,
+            m.http_duration.clone(),
+        );
+        r.register_with_unit(
+            PACK_BYTES_RECEIVED,
+            "Bytes of packs received and stored",
+            Unit::Bytes,
+            m.pack_bytes_received.clone(),
+        );
+        r.register_with_unit(
+            PACK_BYTES_SERVED,
+            "Bytes of packs served to readers",
+            Unit::Bytes,
+            m.pack_bytes_served.clone(),
+        );
+        r.register(PACKS_STORED, "Packs verified and stored", m.packs_stored.clone());
+        r.register(MANIFESTS_PUBLISHED, "Manifests verified and stored", m.manifests_published.clone());
+        r.register(TAG_MOVES, "Tag moves and deletions made through this replica", m.tag_moves.clone());
+        r.register(CHUNKS_INDEXED, "Distinct chunks in this replica's chunk index", m.chunks_indexed.clone());
+        r.register(LONG_POLLS_WAITING, "Tag long-polls currently waiting", m.long_polls_waiting.clone());
+        Self { registry: r, ..m }
+    }
+
+    /// The Prometheus/OpenMetrics text exposition.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// A finer route label than axum's matched path, set by handlers that
+/// dispatch several operations from one wildcard route.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RouteTemplate(pub &'static str);
+
+/// Counts and times every request.
+pub(crate) async fn track(State(hub): State<Hub>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().as_str().to_string();
+    let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let res = next.run(req).await;
+    let route = res
+        .extensions()
+        .get::<RouteTemplate>()
+        .map(|r| r.0.to_string())
+        .or(matched)
+        .unwrap_or_else(|| "unmatched".to_string());
+    let m = &hub.inner.metrics;
+    m.http_requests
+        .get_or_create(&HttpLabels { route: route.clone(), method: method.clone(), status: res.status().as_u16() })
+        .inc();
+    m.http_duration.get_or_create(&RouteLabels { route, method }).observe(start.elapsed().as_secs_f64());
+    res
+}

@@ -1,0 +1,218 @@
+//! The HTTP API: the router, the table of routes it serves (checked against
+//! openapi.json by a test), and helpers shared by the handlers.
+
+mod chunks;
+mod datasets;
+mod manifests;
+mod ops;
+mod packs;
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request};
+use axum::http::{HeaderMap, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, any, get, post};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+
+use crate::error::AppError;
+use crate::{Hub, Principal, metrics};
+
+/// One path the API serves and the methods it accepts there. `HEAD` is
+/// listed where it is documented; every `GET` route also answers `HEAD`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RouteSpec {
+    pub path: &'static str,
+    pub methods: &'static [&'static str],
+}
+
+/// Largest JSON body of a missing-chunks query: `MISSING_QUERY_MAX` digests
+/// take about 3.7 MB written compactly.
+const MISSING_BODY_MAX: usize = 8 << 20;
+/// Largest other JSON body (a tag move).
+const SMALL_BODY_MAX: usize = 64 << 10;
+
+/// Records each route as it is added, so the served set is known exactly.
+struct Builder {
+    router: Router<Hub>,
+    specs: Vec<RouteSpec>,
+}
+
+impl Builder {
+    fn route(mut self, spec: RouteSpec, mr: MethodRouter<Hub>) -> Self {
+        self.router = self.router.route(spec.path, mr);
+        self.specs.push(spec);
+        self
+    }
+}
+
+/// The router and the routes it serves.
+pub(crate) fn build(hub: Hub) -> (Router, Vec<RouteSpec>) {
+    let spec = |path, methods| RouteSpec { path, methods };
+    let mut b = Builder { router: Router::new(), specs: Vec::new() }
+        .route(spec("/healthz", &["GET"]), get(ops::healthz))
+        .route(spec("/readyz", &["GET"]), get(ops::readyz))
+        .route(spec("/metrics", &["GET"]), get(ops::metrics))
+        .route(spec("/openapi.json", &["GET"]), get(ops::openapi))
+        .route(spec("/v1/datasets", &["GET"]), get(datasets::list))
+        .route(
+            spec("/v1/chunks/missing", &["POST"]),
+            post(chunks::missing).layer(DefaultBodyLimit::max(MISSING_BODY_MAX)),
+        )
+        .route(spec("/v1/packs/{digest}", &["GET", "HEAD", "PUT"]), get(packs::get).put(packs::put));
+    // Dataset names contain '/', so one wildcard route takes everything below
+    // /v1/datasets/ and the dispatcher parses from the right (as the Docker
+    // registry does); its sub-routes are listed in `datasets::ROUTES`.
+    b.router =
+        b.router.route("/v1/datasets/{*rest}", any(datasets::dispatch).layer(DefaultBodyLimit::max(SMALL_BODY_MAX)));
+    b.specs.extend_from_slice(datasets::ROUTES);
+    let router = b
+        .router
+        .fallback(|| async { AppError::route_not_found() })
+        .method_not_allowed_fallback(|| async { AppError::method_not_allowed() })
+        .layer(axum::middleware::from_fn_with_state(hub.clone(), metrics::track))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(hub);
+    (router, b.specs)
+}
+
+/// `Json` whose rejections become [`AppError`]s (`invalid_json`, `too_large`, …).
+pub(crate) struct AppJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(AppJson(v))
+    }
+}
+
+/// Reads a request body of at most `max` bytes, refusing as soon as it is
+/// exceeded (or announced by Content-Length) instead of buffering more.
+pub(crate) async fn read_body(body: Body, headers: &HeaderMap, max: usize, what: &str) -> Result<Bytes, AppError> {
+    let too_large = || AppError::too_large(format!("{what} larger than {max} bytes"));
+    let announced =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    // Trust the announced length only for a bounded pre-allocation.
+    let mut buf = Vec::with_capacity(announced.unwrap_or(0).min(16 << 20) as usize);
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| AppError::bad_request("invalid_body", format!("could not read the body: {e}")))?;
+        if buf.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// The query string as a map; repeated keys keep the last value.
+pub(crate) fn query(uri: &Uri) -> Result<HashMap<String, String>, AppError> {
+    Query::<HashMap<String, String>>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| AppError::bad_request("invalid_query", e.body_text()))
+}
+
+/// Who is asking; see [`Principal`].
+pub(crate) fn principal(req: &Request) -> String {
+    req.extensions().get::<Principal>().map_or_else(|| "anonymous".to_string(), |p| p.0.clone())
+}
+
+/// Runs CPU-heavy work (hashing, verifying, decoding) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, AppError> + Send + 'static,
+) -> Result<T, AppError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| AppError::internal(what, e))?
+}
+
+/// Shorthand for handlers that end in `Result<impl IntoResponse, AppError>`.
+pub(crate) fn respond<R: IntoResponse>(r: Result<R, AppError>) -> Response {
+    match r {
+        Ok(r) => r.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use aetherfs_format::Digest;
+    use axum::http::{Method, Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::HubOptions;
+
+    const METHODS: [&str; 6] = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH"];
+
+    fn openapi_routes() -> BTreeMap<String, BTreeSet<String>> {
+        let doc: serde_json::Value = serde_json::from_str(ops::OPENAPI).expect("openapi.json parses");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().expect("paths");
+        paths
+            .iter()
+            .map(|(path, item)| {
+                let methods = item
+                    .as_object()
+                    .expect("path item")
+                    .keys()
+                    .filter(|k| METHODS.iter().any(|m| m.eq_ignore_ascii_case(k)))
+                    .map(|k| k.to_ascii_uppercase())
+                    .collect();
+                (path.clone(), methods)
+            })
+            .collect()
+    }
+
+    fn instantiate(path: &str) -> String {
+        path.replace("{name}", "acme/geoip")
+            .replace("{tag}", "latest")
+            .replace("{digest}", &Digest::of(b"x").to_string())
+    }
+
+    /// Every route the router serves is documented with exactly its methods,
+    /// and every documented route is served; probing each method on each
+    /// path checks that the recorded table is what the router really does.
+    #[tokio::test]
+    async fn openapi_matches_the_router() {
+        let hub = Hub::from_store(std::sync::Arc::new(object_store::memory::InMemory::new()), HubOptions::default());
+        let (router, specs) = build(hub);
+        let served: BTreeMap<String, BTreeSet<String>> =
+            specs.iter().map(|s| (s.path.to_string(), s.methods.iter().map(|m| m.to_string()).collect())).collect();
+        assert_eq!(served.len(), specs.len(), "a path is registered twice");
+        assert_eq!(served, openapi_routes(), "openapi.json and the router differ");
+
+        for (path, methods) in &served {
+            for m in METHODS {
+                let req = Request::builder()
+                    .method(Method::from_bytes(m.as_bytes()).expect("method"))
+                    .uri(instantiate(path))
+                    .body(Body::empty())
+                    .expect("request");
+                let res = router.clone().oneshot(req).await.expect("infallible");
+                let allowed = methods.contains(m) || (m == "HEAD" && methods.contains("GET"));
+                let status = res.status();
+                if allowed {
+                    assert!(status != StatusCode::METHOD_NOT_ALLOWED, "{m} {path} is documented but refused");
+                    if status == StatusCode::NOT_FOUND && m != "HEAD" {
+                        let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.expect("body");
+                        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+                        assert_ne!(v["error"]["code"], "not_found", "{m} {path} is not routed");
+                    }
+                } else {
+                    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{m} {path} is served but not documented");
+                }
+            }
+        }
+    }
+}

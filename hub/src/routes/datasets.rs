@@ -1,0 +1,317 @@
+//! `/v1/datasets…`: listing datasets, tags (resolve with long-poll, move,
+//! delete, history) and the dispatch of everything below a dataset name.
+//!
+//! A name such as `acme/geoip` contains '/', so the router hands the whole
+//! rest of the path to [`dispatch`], which matches the fixed suffixes from the
+//! right: `…/tags/{tag}/history`, `…/tags/{tag}`, `…/tags`,
+//! `…/manifests/{digest}`, trying them in that order. A dataset whose name
+//! itself ends in `tags` or `manifests` segments is therefore shadowed for the
+//! ambiguous shapes, as in the Docker registry API.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use aetherfs_format::api::{DatasetList, DatasetSummary, Expected, SetTagRequest, TagHistory, TagList};
+use aetherfs_format::{Digest, FormatError, Name, Tag};
+use axum::Json;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{Method, header};
+use axum::response::{IntoResponse, Response};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::{AppJson, RouteSpec, manifests, principal, query};
+use crate::Hub;
+use crate::error::{AppError, StorageContext};
+use crate::metrics::RouteTemplate;
+use crate::storage;
+use crate::tags::{Move, tag_not_found};
+
+const TAGS: &str = "/v1/datasets/{name}/tags";
+const TAG: &str = "/v1/datasets/{name}/tags/{tag}";
+const HISTORY: &str = "/v1/datasets/{name}/tags/{tag}/history";
+const MANIFEST: &str = "/v1/datasets/{name}/manifests/{digest}";
+
+/// The routes [`dispatch`] serves.
+pub(crate) const ROUTES: &[RouteSpec] = &[
+    RouteSpec { path: TAGS, methods: &["GET"] },
+    RouteSpec { path: TAG, methods: &["GET", "PUT", "DELETE"] },
+    RouteSpec { path: HISTORY, methods: &["GET"] },
+    RouteSpec { path: MANIFEST, methods: &["GET", "HEAD", "PUT"] },
+];
+
+/// Longest long-poll, in seconds.
+const WAIT_MAX_SECS: u64 = 300;
+/// Datasets whose tags are read at once when listing.
+const LIST_PARALLELISM: usize = 8;
+
+/// The shape of a path below `/v1/datasets/`, its parts not yet validated.
+enum Shape<'a> {
+    Tags { name: &'a str },
+    Tag { name: &'a str, tag: &'a str },
+    History { name: &'a str, tag: &'a str },
+    Manifest { name: &'a str, digest: &'a str },
+}
+
+impl Shape<'_> {
+    fn template(&self) -> &'static str {
+        match self {
+            Shape::Tags { .. } => TAGS,
+            Shape::Tag { .. } => TAG,
+            Shape::History { .. } => HISTORY,
+            Shape::Manifest { .. } => MANIFEST,
+        }
+    }
+}
+
+fn shape(rest: &str) -> Option<Shape<'_>> {
+    let segs: Vec<&str> = rest.split('/').collect();
+    let n = segs.len();
+    // The name is everything before the suffix; an empty one matches nothing.
+    let name = |k: usize| {
+        let end = segs[..n - k].iter().map(|s| s.len() + 1).sum::<usize>().saturating_sub(1);
+        let name = &rest[..end];
+        (!name.is_empty()).then_some(name)
+    };
+    if n >= 4 && segs[n - 3] == "tags" && segs[n - 1] == "history" {
+        return Some(Shape::History { name: name(3)?, tag: segs[n - 2] });
+    }
+    if n >= 3 && segs[n - 2] == "tags" {
+        return Some(Shape::Tag { name: name(2)?, tag: segs[n - 1] });
+    }
+    if n >= 2 && segs[n - 1] == "tags" {
+        return Some(Shape::Tags { name: name(1)? });
+    }
+    if n >= 3 && segs[n - 2] == "manifests" {
+        return Some(Shape::Manifest { name: name(2)?, digest: segs[n - 1] });
+    }
+    None
+}
+
+fn parse<T: FromStr<Err = FormatError>>(s: &str, code: &'static str) -> Result<T, AppError> {
+    s.parse().map_err(|e: FormatError| AppError::bad_request(code, e.to_string()))
+}
+
+/// Everything below `/v1/datasets/`.
+pub(crate) async fn dispatch(State(hub): State<Hub>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let rest = path.strip_prefix("/v1/datasets/").unwrap_or_default();
+    let Some(shape) = shape(rest) else {
+        return AppError::route_not_found().into_response();
+    };
+    let template = shape.template();
+    // axum strips the body of HEAD answers after setting their Content-Length.
+    let mut res = match handle(&hub, shape, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    res.extensions_mut().insert(RouteTemplate(template));
+    res
+}
+
+async fn handle(hub: &Hub, shape: Shape<'_>, req: Request) -> Result<Response, AppError> {
+    let method = req.method().clone();
+    let allowed = ROUTES.iter().find(|r| r.path == shape.template()).is_some_and(|r| {
+        r.methods.contains(&method.as_str()) || (method == Method::HEAD && r.methods.contains(&"GET"))
+    });
+    if !allowed {
+        return Err(AppError::method_not_allowed());
+    }
+    match shape {
+        Shape::Tags { name } => {
+            let name: Name = parse(name, "invalid_name")?;
+            list_tags(hub, name).await
+        }
+        Shape::Tag { name, tag } => {
+            let name: Name = parse(name, "invalid_name")?;
+            let tag: Tag = parse(tag, "invalid_tag")?;
+            match method {
+                Method::PUT => set_tag(hub, name, tag, req).await,
+                Method::DELETE => delete_tag(hub, name, tag, req).await,
+                _ => get_tag(hub, name, tag, req).await,
+            }
+        }
+        Shape::History { name, tag } => {
+            let name: Name = parse(name, "invalid_name")?;
+            let tag: Tag = parse(tag, "invalid_tag")?;
+            history(hub, name, tag).await
+        }
+        Shape::Manifest { name, digest } => {
+            let name: Name = parse(name, "invalid_name")?;
+            let digest: Digest = parse(digest, "invalid_digest")?;
+            match method {
+                Method::PUT => manifests::put(hub, name, digest, req).await,
+                _ => manifests::get(hub, name, digest, req).await,
+            }
+        }
+    }
+}
+
+/// `GET /v1/datasets`: every prefix under `datasets/` with a `_tags` or
+/// `_manifests` child is a dataset.
+pub(crate) async fn list(State(hub): State<Hub>) -> Response {
+    super::respond(list_datasets(&hub).await)
+}
+
+async fn list_datasets(hub: &Hub) -> Result<Json<DatasetList>, AppError> {
+    let store = &hub.inner.store;
+    let mut names = Vec::new();
+    let mut stack = vec![storage::datasets_dir()];
+    while let Some(prefix) = stack.pop() {
+        let listing = store.list_with_delimiter(Some(&prefix)).await.ctx("listing datasets")?;
+        let mut is_dataset = false;
+        for child in listing.common_prefixes {
+            match child.filename() {
+                Some(storage::TAGS_DIR | storage::MANIFESTS_DIR) => is_dataset = true,
+                Some(f) if !f.starts_with('_') => stack.push(child),
+                _ => {}
+            }
+        }
+        if is_dataset && let Some(name) = storage::name_of_dataset_prefix(&prefix) {
+            names.push(name);
+        }
+    }
+    names.sort();
+    let tags = &hub.inner.tags;
+    let datasets = futures::stream::iter(names)
+        .map(|name| async move {
+            let records = tags.list(&name).await?;
+            Ok::<_, AppError>(DatasetSummary { name, tags: records.into_iter().map(|r| r.tag).collect() })
+        })
+        .buffered(LIST_PARALLELISM)
+        .try_collect()
+        .await?;
+    Ok(Json(DatasetList { datasets }))
+}
+
+async fn dataset_exists(hub: &Hub, name: &Name) -> Result<bool, AppError> {
+    let listing =
+        hub.inner.store.list_with_delimiter(Some(&storage::dataset(name))).await.ctx("looking up a dataset")?;
+    Ok(listing.common_prefixes.iter().any(|p| matches!(p.filename(), Some(storage::TAGS_DIR | storage::MANIFESTS_DIR))))
+}
+
+async fn list_tags(hub: &Hub, name: Name) -> Result<Response, AppError> {
+    if !dataset_exists(hub, &name).await? {
+        return Err(AppError::not_found("dataset_not_found", format!("dataset {name} does not exist")));
+    }
+    let tags = hub.inner.tags.list(&name).await?;
+    Ok(Json(TagList { name, tags }).into_response())
+}
+
+/// Decrements a gauge when dropped, also when the client goes away mid-wait.
+struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    fn inc(g: &Gauge) -> Self {
+        g.inc();
+        Self(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `GET …/tags/{tag}[?wait=SECONDS&since=DIGEST|absent]`.
+async fn get_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Response, AppError> {
+    let q = query(req.uri())?;
+    let wait = match q.get("wait") {
+        None => 0,
+        Some(s) => s
+            .parse::<u64>()
+            .map_err(|_| AppError::bad_request("invalid_query", format!("wait={s:?}: expected whole seconds")))?
+            .min(WAIT_MAX_SECS),
+    };
+    let since = q.get("since").map(|s| parse::<Expected>(s, "invalid_digest")).transpose()?;
+    let tags = &hub.inner.tags;
+    let record = match since {
+        Some(since) if wait > 0 => {
+            let _waiting = GaugeGuard::inc(&hub.inner.metrics.long_polls_waiting);
+            tags.wait(&name, &tag, since, Duration::from_secs(wait)).await?
+        }
+        _ => tags.current(&name, &tag).await?,
+    };
+    match record {
+        Some(r) if r.digest.is_some() => Ok(Json(r).into_response()),
+        _ => Err(tag_not_found(&name, &tag)),
+    }
+}
+
+/// `PUT …/tags/{tag}` with a [`SetTagRequest`].
+async fn set_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Response, AppError> {
+    let by = principal(&req);
+    let AppJson(body) = AppJson::<SetTagRequest>::from_request(req, &()).await?;
+    match hub.inner.store.head(&storage::manifest(&name, &body.digest)).await {
+        Ok(_) => {}
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(AppError::not_found(
+                "manifest_not_found",
+                format!("manifest {} is not stored in dataset {name}; publish it first", body.digest),
+            ));
+        }
+        Err(e) => return Err(AppError::storage("looking up a manifest", e)),
+    }
+    let applied = hub.inner.tags.apply(&name, &tag, Move::Set(body.digest), body.expected, &by).await?;
+    if applied.moved {
+        hub.inner.metrics.tag_moves.inc();
+        tracing::info!(%name, %tag, digest = %body.digest, %by, "tag moved");
+    }
+    Ok(Json(applied.record).into_response())
+}
+
+/// `DELETE …/tags/{tag}[?expected=DIGEST]`: appends a deletion record.
+async fn delete_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Response, AppError> {
+    let by = principal(&req);
+    let q = query(req.uri())?;
+    let expected = q.get("expected").map(|s| parse::<Expected>(s, "invalid_digest")).transpose()?;
+    let applied = hub.inner.tags.apply(&name, &tag, Move::Delete, expected, &by).await?;
+    hub.inner.metrics.tag_moves.inc();
+    tracing::info!(%name, %tag, %by, "tag deleted");
+    Ok(Json(applied.record).into_response())
+}
+
+/// `GET …/tags/{tag}/history`, oldest first.
+async fn history(hub: &Hub, name: Name, tag: Tag) -> Result<Response, AppError> {
+    let records = hub.inner.tags.history(&name, &tag).await?;
+    if records.is_empty() {
+        return Err(tag_not_found(&name, &tag));
+    }
+    let mut res = Json(TagHistory { name, tag, records }).into_response();
+    res.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(rest: &str) -> Option<(&'static str, Vec<&str>)> {
+        shape(rest).map(|s| {
+            let t = s.template();
+            let v = match s {
+                Shape::Tags { name } => vec![name],
+                Shape::Tag { name, tag } | Shape::History { name, tag } => vec![name, tag],
+                Shape::Manifest { name, digest } => vec![name, digest],
+            };
+            (t, v)
+        })
+    }
+
+    #[test]
+    fn parses_from_the_right() {
+        assert_eq!(parts("acme/geoip/tags"), Some((TAGS, vec!["acme/geoip"])));
+        assert_eq!(parts("acme/geoip/tags/latest"), Some((TAG, vec!["acme/geoip", "latest"])));
+        assert_eq!(parts("a/tags/v1/history"), Some((HISTORY, vec!["a", "v1"])));
+        assert_eq!(parts("a/tags/history"), Some((TAG, vec!["a", "history"])));
+        assert_eq!(parts("a/b/c/manifests/xyz"), Some((MANIFEST, vec!["a/b/c", "xyz"])));
+        assert_eq!(parts("tags/tags"), Some((TAGS, vec!["tags"])));
+        assert_eq!(parts("tags"), None);
+        assert_eq!(parts("/tags"), None);
+        assert_eq!(parts("acme"), None);
+        assert_eq!(parts("acme/geoip"), None);
+        assert_eq!(parts(""), None);
+    }
+}

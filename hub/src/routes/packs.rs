@@ -1,0 +1,266 @@
+//! `PUT|GET|HEAD /v1/packs/{digest}`.
+//!
+//! An upload is bounded while it is read, hashed, and verified chunk by chunk
+//! (off the async workers) before a byte is stored. The pack is written
+//! first and its index second, so an index in storage always names a complete
+//! pack. Reads support one byte range (what the agent's fetcher sends) and
+//! stream the bytes from the store.
+
+use std::ops::Range;
+
+use aetherfs_format::api::PackStored;
+use aetherfs_format::pack::verify_pack;
+use aetherfs_format::{Digest, FormatError};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderValue};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use object_store::{GetOptions, GetRange, ObjectStoreExt, PutPayload};
+
+use super::{blocking, read_body, respond};
+use crate::Hub;
+use crate::error::AppError;
+use crate::storage;
+
+fn parse_digest(s: &str) -> Result<Digest, AppError> {
+    s.parse().map_err(|e: FormatError| AppError::bad_request("invalid_digest", e.to_string()))
+}
+
+fn pack_not_found(d: &Digest) -> AppError {
+    AppError::not_found("pack_not_found", format!("pack {d} is not stored"))
+}
+
+/// `PUT /v1/packs/{digest}`.
+pub(crate) async fn put(State(hub): State<Hub>, req: Request) -> Response {
+    let digest = digest_in_path(&req);
+    respond(store_pack(&hub, &digest, req).await)
+}
+
+/// The `{digest}` segment, taken raw so a malformed one gets our own error.
+fn digest_in_path(req: &Request) -> String {
+    req.uri().path().strip_prefix("/v1/packs/").unwrap_or_default().to_string()
+}
+
+async fn store_pack(hub: &Hub, digest: &str, req: Request) -> Result<Response, AppError> {
+    let digest = parse_digest(digest)?;
+    // Each upload holds up to max_pack_bytes in memory: bound how many run at once.
+    let _permit = hub.inner.uploads.acquire().await.map_err(|e| AppError::internal("waiting to upload", e))?;
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, &parts.headers, hub.inner.opts.max_pack_bytes, "pack").await?;
+    let (index_range, entries, body) = blocking("verifying a pack", move || {
+        let actual = Digest::of(&body);
+        if actual != digest {
+            return Err(AppError::bad_request(
+                "digest_mismatch",
+                format!("the body's digest is {actual}, the URL says {digest}"),
+            ));
+        }
+        match verify_pack(&body) {
+            Ok((range, entries)) => Ok((range, entries, body)),
+            Err(e @ FormatError::TooLarge { .. }) => Err(AppError::too_large(e.to_string())),
+            Err(e) => Err(AppError::bad_request("invalid_pack", format!("invalid pack: {e}"))),
+        }
+    })
+    .await?;
+    let size = body.len() as u64;
+    let stored = |created| PackStored { pack: digest, chunks: entries.len() as u32, bytes: size, created };
+
+    let already = hub.inner.chunks.has_pack(&digest)
+        || match hub.inner.store.head(&storage::pack_index(&digest)).await {
+            Ok(_) => true,
+            Err(object_store::Error::NotFound { .. }) => false,
+            Err(e) => return Err(AppError::storage("looking up a pack", e)),
+        };
+    if already {
+        hub.inner.chunks.add_pack(digest, size, &entries);
+        return Ok((StatusCode::OK, Json(stored(false))).into_response());
+    }
+
+    let store = &hub.inner.store;
+    let index = body.slice(index_range);
+    store
+        .put(&storage::pack(&digest), PutPayload::from(body))
+        .await
+        .map_err(|e| AppError::storage("storing a pack", e))?;
+    // Only now that the pack is complete does its index make it visible.
+    store
+        .put(&storage::pack_index(&digest), PutPayload::from(index))
+        .await
+        .map_err(|e| AppError::storage("storing a pack index", e))?;
+    hub.inner.chunks.add_pack(digest, size, &entries);
+    let m = &hub.inner.metrics;
+    m.packs_stored.inc();
+    m.pack_bytes_received.inc_by(size);
+    tracing::info!(pack = %digest, chunks = entries.len(), bytes = size, "pack stored");
+    Ok((StatusCode::CREATED, Json(stored(true))).into_response())
+}
+
+/// `GET|HEAD /v1/packs/{digest}`, whole or one `Range`.
+pub(crate) async fn get(State(hub): State<Hub>, req: Request) -> Response {
+    respond(read_pack(&hub, &digest_in_path(&req), req.method(), req.headers()).await)
+}
+
+async fn read_pack(hub: &Hub, digest: &str, method: &Method, headers: &HeaderMap) -> Result<Response, AppError> {
+    let digest = parse_digest(digest)?;
+    let key = storage::pack(&digest);
+    let store = &hub.inner.store;
+    let head = method == Method::HEAD;
+    let range_header = headers.get(header::RANGE).map(|v| v.to_str().unwrap_or("invalid"));
+    let spec = match range_header {
+        Some(h) => parse_range(h)?,
+        None => None,
+    };
+
+    // HEAD and ranged reads need the size first; the chunk index usually knows it.
+    let known = if head { None } else { hub.inner.chunks.pack_size(&digest) };
+    let size = match (known, head || spec.is_some()) {
+        (Some(s), _) => Some(s),
+        (None, true) => Some(match store.head(&key).await {
+            Ok(meta) => meta.size,
+            Err(object_store::Error::NotFound { .. }) => return Err(pack_not_found(&digest)),
+            Err(e) => return Err(AppError::storage("looking up a pack", e)),
+        }),
+        (None, false) => None,
+    };
+    let range = match (spec, size) {
+        (Some(spec), Some(size)) => Some(spec.resolve(size).ok_or_else(|| unsatisfiable(size))?),
+        _ => None,
+    };
+
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    if let Ok(tag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        headers.insert(header::ETAG, tag);
+    }
+    let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    if let (Some(r), Some(size)) = (&range, size)
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {}-{}/{size}", r.start, r.end - 1))
+    {
+        headers.insert(header::CONTENT_RANGE, v);
+    }
+
+    if head {
+        let len = range.as_ref().map_or(size.unwrap_or(0), |r| r.end - r.start);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        return Ok((status, headers, Body::empty()).into_response());
+    }
+
+    let opts = GetOptions { range: range.clone().map(GetRange::Bounded), ..Default::default() };
+    let result = match store.get_opts(&key, opts).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => return Err(pack_not_found(&digest)),
+        Err(e) => return Err(AppError::storage("reading a pack", e)),
+    };
+    let len = result.range.end - result.range.start;
+    if let Some(r) = &range
+        && result.range != *r
+    {
+        return Err(AppError::storage("reading a pack", format!("asked for {r:?}, got {:?}", result.range)));
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    let served = hub.inner.metrics.pack_bytes_served.clone();
+    let stream = result
+        .into_stream()
+        .inspect_ok(move |b| {
+            served.inc_by(b.len() as u64);
+        })
+        .inspect_err(move |e| tracing::error!(pack = %digest, error = %e, "pack stream failed"));
+    Ok((status, headers, Body::from_stream(stream)).into_response())
+}
+
+/// One byte range, as the client wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RangeSpec {
+    /// `a-b`, both inclusive.
+    FromTo(u64, u64),
+    /// `a-`
+    From(u64),
+    /// `-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl RangeSpec {
+    /// The half-open byte range this selects in an object of `size` bytes,
+    /// or `None` when it selects nothing.
+    fn resolve(self, size: u64) -> Option<Range<u64>> {
+        match self {
+            RangeSpec::FromTo(a, b) if a < size => Some(a..b.min(size - 1) + 1),
+            RangeSpec::From(a) if a < size => Some(a..size),
+            RangeSpec::Suffix(n) if n > 0 && size > 0 => Some(size.saturating_sub(n)..size),
+            _ => None,
+        }
+    }
+}
+
+fn bad_range(msg: &str) -> AppError {
+    AppError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", msg)
+}
+
+fn unsatisfiable(size: u64) -> AppError {
+    let e = bad_range(&format!("the range selects no byte of this {size}-byte pack"));
+    match HeaderValue::from_str(&format!("bytes */{size}")) {
+        Ok(v) => e.with_header(header::CONTENT_RANGE, v),
+        Err(_) => e,
+    }
+}
+
+/// Parses a `Range` header. Units other than bytes are ignored (the whole
+/// pack is served, as RFC 9110 allows); several ranges are refused.
+fn parse_range(h: &str) -> Result<Option<RangeSpec>, AppError> {
+    let Some(set) = h.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if set.contains(',') {
+        return Err(bad_range("only one byte range per request is supported"));
+    }
+    let malformed = || bad_range("malformed Range header: expected bytes=A-B, bytes=A- or bytes=-N");
+    let (a, b) = set.trim().split_once('-').ok_or_else(malformed)?;
+    let num = |s: &str| {
+        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        s.parse::<u64>().ok()
+    };
+    match (a.is_empty(), b.is_empty()) {
+        (true, false) => Ok(Some(RangeSpec::Suffix(num(b).ok_or_else(malformed)?))),
+        (false, true) => Ok(Some(RangeSpec::From(num(a).ok_or_else(malformed)?))),
+        (false, false) => {
+            let (a, b) = (num(a).ok_or_else(malformed)?, num(b).ok_or_else(malformed)?);
+            if a > b {
+                return Err(malformed());
+            }
+            Ok(Some(RangeSpec::FromTo(a, b)))
+        }
+        (true, true) => Err(malformed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let p = |h: &str| parse_range(h).ok().flatten();
+        assert_eq!(p("bytes=0-9"), Some(RangeSpec::FromTo(0, 9)));
+        assert_eq!(p("bytes=5-"), Some(RangeSpec::From(5)));
+        assert_eq!(p("bytes=-3"), Some(RangeSpec::Suffix(3)));
+        assert!(parse_range("items=0-1").is_ok_and(|r| r.is_none()));
+        for bad in ["bytes=0-1,4-5", "bytes=-", "bytes=a-b", "bytes=5-1", "bytes=1", "bytes=+1-2"] {
+            assert!(parse_range(bad).is_err(), "{bad}");
+        }
+        assert_eq!(RangeSpec::FromTo(0, 9).resolve(5), Some(0..5));
+        assert_eq!(RangeSpec::FromTo(2, 3).resolve(5), Some(2..4));
+        assert_eq!(RangeSpec::FromTo(5, 9).resolve(5), None);
+        assert_eq!(RangeSpec::From(4).resolve(5), Some(4..5));
+        assert_eq!(RangeSpec::From(5).resolve(5), None);
+        assert_eq!(RangeSpec::Suffix(2).resolve(5), Some(3..5));
+        assert_eq!(RangeSpec::Suffix(9).resolve(5), Some(0..5));
+        assert_eq!(RangeSpec::Suffix(0).resolve(5), None);
+    }
+}

@@ -1,0 +1,225 @@
+//! Opening the object store from a URL, and the key layout inside it.
+//!
+//! Every durable byte of the hub lives under these keys (see
+//! docs/storage-layout.md):
+//!
+//! ```text
+//! packs/<hex>.pack                                   pack bytes
+//! packs/<hex>.idx                                    its index, written after the pack
+//! datasets/<name…>/_manifests/<hex>                  manifest bytes
+//! datasets/<name…>/_tags/<tag>/<seq, 20 digits>      one TagRecord per move, create-if-absent
+//! datasets/<name…>/_tags/<tag>/head                  hint: the latest seq (plain overwrite)
+//! ```
+//!
+//! Name segments start with `[a-z0-9]`, so `_manifests` and `_tags` can never
+//! collide with a nested dataset name.
+
+use std::sync::Arc;
+
+use aetherfs_format::{Digest, Name, Tag};
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+
+use crate::error::HubError;
+
+/// Opens the store a `file:///DIR`, `memory://` or `s3://BUCKET[/PREFIX]`
+/// URL names, with a description safe to log (no credentials).
+pub(crate) fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, String), HubError> {
+    let invalid = |reason: &str| HubError::InvalidStorageUrl { url: url.to_string(), reason: reason.to_string() };
+    if url == "memory://" || url == "memory:" {
+        return Ok((Arc::new(InMemory::new()), "memory://".to_string()));
+    }
+    if let Some(rest) = url.strip_prefix("file://") {
+        return open_dir(url, rest);
+    }
+    let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+    match parsed.scheme() {
+        "memory" => Ok((Arc::new(InMemory::new()), "memory://".to_string())),
+        "s3" => {
+            let bucket = parsed
+                .host_str()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| invalid("missing bucket: s3://BUCKET[/PREFIX]"))?
+                .to_string();
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                return Err(invalid(
+                    "credentials do not belong in the URL; use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                ));
+            }
+            let prefix = parsed.path().trim_matches('/').to_string();
+            let s3 = AmazonS3Builder::from_env()
+                .with_bucket_name(&bucket)
+                .build()
+                .map_err(|source| HubError::Storage { url: url.to_string(), source })?;
+            if prefix.is_empty() {
+                Ok((Arc::new(s3), format!("s3://{bucket}")))
+            } else {
+                let store = PrefixStore::new(s3, Path::from(prefix.as_str()));
+                Ok((Arc::new(store), format!("s3://{bucket}/{prefix}")))
+            }
+        }
+        _ => Err(HubError::UnsupportedStorage(url.to_string())),
+    }
+}
+
+/// `file:///abs/dir`, `file://localhost/abs/dir`, or leniently
+/// `file://rel/dir` (relative to the working directory, as people write it).
+/// The path is taken literally unless it contains '%', so directories with
+/// spaces or '#' work without URL-encoding them.
+fn open_dir(url: &str, rest: &str) -> Result<(Arc<dyn ObjectStore>, String), HubError> {
+    let invalid = |reason: String| HubError::InvalidStorageUrl { url: url.to_string(), reason };
+    let rest = rest.strip_prefix("localhost").filter(|r| r.starts_with('/')).unwrap_or(rest);
+    let dir = if rest.contains('%') {
+        url::Url::parse(&format!("file://{rest}"))
+            .ok()
+            .and_then(|u| u.to_file_path().ok())
+            .ok_or_else(|| invalid("not a valid file URL".to_string()))?
+    } else {
+        std::path::PathBuf::from(rest)
+    };
+    if dir.as_os_str().is_empty() {
+        return Err(invalid("no directory: use file:///DIR".to_string()));
+    }
+    std::fs::create_dir_all(&dir).map_err(|source| HubError::CreateDir { path: dir.display().to_string(), source })?;
+    let dir = dir.canonicalize().map_err(|source| HubError::CreateDir { path: dir.display().to_string(), source })?;
+    let store =
+        LocalFileSystem::new_with_prefix(&dir).map_err(|source| HubError::Storage { url: url.to_string(), source })?;
+    Ok((Arc::new(store), format!("file://{}", dir.display())))
+}
+
+pub(crate) const PACKS: &str = "packs";
+const DATASETS: &str = "datasets";
+pub(crate) const MANIFESTS_DIR: &str = "_manifests";
+pub(crate) const TAGS_DIR: &str = "_tags";
+const HEAD_HINT: &str = "head";
+const PACK_EXT: &str = ".pack";
+const INDEX_EXT: &str = ".idx";
+/// Width of a tag record's sequence number: `u64::MAX` has 20 digits, so
+/// lexicographic order is numeric order.
+const SEQ_WIDTH: usize = 20;
+
+pub(crate) fn packs_dir() -> Path {
+    Path::from(PACKS)
+}
+
+pub(crate) fn pack(d: &Digest) -> Path {
+    Path::from_iter([PACKS, &format!("{}{PACK_EXT}", d.hex())])
+}
+
+pub(crate) fn pack_index(d: &Digest) -> Path {
+    Path::from_iter([PACKS, &format!("{}{INDEX_EXT}", d.hex())])
+}
+
+/// The pack a `packs/<hex>.idx` key belongs to.
+pub(crate) fn parse_pack_index(key: &Path) -> Option<Digest> {
+    let file = key.filename()?;
+    Digest::from_hex(file.strip_suffix(INDEX_EXT)?).ok()
+}
+
+/// The pack a `packs/<hex>.pack` key names.
+pub(crate) fn parse_pack(key: &Path) -> Option<Digest> {
+    let file = key.filename()?;
+    Digest::from_hex(file.strip_suffix(PACK_EXT)?).ok()
+}
+
+pub(crate) fn datasets_dir() -> Path {
+    Path::from(DATASETS)
+}
+
+pub(crate) fn dataset(name: &Name) -> Path {
+    Path::from_iter(std::iter::once(DATASETS).chain(name.segments()))
+}
+
+fn dataset_child<'a>(name: &'a Name, rest: impl IntoIterator<Item = &'a str>) -> Path {
+    Path::from_iter(std::iter::once(DATASETS).chain(name.segments()).chain(rest))
+}
+
+pub(crate) fn manifest(name: &Name, d: &Digest) -> Path {
+    let hex = d.hex();
+    dataset_child(name, [MANIFESTS_DIR, hex.as_str()])
+}
+
+pub(crate) fn tags_dir(name: &Name) -> Path {
+    dataset_child(name, [TAGS_DIR])
+}
+
+pub(crate) fn tag_dir(name: &Name, tag: &Tag) -> Path {
+    dataset_child(name, [TAGS_DIR, tag.as_str()])
+}
+
+pub(crate) fn tag_record(name: &Name, tag: &Tag, seq: u64) -> Path {
+    let seq = format!("{seq:0SEQ_WIDTH$}");
+    dataset_child(name, [TAGS_DIR, tag.as_str(), seq.as_str()])
+}
+
+pub(crate) fn tag_head(name: &Name, tag: &Tag) -> Path {
+    dataset_child(name, [TAGS_DIR, tag.as_str(), HEAD_HINT])
+}
+
+/// The sequence number a tag record key ends with; `None` for the hint and strays.
+pub(crate) fn parse_seq(key: &Path) -> Option<u64> {
+    let file = key.filename()?;
+    if file.len() != SEQ_WIDTH || !file.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    file.parse().ok()
+}
+
+/// The dataset name a `datasets/…` prefix spells, if it is a valid name.
+pub(crate) fn name_of_dataset_prefix(prefix: &Path) -> Option<Name> {
+    let mut parts = prefix.parts();
+    if parts.next()?.as_ref() != DATASETS {
+        return None;
+    }
+    let segs: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+    if segs.is_empty() {
+        return None;
+    }
+    segs.join("/").parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_the_documented_layout() {
+        let name: Name = "acme/geoip".parse().expect("name");
+        let tag: Tag = "latest".parse().expect("tag");
+        let d = Digest::of(b"x");
+        assert_eq!(pack(&d).as_ref(), format!("packs/{}.pack", d.hex()));
+        assert_eq!(pack_index(&d).as_ref(), format!("packs/{}.idx", d.hex()));
+        assert_eq!(parse_pack_index(&pack_index(&d)), Some(d));
+        assert_eq!(parse_pack(&pack(&d)), Some(d));
+        assert_eq!(parse_pack_index(&pack(&d)), None);
+        assert_eq!(manifest(&name, &d).as_ref(), format!("datasets/acme/geoip/_manifests/{}", d.hex()));
+        assert_eq!(tag_record(&name, &tag, 7).as_ref(), "datasets/acme/geoip/_tags/latest/00000000000000000007");
+        assert_eq!(parse_seq(&tag_record(&name, &tag, u64::MAX)), Some(u64::MAX));
+        assert_eq!(parse_seq(&tag_head(&name, &tag)), None);
+        assert_eq!(name_of_dataset_prefix(&dataset(&name)), Some(name));
+    }
+
+    #[test]
+    fn storage_urls() {
+        assert!(open("memory://").is_ok());
+        assert!(matches!(open("ftp://x"), Err(HubError::UnsupportedStorage(_))));
+        assert!(open("not a url").is_err());
+        assert!(open("file://").is_err());
+        assert!(open("s3://").is_err());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("a/b");
+        let (_, desc) = open(&format!("file://{}", sub.display())).expect("opens");
+        assert!(sub.is_dir());
+        assert!(desc.starts_with("file:///"), "{desc}");
+        let spaced = dir.path().join("with space#1");
+        open(&format!("file://{}", spaced.display())).expect("opens");
+        assert!(spaced.is_dir());
+        let encoded = url::Url::from_directory_path(dir.path().join("enc dir")).expect("url").to_string();
+        open(&encoded).expect("opens");
+        assert!(dir.path().join("enc dir").is_dir());
+    }
+}

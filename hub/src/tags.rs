@@ -1,0 +1,354 @@
+//! Tags: compare-and-swap moves, history and long-polls, on an object store
+//! that offers only create-if-absent.
+//!
+//! A tag is a directory of immutable records, `…/_tags/<tag>/<seq>`, one per
+//! move (a deletion is a record whose digest is null). The current state is
+//! the record with the highest seq; the history is all of them. A move reads
+//! the current record (seq N), checks the caller's expectation against it,
+//! and creates seq N+1 with `PutMode::Create`. If another writer (this
+//! replica or another) created N+1 first, the create fails with
+//! `AlreadyExists` and the move starts over from the new state, re-checking
+//! the expectation. So two writers can never both succeed from the same
+//! state: no move is ever lost, and every record's `previous` is the digest
+//! of the record before it.
+//!
+//! Finding the highest seq without listing: `…/<tag>/head` holds a hint (a
+//! plain overwrite, possibly stale, never ahead of the truth since it is
+//! written after the record). Readers start from the hint, or from the record
+//! this replica last saw, and probe seq+1, seq+2, … with HEAD until one is
+//! missing. Without a hint they list the directory.
+//!
+//! Long-polls wait on an in-process [`Notify`] per tag, woken by moves made
+//! through this replica, and re-check storage every [`RECHECK`] for moves
+//! made by other replicas.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aetherfs_format::api::{Expected, TagRecord};
+use aetherfs_format::{Digest, Name, Tag};
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::chunk_index::{get_bytes, lock};
+use crate::error::{AppError, StorageContext};
+use crate::storage;
+
+/// How often a long-poll re-reads storage for moves made by other replicas.
+pub(crate) const RECHECK: Duration = Duration::from_secs(2);
+/// Past this many probes forward from a hint, listing is cheaper.
+const PROBE_MAX: u64 = 16;
+/// A move that loses this many races in a row gives up with 503.
+const MOVE_ATTEMPTS: usize = 1000;
+/// Tag records read at once for a history or a listing.
+const READ_PARALLELISM: usize = 16;
+
+type Key = (Name, Tag);
+
+/// What a move does to a tag.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Move {
+    Set(Digest),
+    Delete,
+}
+
+/// The outcome of a move.
+pub(crate) struct Applied {
+    pub record: TagRecord,
+    /// False when the tag already pointed at the digest: nothing was appended.
+    pub moved: bool,
+}
+
+pub(crate) struct TagStore {
+    store: Arc<dyn ObjectStore>,
+    /// The newest record this replica has seen per tag: a starting point for
+    /// probing, never trusted as current without a probe.
+    seen: Mutex<HashMap<Key, TagRecord>>,
+    watchers: Mutex<HashMap<Key, Arc<Notify>>>,
+}
+
+impl TagStore {
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Self { store, seen: Mutex::new(HashMap::new()), watchers: Mutex::new(HashMap::new()) }
+    }
+
+    /// The latest record (possibly a deletion), or `None` if the tag never existed.
+    pub async fn current(&self, name: &Name, tag: &Tag) -> Result<Option<TagRecord>, AppError> {
+        let key = (name.clone(), tag.clone());
+        let start = lock(&self.seen).get(&key).cloned();
+        let start = match start {
+            Some(r) => Some(r),
+            None => self.read_via_hint(name, tag).await?,
+        };
+        let Some(mut rec) = start else {
+            return self.read_via_listing(name, tag).await;
+        };
+        let mut seq = rec.seq;
+        let mut probes = 0;
+        loop {
+            match self.store.head(&storage::tag_record(name, tag, seq + 1)).await {
+                Ok(_) => seq += 1,
+                Err(object_store::Error::NotFound { .. }) => break,
+                Err(e) => return Err(AppError::storage("probing a tag", e)),
+            }
+            probes += 1;
+            if probes > PROBE_MAX {
+                return self.read_via_listing(name, tag).await;
+            }
+        }
+        if seq != rec.seq {
+            rec = self
+                .read_record(name, tag, seq)
+                .await?
+                .ok_or_else(|| AppError::storage("reading a tag", "record vanished"))?;
+        }
+        self.remember(&rec);
+        Ok(Some(rec))
+    }
+
+    /// The record the hint names, if both exist.
+    async fn read_via_hint(&self, name: &Name, tag: &Tag) -> Result<Option<TagRecord>, AppError> {
+        let Some(bytes) = get_bytes(&*self.store, &storage::tag_head(name, tag)).await.ctx("reading a tag hint")?
+        else {
+            return Ok(None);
+        };
+        let Some(seq) = std::str::from_utf8(&bytes).ok().and_then(|s| s.trim().parse::<u64>().ok()) else {
+            tracing::warn!(%name, %tag, "ignoring an unreadable tag hint");
+            return Ok(None);
+        };
+        self.read_record(name, tag, seq).await
+    }
+
+    /// The record with the highest seq, found by listing.
+    async fn read_via_listing(&self, name: &Name, tag: &Tag) -> Result<Option<TagRecord>, AppError> {
+        let Some(&seq) = self.seqs(name, tag).await?.last() else {
+            return Ok(None);
+        };
+        let rec = self.read_record(name, tag, seq).await?;
+        if let Some(r) = &rec {
+            self.remember(r);
+        }
+        Ok(rec)
+    }
+
+    /// Every seq stored for a tag, ascending.
+    async fn seqs(&self, name: &Name, tag: &Tag) -> Result<Vec<u64>, AppError> {
+        let listing: Vec<object_store::ObjectMeta> =
+            self.store.list(Some(&storage::tag_dir(name, tag))).try_collect().await.ctx("listing a tag's history")?;
+        let mut seqs: Vec<u64> = listing.iter().filter_map(|m| storage::parse_seq(&m.location)).collect();
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    async fn read_record(&self, name: &Name, tag: &Tag, seq: u64) -> Result<Option<TagRecord>, AppError> {
+        let key = storage::tag_record(name, tag, seq);
+        let Some(bytes) = get_bytes(&*self.store, &key).await.ctx("reading a tag record")? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<TagRecord>(&bytes) {
+            Ok(r) if r.seq == seq && &r.name == name && &r.tag == tag => Ok(Some(r)),
+            Ok(_) => Err(AppError::storage("reading a tag record", format!("{key} does not describe itself"))),
+            Err(e) => Err(AppError::storage("reading a tag record", format!("{key}: {e}"))),
+        }
+    }
+
+    fn remember(&self, rec: &TagRecord) {
+        let mut seen = lock(&self.seen);
+        let key = (rec.name.clone(), rec.tag.clone());
+        match seen.get(&key) {
+            Some(old) if old.seq >= rec.seq => {}
+            _ => {
+                seen.insert(key, rec.clone());
+            }
+        }
+    }
+
+    /// Every move of a tag, oldest first, deletions included.
+    pub async fn history(&self, name: &Name, tag: &Tag) -> Result<Vec<TagRecord>, AppError> {
+        let seqs = self.seqs(name, tag).await?;
+        let records: Vec<Option<TagRecord>> = futures::stream::iter(seqs)
+            .map(|seq| self.read_record(name, tag, seq))
+            .buffered(READ_PARALLELISM)
+            .try_collect()
+            .await?;
+        Ok(records.into_iter().flatten().collect())
+    }
+
+    /// The tags that have ever existed in a dataset.
+    pub async fn tag_names(&self, name: &Name) -> Result<Vec<Tag>, AppError> {
+        let listing = self.store.list_with_delimiter(Some(&storage::tags_dir(name))).await.ctx("listing tags")?;
+        let mut tags: Vec<Tag> = listing.common_prefixes.iter().filter_map(|p| p.filename()?.parse().ok()).collect();
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// The current record of every tag of a dataset that is not deleted, by tag.
+    pub async fn list(&self, name: &Name) -> Result<Vec<TagRecord>, AppError> {
+        let tags = self.tag_names(name).await?;
+        let records: Vec<Option<TagRecord>> = futures::stream::iter(tags)
+            .map(|tag| async move { self.current(name, &tag).await })
+            .buffered(READ_PARALLELISM)
+            .try_collect()
+            .await?;
+        Ok(records.into_iter().flatten().filter(|r| r.digest.is_some()).collect())
+    }
+
+    /// Moves (or deletes) a tag by compare-and-swap; see the module docs.
+    pub async fn apply(
+        &self,
+        name: &Name,
+        tag: &Tag,
+        mv: Move,
+        expected: Option<Expected>,
+        by: &str,
+    ) -> Result<Applied, AppError> {
+        for _ in 0..MOVE_ATTEMPTS {
+            let cur = self.current(name, tag).await?;
+            let cur_digest = cur.as_ref().and_then(|r| r.digest);
+            if let Some(exp) = expected {
+                check_expected(name, tag, exp, cur.as_ref())?;
+            }
+            let new_digest = match mv {
+                Move::Delete if cur_digest.is_none() => return Err(tag_not_found(name, tag)),
+                Move::Delete => None,
+                Move::Set(d) => {
+                    if let (Some(c), Some(r)) = (cur_digest, &cur)
+                        && c == d
+                    {
+                        // Re-setting a tag to where it is changes nothing; keep the history clean.
+                        return Ok(Applied { record: r.clone(), moved: false });
+                    }
+                    Some(d)
+                }
+            };
+            let seq = cur.as_ref().map_or(1, |r| r.seq + 1);
+            let record = TagRecord {
+                name: name.clone(),
+                tag: tag.clone(),
+                digest: new_digest,
+                previous: cur_digest,
+                by: by.to_string(),
+                at: now_rfc3339(),
+                seq,
+            };
+            let body = serde_json::to_vec(&record).map_err(|e| AppError::internal("encoding a tag record", e))?;
+            let put = self
+                .store
+                .put_opts(&storage::tag_record(name, tag, seq), PutPayload::from(body), PutMode::Create.into())
+                .await;
+            match put {
+                Ok(_) => {
+                    self.remember(&record);
+                    // The hint only saves listings; a failure costs nothing but speed.
+                    let hint = PutPayload::from(seq.to_string());
+                    if let Err(e) = self.store.put(&storage::tag_head(name, tag), hint).await {
+                        tracing::warn!(%name, %tag, error = %e, "could not update a tag hint");
+                    }
+                    self.notify(name, tag);
+                    return Ok(Applied { record, moved: true });
+                }
+                // Someone else moved the tag first: reload and re-check.
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(AppError::storage("writing a tag record", e)),
+            }
+        }
+        Err(AppError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "tag_contended",
+            format!("tag {name}:{tag} is moving too often to move it now; try again"),
+        ))
+    }
+
+    fn notify(&self, name: &Name, tag: &Tag) {
+        if let Some(n) = lock(&self.watchers).get(&(name.clone(), tag.clone())) {
+            n.notify_waiters();
+        }
+    }
+
+    /// Waits until the tag's digest differs from `since` (a deletion counts as
+    /// absent) or `timeout` passes, and returns the record at that moment.
+    pub async fn wait(
+        &self,
+        name: &Name,
+        tag: &Tag,
+        since: Expected,
+        timeout: Duration,
+    ) -> Result<Option<TagRecord>, AppError> {
+        let watch = self.watch(name, tag);
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Register for wake-ups before reading, so a move in between is not missed.
+            let notified = watch.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let cur = self.current(name, tag).await?;
+            let digest = cur.as_ref().and_then(|r| r.digest);
+            let changed = match since {
+                Expected::Absent => digest.is_some(),
+                Expected::Digest(d) => digest != Some(d),
+            };
+            let now = Instant::now();
+            if changed || now >= deadline {
+                return Ok(cur);
+            }
+            let nap = RECHECK.min(deadline - now);
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+
+    fn watch(&self, name: &Name, tag: &Tag) -> Watch<'_> {
+        let key = (name.clone(), tag.clone());
+        let notify = lock(&self.watchers).entry(key.clone()).or_default().clone();
+        Watch { map: &self.watchers, key, notify }
+    }
+}
+
+/// One long-poll's registration; the map entry goes when its last waiter does.
+struct Watch<'a> {
+    map: &'a Mutex<HashMap<Key, Arc<Notify>>>,
+    key: Key,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        let mut map = lock(self.map);
+        // Clones are only made under this lock: 2 means the map's and ours.
+        if Arc::strong_count(&self.notify) <= 2 {
+            map.remove(&self.key);
+        }
+    }
+}
+
+fn check_expected(name: &Name, tag: &Tag, exp: Expected, cur: Option<&TagRecord>) -> Result<(), AppError> {
+    let digest = cur.and_then(|r| r.digest);
+    let ok = match exp {
+        Expected::Absent => digest.is_none(),
+        Expected::Digest(d) => digest == Some(d),
+    };
+    if ok {
+        return Ok(());
+    }
+    let state = match (cur, digest) {
+        (_, Some(d)) => format!("is at {d}"),
+        (Some(_), None) => "was deleted".to_string(),
+        (None, None) => "does not exist".to_string(),
+    };
+    Err(AppError::conflict("tag_conflict", format!("tag {name}:{tag} {state} (expected {exp})")))
+}
+
+pub(crate) fn tag_not_found(name: &Name, tag: &Tag) -> AppError {
+    AppError::not_found("tag_not_found", format!("tag {name}:{tag} does not exist"))
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+}

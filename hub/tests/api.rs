@@ -1,0 +1,1034 @@
+//! The hub's HTTP API, in-process: each request goes through the real router
+//! with `tower::ServiceExt::oneshot`, over `memory://`, a local directory and
+//! (when `moto_server` is installed, as scripts/install-test-peers.sh does)
+//! S3. Packs and manifests are built with the format crate, so they are the
+//! bytes real clients send.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aetherfs_format::pack::{BuiltPack, PackBuilder};
+use aetherfs_format::{ChunkParams, ChunkRef, Digest, Entry, EntryKind, Manifest};
+use aetherfs_hub::{Hub, HubOptions};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+// ---------------------------------------------------------------- harness
+
+struct TestHub {
+    hub: Hub,
+    router: Router,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl TestHub {
+    async fn over(store: Arc<dyn ObjectStore>, opts: HubOptions) -> Self {
+        let hub = Hub::from_store(store.clone(), opts);
+        let router = hub.router();
+        let t = Self { hub, router, store };
+        t.wait_ready().await;
+        t
+    }
+
+    async fn memory() -> Self {
+        Self::over(Arc::new(InMemory::new()), HubOptions::default()).await
+    }
+
+    async fn dir(dir: &std::path::Path) -> Self {
+        let opts = HubOptions { storage: format!("file://{}", dir.display()), ..HubOptions::default() };
+        let hub = Hub::open(opts).await.expect("open file hub");
+        assert!(hub.storage_description().starts_with("file:///"));
+        let router = hub.router();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).expect("local store"));
+        let t = Self { hub, router, store };
+        t.wait_ready().await;
+        t
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.get("/readyz").await;
+            if r.status == StatusCode::OK {
+                return;
+            }
+            assert!(Instant::now() < deadline, "hub never became ready: {}", r.text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn send(&self, req: Request<Body>) -> Resp {
+        let res = self.router.clone().oneshot(req).await.expect("router is infallible");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let body = axum::body::to_bytes(res.into_body(), usize::MAX).await.expect("body");
+        Resp { status, headers, body }
+    }
+
+    async fn call(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Resp {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.send(b.body(body.into()).expect("request")).await
+    }
+
+    async fn get(&self, uri: &str) -> Resp {
+        self.call(Method::GET, uri, &[], Body::empty()).await
+    }
+
+    async fn json(&self, method: Method, uri: &str, body: &Value) -> Resp {
+        self.call(method, uri, &[("content-type", "application/json")], body.to_string()).await
+    }
+
+    async fn put_pack(&self, pack: &BuiltPack) -> Resp {
+        self.call(Method::PUT, &format!("/v1/packs/{}", pack.digest), &[], pack.bytes.clone()).await
+    }
+
+    async fn put_manifest(&self, name: &str, bytes: &[u8]) -> Resp {
+        let uri = format!("/v1/datasets/{name}/manifests/{}", Digest::of(bytes));
+        self.call(Method::PUT, &uri, &[], bytes.to_vec()).await
+    }
+
+    async fn set_tag(&self, name: &str, tag: &str, digest: &Digest, expected: Option<&str>) -> Resp {
+        let mut body = json!({ "digest": digest });
+        if let Some(e) = expected {
+            body["expected"] = json!(e);
+        }
+        self.json(Method::PUT, &format!("/v1/datasets/{name}/tags/{tag}"), &body).await
+    }
+
+    async fn missing(&self, digests: &[Digest]) -> Value {
+        let r = self.json(Method::POST, "/v1/chunks/missing", &json!({ "digests": digests })).await;
+        r.ok()
+    }
+
+    /// Every key in the store.
+    async fn keys(&self) -> Vec<String> {
+        let metas: Vec<object_store::ObjectMeta> = self.store.list(None).try_collect().await.expect("list");
+        metas.into_iter().map(|m| m.location.to_string()).collect()
+    }
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Resp {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn value(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The JSON body of a success.
+    fn ok(&self) -> Value {
+        assert!(self.status.is_success(), "HTTP {}: {}", self.status, self.text());
+        self.value()
+    }
+
+    /// Asserts an error answer's status and code; returns its message.
+    #[track_caller]
+    fn err(&self, status: StatusCode, code: &str) -> String {
+        assert_eq!(self.status, status, "{}", self.text());
+        let v = self.value();
+        assert_eq!(v["error"]["code"], code, "{}", self.text());
+        v["error"]["message"].as_str().expect("message").to_string()
+    }
+
+    fn header(&self, name: header::HeaderName) -> &str {
+        self.headers.get(&name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+    }
+}
+
+// ------------------------------------------------------------- test data
+
+fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// A file's chunks, distinct for each seed: two random (stored raw), one
+/// repetitive (stored zstd).
+fn file_chunks(seed: u64) -> Vec<Vec<u8>> {
+    let mut repetitive = vec![b'z'; 5000];
+    repetitive[..8].copy_from_slice(&seed.to_le_bytes());
+    vec![random_bytes(seed * 2, 3000), repetitive, random_bytes(seed * 2 + 1, 1234)]
+}
+
+fn build_pack(chunks: &[Vec<u8>]) -> BuiltPack {
+    let mut b = PackBuilder::new();
+    for c in chunks {
+        b.add(Digest::of(c), c, true);
+    }
+    b.finish()
+}
+
+/// One file per `(path, chunks)`, every chunk found in `pack`.
+fn manifest(files: &[(&str, &[Vec<u8>])], pack: &BuiltPack, note: &str) -> Vec<u8> {
+    let mut m = Manifest::new(ChunkParams::default());
+    m.annotations.insert("note".into(), note.into());
+    for (path, chunks) in files {
+        let refs: Vec<ChunkRef> = chunks
+            .iter()
+            .map(|c| {
+                let d = Digest::of(c);
+                let e = pack.entries.iter().find(|e| e.digest == d).expect("chunk in pack");
+                ChunkRef { digest: d, len: e.len, location: e.location(pack.digest) }
+            })
+            .collect();
+        let whole: Vec<u8> = chunks.concat();
+        m.entries.push(Entry {
+            path: path.to_string(),
+            mode: 0o644,
+            kind: EntryKind::File { size: whole.len() as u64, digest: Digest::of(&whole), chunks: refs },
+        });
+    }
+    m.sort();
+    m.encode().expect("valid manifest")
+}
+
+/// A manifest with no chunks, made distinct by its annotation.
+fn empty_manifest(note: &str) -> Vec<u8> {
+    let mut m = Manifest::new(ChunkParams::default());
+    m.annotations.insert("note".into(), note.into());
+    m.entries.push(Entry { path: "empty".into(), mode: 0o755, kind: EntryKind::Dir });
+    m.encode().expect("valid manifest")
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Raw manifest bytes with empty files at `paths`, unchecked: how a hostile
+/// client would write `../x`.
+fn raw_manifest(paths: &[&str]) -> Vec<u8> {
+    let mut out = b"AFSM".to_vec();
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.push(1);
+    let p = ChunkParams::default();
+    for v in [p.min, p.avg, p.max] {
+        put_varint(&mut out, v.into());
+    }
+    put_varint(&mut out, 0); // annotations
+    put_varint(&mut out, 0); // packs
+    put_varint(&mut out, paths.len() as u64);
+    for path in paths {
+        out.push(0);
+        put_varint(&mut out, path.len() as u64);
+        out.extend_from_slice(path.as_bytes());
+        put_varint(&mut out, 0o644);
+        put_varint(&mut out, 0);
+        out.extend_from_slice(Digest::of(b"").as_bytes());
+        put_varint(&mut out, 0);
+    }
+    out
+}
+
+async fn with_each_backend<F, Fut>(scenario: F)
+where
+    F: Fn(TestHub) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    scenario(TestHub::memory().await).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    scenario(TestHub::dir(dir.path()).await).await;
+}
+
+// ------------------------------------------------------------------ tests
+
+async fn round_trip(h: TestHub) {
+    let name = "acme/geoip";
+    let a = file_chunks(1);
+    let b = file_chunks(2);
+    let pack = build_pack(&[a.clone(), b.clone()].concat());
+
+    // An empty hub.
+    assert_eq!(h.get("/v1/datasets").await.ok(), json!({ "datasets": [] }));
+    h.get(&format!("/v1/datasets/{name}/tags")).await.err(StatusCode::NOT_FOUND, "dataset_not_found");
+    h.get(&format!("/v1/datasets/{name}/tags/latest/history")).await.err(StatusCode::NOT_FOUND, "tag_not_found");
+
+    // Upload, twice: the second is a no-op.
+    let stored = h.put_pack(&pack).await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.text());
+    let v = stored.value();
+    assert_eq!(v["pack"], pack.digest.to_string());
+    assert_eq!(v["chunks"], 6);
+    assert_eq!(v["created"], true);
+    assert_eq!(v["bytes"], pack.bytes.len());
+    let again = h.put_pack(&pack).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.value()["created"], false);
+
+    // The missing-chunks query knows where every chunk is.
+    let unknown = Digest::of(b"never stored");
+    let mut asked: Vec<Digest> = pack.entries.iter().map(|e| e.digest).collect();
+    asked.push(unknown);
+    let v = h.missing(&asked).await;
+    assert_eq!(v["missing"], json!([unknown]));
+    let present = v["present"].as_array().expect("present");
+    assert_eq!(present.len(), pack.entries.len());
+    for e in &pack.entries {
+        let p = present.iter().find(|p| p["digest"] == e.digest.to_string()).expect("present chunk");
+        assert_eq!(p["pack"], pack.digest.to_string());
+        assert_eq!(p["offset"], e.offset);
+        assert_eq!(p["stored_len"], e.stored_len);
+        assert_eq!(p["len"], e.len);
+        assert_eq!(p["compression"], serde_json::to_value(e.compression).expect("json"));
+    }
+    assert!(present.iter().any(|p| p["compression"] == "zstd"));
+
+    // Publish a manifest, twice.
+    let m1 = manifest(&[("data/a.bin", &a), ("b.bin", &b)], &pack, "one");
+    let d1 = Digest::of(&m1);
+    let r = h.put_manifest(name, &m1).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let v = r.value();
+    assert_eq!(v["digest"], d1.to_string());
+    assert_eq!(v["name"], name);
+    assert_eq!(v["stats"]["files"], 2);
+    assert_eq!(v["stats"]["chunks"], 6);
+    assert_eq!(v["created"], true);
+    let r = h.put_manifest(name, &m1).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.value()["created"], false);
+
+    // Read it back: exact bytes, then JSON.
+    let uri = format!("/v1/datasets/{name}/manifests/{d1}");
+    let r = h.get(&uri).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&r.body[..], &m1[..]);
+    assert_eq!(r.header(header::CONTENT_TYPE), "application/vnd.aetherfs.manifest.v1");
+    assert_eq!(r.header(header::ETAG), format!("\"{d1}\""));
+    let r = h.call(Method::GET, &uri, &[("accept", "application/json")], Body::empty()).await;
+    let v = r.ok();
+    assert_eq!(v["digest"], d1.to_string());
+    assert_eq!(v["stats"]["files"], 2);
+    assert_eq!(v["entries"][0]["path"], "b.bin");
+    assert_eq!(v["entries"][1]["path"], "data/a.bin");
+    assert_eq!(v["entries"][1]["type"], "file");
+    let r = h.call(Method::HEAD, &uri, &[], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header(header::CONTENT_LENGTH), m1.len().to_string());
+    assert!(r.body.is_empty());
+    let r = h.call(Method::GET, &uri, &[("if-none-match", &format!("\"{d1}\""))], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+
+    // Tag it, resolve it, list it.
+    let r = h.set_tag(name, "latest", &d1, Some("absent")).await;
+    let rec = r.ok();
+    assert_eq!(rec["digest"], d1.to_string());
+    assert_eq!(rec["previous"], Value::Null);
+    assert_eq!(rec["seq"], 1);
+    assert_eq!(rec["by"], "anonymous");
+    assert!(
+        time::OffsetDateTime::parse(rec["at"].as_str().expect("at"), &time::format_description::well_known::Rfc3339)
+            .is_ok()
+    );
+    let v = h.get(&format!("/v1/datasets/{name}/tags/latest")).await.ok();
+    assert_eq!(v["digest"], d1.to_string());
+    // Setting it to where it is appends nothing.
+    let v = h.set_tag(name, "latest", &d1, None).await.ok();
+    assert_eq!(v["seq"], 1);
+
+    let m2 = manifest(&[("b.bin", &b)], &pack, "two");
+    let d2 = Digest::of(&m2);
+    assert_eq!(h.put_manifest(name, &m2).await.status, StatusCode::CREATED);
+    h.set_tag(name, "v2", &d2, None).await.ok();
+    let v = h.set_tag(name, "latest", &d2, Some(&d1.to_string())).await.ok();
+    assert_eq!(v["previous"], d1.to_string());
+    assert_eq!(v["seq"], 2);
+
+    let v = h.get("/v1/datasets").await.ok();
+    assert_eq!(v, json!({ "datasets": [{ "name": name, "tags": ["latest", "v2"] }] }));
+    let v = h.get(&format!("/v1/datasets/{name}/tags")).await.ok();
+    let tags = v["tags"].as_array().expect("tags");
+    assert_eq!(tags.len(), 2);
+    assert_eq!(tags[0]["tag"], "latest");
+    assert_eq!(tags[0]["digest"], d2.to_string());
+    assert_eq!(tags[1]["tag"], "v2");
+
+    // Delete: a stale expectation conflicts; the right one appends a tombstone.
+    let uri = format!("/v1/datasets/{name}/tags/latest");
+    let r = h.call(Method::DELETE, &format!("{uri}?expected={d1}"), &[], Body::empty()).await;
+    let msg = r.err(StatusCode::CONFLICT, "tag_conflict");
+    assert!(msg.contains(&d2.to_string()), "{msg}");
+    let v = h.call(Method::DELETE, &format!("{uri}?expected={d2}"), &[], Body::empty()).await.ok();
+    assert_eq!(v["digest"], Value::Null);
+    assert_eq!(v["previous"], d2.to_string());
+    assert_eq!(v["seq"], 3);
+    h.get(&uri).await.err(StatusCode::NOT_FOUND, "tag_not_found");
+    h.call(Method::DELETE, &uri, &[], Body::empty()).await.err(StatusCode::NOT_FOUND, "tag_not_found");
+    let v = h.get(&format!("{uri}/history")).await.ok();
+    let digests: Vec<&Value> = v["records"].as_array().expect("records").iter().map(|r| &r["digest"]).collect();
+    assert_eq!(digests, [&json!(d1), &json!(d2), &Value::Null]);
+    let v = h.get("/v1/datasets").await.ok();
+    assert_eq!(v["datasets"][0]["tags"], json!(["v2"]));
+    // After a deletion, `absent` is the expectation that holds.
+    h.set_tag(name, "latest", &d1, Some(&d2.to_string())).await.err(StatusCode::CONFLICT, "tag_conflict");
+    let v = h.set_tag(name, "latest", &d1, Some("absent")).await.ok();
+    assert_eq!(v["previous"], Value::Null);
+    assert_eq!(v["seq"], 4);
+
+    // A tag can only point at a manifest of its own dataset.
+    h.set_tag("other/ds", "latest", &d1, None).await.err(StatusCode::NOT_FOUND, "manifest_not_found");
+
+    let text = h.get("/metrics").await.text();
+    for needle in [
+        "aetherfs_hub_packs_stored_total 1",
+        "aetherfs_hub_manifests_published_total 2",
+        "aetherfs_hub_tag_moves_total 5",
+        "aetherfs_hub_chunks_indexed 6",
+        "aetherfs_hub_long_polls_waiting 0",
+        "aetherfs_hub_http_requests_total{route=\"/v1/datasets/{name}/tags/{tag}\",method=\"PUT\",status=\"200\"}",
+        "aetherfs_hub_http_requests_total{route=\"/v1/packs/{digest}\",method=\"PUT\",status=\"201\"} 1",
+        "aetherfs_hub_http_request_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
+    }
+    assert!(text.contains(&format!("aetherfs_hub_pack_received_bytes_total {}", pack.bytes.len())), "{text}");
+}
+
+#[tokio::test]
+async fn round_trip_over_each_backend() {
+    with_each_backend(round_trip).await;
+}
+
+async fn corrupt_chunk_is_refused(h: TestHub) {
+    let chunks = file_chunks(7);
+    let pack = build_pack(&chunks);
+    let raw = pack.entries.iter().find(|e| e.compression == aetherfs_format::Compression::None).expect("raw chunk");
+    let mut bytes = pack.bytes.clone();
+    bytes[raw.offset as usize + 10] ^= 0x40;
+    // The URL digest matches the bytes sent: only the chunk check can catch it.
+    let digest = Digest::of(&bytes);
+    let r = h.call(Method::PUT, &format!("/v1/packs/{digest}"), &[], bytes).await;
+    let msg = r.err(StatusCode::BAD_REQUEST, "invalid_pack");
+    assert!(msg.contains(&raw.digest.to_string()), "{msg}");
+    assert!(h.keys().await.is_empty(), "something was stored: {:?}", h.keys().await);
+    let v = h.missing(&[raw.digest]).await;
+    assert_eq!(v["missing"], json!([raw.digest]));
+    h.get(&format!("/v1/packs/{digest}")).await.err(StatusCode::NOT_FOUND, "pack_not_found");
+
+    // A truncated pack is refused the same way.
+    let cut = &pack.bytes[..pack.bytes.len() - 3];
+    let r = h.call(Method::PUT, &format!("/v1/packs/{}", Digest::of(cut)), &[], cut.to_vec()).await;
+    r.err(StatusCode::BAD_REQUEST, "invalid_pack");
+    assert!(h.keys().await.is_empty());
+}
+
+#[tokio::test]
+async fn corrupt_packs_are_refused_and_nothing_is_stored() {
+    with_each_backend(corrupt_chunk_is_refused).await;
+}
+
+#[tokio::test]
+async fn pack_digest_mismatch_and_size_limit() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let h = TestHub::over(store, HubOptions { max_pack_bytes: 4096, ..HubOptions::default() }).await;
+    let small = build_pack(&[b"tiny chunk".to_vec()]);
+    let other = Digest::of(b"other");
+    let r = h.call(Method::PUT, &format!("/v1/packs/{other}"), &[], small.bytes.clone()).await;
+    r.err(StatusCode::BAD_REQUEST, "digest_mismatch");
+
+    let big = build_pack(&[random_bytes(3, 6000)]);
+    h.put_pack(&big).await.err(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    // Without a Content-Length the limit holds while streaming.
+    let stream = futures::stream::iter(
+        big.bytes.chunks(1000).map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
+    );
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri(format!("/v1/packs/{}", big.digest))
+        .body(Body::from_stream(stream))
+        .expect("request");
+    h.send(req).await.err(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    // A lying Content-Length is refused up front.
+    let r = h
+        .call(Method::PUT, &format!("/v1/packs/{}", small.digest), &[("content-length", "999999999")], Body::empty())
+        .await;
+    r.err(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    assert!(h.keys().await.is_empty());
+    assert_eq!(h.put_pack(&small).await.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn manifests_are_checked_before_anything_is_stored() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let h = TestHub::over(store, HubOptions { max_manifest_bytes: 1 << 20, ..HubOptions::default() }).await;
+    let name = "acme/checks";
+    let chunks = file_chunks(11);
+    let pack = build_pack(&chunks);
+    let good = manifest(&[("f", &chunks)], &pack, "good");
+
+    // Chunks not stored (the pack was never uploaded).
+    let r = h.put_manifest(name, &good).await;
+    let msg = r.err(StatusCode::UNPROCESSABLE_ENTITY, "missing_chunks");
+    assert!(msg.contains(&Digest::of(&chunks[0]).to_string()), "{msg}");
+    assert!(h.keys().await.is_empty());
+
+    // The pack is stored, but the manifest lies about where a chunk is.
+    assert_eq!(h.put_pack(&pack).await.status, StatusCode::CREATED);
+    let mut m = Manifest::decode(&good).expect("decode");
+    if let EntryKind::File { chunks, .. } = &mut m.entries[0].kind {
+        chunks[1].location.offset += 1;
+    }
+    let lying = m.encode().expect("still well-formed");
+    let msg = h.put_manifest(name, &lying).await.err(StatusCode::UNPROCESSABLE_ENTITY, "missing_chunks");
+    assert!(msg.contains(&Digest::of(&chunks[1]).to_string()), "{msg}");
+    let manifests: Vec<String> = h.keys().await.into_iter().filter(|k| k.contains("_manifests")).collect();
+    assert!(manifests.is_empty(), "{manifests:?}");
+
+    // Digest in the URL must be the body's.
+    let uri = format!("/v1/datasets/{name}/manifests/{}", Digest::of(b"other"));
+    h.call(Method::PUT, &uri, &[], good.clone()).await.err(StatusCode::BAD_REQUEST, "digest_mismatch");
+
+    // Hostile paths and duplicates, and garbage.
+    assert!(Manifest::decode(&raw_manifest(&["a", "b"])).is_ok(), "the raw encoder is right");
+    for (paths, why) in [
+        (&["../x"][..], "'..' segment"),
+        (&["/etc/passwd"][..], "absolute path"),
+        (&["a", "a"][..], "duplicate path"),
+        (&["a/./b"][..], "'.' segment"),
+    ] {
+        let msg = h.put_manifest(name, &raw_manifest(paths)).await.err(StatusCode::BAD_REQUEST, "invalid_manifest");
+        assert!(msg.contains(why), "{paths:?}: {msg}");
+    }
+    let msg = h.put_manifest(name, &raw_manifest(&["../x"])).await.err(StatusCode::BAD_REQUEST, "invalid_manifest");
+    assert!(msg.contains(r#"invalid path "../x": '..' segment"#), "{msg}");
+    h.put_manifest(name, b"not a manifest").await.err(StatusCode::BAD_REQUEST, "invalid_manifest");
+
+    // Too large.
+    let huge = vec![0u8; (1 << 20) + 1];
+    h.put_manifest(name, &huge).await.err(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+
+    let manifests: Vec<String> = h.keys().await.into_iter().filter(|k| k.contains("_manifests")).collect();
+    assert!(manifests.is_empty(), "{manifests:?}");
+    assert_eq!(h.put_manifest(name, &good).await.status, StatusCode::CREATED);
+
+    // A large valid manifest is not caught by the small-JSON body limit.
+    let mut m = Manifest::new(ChunkParams::default());
+    for i in 0..8000 {
+        m.entries.push(Entry { path: format!("dir/{i:08}"), mode: 0o755, kind: EntryKind::Dir });
+    }
+    m.sort();
+    let big = m.encode().expect("valid");
+    assert!(big.len() > 100_000);
+    let r = h.put_manifest(name, &big).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(r.value()["stats"]["dirs"], 8000);
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors() {
+    let h = TestHub::memory().await;
+    let d = Digest::of(b"x");
+    let bad = StatusCode::BAD_REQUEST;
+    let cases: Vec<(Method, String, StatusCode, &str)> = vec![
+        (Method::GET, "/v1/datasets/Acme/tags".into(), bad, "invalid_name"),
+        (Method::GET, "/v1/datasets/a..b/tags/latest".into(), bad, "invalid_name"),
+        (Method::GET, "/v1/datasets/acme//x/tags".into(), bad, "invalid_name"),
+        (Method::GET, "/v1/datasets/acme/tags/-x".into(), bad, "invalid_tag"),
+        (Method::GET, "/v1/datasets/acme/tags/a%20b".into(), bad, "invalid_tag"),
+        (Method::GET, "/v1/datasets/acme/tags/x/history".into(), StatusCode::NOT_FOUND, "tag_not_found"),
+        (Method::GET, "/v1/datasets/acme/manifests/sha256:00".into(), bad, "invalid_digest"),
+        (Method::GET, format!("/v1/datasets/acme/manifests/{}", d.hex()), bad, "invalid_digest"),
+        (Method::GET, "/v1/packs/blake3:xyz".into(), bad, "invalid_digest"),
+        (Method::PUT, "/v1/packs/nope".into(), bad, "invalid_digest"),
+        (Method::GET, "/v1/datasets/acme/tags/latest?since=nope&wait=1".into(), bad, "invalid_digest"),
+        (Method::GET, format!("/v1/datasets/acme/tags/latest?since={d}&wait=soon"), bad, "invalid_query"),
+        (Method::DELETE, "/v1/datasets/acme/tags/latest?expected=x".into(), bad, "invalid_digest"),
+        (Method::GET, format!("/v1/datasets/acme/manifests/{d}"), StatusCode::NOT_FOUND, "manifest_not_found"),
+        (Method::HEAD, format!("/v1/packs/{d}"), StatusCode::NOT_FOUND, ""),
+        (Method::GET, format!("/v1/packs/{d}"), StatusCode::NOT_FOUND, "pack_not_found"),
+        (Method::GET, "/v1/datasets/acme/tags/latest".into(), StatusCode::NOT_FOUND, "tag_not_found"),
+        (Method::GET, "/v1/datasets/acme/tags".into(), StatusCode::NOT_FOUND, "dataset_not_found"),
+        (Method::GET, "/v1/nothing".into(), StatusCode::NOT_FOUND, "not_found"),
+        (Method::GET, "/v1/datasets/acme".into(), StatusCode::NOT_FOUND, "not_found"),
+        (Method::GET, "/v1/datasets/acme/tags/x/y".into(), StatusCode::NOT_FOUND, "not_found"),
+        (Method::DELETE, format!("/v1/packs/{d}"), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (Method::POST, "/v1/datasets/acme/tags/x".into(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (Method::PUT, "/v1/datasets/acme/tags".into(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (Method::GET, "/v1/chunks/missing".into(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+    ];
+    for (method, uri, status, code) in cases {
+        let r = h.call(method.clone(), &uri, &[], Body::empty()).await;
+        assert_eq!(r.status, status, "{method} {uri}: {}", r.text());
+        if method != Method::HEAD {
+            assert_eq!(r.value()["error"]["code"], code, "{method} {uri}: {}", r.text());
+            assert!(!r.value()["error"]["message"].as_str().unwrap_or_default().is_empty());
+        }
+    }
+
+    // Malformed JSON bodies.
+    let tag_uri = "/v1/datasets/acme/tags/latest";
+    let ct = [("content-type", "application/json")];
+    h.call(Method::PUT, tag_uri, &ct, "{").await.err(StatusCode::BAD_REQUEST, "invalid_json");
+    h.call(Method::PUT, tag_uri, &ct, r#"{"digest":"nope"}"#).await.err(StatusCode::BAD_REQUEST, "invalid_json");
+    let body = format!(r#"{{"digest":"{d}","surprise":1}}"#);
+    h.call(Method::PUT, tag_uri, &ct, body).await.err(StatusCode::BAD_REQUEST, "invalid_json");
+    h.call(Method::PUT, tag_uri, &[], format!(r#"{{"digest":"{d}"}}"#))
+        .await
+        .err(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    h.call(Method::POST, "/v1/chunks/missing", &ct, r#"{"digests":["blake3:00"]}"#)
+        .await
+        .err(StatusCode::BAD_REQUEST, "invalid_json");
+    h.call(Method::POST, "/v1/chunks/missing", &ct, "[]").await.err(StatusCode::BAD_REQUEST, "invalid_json");
+
+    // Too many digests in one query.
+    let many: Vec<Digest> = (0..aetherfs_format::api::MISSING_QUERY_MAX as u32 + 1)
+        .map(|i| {
+            Digest::from_bytes({
+                let mut b = [0u8; 32];
+                b[..4].copy_from_slice(&i.to_le_bytes());
+                b
+            })
+        })
+        .collect();
+    let r = h.json(Method::POST, "/v1/chunks/missing", &json!({ "digests": many })).await;
+    r.err(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    let r = h.json(Method::POST, "/v1/chunks/missing", &json!({ "digests": many[..50_000] })).await;
+    assert_eq!(r.ok()["missing"].as_array().map(Vec::len), Some(50_000));
+
+    // Nothing above was stored.
+    assert!(h.keys().await.is_empty(), "{:?}", h.keys().await);
+    assert_eq!(h.get("/healthz").await.status, StatusCode::OK);
+    let doc = h.get("/openapi.json").await.ok();
+    assert_eq!(doc["openapi"], "3.1.0");
+}
+
+#[tokio::test]
+async fn pack_ranges() {
+    let h = TestHub::memory().await;
+    let pack = build_pack(&file_chunks(5));
+    assert_eq!(h.put_pack(&pack).await.status, StatusCode::CREATED);
+    let uri = format!("/v1/packs/{}", pack.digest);
+    let len = pack.bytes.len();
+    let range = |r: &str| {
+        let uri = uri.clone();
+        let r = r.to_string();
+        let h = &h;
+        async move { h.call(Method::GET, &uri, &[("range", &r)], Body::empty()).await }
+    };
+
+    let whole = h.get(&uri).await;
+    assert_eq!(whole.status, StatusCode::OK);
+    assert_eq!(&whole.body[..], &pack.bytes[..]);
+    assert_eq!(whole.header(header::ACCEPT_RANGES), "bytes");
+    assert_eq!(whole.header(header::CONTENT_LENGTH), len.to_string());
+
+    let e = &pack.entries[1];
+    let (a, b) = (e.offset as usize, (e.offset + u64::from(e.stored_len)) as usize - 1);
+    let r = range(&format!("bytes={a}-{b}")).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], &pack.bytes[a..=b]);
+    assert_eq!(r.header(header::CONTENT_RANGE), format!("bytes {a}-{b}/{len}"));
+    assert_eq!(r.header(header::CONTENT_LENGTH), (b - a + 1).to_string());
+
+    let r = range("bytes=-16").await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], &pack.bytes[len - 16..]);
+    assert_eq!(r.header(header::CONTENT_RANGE), format!("bytes {}-{}/{len}", len - 16, len - 1));
+
+    let r = range(&format!("bytes={}-", len - 5)).await;
+    assert_eq!(&r.body[..], &pack.bytes[len - 5..]);
+    let r = range(&format!("bytes=10-{}", len * 2)).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(&r.body[..], &pack.bytes[10..]);
+
+    let r = range(&format!("bytes={len}-")).await;
+    r.err(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable");
+    assert_eq!(r.header(header::CONTENT_RANGE), format!("bytes */{len}"));
+    range("bytes=0-1,5-6").await.err(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable");
+    range("bytes=9-3").await.err(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable");
+    range("bytes=-0").await.err(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable");
+
+    let r = h.call(Method::HEAD, &uri, &[], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header(header::CONTENT_LENGTH), len.to_string());
+    assert!(r.body.is_empty());
+    let r = h.call(Method::HEAD, &uri, &[("range", "bytes=0-9")], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.header(header::CONTENT_LENGTH), "10");
+
+    let text = h.get("/metrics").await.text();
+    let served = len + (b - a + 1) + 16 + 5 + (len - 10);
+    assert!(text.contains(&format!("aetherfs_hub_pack_served_bytes_total {served}")), "{text}");
+}
+
+/// 32 writers race to move one tag, each through its own manifests, with
+/// read-then-compare-and-swap loops. No move may be lost.
+async fn cas_race(h: TestHub) {
+    const WRITERS: usize = 32;
+    const MOVES: usize = 3;
+    let name = "acme/race";
+    let h = Arc::new(h);
+    let initial = empty_manifest("initial");
+    let d0 = Digest::of(&initial);
+    assert_eq!(h.put_manifest(name, &initial).await.status, StatusCode::CREATED);
+    h.set_tag(name, "latest", &d0, Some("absent")).await.ok();
+    let mut targets = Vec::new();
+    for w in 0..WRITERS {
+        let mut mine = Vec::new();
+        for m in 0..MOVES {
+            let bytes = empty_manifest(&format!("writer {w} move {m}"));
+            assert_eq!(h.put_manifest(name, &bytes).await.status, StatusCode::CREATED);
+            mine.push(Digest::of(&bytes));
+        }
+        targets.push(mine);
+    }
+
+    let tasks: Vec<_> = targets
+        .into_iter()
+        .map(|mine| {
+            let h = h.clone();
+            tokio::spawn(async move {
+                let (mut moved, mut conflicts) = (Vec::new(), 0);
+                for target in mine {
+                    loop {
+                        let cur = h.get(&format!("/v1/datasets/{name}/tags/latest")).await.ok();
+                        let cur = cur["digest"].as_str().expect("digest").to_string();
+                        let r = h.set_tag(name, "latest", &target, Some(&cur)).await;
+                        match r.status {
+                            StatusCode::OK => {
+                                assert_eq!(r.value()["previous"], cur);
+                                moved.push(target);
+                                break;
+                            }
+                            StatusCode::CONFLICT => {
+                                r.err(StatusCode::CONFLICT, "tag_conflict");
+                                conflicts += 1;
+                            }
+                            s => panic!("unexpected {s}: {}", r.text()),
+                        }
+                    }
+                }
+                (moved, conflicts)
+            })
+        })
+        .collect();
+    let mut moved = Vec::new();
+    let mut conflicts = 0;
+    for t in tasks {
+        let (m, c) = t.await.expect("task");
+        moved.extend(m);
+        conflicts += c;
+    }
+    assert_eq!(moved.len(), WRITERS * MOVES);
+
+    let v = h.get(&format!("/v1/datasets/{name}/tags/latest/history")).await.ok();
+    let records = v["records"].as_array().expect("records");
+    assert_eq!(records.len(), moved.len() + 1, "a move was lost");
+    assert_eq!(records[0]["digest"], d0.to_string());
+    for (i, pair) in records.windows(2).enumerate() {
+        assert_eq!(pair[1]["previous"], pair[0]["digest"], "record {} does not follow {}", i + 2, i + 1);
+    }
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["seq"], i + 1);
+    }
+    let in_history: HashSet<String> =
+        records[1..].iter().map(|r| r["digest"].as_str().expect("d").to_string()).collect();
+    let expected: HashSet<String> = moved.iter().map(|d| d.to_string()).collect();
+    assert_eq!(in_history, expected);
+    eprintln!("cas race: {} moves, {conflicts} conflicts retried", moved.len());
+
+    // A stale expectation is refused and names the current digest.
+    let last = records.last().expect("last")["digest"].as_str().expect("d").to_string();
+    let msg = h.set_tag(name, "latest", &d0, Some(&d0.to_string())).await.err(StatusCode::CONFLICT, "tag_conflict");
+    assert!(msg.contains(&last), "{msg}");
+    h.set_tag(name, "latest", &d0, Some("absent")).await.err(StatusCode::CONFLICT, "tag_conflict");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_compare_and_swap_loses_no_update() {
+    with_each_backend(cas_race).await;
+}
+
+#[tokio::test]
+async fn restart_rebuilds_everything_from_the_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = "acme/restart";
+    let chunks = file_chunks(21);
+    let pack = build_pack(&chunks);
+    let m = manifest(&[("f.bin", &chunks)], &pack, "restart");
+    let d = Digest::of(&m);
+    {
+        let h = TestHub::dir(dir.path()).await;
+        assert_eq!(h.put_pack(&pack).await.status, StatusCode::CREATED);
+        assert_eq!(h.put_manifest(name, &m).await.status, StatusCode::CREATED);
+        h.set_tag(name, "latest", &d, None).await.ok();
+        let uri = format!("/v1/datasets/{name}/tags/latest");
+        h.call(Method::DELETE, &uri, &[], Body::empty()).await.ok();
+        h.set_tag(name, "latest", &d, Some("absent")).await.ok();
+    }
+    let h = TestHub::dir(dir.path()).await;
+    let digests: Vec<Digest> = pack.entries.iter().map(|e| e.digest).collect();
+    let v = h.missing(&digests).await;
+    assert_eq!(v["missing"], json!([]), "chunk index not rebuilt");
+    assert_eq!(v["present"].as_array().map(Vec::len), Some(digests.len()));
+    let v = h.get(&format!("/v1/datasets/{name}/tags/latest")).await.ok();
+    assert_eq!(v["digest"], d.to_string());
+    assert_eq!(v["seq"], 3);
+    let r = h.get(&format!("/v1/datasets/{name}/manifests/{d}")).await;
+    assert_eq!(&r.body[..], &m[..]);
+    let v = h.get(&format!("/v1/datasets/{name}/tags/latest/history")).await.ok();
+    assert_eq!(v["records"].as_array().map(Vec::len), Some(3));
+    let v = h.get("/v1/datasets").await.ok();
+    assert_eq!(v, json!({ "datasets": [{ "name": name, "tags": ["latest"] }] }));
+    // The pack reads back, and re-uploading it is a no-op.
+    assert_eq!(&h.get(&format!("/v1/packs/{}", pack.digest)).await.body[..], &pack.bytes[..]);
+    assert_eq!(h.put_pack(&pack).await.value()["created"], false);
+    // The next move continues the history.
+    let m2 = empty_manifest("after restart");
+    assert_eq!(h.put_manifest(name, &m2).await.status, StatusCode::CREATED);
+    let v = h.set_tag(name, "latest", &Digest::of(&m2), Some(&d.to_string())).await.ok();
+    assert_eq!(v["seq"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_answers_on_move_or_at_timeout() {
+    let h = Arc::new(TestHub::memory().await);
+    let name = "acme/poll";
+    let (m1, m2) = (empty_manifest("one"), empty_manifest("two"));
+    let (d1, d2) = (Digest::of(&m1), Digest::of(&m2));
+    h.put_manifest(name, &m1).await.ok();
+    h.put_manifest(name, &m2).await.ok();
+    h.set_tag(name, "latest", &d1, None).await.ok();
+    let uri = format!("/v1/datasets/{name}/tags/latest");
+
+    // Timeout: answers after about `wait` with the unchanged record.
+    let start = Instant::now();
+    let v = h.get(&format!("{uri}?since={d1}&wait=1")).await.ok();
+    let took = start.elapsed();
+    assert_eq!(v["digest"], d1.to_string());
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "{took:?}");
+
+    // Without `since`, at once.
+    let start = Instant::now();
+    h.get(&format!("{uri}?wait=30")).await.ok();
+    assert!(start.elapsed() < Duration::from_secs(1));
+    // `since` already stale: at once.
+    let start = Instant::now();
+    let v = h.get(&format!("{uri}?since={d2}&wait=30")).await.ok();
+    assert_eq!(v["digest"], d1.to_string());
+    assert!(start.elapsed() < Duration::from_secs(1));
+
+    // A move answers the waiter promptly.
+    let waiter = {
+        let h = h.clone();
+        let uri = format!("{uri}?since={d1}&wait=20");
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let v = h.get(&uri).await.ok();
+            (v, start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = h.get("/metrics").await.text();
+    assert!(metrics.contains("aetherfs_hub_long_polls_waiting 1"), "{metrics}");
+    h.set_tag(name, "latest", &d2, Some(&d1.to_string())).await.ok();
+    let (v, took) = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("waiter answered").expect("task");
+    assert_eq!(v["digest"], d2.to_string());
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let metrics = h.get("/metrics").await.text();
+    assert!(metrics.contains("aetherfs_hub_long_polls_waiting 0"), "{metrics}");
+}
+
+/// Two replicas over one store: each sees what the other stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_store() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let a = Arc::new(TestHub::over(store.clone(), HubOptions::default()).await);
+    let b = TestHub::over(store, HubOptions::default()).await;
+    let name = "acme/shared";
+    let chunks = file_chunks(31);
+    let pack = build_pack(&chunks);
+    assert_eq!(a.put_pack(&pack).await.status, StatusCode::CREATED);
+    // B loaded its index before the upload: a miss makes it rescan.
+    let v = b.missing(&[pack.entries[0].digest]).await;
+    assert_eq!(v["missing"], json!([]));
+    let m1 = manifest(&[("f", &chunks)], &pack, "shared");
+    let d1 = Digest::of(&m1);
+    assert_eq!(b.put_manifest(name, &m1).await.status, StatusCode::CREATED);
+    a.set_tag(name, "latest", &d1, Some("absent")).await.ok();
+    assert_eq!(b.get(&format!("/v1/datasets/{name}/tags/latest")).await.ok()["digest"], d1.to_string());
+
+    // B long-polls; A moves the tag; B notices within its storage re-check.
+    let m2 = empty_manifest("moved by a");
+    let d2 = Digest::of(&m2);
+    a.put_manifest(name, &m2).await.ok();
+    let mover = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            a.set_tag(name, "latest", &d2, None).await.ok();
+        })
+    };
+    let start = Instant::now();
+    let v = b.get(&format!("/v1/datasets/{name}/tags/latest?since={d1}&wait=20")).await.ok();
+    assert_eq!(v["digest"], d2.to_string());
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    mover.await.expect("mover");
+    // B's view of the history continues A's.
+    let m3 = empty_manifest("moved by b");
+    b.put_manifest(name, &m3).await.ok();
+    let v = b.set_tag(name, "latest", &Digest::of(&m3), Some(&d2.to_string())).await.ok();
+    assert_eq!(v["seq"], 3);
+}
+
+#[tokio::test]
+async fn readiness_and_storage_description() {
+    let hub = Hub::open(HubOptions::default()).await.expect("memory hub");
+    assert_eq!(hub.storage_description(), "memory://");
+    for bad in ["ftp://x", "s3://", "nonsense"] {
+        let Err(e) = Hub::open(HubOptions { storage: bad.into(), ..HubOptions::default() }).await else {
+            panic!("{bad} accepted");
+        };
+        assert!(!e.to_string().is_empty());
+    }
+    let t = TestHub::memory().await;
+    assert_eq!(t.get("/readyz").await.ok()["status"], "ready");
+    drop(t.hub);
+}
+
+// --------------------------------------------------------------- S3 (moto)
+
+/// A moto S3 server on a free port, killed on drop.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_moto() -> Option<Moto> {
+    let found = std::process::Command::new("moto_server")
+        .arg("--help")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("skipping the S3 scenario: moto_server is not installed (scripts/install-test-peers.sh installs it)");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let child = std::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start moto_server");
+    let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Create the bucket with a bare HTTP request once the server answers (moto
+    // does not check signatures).
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let req = format!(
+                "PUT /aetherfs-test HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            if s.write_all(req.as_bytes()).await.is_ok() {
+                let mut buf = Vec::new();
+                let _ = s.read_to_end(&mut buf).await;
+                if buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200") {
+                    return Some(moto);
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenarios_over_s3() {
+    let Some(moto) = start_moto().await else { return };
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&moto.endpoint)
+        .with_allow_http(true)
+        .with_bucket_name("aetherfs-test")
+        .with_region("us-east-1")
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .build()
+        .expect("s3 store");
+    let s3: Arc<dyn ObjectStore> = Arc::new(s3);
+    let under = |p: &str| -> Arc<dyn ObjectStore> {
+        Arc::new(object_store::prefix::PrefixStore::new(s3.clone(), object_store::path::Path::from(p)))
+    };
+    round_trip(TestHub::over(under("round-trip"), HubOptions::default()).await).await;
+    corrupt_chunk_is_refused(TestHub::over(under("corrupt"), HubOptions::default()).await).await;
+    cas_race(TestHub::over(under("race"), HubOptions::default()).await).await;
+}
+
+/// The same router behind a real socket: framing of streamed bodies, HEAD and
+/// ranges as hyper sends them.
+#[tokio::test]
+async fn served_over_a_real_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = TestHub::memory().await;
+    let pack = build_pack(&file_chunks(41));
+    assert_eq!(h.put_pack(&pack).await.status, StatusCode::CREATED);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(axum::serve(listener, h.router.clone()).into_future());
+
+    let raw = |req: String| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.expect("read");
+        let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+        (String::from_utf8_lossy(&buf[..split]).to_lowercase(), buf[split..].to_vec())
+    };
+    let path = format!("/v1/packs/{}", pack.digest);
+    let len = pack.bytes.len();
+
+    let (head, body) = raw(format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains(&format!("content-length: {len}\r\n")), "{head}");
+    assert!(body.is_empty());
+
+    let (head, body) = raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).await;
+    assert!(head.contains(&format!("content-length: {len}\r\n")), "{head}");
+    assert_eq!(body, pack.bytes);
+
+    let (head, body) =
+        raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes=8-107\r\nConnection: close\r\n\r\n")).await;
+    assert!(head.starts_with("http/1.1 206"), "{head}");
+    assert!(head.contains(&format!("content-range: bytes 8-107/{len}\r\n")), "{head}");
+    assert_eq!(body, pack.bytes[8..108]);
+
+    let (head, body) = raw("GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string()).await;
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["error"]["code"], "not_found");
+    server.abort();
+}
