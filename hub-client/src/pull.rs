@@ -112,6 +112,9 @@ pub struct PullReport {
     pub extraneous: u64,
 }
 
+/// Manifest paths already right on disk, and where other needed chunks are.
+type LocalIndex = (Arc<HashSet<String>>, HashMap<Digest, LocalChunk>);
+
 #[derive(Clone)]
 struct LocalChunk {
     path: PathBuf,
@@ -212,7 +215,7 @@ fn index_local(
     manifest: &Manifest,
     threads: usize,
     progress: &Progress<PullEvent>,
-) -> Result<(Arc<HashSet<String>>, HashMap<Digest, LocalChunk>), ClientError> {
+) -> Result<LocalIndex, ClientError> {
     let wanted: HashMap<&str, (u64, Digest)> = manifest
         .entries
         .iter()
@@ -248,10 +251,10 @@ fn index_local(
     }
     // Empty files are always "unchanged" when an empty file is there already.
     for e in &manifest.entries {
-        if let EntryKind::File { size: 0, .. } = e.kind {
-            if fs::symlink_metadata(dir.join(&e.path)).is_ok_and(|m| m.is_file() && m.len() == 0) {
-                unchanged.insert(e.path.clone());
-            }
+        if let EntryKind::File { size: 0, .. } = e.kind
+            && fs::symlink_metadata(dir.join(&e.path)).is_ok_and(|m| m.is_file() && m.len() == 0)
+        {
+            unchanged.insert(e.path.clone());
         }
     }
     Ok((Arc::new(unchanged), local))

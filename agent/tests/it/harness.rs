@@ -58,11 +58,11 @@ impl Hub {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    if let Some(tx) = tx.take() {
-                        let url = rest.split_whitespace().next().unwrap_or_default().to_string();
-                        let _ = tx.send(url);
-                    }
+                if let Some(rest) = line.split("listening on ").nth(1)
+                    && let Some(tx) = tx.take()
+                {
+                    let url = rest.split_whitespace().next().unwrap_or_default().to_string();
+                    let _ = tx.send(url);
                 }
                 eprintln!("[hub] {line}");
             }

@@ -1,6 +1,8 @@
 //! End-to-end tests through the real `aetherfs` binary and real peers
 //! (sqlite3, diff, moto's S3 server).
 
+#![allow(clippy::unwrap_used)]
+
 mod harness;
 
 mod bad_input;
