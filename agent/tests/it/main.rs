@@ -9,4 +9,5 @@ mod bad_input;
 mod concurrency;
 mod dedup;
 mod integrity;
+mod pull_semantics;
 mod roundtrip;
