@@ -1,0 +1,276 @@
+//! The protocol-free filesystem core: lookups, attributes, directory
+//! listings and reads over immutable versions. The FUSE, NFS and WebDAV
+//! front ends each map these plain types to their protocol.
+//!
+//! Inode numbers encode the version they belong to: `generation << 32 |
+//! (node + 1)`. Inode 1 is always the root of the current version. A lookup
+//! under a directory inode stays in that directory's version, and a read of a
+//! file inode reads that file's version, so everything a process opened
+//! keeps its version when [`DatasetFs::switch`] installs a new one; only
+//! lookups from the root see the new version.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use aetherfs_format::{ChunkRef, Digest};
+use bytes::{Bytes, BytesMut};
+
+use crate::source::{ChunkSource, SourceError};
+use crate::version::{NodeKind, Version};
+
+/// The root inode, in every protocol.
+pub const ROOT: u64 = 1;
+/// Largest read served in one call.
+pub const MAX_READ: u32 = 16 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("not a symlink")]
+    NotSymlink,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("invalid argument")]
+    Invalid,
+    /// The version this inode belongs to is no longer served.
+    #[error("stale file handle")]
+    Stale,
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+impl From<SourceError> for FsError {
+    fn from(e: SourceError) -> Self {
+        FsError::Io(e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// Attributes of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    /// Permission bits (no write bits are removed: the mount is read-only anyway).
+    pub perm: u32,
+    pub nlink: u32,
+    pub mtime: SystemTime,
+    /// Whole-file digest for files; for directories and symlinks, the
+    /// version's digest (they change only with the version).
+    pub digest: Digest,
+    /// The version the node belongs to.
+    pub version: Digest,
+}
+
+impl Attr {
+    /// 512-byte blocks, as `stat` reports them.
+    pub fn blocks(&self) -> u64 {
+        self.size.div_ceil(512)
+    }
+}
+
+/// One directory entry. `cookie` is the offset at which a listing resumes
+/// after this entry: stable for the life of the version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
+    pub cookie: u64,
+}
+
+struct Versions {
+    current: u32,
+    by_gen: HashMap<u32, Arc<Version>>,
+}
+
+/// The read-only filesystem over one dataset.
+pub struct DatasetFs {
+    versions: RwLock<Versions>,
+    source: Arc<dyn ChunkSource>,
+    readahead_bytes: u64,
+}
+
+impl DatasetFs {
+    pub fn new(version: Version, source: Arc<dyn ChunkSource>) -> Self {
+        let mut by_gen = HashMap::new();
+        by_gen.insert(0, Arc::new(version));
+        Self { versions: RwLock::new(Versions { current: 0, by_gen }), source, readahead_bytes: 8 << 20 }
+    }
+
+    /// Bytes fetched ahead of a sequential reader (default 8 MiB).
+    pub fn with_readahead(mut self, bytes: u64) -> Self {
+        self.readahead_bytes = bytes;
+        self
+    }
+
+    /// The version lookups from the root see.
+    pub fn current(&self) -> Arc<Version> {
+        let v = self.versions.read().unwrap_or_else(|p| p.into_inner());
+        v.by_gen[&v.current].clone()
+    }
+
+    /// Installs a new current version and returns its generation. Inodes of
+    /// older versions keep working.
+    pub fn switch(&self, version: Version) -> u32 {
+        let mut v = self.versions.write().unwrap_or_else(|p| p.into_inner());
+        let gen_ = v.current.wrapping_add(1);
+        v.by_gen.insert(gen_, Arc::new(version));
+        v.current = gen_;
+        gen_
+    }
+
+    fn resolve(&self, ino: u64) -> Result<(u32, Arc<Version>, u32), FsError> {
+        let v = self.versions.read().unwrap_or_else(|p| p.into_inner());
+        let (gen_, node) = if ino == ROOT { (v.current, 0) } else { ((ino >> 32) as u32, (ino & 0xffff_ffff) as u32) };
+        let node = if ino == ROOT { 0 } else { node.checked_sub(1).ok_or(FsError::Stale)? };
+        let version = v.by_gen.get(&gen_).cloned().ok_or(FsError::Stale)?;
+        if node as usize >= version.nodes.len() {
+            return Err(FsError::Stale);
+        }
+        Ok((gen_, version, node))
+    }
+
+    fn ino(gen_: u32, node: u32) -> u64 {
+        if gen_ == 0 && node == 0 { ROOT } else { (u64::from(gen_) << 32) | u64::from(node + 1) }
+    }
+
+    fn attr(&self, gen_: u32, v: &Version, node: u32, is_root: bool) -> Attr {
+        let n = &v.nodes[node as usize];
+        let (kind, size, nlink, digest) = match &n.kind {
+            NodeKind::Dir { subdirs, children } => (Kind::Dir, 4096.max(children.len() as u64), 2 + subdirs, v.digest),
+            NodeKind::File { size, digest, .. } => (Kind::File, *size, 1, *digest),
+            NodeKind::Symlink { target } => (Kind::Symlink, target.len() as u64, 1, v.digest),
+        };
+        let ino = if is_root { ROOT } else { Self::ino(gen_, node) };
+        Attr { ino, kind, size, perm: n.mode, nlink, mtime: v.created, digest, version: v.digest }
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let (g, v, n) = self.resolve(ino)?;
+        Ok(self.attr(g, &v, n, ino == ROOT))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
+        let (g, v, p) = self.resolve(parent)?;
+        match &v.nodes[p as usize].kind {
+            NodeKind::Dir { .. } => {}
+            _ => return Err(FsError::NotDir),
+        }
+        let child = match name {
+            "." => p,
+            ".." => v.nodes[p as usize].parent,
+            _ => v.child(p, name).ok_or(FsError::NotFound)?,
+        };
+        Ok(self.attr(g, &v, child, child == 0 && parent == ROOT))
+    }
+
+    /// The node at `path` (`/`-separated, relative to the root of the current version).
+    pub fn lookup_path(&self, path: &str) -> Result<Attr, FsError> {
+        let (g, v, _) = self.resolve(ROOT)?;
+        let node = v.find(path).ok_or(FsError::NotFound)?;
+        Ok(self.attr(g, &v, node, node == 0))
+    }
+
+    /// The parent directory's attributes (the root is its own parent).
+    pub fn parent(&self, ino: u64) -> Result<Attr, FsError> {
+        self.lookup(ino, "..")
+    }
+
+    /// Entries of a directory after `cookie` (0 = from the start), without
+    /// `.` and `..`; at most `max` of them.
+    pub fn readdir(&self, ino: u64, cookie: u64, max: usize) -> Result<Vec<DirEntry>, FsError> {
+        let (g, v, d) = self.resolve(ino)?;
+        let NodeKind::Dir { children, .. } = &v.nodes[d as usize].kind else { return Err(FsError::NotDir) };
+        let start = usize::try_from(cookie).map_err(|_| FsError::Invalid)?;
+        Ok(children
+            .iter()
+            .enumerate()
+            .skip(start)
+            .take(max)
+            .map(|(i, &c)| DirEntry {
+                name: v.nodes[c as usize].name.clone(),
+                attr: self.attr(g, &v, c, false),
+                cookie: i as u64 + 1,
+            })
+            .collect())
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<String, FsError> {
+        let (_, v, n) = self.resolve(ino)?;
+        match &v.nodes[n as usize].kind {
+            NodeKind::Symlink { target } => Ok(target.clone()),
+            _ => Err(FsError::NotSymlink),
+        }
+    }
+
+    /// The path of a node inside its version.
+    pub fn path_of(&self, ino: u64) -> Result<String, FsError> {
+        let (_, v, n) = self.resolve(ino)?;
+        Ok(v.nodes[n as usize].path.clone())
+    }
+
+    /// Reads up to `size` bytes at `offset`. Short only at the end of the file.
+    pub async fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+        let (_, v, n) = self.resolve(ino)?;
+        let NodeKind::File { size: file_size, chunks, starts, .. } = &v.nodes[n as usize].kind else {
+            return Err(FsError::IsDir);
+        };
+        if offset >= *file_size || size == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = (*file_size).min(offset.saturating_add(u64::from(size.min(MAX_READ))));
+        let first = starts.partition_point(|&s| s <= offset) - 1;
+        let last = starts.partition_point(|&s| s < end) - 1;
+        let want = &chunks[first..=last];
+        // Sequential (the read starts where the last one ended, or at 0):
+        // hint the chunks that follow.
+        let prev_end = v.read_ends[n as usize].swap(end, Ordering::Relaxed);
+        let ahead: &[ChunkRef] = if prev_end == offset || offset == 0 {
+            let mut bytes = 0u64;
+            let stop = chunks[last + 1..]
+                .iter()
+                .position(|c| {
+                    bytes += u64::from(c.len);
+                    bytes > self.readahead_bytes
+                })
+                .map_or(chunks.len(), |p| last + 1 + p);
+            &chunks[last + 1..stop]
+        } else {
+            &[]
+        };
+        let data = self.source.read(want, ahead).await?;
+        if data.len() != want.len() {
+            return Err(FsError::Io("chunk source returned the wrong number of chunks".into()));
+        }
+        // Slice the requested range out of the chunks.
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for (i, bytes) in data.iter().enumerate() {
+            let c = &want[i];
+            if bytes.len() != c.len as usize {
+                return Err(FsError::Io(format!("chunk {} has the wrong length", c.digest)));
+            }
+            let cstart = starts[first + i];
+            let from = offset.saturating_sub(cstart) as usize;
+            let to = ((end - cstart) as usize).min(bytes.len());
+            if data.len() == 1 {
+                return Ok(bytes.slice(from..to));
+            }
+            out.extend_from_slice(&bytes[from..to]);
+        }
+        Ok(out.freeze())
+    }
+}

@@ -1,0 +1,25 @@
+//! The read-only dataset filesystem and its front ends.
+//!
+//! - [`Version`]: one immutable version as a node tree built from its manifest.
+//! - [`DatasetFs`]: lookups, attributes, listings and reads, with no
+//!   protocol in sight; reads go through a [`ChunkSource`].
+//! - Front ends map the core's types to their protocol: FUSE (`fuse`),
+//!   NFSv3 (`nfs`) and WebDAV (`webdav`).
+//!
+//! This crate knows nothing of HTTP or the hub: the agent supplies the
+//! [`ChunkSource`].
+
+mod fs;
+pub mod fuse;
+pub mod nfs;
+mod source;
+pub mod testing;
+mod version;
+pub mod webdav;
+
+pub use fs::{Attr, DatasetFs, DirEntry, FsError, Kind, MAX_READ, ROOT};
+pub use source::{ChunkSource, SourceError};
+pub use version::{Node, NodeKind, Version};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,35 @@
+//! Where chunk bytes come from: the one seam between the filesystem and the
+//! network. The agent implements it over the hub and its caches; tests use
+//! [`crate::testing::MemorySource`] and wrap it in [`crate::testing::FaultySource`].
+
+use aetherfs_format::{ChunkRef, Digest};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceError {
+    #[error("chunk {0} is not available")]
+    NotFound(Digest),
+    #[error("chunk {0} failed verification")]
+    Corrupt(Digest),
+    #[error("chunk source unavailable: {0}")]
+    Unavailable(String),
+    #[error("timed out fetching chunk data")]
+    Timeout,
+}
+
+/// Supplies verified chunk plaintext.
+///
+/// Implementations must never return bytes that do not match the chunk's
+/// digest: the filesystem passes them to readers as they are.
+pub trait ChunkSource: Send + Sync + 'static {
+    /// The plaintext of every chunk in `want`, in order. `ahead` names chunks
+    /// of the same file likely to be read next, in order; a source may fetch
+    /// them along with `want` (one range request instead of many) and keep
+    /// them for later, or ignore them.
+    fn read<'a>(
+        &'a self,
+        want: &'a [ChunkRef],
+        ahead: &'a [ChunkRef],
+    ) -> BoxFuture<'a, Result<Vec<Bytes>, SourceError>>;
+}
