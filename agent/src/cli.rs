@@ -52,6 +52,85 @@ pub enum Command {
     Ls(LsArgs),
     /// Show a version's manifest.
     Inspect(InspectArgs),
+    /// Mount a version read-only through FUSE (foreground until SIGTERM/SIGINT).
+    Mount(MountArgs),
+    /// Serve a version read-only over WebDAV and/or NFSv3.
+    Serve(ServeArgs),
+    /// Start a hub, publish the example datasets and serve them: the one-command tour.
+    Demo(DemoArgs),
+}
+
+/// How mounted data is fetched and cached.
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// Memory cache of hot chunks, in MiB.
+    #[arg(long, env = "AETHERFS_CACHE_MIB", default_value_t = 256)]
+    pub cache_mib: u64,
+    /// Data fetched ahead of a sequential reader, in MiB.
+    #[arg(long, default_value_t = 8)]
+    pub readahead_mib: u64,
+    /// A read that needs the hub fails with EIO after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub fetch_timeout_secs: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// NAME[:TAG][@DIGEST]; the tag defaults to `latest`.
+    pub reference: String,
+    /// An existing directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Let other users (e.g. containers running as other uids) read the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+    /// Serve /healthz, /readyz and /metrics on this address.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// NAME[:TAG][@DIGEST]; the tag defaults to `latest`.
+    pub reference: String,
+    /// Serve WebDAV on this address (e.g. 127.0.0.1:8080).
+    #[arg(long)]
+    pub webdav: Option<SocketAddr>,
+    /// Serve NFSv3 (with MOUNT on the same port) on this address (e.g. 127.0.0.1:11111).
+    /// NFS has no authentication here: keep it on loopback or a private network.
+    #[arg(long)]
+    pub nfs: Option<SocketAddr>,
+    /// NFS export name (default: the dataset's last name segment).
+    #[arg(long)]
+    pub export: Option<String>,
+    /// Serve /healthz, /readyz and /metrics on this address.
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where the demo keeps its hub data and mount point.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("aetherfs-demo"))]
+    pub dir: PathBuf,
+    /// WebDAV address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub webdav: SocketAddr,
+    /// NFSv3 address.
+    #[arg(long, default_value = "127.0.0.1:11111")]
+    pub nfs: SocketAddr,
+    /// Hub address (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub hub_listen: SocketAddr,
+    /// Do not mount through FUSE even where /dev/fuse is usable.
+    #[arg(long)]
+    pub no_fuse: bool,
 }
 
 #[derive(Args, Debug)]

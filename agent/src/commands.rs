@@ -1,10 +1,14 @@
 //! One module per subcommand.
 
+mod demo;
 mod hub;
 mod inspect;
 mod ls;
+mod mount;
+mod mounting;
 mod pull;
 mod push;
+mod serve;
 mod tag;
 
 use aetherfs_format::Reference;
@@ -22,6 +26,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tag(a) => tag::run(&g, a).await,
         Command::Ls(a) => ls::run(&g, a).await,
         Command::Inspect(a) => inspect::run(&g, a).await,
+        Command::Mount(a) => mount::run(&g, a).await,
+        Command::Serve(a) => serve::run(&g, a).await,
+        Command::Demo(a) => demo::run(a).await,
     }
 }
 
@@ -36,4 +43,17 @@ pub(crate) fn parse_ref(s: &str) -> Result<Reference> {
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers, run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

@@ -18,7 +18,7 @@ mod name;
 pub mod pack;
 mod path;
 
-pub use chunker::{ChunkInfo, ChunkParams, FileChunks, chunk_reader};
+pub use chunker::{ChunkInfo, ChunkParams, Chunker, FileChunks, chunk_reader};
 pub use digest::{Digest, Hasher};
 pub use manifest::{ChunkLocation, ChunkRef, Compression, Entry, EntryKind, Manifest, ManifestStats};
 pub use name::{Name, Reference, Tag};

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use aetherfs_format::{ChunkParams, FileChunks, chunk_reader};
+use aetherfs_format::{ChunkParams, Chunker, FileChunks};
 
 use crate::error::ClientError;
 
@@ -29,6 +29,7 @@ pub(crate) fn hash_files(
     std::thread::scope(|s| {
         for _ in 0..threads.clamp(1, files.len().max(1)) {
             s.spawn(|| {
+                let mut chunker = Chunker::new(*params);
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&i) = order.get(k) else { break };
@@ -37,7 +38,7 @@ pub(crate) fn hash_files(
                     }
                     let path = dir.join(&files[i].0);
                     let r = File::open(&path)
-                        .and_then(|f| chunk_reader(params, ProgressReader { inner: f, on_bytes, pending: 0 }))
+                        .and_then(|f| chunker.chunk(ProgressReader { inner: f, on_bytes, pending: 0 }))
                         .map_err(|e| ClientError::io(path.display(), e));
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);

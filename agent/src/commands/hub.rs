@@ -4,6 +4,7 @@ use aetherfs_hub::{Hub, HubOptions};
 use anyhow::{Context, Result};
 
 use crate::cli::HubArgs;
+use crate::commands::shutdown_signal;
 
 pub async fn run(a: HubArgs) -> Result<()> {
     let storage = match a.storage {
@@ -43,16 +44,4 @@ fn default_data_dir() -> Result<PathBuf> {
     }
     let home = std::env::var_os("HOME").context("set --storage or AETHERFS_DATA_DIR: no HOME to put data under")?;
     Ok(PathBuf::from(home).join(".local/share/aetherfs/hub"))
-}
-
-pub(crate) async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers, run until killed.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -9,5 +9,6 @@ mod bad_input;
 mod concurrency;
 mod dedup;
 mod integrity;
+mod mounts;
 mod pull_semantics;
 mod roundtrip;

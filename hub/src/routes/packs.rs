@@ -98,6 +98,9 @@ async fn store_pack(hub: &Hub, digest: &str, req: Request) -> Result<Response, A
     Ok((StatusCode::CREATED, Json(stored(true))).into_response())
 }
 
+/// Largest read answered from one buffer rather than streamed.
+const BUFFERED_READ_MAX: u64 = 32 << 20;
+
 /// `GET|HEAD /v1/packs/{digest}`, whole or one `Range`.
 pub(crate) async fn get(State(hub): State<Hub>, req: Request) -> Response {
     respond(read_pack(&hub, &digest_in_path(&req), req.method(), req.headers()).await)
@@ -164,6 +167,13 @@ async fn read_pack(hub: &Hub, digest: &str, method: &Method, headers: &HeaderMap
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     let served = hub.inner.metrics.pack_bytes_served.clone();
+    // Ranges (at most a few MiB each) are read in one piece: streaming a local
+    // file in small pieces costs more in thread hand-offs than in reading.
+    if len <= BUFFERED_READ_MAX {
+        let bytes = result.bytes().await.map_err(|e| AppError::storage("reading a pack", e))?;
+        served.inc_by(bytes.len() as u64);
+        return Ok((status, headers, Body::from(bytes)).into_response());
+    }
     let stream = result
         .into_stream()
         .inspect_ok(move |b| {
