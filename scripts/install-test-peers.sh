@@ -9,6 +9,12 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 apt_pkgs=()
 command -v sqlite3 >/dev/null || apt_pkgs+=(sqlite3)
 command -v diff >/dev/null || apt_pkgs+=(diffutils)
+# The NFS and WebDAV front-end tests (mounts/tests): libnfs's nfs-ls/nfs-cat/
+# nfs-cp, rclone, davfs2 (mount.davfs; its test needs root and /dev/fuse), curl.
+command -v nfs-ls >/dev/null || apt_pkgs+=(libnfs-utils)
+command -v rclone >/dev/null || apt_pkgs+=(rclone)
+[ -x /usr/sbin/mount.davfs ] || apt_pkgs+=(davfs2)
+command -v curl >/dev/null || apt_pkgs+=(curl)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   echo "installing ${apt_pkgs[*]} (apt)"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
