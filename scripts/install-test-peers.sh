@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the real peers the tests talk to: sqlite3, diff, moto's S3 server.
+# Installs the real peers the tests talk to: sqlite3, diff, fusermount3 (the
+# FUSE tests also need /dev/fuse), moto's S3 server.
 # Only what is missing is installed; safe to run repeatedly.
 set -euo pipefail
 
@@ -9,6 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 apt_pkgs=()
 command -v sqlite3 >/dev/null || apt_pkgs+=(sqlite3)
 command -v diff >/dev/null || apt_pkgs+=(diffutils)
+command -v fusermount3 >/dev/null || apt_pkgs+=(fuse3)
 # The NFS and WebDAV front-end tests (mounts/tests): libnfs's nfs-ls/nfs-cat/
 # nfs-cp, rclone, davfs2 (mount.davfs; its test needs root and /dev/fuse), curl.
 command -v nfs-ls >/dev/null || apt_pkgs+=(libnfs-utils)
