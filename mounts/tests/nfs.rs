@@ -149,6 +149,7 @@ fn writes_are_refused() {
     for target in ["new.txt", "a/new.txt", "a/small.txt", "empty/x"] {
         let o = run("nfs-cp", &[local.to_str().unwrap(), &s.url(target)], T);
         assert!(!o.status.success(), "writing {target} succeeded: {}", String::from_utf8_lossy(&o.stdout));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("NFS3ERR_ROFS"), "{target}");
     }
     assert!(s.fs.lookup_path("new.txt").is_err());
     assert!(s.fs.lookup_path("empty/x").is_err());
