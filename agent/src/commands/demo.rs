@@ -112,7 +112,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         }
     }
     if let Some(m) = fuse {
-        m.unmount()?;
+        tokio::task::spawn_blocking(move || m.unmount()).await??;
     }
     Ok(())
 }

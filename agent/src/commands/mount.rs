@@ -26,7 +26,10 @@ pub async fn run(g: &GlobalArgs, a: MountArgs) -> Result<()> {
         .with_context(|| format!("cannot mount on {}", a.mountpoint.display()))?;
     eprintln!("aetherfs mount: {}@{} mounted at {}", served.name, served.digest, a.mountpoint.display());
     shutdown_signal().await;
-    session.unmount().with_context(|| format!("cannot unmount {}", a.mountpoint.display()))?;
+    // Unmounting waits for the FUSE workers: keep it off the async threads.
+    tokio::task::spawn_blocking(move || session.unmount())
+        .await?
+        .with_context(|| format!("cannot unmount {}", a.mountpoint.display()))?;
     eprintln!("aetherfs mount: unmounted {}", a.mountpoint.display());
     Ok(())
 }
