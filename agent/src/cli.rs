@@ -27,9 +27,9 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
-    /// Hub URL.
-    #[arg(long, global = true, env = "AETHERFS_HUB", default_value = "http://127.0.0.1:7070")]
-    pub hub: String,
+    /// Hub URL [default: http://127.0.0.1:7070, or the agent config's `hub`].
+    #[arg(long, global = true, env = "AETHERFS_HUB")]
+    pub hub: Option<String>,
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -58,6 +58,29 @@ pub enum Command {
     Serve(ServeArgs),
     /// Start a hub, publish the example datasets and serve them: the one-command tour.
     Demo(DemoArgs),
+    /// Run the sidecar: several mounts that follow their tags, an encrypted
+    /// disk cache, prefetch, and an admin endpoint. See docs/agent.md.
+    Agent(AgentArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The agent's TOML configuration file.
+    #[arg(long, env = "AETHERFS_AGENT_CONFIG")]
+    pub config: PathBuf,
+    /// Admin address (/healthz, /readyz, /metrics, /v1/mounts); overrides the config.
+    #[arg(long, env = "AETHERFS_ADMIN")]
+    pub admin: Option<SocketAddr>,
+    /// Cache directory; overrides the config.
+    #[arg(long, env = "AETHERFS_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Disk cache bound, e.g. 10GiB; overrides the config.
+    #[arg(long, env = "AETHERFS_CACHE_SIZE")]
+    pub cache_size: Option<String>,
+    /// File holding the cache key; overrides the config. `AETHERFS_CACHE_KEY`
+    /// (hex or base64) takes precedence over both.
+    #[arg(long, env = "AETHERFS_CACHE_KEY_FILE")]
+    pub cache_key_file: Option<PathBuf>,
 }
 
 /// How mounted data is fetched and cached.

@@ -1,11 +1,11 @@
 //! One module per subcommand.
 
+mod agent;
 mod demo;
 mod hub;
 mod inspect;
 mod ls;
 mod mount;
-mod mounting;
 mod pull;
 mod push;
 mod serve;
@@ -29,11 +29,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Mount(a) => mount::run(&g, a).await,
         Command::Serve(a) => serve::run(&g, a).await,
         Command::Demo(a) => demo::run(a).await,
+        Command::Agent(a) => agent::run(&g, a).await,
     }
 }
 
+/// The hub used when neither `--hub`, `AETHERFS_HUB` nor a config names one.
+pub(crate) const DEFAULT_HUB: &str = "http://127.0.0.1:7070";
+
 pub(crate) fn client(g: &GlobalArgs) -> Result<HubClient> {
-    Ok(HubClient::new(&g.hub)?)
+    Ok(HubClient::new(g.hub.as_deref().unwrap_or(DEFAULT_HUB))?)
 }
 
 pub(crate) fn parse_ref(s: &str) -> Result<Reference> {

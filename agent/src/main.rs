@@ -1,8 +1,12 @@
 //! `aetherfs`: the command-line interface. See `aetherfs --help`.
 
+#[allow(dead_code)] // the disk cache is wired under HubSource in a follow-up
+mod cache;
 mod cli;
 mod commands;
+mod config;
 mod progress;
+mod serving;
 mod source;
 
 use std::process::ExitCode;

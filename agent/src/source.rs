@@ -1,15 +1,22 @@
-//! The chunk source mounts read through: the hub, behind an in-memory cache.
+//! The chunk source mounts read through: memory, then the encrypted disk
+//! cache, then the hub.
 //!
-//! - Hot chunks live in a `moka` cache weighed in bytes. Loads of one chunk
-//!   are merged: concurrent readers of a missing chunk wait for one fetch.
-//! - Misses of one read are coalesced into few HTTP range reads of packs
+//! - Hot plaintext chunks live in a `moka` cache weighed in bytes. Loads of
+//!   one chunk are merged: concurrent readers of a missing chunk wait for
+//!   one load.
+//! - Below it, the encrypted disk cache ([`crate::cache::DiskCache`]) when
+//!   the agent has one: it survives restarts and is the whole-version
+//!   prefetch target. A disk-cache failure is a miss, never a failed read.
+//! - Chunks on neither tier are coalesced into few HTTP range reads of packs
 //!   (adjacent chunks in a pack become one request), each shared by the
-//!   loads of the chunks it carries.
-//! - Chunks the filesystem expects next (sequential reads) are fetched in
-//!   the background the same way, so a sequential reader finds them cached.
-//! - Every chunk is decompressed and verified against its digest before it
-//!   enters the cache; a fetch that takes longer than the timeout fails the
-//!   read with an I/O error instead of hanging the reader.
+//!   loads of the chunks it carries, with at most `concurrency` requests in
+//!   flight.
+//! - Chunks the filesystem expects next (sequential reads) ride along in the
+//!   same requests and are loaded in the background.
+//! - Every fetched chunk is decompressed and verified against its digest
+//!   before it enters either tier; a fetch slower than the timeout fails the
+//!   read with EIO instead of hanging the reader, and the next read tries
+//!   the hub again, so service resumes by itself when the hub returns.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,134 +28,269 @@ use aetherfs_hub_client::HubClient;
 use aetherfs_hub_client::fetch::{ChunkWant, RangeRead, coalesce};
 use aetherfs_mounts::{ChunkSource, SourceError};
 use bytes::Bytes;
-use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::Semaphore;
+
+use crate::cache::DiskCache;
 
 type RangeFuture = Shared<BoxFuture<'static, Result<Bytes, SourceError>>>;
+type Load = BoxFuture<'static, Result<Bytes, SourceError>>;
+
+/// Upper bounds (seconds) of the fetch-latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
 /// Counters a daemon exports as metrics.
 #[derive(Default)]
 pub struct SourceStats {
-    pub hits: AtomicU64,
+    pub memory_hits: AtomicU64,
+    pub disk_hits: AtomicU64,
     pub misses: AtomicU64,
     pub bytes_fetched: AtomicU64,
     pub range_requests: AtomicU64,
     pub fetch_errors: AtomicU64,
     /// Sum of range-request latencies, in microseconds.
     pub fetch_micros: AtomicU64,
+    /// Requests at or under each bucket of [`LATENCY_BUCKETS`] (cumulative on export).
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    pub prefetched_bytes: AtomicU64,
 }
 
+impl SourceStats {
+    fn observe(&self, secs: f64) {
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
+            self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.fetch_micros.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+/// How a [`HubSource`] fetches.
+#[derive(Clone, Debug)]
+pub struct SourceOptions {
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+    pub concurrency: usize,
+}
+
+#[derive(Clone)]
 pub struct HubSource {
     client: HubClient,
-    cache: moka::future::Cache<Digest, Bytes>,
+    memory: moka::future::Cache<Digest, Bytes>,
+    disk: Option<Arc<DiskCache>>,
     timeout: Duration,
+    permits: Arc<Semaphore>,
     pub stats: Arc<SourceStats>,
 }
 
 impl HubSource {
-    pub fn new(client: HubClient, cache_bytes: u64, timeout: Duration) -> Arc<Self> {
-        let cache = moka::future::Cache::builder()
-            .max_capacity(cache_bytes)
+    pub fn new(client: HubClient, disk: Option<Arc<DiskCache>>, opts: &SourceOptions) -> Arc<Self> {
+        let memory = moka::future::Cache::builder()
+            .max_capacity(opts.memory_bytes)
             .weigher(|_k: &Digest, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
             .build();
-        Arc::new(Self { client, cache, timeout, stats: Arc::default() })
+        Arc::new(Self {
+            client,
+            memory,
+            disk,
+            timeout: opts.timeout,
+            permits: Arc::new(Semaphore::new(opts.concurrency.max(1))),
+            stats: Arc::default(),
+        })
     }
 
-    /// Bytes held in the memory cache.
-    pub fn cached_bytes(&self) -> u64 {
-        self.cache.weighted_size()
+    /// Bytes held in the memory tier.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory.weighted_size()
     }
 
+    pub fn disk(&self) -> Option<&Arc<DiskCache>> {
+        self.disk.as_ref()
+    }
+
+    fn on_disk(&self, d: &Digest) -> bool {
+        self.disk.as_ref().is_some_and(|c| c.contains(d))
+    }
+
+    /// One range request, bounded by the semaphore and the timeout. Lazy:
+    /// it runs only if some load polls it.
     fn range_future(&self, range: &RangeRead) -> RangeFuture {
-        let (client, stats, timeout) = (self.client.clone(), self.stats.clone(), self.timeout);
+        let (client, stats, timeout, permits) =
+            (self.client.clone(), self.stats.clone(), self.timeout, self.permits.clone());
         let (pack, offset, len) = (range.pack, range.offset, range.len);
         async move {
             let started = Instant::now();
-            let r = tokio::time::timeout(timeout, client.read_pack_range(&pack, offset, len)).await;
+            // The timeout covers the wait for a permit too: a reader never
+            // waits longer than that in total.
+            let r = tokio::time::timeout(timeout, async {
+                let _permit = permits.acquire().await.map_err(|_| SourceError::Unavailable("shutting down".into()))?;
+                client.read_pack_range(&pack, offset, len).await.map_err(|e| SourceError::Unavailable(e.to_string()))
+            })
+            .await;
             stats.range_requests.fetch_add(1, Ordering::Relaxed);
-            stats.fetch_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            match r {
-                Ok(Ok(bytes)) => {
+            stats.observe(started.elapsed().as_secs_f64());
+            let r = r.unwrap_or(Err(SourceError::Timeout));
+            match &r {
+                Ok(bytes) => {
                     stats.bytes_fetched.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    Ok(bytes)
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
-                    Err(SourceError::Unavailable(e.to_string()))
-                }
-                Err(_) => {
-                    stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
-                    Err(SourceError::Timeout)
+                    tracing::warn!(pack = %pack, error = %e, "range read failed");
                 }
             }
+            r
         }
         .boxed()
         .shared()
     }
 
-    /// One future per chunk that loads it through the cache; chunks that
-    /// must be fetched share coalesced range reads.
-    fn loads(&self, chunks: &[ChunkRef]) -> Vec<BoxFuture<'static, Result<Bytes, SourceError>>> {
-        let ranges = coalesce(chunks.iter().map(|c| ChunkWant { digest: c.digest, len: c.len, location: c.location }));
-        let mut loads = Vec::with_capacity(chunks.len());
-        for r in &ranges {
-            let fut = self.range_future(r);
-            for w in &r.chunks {
-                let (fut, r, w, cache) = (fut.clone(), r.clone(), *w, self.cache.clone());
-                let init = async move {
-                    let data = fut.await?;
-                    let stored = r.slice(&data, &w);
-                    decode_chunk(stored, w.len, w.location.compression, &w.digest)
-                        .map(Bytes::from)
-                        .map_err(|_| SourceError::Corrupt(w.digest))
-                };
-                loads.push(
-                    async move { cache.try_get_with(w.digest, init).await.map_err(|e: Arc<SourceError>| (*e).clone()) }
-                        .boxed(),
-                );
-            }
+    /// Verified plaintext of one chunk from a fetched range, stored on disk.
+    fn decode_and_keep(&self, data: &Bytes, r: &RangeRead, w: &ChunkWant) -> Result<Bytes, SourceError> {
+        let stored = r.slice(data, w);
+        let plain = decode_chunk(stored, w.len, w.location.compression, &w.digest)
+            .map(Bytes::from)
+            .map_err(|_| SourceError::Corrupt(w.digest))?;
+        if let Some(disk) = &self.disk {
+            let (disk, d, p) = (disk.clone(), w.digest, plain.clone());
+            tokio::task::spawn_blocking(move || disk.put(&d, &p));
         }
-        loads
+        Ok(plain)
     }
 
-    /// Starts loading chunks in the background; a failure is retried by the
-    /// read that needs the chunk.
-    fn load_in_background(&self, loads: Vec<BoxFuture<'static, Result<Bytes, SourceError>>>) {
-        if !loads.is_empty() {
-            tokio::spawn(futures::future::join_all(loads));
+    /// One future per chunk, in order, that loads it through the tiers:
+    /// chunks on disk are read from it, the rest share coalesced range reads.
+    fn loads(self: &Arc<Self>, chunks: &[ChunkRef]) -> Vec<Load> {
+        let remote: Vec<ChunkWant> = chunks
+            .iter()
+            .filter(|c| !self.on_disk(&c.digest))
+            .map(|c| ChunkWant { digest: c.digest, len: c.len, location: c.location })
+            .collect();
+        let mut fetches: std::collections::HashMap<Digest, (RangeFuture, RangeRead)> = Default::default();
+        for r in coalesce(remote) {
+            let fut = self.range_future(&r);
+            for w in &r.chunks {
+                fetches.insert(w.digest, (fut.clone(), r.clone()));
+            }
         }
+        chunks
+            .iter()
+            .map(|c| {
+                let this = self.clone();
+                let fetch = fetches.get(&c.digest).cloned();
+                let (c, memory) = (*c, self.memory.clone());
+                async move {
+                    let init = async move {
+                        if let Some(b) = this.read_disk(&c).await {
+                            return Ok(b);
+                        }
+                        let (fut, r) = match fetch {
+                            Some(f) => f,
+                            // It was on disk when planned but is gone now: fetch it alone.
+                            None => {
+                                let r = coalesce([ChunkWant { digest: c.digest, len: c.len, location: c.location }])
+                                    .remove(0);
+                                (this.range_future(&r), r)
+                            }
+                        };
+                        let data = fut.await?;
+                        this.stats.misses.fetch_add(1, Ordering::Relaxed);
+                        let w = r.chunks.iter().find(|w| w.digest == c.digest).copied().unwrap_or(ChunkWant {
+                            digest: c.digest,
+                            len: c.len,
+                            location: c.location,
+                        });
+                        this.decode_and_keep(&data, &r, &w)
+                    };
+                    memory.try_get_with(c.digest, init).await.map_err(|e: Arc<SourceError>| (*e).clone())
+                }
+                .boxed()
+            })
+            .collect()
+    }
+
+    async fn read_disk(&self, c: &ChunkRef) -> Option<Bytes> {
+        let disk = self.disk.clone()?;
+        if !disk.contains(&c.digest) {
+            return None;
+        }
+        let d = c.digest;
+        let got = tokio::task::spawn_blocking(move || disk.get(&d)).await.ok().flatten()?;
+        self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+        Some(Bytes::from(got))
+    }
+
+    /// Fetches every chunk in `chunks` that is on neither tier into the disk
+    /// cache (or, without one, the memory tier), `concurrency` ranges at a
+    /// time. Returns the bytes fetched.
+    pub async fn prefetch(self: &Arc<Self>, chunks: &[ChunkRef]) -> Result<u64, SourceError> {
+        let todo: Vec<ChunkWant> = chunks
+            .iter()
+            .filter(|c| !self.on_disk(&c.digest) && (self.disk.is_some() || !self.memory.contains_key(&c.digest)))
+            .map(|c| ChunkWant { digest: c.digest, len: c.len, location: c.location })
+            .collect();
+        let ranges = coalesce(todo);
+        let before = self.stats.bytes_fetched.load(Ordering::Relaxed);
+        let results: Vec<Result<(), SourceError>> = futures::stream::iter(ranges)
+            .map(|r| {
+                let this = self.clone();
+                async move {
+                    let data = this.range_future(&r).await?;
+                    for w in &r.chunks {
+                        let plain = this.decode_and_keep(&data, &r, w)?;
+                        if this.disk.is_none() {
+                            this.memory.insert(w.digest, plain).await;
+                        }
+                    }
+                    Ok(())
+                }
+            })
+            .buffer_unordered(self.permits.available_permits().max(1))
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        let fetched = self.stats.bytes_fetched.load(Ordering::Relaxed) - before;
+        self.stats.prefetched_bytes.fetch_add(fetched, Ordering::Relaxed);
+        Ok(fetched)
     }
 }
 
-impl ChunkSource for HubSource {
+/// Reads go through a shared handle so background loads can outlive the call.
+pub struct SharedSource(pub Arc<HubSource>);
+
+impl ChunkSource for SharedSource {
     fn read<'a>(
         &'a self,
         want: &'a [ChunkRef],
         ahead: &'a [ChunkRef],
     ) -> BoxFuture<'a, Result<Vec<Bytes>, SourceError>> {
+        let this = &self.0;
         async move {
             let mut out = Vec::with_capacity(want.len());
             for c in want {
-                match self.cache.get(&c.digest).await {
+                match this.memory.get(&c.digest).await {
                     Some(b) => out.push(b),
                     None => break,
                 }
             }
-            self.stats.hits.fetch_add(out.len() as u64, Ordering::Relaxed);
-            let ahead: Vec<ChunkRef> = ahead.iter().filter(|c| !self.cache.contains_key(&c.digest)).copied().collect();
-            if out.len() == want.len() {
-                self.load_in_background(self.loads(&ahead));
-                return Ok(out);
-            }
+            this.stats.memory_hits.fetch_add(out.len() as u64, Ordering::Relaxed);
+            let ahead: Vec<ChunkRef> = ahead
+                .iter()
+                .filter(|c| !this.memory.contains_key(&c.digest) && !this.on_disk(&c.digest))
+                .copied()
+                .collect();
             let missing = want.len() - out.len();
-            self.stats.misses.fetch_add(missing as u64, Ordering::Relaxed);
             // The read-ahead chunks ride in the same range requests, but the
             // reader waits only for its own.
             let all: Vec<ChunkRef> = want[out.len()..].iter().chain(&ahead).copied().collect();
-            let mut loads = self.loads(&all);
+            let mut loads = this.loads(&all);
             let background = loads.split_off(missing);
-            self.load_in_background(background);
-            out.extend(futures::future::try_join_all(loads).await?);
+            if !background.is_empty() {
+                tokio::spawn(futures::future::join_all(background));
+            }
+            if missing > 0 {
+                out.extend(futures::future::try_join_all(loads).await?);
+            }
             Ok(out)
         }
         .boxed()

@@ -133,6 +133,24 @@ impl DatasetFs {
         gen_
     }
 
+    /// Forgets all but the newest `keep` versions before the current one.
+    /// Inodes of forgotten versions answer [`FsError::Stale`]; returns how
+    /// many versions were dropped.
+    pub fn retain_previous(&self, keep: usize) -> usize {
+        let mut v = self.versions.write().unwrap_or_else(|p| p.into_inner());
+        let current = v.current;
+        // Generations count up from the current one backwards (wrapping).
+        let age = |g: u32| current.wrapping_sub(g);
+        let before = v.by_gen.len();
+        v.by_gen.retain(|&g, _| age(g) as usize <= keep);
+        before - v.by_gen.len()
+    }
+
+    /// Versions held (the current one and older ones still readable).
+    pub fn versions_held(&self) -> usize {
+        self.versions.read().unwrap_or_else(|p| p.into_inner()).by_gen.len()
+    }
+
     fn resolve(&self, ino: u64) -> Result<(u32, Arc<Version>, u32), FsError> {
         let v = self.versions.read().unwrap_or_else(|p| p.into_inner());
         let (gen_, node) = if ino == ROOT { (v.current, 0) } else { ((ino >> 32) as u32, (ino & 0xffff_ffff) as u32) };

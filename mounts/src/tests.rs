@@ -103,3 +103,19 @@ async fn a_switch_keeps_old_inodes_on_their_version() {
     assert_ne!(new.ino, old.ino);
     assert_eq!(new.size, 10);
 }
+
+#[tokio::test]
+async fn old_versions_can_be_forgotten() {
+    let t = sample();
+    let (fs, _) = fs_of_dir(t.path()).unwrap();
+    let first = fs.lookup_path("a/small.txt").unwrap();
+    for _ in 0..4 {
+        let (v, _, _) = version_of_dir(t.path()).unwrap();
+        fs.switch(v);
+    }
+    assert_eq!(fs.versions_held(), 5);
+    assert_eq!(fs.retain_previous(2), 2);
+    assert_eq!(fs.versions_held(), 3);
+    assert_eq!(fs.getattr(first.ino), Err(FsError::Stale));
+    assert!(fs.lookup_path("a/small.txt").is_ok());
+}

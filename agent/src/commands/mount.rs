@@ -1,9 +1,9 @@
 use aetherfs_mounts::fuse::{FuseOptions, clear_stale_mount, mount};
 use anyhow::{Context, Result};
-use std::sync::Arc;
 
 use crate::cli::{GlobalArgs, MountArgs};
-use crate::commands::{client, mounting, parse_ref, shutdown_signal};
+use crate::commands::{client, parse_ref, shutdown_signal};
+use crate::serving::{Admin, open_one, serve_admin};
 
 pub async fn run(g: &GlobalArgs, a: MountArgs) -> Result<()> {
     let reference = parse_ref(&a.reference)?;
@@ -11,20 +11,21 @@ pub async fn run(g: &GlobalArgs, a: MountArgs) -> Result<()> {
     if clear_stale_mount(&a.mountpoint).with_context(|| format!("cannot check {}", a.mountpoint.display()))? {
         eprintln!("aetherfs mount: cleared a stale mount at {}", a.mountpoint.display());
     }
-    let served = Arc::new(mounting::open(&client, &reference, &a.cache).await?);
+    let (source, served) = open_one(&client, &reference, &a.cache).await?;
     if let Some(addr) = a.admin {
-        let local = mounting::serve_admin(addr, served.clone()).await?;
+        let local = serve_admin(addr, Admin::with(source, served.clone())).await?;
         eprintln!("aetherfs mount: admin on http://{local}");
     }
     let opts = FuseOptions {
         allow_other: a.allow_other,
         threads: a.threads.max(1),
-        fsname: format!("aetherfs:{}", served.name),
+        fsname: format!("aetherfs:{}", served.name()),
         ..FuseOptions::default()
     };
     let session = mount(served.fs.clone(), &a.mountpoint, &opts, tokio::runtime::Handle::current())
         .with_context(|| format!("cannot mount on {}", a.mountpoint.display()))?;
-    eprintln!("aetherfs mount: {}@{} mounted at {}", served.name, served.digest, a.mountpoint.display());
+    served.add_frontend(format!("fuse:{}", a.mountpoint.display()));
+    eprintln!("aetherfs mount: {}@{} mounted at {}", served.name(), served.digest(), a.mountpoint.display());
     shutdown_signal().await;
     // Unmounting waits for the FUSE workers: keep it off the async threads.
     tokio::task::spawn_blocking(move || session.unmount())

@@ -5,7 +5,8 @@ use aetherfs_mounts::nfs::NfsServer;
 use anyhow::{Context, Result, bail};
 
 use crate::cli::{GlobalArgs, ServeArgs};
-use crate::commands::{client, mounting, parse_ref, shutdown_signal};
+use crate::commands::{client, parse_ref, shutdown_signal};
+use crate::serving::{Admin, open_one, serve_admin};
 
 pub async fn run(g: &GlobalArgs, a: ServeArgs) -> Result<()> {
     if a.webdav.is_none() && a.nfs.is_none() {
@@ -13,21 +14,23 @@ pub async fn run(g: &GlobalArgs, a: ServeArgs) -> Result<()> {
     }
     let reference = parse_ref(&a.reference)?;
     let client = client(g)?;
-    let served = Arc::new(mounting::open(&client, &reference, &a.cache).await?);
-    eprintln!("aetherfs serve: {}@{}", served.name, served.digest);
+    let (source, served) = open_one(&client, &reference, &a.cache).await?;
+    eprintln!("aetherfs serve: {}@{}", served.name(), served.digest());
     if let Some(addr) = a.admin {
-        let local = mounting::serve_admin(addr, served.clone()).await?;
+        let local = serve_admin(addr, Admin::with(source, served.clone())).await?;
         eprintln!("aetherfs serve: admin on http://{local}");
     }
-    let export = a.export.unwrap_or_else(|| served.name.segments().last().unwrap_or("data").to_string());
+    let export = a.export.unwrap_or_else(|| served.name().segments().last().unwrap_or("data").to_string());
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = a.webdav {
         let url = start_webdav(&mut tasks, served.fs.clone(), addr).await?;
         eprintln!("aetherfs serve: WebDAV on {url}");
+        served.add_frontend(format!("webdav:{url}"));
     }
     if let Some(addr) = a.nfs {
         let url = start_nfs(&mut tasks, served.fs.clone(), addr, &export).await?;
         eprintln!("aetherfs serve: NFSv3 on {url}");
+        served.add_frontend(format!("nfs:{url}"));
     }
     tokio::select! {
         _ = shutdown_signal() => {}

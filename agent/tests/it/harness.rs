@@ -40,8 +40,13 @@ impl Hub {
     }
 
     pub fn start_with_env(storage: &str, envs: &[(String, String)]) -> Hub {
+        Self::start_on(storage, envs, 0)
+    }
+
+    /// Starts a hub on a given port (0: any).
+    pub fn start_on(storage: &str, envs: &[(String, String)], port: u16) -> Hub {
         let mut cmd = Command::new(BIN);
-        cmd.args(["hub", "--listen", "127.0.0.1:0", "--storage", storage])
+        cmd.args(["hub", "--listen", &format!("127.0.0.1:{port}"), "--storage", storage])
             .env("AETHERFS_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -77,6 +82,17 @@ impl Hub {
         self.stop();
         let new = Hub::start_with_env(&self.storage, &self.envs);
         *self = new;
+    }
+
+    /// Starts the hub again on the same storage and the same port.
+    pub fn start_again(&mut self) {
+        let port = self.port();
+        let new = Hub::start_on(&self.storage, &self.envs, port);
+        *self = new;
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).expect("hub port")
     }
 
     pub fn stop(&mut self) {
@@ -134,14 +150,79 @@ pub fn wait_http_ok(base: &str, path: &str) {
     }
 }
 
-fn http_status(base: &str, path: &str) -> Option<u16> {
+pub fn http_status(base: &str, path: &str) -> Option<u16> {
+    http_get(base, path).map(|(s, _)| s)
+}
+
+/// A plain HTTP/1.1 GET: status and body.
+pub fn http_get(base: &str, path: &str) -> Option<(u16, String)> {
     let hostport = base.trim_start_matches("http://").trim_end_matches('/');
     let mut s = TcpStream::connect(hostport).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
-    buf.split_whitespace().nth(1)?.parse().ok()
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// A metric's value from Prometheus text (the first sample of that name).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Starts a long-running command and waits until its output has shown a
+/// line containing each of `wanted`; returns those lines.
+pub fn start_daemon(mut cmd: Command, wanted: &[&str]) -> (Proc, Vec<String>) {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn aetherfs");
+    let (tx, rx) = mpsc::channel::<String>();
+    for stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                eprintln!("[daemon] {line}");
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let proc = Proc { child };
+    let mut found = vec![String::new(); wanted.len()];
+    while found.iter().any(String::is_empty) {
+        let line = rx.recv_timeout(START_TIMEOUT).expect("daemon did not print what was expected");
+        for (i, w) in wanted.iter().enumerate() {
+            if found[i].is_empty() && line.contains(w) {
+                found[i] = line.clone();
+            }
+        }
+    }
+    (proc, found)
+}
+
+/// Whether `path` is a mount point now.
+pub fn is_mounted(path: &Path) -> bool {
+    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(canon.to_str().unwrap_or_default()))
+}
+
+/// Sends SIGTERM and waits for the process to exit by itself.
+pub fn terminate(mut p: Proc) -> std::process::ExitStatus {
+    let pid = p.child.id().to_string();
+    run_ok(Command::new("kill").args(["-TERM", &pid]));
+    p.child.wait().expect("wait")
 }
 
 /// A port nobody listens on right now.

@@ -12,3 +12,4 @@ mod integrity;
 mod mounts;
 mod pull_semantics;
 mod roundtrip;
+mod sidecar;

@@ -2,62 +2,9 @@
 //! processes reading through it, and real clients (the kernel through FUSE,
 //! sqlite3, libnfs, rclone).
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
-use crate::harness::{Hub, Proc, assert_same_tree, make_tree, require, run_ok, sqlite};
-
-/// Starts a long-running `aetherfs` command and waits until its stderr (or
-/// stdout) has printed a line containing each of `wanted`, returning those lines.
-fn start_daemon(mut cmd: Command, wanted: &[&str]) -> (Proc, Vec<String>) {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
-    let mut child = cmd.spawn().expect("spawn aetherfs");
-    let (tx, rx) = mpsc::channel::<String>();
-    for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                eprintln!("[daemon] {line}");
-                let _ = tx.send(line);
-            }
-        });
-    }
-    let proc = Proc { child };
-    let mut found = vec![String::new(); wanted.len()];
-    while found.iter().any(String::is_empty) {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("daemon did not become ready");
-        for (i, w) in wanted.iter().enumerate() {
-            if found[i].is_empty() && line.contains(w) {
-                found[i] = line.clone();
-            }
-        }
-    }
-    (proc, found)
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(canon.to_str().unwrap_or_default()))
-}
-
-/// Sends SIGTERM and waits for the process to exit by itself.
-fn terminate(mut p: Proc) -> std::process::ExitStatus {
-    let pid = p.child.id().to_string();
-    run_ok(Command::new("kill").args(["-TERM", &pid]));
-    p.child.wait().expect("wait")
-}
+use crate::harness::{Hub, assert_same_tree, is_mounted, make_tree, require, run_ok, sqlite, start_daemon, terminate};
 
 #[test]
 fn fuse_mount_of_a_hub_version() {

@@ -1,0 +1,312 @@
+//! The sidecar agent's configuration file (TOML), with the environment
+//! variables that override its common settings. Documented in docs/agent.md.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use aetherfs_format::Reference;
+use serde::Deserialize;
+
+/// What a mount fetches before it serves (and before a followed tag switches).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Prefetch {
+    /// Only the manifest: file data is fetched as it is read.
+    None,
+    /// The manifest (all metadata); the same as `none` today, kept distinct
+    /// because the manifest is all the metadata there is.
+    #[default]
+    Metadata,
+    /// Every chunk of the version, into the disk cache.
+    All,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Hub URL (overridden by `--hub` / `AETHERFS_HUB`).
+    pub hub: Option<String>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub fetch: FetchConfig,
+    #[serde(default, rename = "mount")]
+    pub mounts: Vec<MountConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: default_admin() }
+    }
+}
+
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9100))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Directory of the encrypted chunk cache.
+    #[serde(default = "default_cache_dir")]
+    pub dir: PathBuf,
+    /// Disk bound, e.g. "10GiB" or a number of bytes.
+    #[serde(default = "default_disk")]
+    pub max_size: Size,
+    /// Memory tier of hot plaintext chunks.
+    #[serde(default = "default_memory")]
+    pub memory_size: Size,
+    /// File holding the 32-byte cache key (raw, hex or base64). Without a key
+    /// (here or in `AETHERFS_CACHE_KEY`) the key is random, lives only in
+    /// memory, and the cache starts empty on every start.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { dir: default_cache_dir(), max_size: default_disk(), memory_size: default_memory(), key_file: None }
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("aetherfs/chunks")
+}
+
+fn default_disk() -> Size {
+    Size(10 << 30)
+}
+
+fn default_memory() -> Size {
+    Size(256 << 20)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchConfig {
+    /// A read that needs the hub fails with EIO after this long.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    /// Range requests in flight to the hub at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Bytes fetched ahead of a sequential reader.
+    #[serde(default = "default_readahead")]
+    pub readahead: Size,
+    /// Longest a tag long-poll waits before asking again.
+    #[serde(default = "default_poll")]
+    pub poll_secs: u64,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            timeout_secs: default_timeout(),
+            concurrency: default_concurrency(),
+            readahead: default_readahead(),
+            poll_secs: default_poll(),
+        }
+    }
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_readahead() -> Size {
+    Size(8 << 20)
+}
+fn default_poll() -> u64 {
+    60
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountConfig {
+    /// `name:tag` follows the tag; `name@digest` never changes.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub fuse: Option<PathBuf>,
+    pub nfs: Option<SocketAddr>,
+    pub webdav: Option<SocketAddr>,
+    #[serde(default)]
+    pub prefetch: Prefetch,
+    /// NFS export name (default: the dataset's last name segment).
+    pub export: Option<String>,
+    /// FUSE: let other users read (containers running as other uids).
+    #[serde(default)]
+    pub allow_other: bool,
+}
+
+/// A size in bytes, written as a number or with a unit: "512MiB", "10GiB", "1.5GB".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num.parse().map_err(|_| format!("bad size {s:?}: expected e.g. 512MiB or 10GiB"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1_000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1_000_000_000_000,
+            "tib" => 1 << 40,
+            _ => return Err(format!("bad size unit in {s:?}: use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)")),
+        };
+        let v = n * mult as f64;
+        if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+            return Err(format!("size {s:?} out of range"));
+        }
+        Ok(Size(v as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Size(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Reads and checks a config file: every problem is reported with the
+    /// file's name.
+    pub fn load(path: &Path) -> Result<AgentConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if text.len() > 1 << 20 {
+            return Err(format!("{} is larger than 1 MiB", path.display()));
+        }
+        let cfg: AgentConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.mounts.is_empty() {
+            return Err("no [[mount]] sections: nothing to serve".into());
+        }
+        let mut seen_paths = HashSet::new();
+        let mut seen_addrs = HashSet::new();
+        if self.fetch.timeout_secs == 0 || self.fetch.concurrency == 0 {
+            return Err("fetch.timeout_secs and fetch.concurrency must be at least 1".into());
+        }
+        for (i, m) in self.mounts.iter().enumerate() {
+            let what = format!("mount #{} ({})", i + 1, m.reference);
+            m.reference.parse::<Reference>().map_err(|e| format!("{what}: {e}"))?;
+            if m.fuse.is_none() && m.nfs.is_none() && m.webdav.is_none() {
+                return Err(format!("{what}: give at least one of fuse, nfs, webdav"));
+            }
+            if let Some(p) = &m.fuse
+                && !seen_paths.insert(p.clone())
+            {
+                return Err(format!("{what}: FUSE path {} is used twice", p.display()));
+            }
+            for a in [m.nfs, m.webdav].into_iter().flatten() {
+                if a.port() != 0 && !seen_addrs.insert(a) {
+                    return Err(format!("{what}: address {a} is used twice"));
+                }
+            }
+            if seen_addrs.contains(&self.admin.listen) && self.admin.listen.port() != 0 {
+                return Err(format!("{what}: address {} is also the admin address", self.admin.listen));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!("10GiB".parse::<Size>(), Ok(Size(10 << 30)));
+        assert_eq!("512 MiB".parse::<Size>(), Ok(Size(512 << 20)));
+        assert_eq!("1.5GB".parse::<Size>(), Ok(Size(1_500_000_000)));
+        assert_eq!("42".parse::<Size>(), Ok(Size(42)));
+        assert!("ten".parse::<Size>().is_err());
+        assert!("5 parsecs".parse::<Size>().is_err());
+        assert!("-1GiB".parse::<Size>().is_err());
+    }
+
+    #[test]
+    fn parses_a_full_config() {
+        let cfg: AgentConfig = toml::from_str(
+            r#"
+            hub = "http://127.0.0.1:7070"
+            [admin]
+            listen = "127.0.0.1:9200"
+            [cache]
+            dir = "/var/cache/aetherfs"
+            max_size = "2GiB"
+            memory_size = 134217728
+            key_file = "/etc/aetherfs/key"
+            [fetch]
+            timeout_secs = 5
+            [[mount]]
+            ref = "acme/geoip:latest"
+            fuse = "/data/geoip"
+            prefetch = "all"
+            [[mount]]
+            ref = "acme/models:stable"
+            webdav = "127.0.0.1:8080"
+            nfs = "127.0.0.1:11111"
+            prefetch = "none"
+            "#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.cache.max_size, Size(2 << 30));
+        assert_eq!(cfg.mounts[0].prefetch, Prefetch::All);
+        assert_eq!(cfg.mounts[1].prefetch, Prefetch::None);
+        assert_eq!(cfg.fetch.concurrency, 8);
+    }
+
+    #[test]
+    fn refuses_bad_configs() {
+        for bad in [
+            "",
+            "[[mount]]\nref = \"Bad Name\"\nfuse = \"/x\"",
+            "[[mount]]\nref = \"acme/x\"",
+            "[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"\n[[mount]]\nref = \"acme/y\"\nfuse = \"/x\"",
+            "[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"\nprefetch = \"some\"",
+            "[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"\nunknown = 1",
+            "[cache]\nmax_size = \"lots\"\n[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"",
+        ] {
+            let r = toml::from_str::<AgentConfig>(bad).map_err(|e| e.to_string()).and_then(|c| c.validate());
+            assert!(r.is_err(), "accepted: {bad}");
+        }
+    }
+}
