@@ -70,8 +70,6 @@ pub struct DiskCacheConfig {
 }
 
 impl DiskCacheConfig {
-    pub const DEFAULT_SEGMENT_BYTES: u64 = DEFAULT_SEGMENT_BYTES;
-
     pub fn new(dir: impl Into<PathBuf>, max_bytes: u64, key: CacheKey) -> Self {
         Self { dir: dir.into(), max_bytes, key, segment_bytes: DEFAULT_SEGMENT_BYTES }
     }
@@ -125,6 +123,8 @@ pub trait ChunkCache: Send + Sync {
     fn put(&self, digest: &Digest, plain: &[u8]);
     fn contains(&self, digest: &Digest) -> bool;
     fn stats(&self) -> CacheStats;
+    /// The bound the cache keeps to (plus one segment of slack for disk caches).
+    fn max_bytes(&self) -> u64;
 }
 
 impl ChunkCache for DiskCache {
@@ -139,5 +139,8 @@ impl ChunkCache for DiskCache {
     }
     fn stats(&self) -> CacheStats {
         DiskCache::stats(self)
+    }
+    fn max_bytes(&self) -> u64 {
+        DiskCache::max_bytes(self)
     }
 }

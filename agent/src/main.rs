@@ -1,6 +1,5 @@
 //! `aetherfs`: the command-line interface. See `aetherfs --help`.
 
-#[allow(dead_code)] // the disk cache is wired under HubSource in a follow-up
 mod cache;
 mod cli;
 mod commands;

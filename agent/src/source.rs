@@ -4,7 +4,7 @@
 //! - Hot plaintext chunks live in a `moka` cache weighed in bytes. Loads of
 //!   one chunk are merged: concurrent readers of a missing chunk wait for
 //!   one load.
-//! - Below it, the encrypted disk cache ([`crate::cache::DiskCache`]) when
+//! - Below it, a [`ChunkCache`] (the encrypted disk cache) when
 //!   the agent has one: it survives restarts and is the whole-version
 //!   prefetch target. A disk-cache failure is a miss, never a failed read.
 //! - Chunks on neither tier are coalesced into few HTTP range reads of packs
@@ -32,7 +32,7 @@ use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 
-use crate::cache::DiskCache;
+use crate::cache::ChunkCache;
 
 type RangeFuture = Shared<BoxFuture<'static, Result<Bytes, SourceError>>>;
 type Load = BoxFuture<'static, Result<Bytes, SourceError>>;
@@ -77,14 +77,14 @@ pub struct SourceOptions {
 pub struct HubSource {
     client: HubClient,
     memory: moka::future::Cache<Digest, Bytes>,
-    disk: Option<Arc<DiskCache>>,
+    disk: Option<Arc<dyn ChunkCache>>,
     timeout: Duration,
     permits: Arc<Semaphore>,
     pub stats: Arc<SourceStats>,
 }
 
 impl HubSource {
-    pub fn new(client: HubClient, disk: Option<Arc<DiskCache>>, opts: &SourceOptions) -> Arc<Self> {
+    pub fn new(client: HubClient, disk: Option<Arc<dyn ChunkCache>>, opts: &SourceOptions) -> Arc<Self> {
         let memory = moka::future::Cache::builder()
             .max_capacity(opts.memory_bytes)
             .weigher(|_k: &Digest, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
@@ -104,7 +104,7 @@ impl HubSource {
         self.memory.weighted_size()
     }
 
-    pub fn disk(&self) -> Option<&Arc<DiskCache>> {
+    pub fn disk(&self) -> Option<&Arc<dyn ChunkCache>> {
         self.disk.as_ref()
     }
 

@@ -306,6 +306,7 @@ impl DiskCache {
     }
 
     /// The segment size in use (see [`effective_segment_bytes`]).
+    #[cfg(test)]
     pub fn segment_bytes(&self) -> u64 {
         self.seg_bytes
     }

@@ -52,13 +52,8 @@ pub async fn run(g: &GlobalArgs, a: AgentArgs) -> Result<()> {
             }
         },
     };
-    let disk_cfg = DiskCacheConfig {
-        dir: cfg.cache.dir.clone(),
-        max_bytes: cfg.cache.max_size.0,
-        key,
-        // Eviction drops whole segments: keep them a small fraction of the bound.
-        segment_bytes: (cfg.cache.max_size.0 / 8).clamp(1 << 20, DiskCacheConfig::DEFAULT_SEGMENT_BYTES),
-    };
+    // The cache sizes its segments from the bound (an eighth of it, at most 64 MiB).
+    let disk_cfg = DiskCacheConfig::new(cfg.cache.dir.clone(), cfg.cache.max_size.0, key);
     let dir = cfg.cache.dir.clone();
     let disk = tokio::task::spawn_blocking(move || DiskCache::open(disk_cfg))
         .await?
