@@ -182,96 +182,81 @@ fn metrics_text(a: &Admin) -> String {
     use std::fmt::Write;
     let mounts = a.mounts();
     let st = &a.source.stats;
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
-    };
-    metric(
-        "aetherfs_cache_memory_hits_total",
-        "counter",
-        "Chunk reads served from the memory tier.",
-        st.memory_hits.load(Relaxed).to_string(),
-    );
-    metric(
-        "aetherfs_cache_disk_hits_total",
-        "counter",
-        "Chunk loads served from the disk cache.",
-        st.disk_hits.load(Relaxed).to_string(),
-    );
-    metric(
-        "aetherfs_cache_misses_total",
-        "counter",
-        "Chunk loads that needed the hub.",
-        st.misses.load(Relaxed).to_string(),
-    );
-    metric("aetherfs_cache_memory_bytes", "gauge", "Bytes in the memory tier.", a.source.memory_bytes().to_string());
+    let load = |c: &AtomicU64| c.load(Relaxed).to_string();
+    let mut scalars: Vec<(&str, &str, &str, String)> = vec![
+        (
+            "aetherfs_cache_memory_hits_total",
+            "counter",
+            "Chunk reads served from the memory tier.",
+            load(&st.memory_hits),
+        ),
+        ("aetherfs_cache_disk_hits_total", "counter", "Chunk loads served from the disk cache.", load(&st.disk_hits)),
+        ("aetherfs_cache_misses_total", "counter", "Chunk loads that needed the hub.", load(&st.misses)),
+        ("aetherfs_cache_memory_bytes", "gauge", "Bytes in the memory tier.", a.source.memory_bytes().to_string()),
+        ("aetherfs_fetched_bytes_total", "counter", "Bytes fetched from the hub.", load(&st.bytes_fetched)),
+        ("aetherfs_prefetched_bytes_total", "counter", "Bytes fetched by prefetch.", load(&st.prefetched_bytes)),
+        ("aetherfs_fetch_errors_total", "counter", "Range requests that failed or timed out.", load(&st.fetch_errors)),
+    ];
     if let Some(disk) = a.source.disk() {
         let s = disk.stats();
-        metric("aetherfs_cache_disk_bytes", "gauge", "Bytes of the disk cache on disk.", s.bytes.to_string());
-        metric("aetherfs_cache_disk_max_bytes", "gauge", "The disk cache's bound.", disk.max_bytes().to_string());
-        metric("aetherfs_cache_disk_entries", "gauge", "Chunks in the disk cache.", s.entries.to_string());
-        metric(
-            "aetherfs_cache_disk_corrupt_total",
-            "counter",
-            "Disk cache entries dropped as corrupt.",
-            s.corrupt_dropped.to_string(),
-        );
-        metric(
-            "aetherfs_cache_disk_evicted_bytes_total",
-            "counter",
-            "Bytes evicted from the disk cache.",
-            s.evicted_bytes.to_string(),
-        );
+        scalars.extend([
+            ("aetherfs_cache_disk_bytes", "gauge", "Bytes of the disk cache on disk.", s.bytes.to_string()),
+            ("aetherfs_cache_disk_max_bytes", "gauge", "The disk cache's bound.", disk.max_bytes().to_string()),
+            ("aetherfs_cache_disk_entries", "gauge", "Chunks in the disk cache.", s.entries.to_string()),
+            (
+                "aetherfs_cache_disk_corrupt_total",
+                "counter",
+                "Disk entries dropped as corrupt.",
+                s.corrupt_dropped.to_string(),
+            ),
+            (
+                "aetherfs_cache_disk_evicted_bytes_total",
+                "counter",
+                "Bytes evicted from the disk cache.",
+                s.evicted_bytes.to_string(),
+            ),
+        ]);
     }
-    metric(
-        "aetherfs_fetched_bytes_total",
-        "counter",
-        "Bytes fetched from the hub.",
-        st.bytes_fetched.load(Relaxed).to_string(),
-    );
-    metric(
-        "aetherfs_prefetched_bytes_total",
-        "counter",
-        "Bytes fetched by prefetch.",
-        st.prefetched_bytes.load(Relaxed).to_string(),
-    );
-    metric(
-        "aetherfs_fetch_errors_total",
-        "counter",
-        "Range requests that failed or timed out.",
-        st.fetch_errors.load(Relaxed).to_string(),
-    );
-    let _ = writeln!(out, "# HELP aetherfs_fetch_duration_seconds Latency of range requests to the hub.");
-    let _ = writeln!(out, "# TYPE aetherfs_fetch_duration_seconds histogram");
+    let mut out = String::new();
+    for (name, kind, help, value) in scalars {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
+    }
+
+    let name = "aetherfs_fetch_duration_seconds";
+    let _ = write!(out, "# HELP {name} Latency of range requests to the hub.\n# TYPE {name} histogram\n");
     let mut cumulative = 0;
     for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
         cumulative += st.latency_buckets[i].load(Relaxed);
-        let _ = writeln!(out, "aetherfs_fetch_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
     }
     let count = st.range_requests.load(Relaxed);
-    let _ = writeln!(out, "aetherfs_fetch_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "aetherfs_fetch_duration_seconds_sum {:.6}", st.fetch_micros.load(Relaxed) as f64 / 1e6);
-    let _ = writeln!(out, "aetherfs_fetch_duration_seconds_count {count}");
-    let _ = writeln!(out, "# HELP aetherfs_mount_version The version each mount serves (value 1).");
-    let _ = writeln!(out, "# TYPE aetherfs_mount_version gauge");
-    for m in &mounts {
-        let _ = writeln!(out, "aetherfs_mount_version{{ref=\"{}\",digest=\"{}\"}} 1", m.reference, m.digest());
-    }
-    let _ = writeln!(out, "# HELP aetherfs_mount_ready Whether each mount's initial prefetch is done.");
-    let _ = writeln!(out, "# TYPE aetherfs_mount_ready gauge");
-    for m in &mounts {
-        let _ = writeln!(out, "aetherfs_mount_ready{{ref=\"{}\"}} {}", m.reference, u8::from(m.ready.load(Relaxed)));
-    }
-    let _ = writeln!(out, "# HELP aetherfs_mount_switches_total Version switches of each mount.");
-    let _ = writeln!(out, "# TYPE aetherfs_mount_switches_total counter");
-    for m in &mounts {
-        let _ = writeln!(out, "aetherfs_mount_switches_total{{ref=\"{}\"}} {}", m.reference, m.switches.load(Relaxed));
-    }
-    let _ = writeln!(out, "# HELP aetherfs_mount_last_switch_seconds Time from a tag move to serving the new version.");
-    let _ = writeln!(out, "# TYPE aetherfs_mount_last_switch_seconds gauge");
-    for m in &mounts {
-        let secs = m.last_switch_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "aetherfs_mount_last_switch_seconds{{ref=\"{}\"}} {secs:.6}", m.reference);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {:.6}", st.fetch_micros.load(Relaxed) as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {count}");
+
+    type PerMount = fn(&MountState) -> String;
+    let per_mount: [(&str, &str, &str, PerMount); 4] = [
+        ("aetherfs_mount_version", "gauge", "The version each mount serves (value 1).", |_| "1".into()),
+        ("aetherfs_mount_ready", "gauge", "Whether each mount's initial prefetch is done.", |m| {
+            u8::from(m.ready.load(Relaxed)).to_string()
+        }),
+        ("aetherfs_mount_switches_total", "counter", "Version switches of each mount.", |m| {
+            m.switches.load(Relaxed).to_string()
+        }),
+        ("aetherfs_mount_last_switch_seconds", "gauge", "Time from a tag move to serving the new version.", |m| {
+            format!("{:.6}", m.last_switch_micros.load(Relaxed) as f64 / 1e6)
+        }),
+    ];
+    for (name, kind, help, value) in per_mount {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        for m in &mounts {
+            let labels = if name == "aetherfs_mount_version" {
+                format!("ref=\"{}\",digest=\"{}\"", m.reference, m.digest())
+            } else {
+                format!("ref=\"{}\"", m.reference)
+            };
+            let _ = writeln!(out, "{name}{{{labels}}} {}", value(m));
+        }
     }
     out
 }
