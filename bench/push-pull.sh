@@ -11,8 +11,9 @@
 # BENCH_DROP_CACHES (1 = drop the page cache before cold runs, default 1),
 # BENCH_VERIFY (1 = compare the pulled tree with the source, default 1),
 # BENCH_QUIET_WAIT (max seconds to wait for an idle machine before each step,
-# default 180; 0 = don't wait), BENCH_NO_BUILD (1 = use the existing
-# target/release/aetherfs).
+# default 180; 0 = don't wait), BENCH_QUIET_BUDGET (max total seconds of
+# such waits, 0 = no limit), BENCH_NO_BUILD (1 = use the existing
+# target/release/aetherfs), BENCH_BIN (use this aetherfs binary instead).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ mkdir -p "$BENCH_DIR"
 # The exact command line, for the results file.
 cmdline="bench/push-pull.sh"
 for a in "$@"; do cmdline+=" $(printf '%q' "$a")"; done
-for v in BENCH_SCALE BENCH_DIR BENCH_SEED BENCH_RUNS BENCH_RESULTS BENCH_DROP_CACHES BENCH_VERIFY BENCH_QUIET_WAIT BENCH_QUIET_CORES BENCH_NO_BUILD; do
+for v in BENCH_SCALE BENCH_DIR BENCH_SEED BENCH_RUNS BENCH_RESULTS BENCH_DROP_CACHES BENCH_VERIFY BENCH_QUIET_WAIT BENCH_QUIET_CORES BENCH_QUIET_BUDGET BENCH_NO_BUILD BENCH_BIN; do
   if [ -n "${!v:-}" ] && { [ "$v" != BENCH_DIR ] || [ "$BENCH_DIR" != /tmp/aetherfs-bench ]; }; then
     cmdline="$v=$(printf '%q' "${!v}") $cmdline"
   fi
@@ -46,9 +47,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-bench/install-peers.sh
+bench/install-peers.sh push-pull
 
-if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+if [ "${BENCH_NO_BUILD:-0}" != 1 ] && [ -z "${BENCH_BIN:-}" ]; then
   echo "bench: cargo build --release -p aetherfs" >&2
   cargo build --release -p aetherfs
 fi

@@ -7,60 +7,27 @@ release binary first. See bench/README.md for what each step measures.
 
 from __future__ import annotations
 
-import datetime
 import filecmp
-import hashlib
 import json
 import os
-import platform
 import random
 import re
-import resource
 import shutil
 import signal
-import statistics
 import struct
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BUILT_BIN = ROOT / "target" / "release" / "aetherfs"
-BIN = BUILT_BIN  # replaced by a private copy in bench(), so a concurrent rebuild cannot swap it mid-run
+import common
+from common import (BENCH_DIR, CITIES, MB, MIB, RUNS, SCALE, SEED, VERIFY, BenchError, Hub, Run,
+                    db_insert_sql, gen_db, gen_random_file, log, median_run, page_cache_summary, quiet_summary,
+                    rm, run_sqlite, samples_of, sqlite_rows, store_size, sync_seconds, tool_version, tree_size)
+
+BIN = common.BUILT_BIN  # replaced by a private copy in bench(), so a concurrent rebuild cannot swap it mid-run
 
 GEN_VERSION = 3  # bump when the generator changes: invalidates cached datasets
-MIB = 1 << 20
-MB = 1e6
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def env_float(name: str, default: float) -> float:
-    v = os.environ.get(name, "")
-    return float(v) if v else default
-
-
-def env_int(name: str, default: int) -> int:
-    v = os.environ.get(name, "")
-    return int(v) if v else default
-
-
-BENCH_DIR = Path(os.environ.get("BENCH_DIR") or "/tmp/aetherfs-bench").resolve()
-SCALE = env_float("BENCH_SCALE", 1.0)
-SEED = env_int("BENCH_SEED", 20251121)
-RUNS = max(1, env_int("BENCH_RUNS", 3))
-RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS") or (ROOT / "bench" / "results"))
-WANT_DROP = os.environ.get("BENCH_DROP_CACHES", "1") != "0"
-VERIFY = os.environ.get("BENCH_VERIFY", "1") != "0"
-# Before each timed step, wait up to this many seconds for the machine to be
-# idle (other processes using < QUIET_CORES cores), so that a concurrent build
-# does not end up in the figures; the other load seen during each step is reported.
-QUIET_WAIT = env_float("BENCH_QUIET_WAIT", 180.0)
-QUIET_CORES = env_float("BENCH_QUIET_CORES", 0.15)
-CMDLINE = os.environ.get("BENCH_CMDLINE") or " ".join([sys.argv[0], *sys.argv[1:]])
 HUB_PIDFILE = Path(os.environ.get("BENCH_HUB_PIDFILE") or (BENCH_DIR / "hub.pid"))
 
 DATASET = "bench/data"
@@ -68,20 +35,9 @@ RESTIC_PASSWORD = "aetherfs-bench"  # a throwaway local repository
 CHUNK_SPEC = "16384:65536:262144"  # casync, matched to AetherFS's FastCDC min:avg:max
 
 
-class BenchError(Exception):
-    pass
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------
 # Dataset generation (deterministic, seeded, cached)
 # --------------------------------------------------------------------------
-
-CITIES = ["amsterdam", "berlin", "chicago", "delhi", "lagos", "lima", "oslo", "paris",
-          "quito", "seoul", "tokyo", "zurich", "nairobi", "austin", "hanoi", "porto"]
 
 
 def make_words(rng: random.Random, n: int) -> list[str]:
@@ -91,51 +47,6 @@ def make_words(rng: random.Random, n: int) -> list[str]:
     while len(words) < n:
         words.add("".join(rng.choice(syll) for _ in range(rng.randint(1, 4))))
     return sorted(words)
-
-
-def sqlite_rows(scale: float) -> int:
-    # ~1384 bytes of database per row with the schema below (measured).
-    return max(1000, int(256 * MIB * scale / 1384))
-
-
-def db_insert_sql(first: int, last: int) -> str:
-    cities = json.dumps(CITIES)
-    return f"""
-WITH RECURSIVE n(i) AS (SELECT {first} UNION ALL SELECT i+1 FROM n WHERE i<{last})
-INSERT INTO items(id, key, city, note, price, payload)
-SELECT i,
-  lower(hex(randomblob(8))),
-  json_extract('{cities}', '$[' || (abs(random()) % {len(CITIES)}) || ']'),
-  printf('order %d shipped in %d parcels; status %s; priority %s', i, 1 + abs(random()) % 9,
-         CASE abs(random()) % 3 WHEN 0 THEN 'delivered' WHEN 1 THEN 'in transit' ELSE 'pending' END,
-         CASE abs(random()) % 2 WHEN 0 THEN 'normal' ELSE 'express' END),
-  round((abs(random()) % 100000) / 100.0, 2),
-  randomblob(256 + abs(random()) % 1537)
-FROM n;
-"""
-
-
-def run_sqlite(db: Path, script: str) -> None:
-    r = subprocess.run(["sqlite3", "-bail", str(db)], input=script, text=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if r.returncode != 0:
-        raise BenchError(f"sqlite3 {db} failed: {r.stderr.strip()}")
-
-
-def gen_db(path: Path, rows: int, seed: int) -> None:
-    # sqlite3's randomblob()/random() are seeded through the shell's
-    # `.testctrl prng_seed`, so the file is byte-for-byte reproducible.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    script = f""".testctrl prng_seed {seed % 2_000_000_000}
-PRAGMA page_size=4096;
-PRAGMA journal_mode=OFF;
-PRAGMA synchronous=OFF;
-CREATE TABLE items(id INTEGER PRIMARY KEY, key TEXT NOT NULL, city TEXT NOT NULL,
-                   note TEXT NOT NULL, price REAL NOT NULL, payload BLOB NOT NULL);
-{db_insert_sql(1, rows)}
-CREATE INDEX items_key ON items(key);
-"""
-    run_sqlite(path, script)
 
 
 def refresh_plan(rows: int) -> dict:
@@ -210,17 +121,6 @@ def gen_small_files(root: Path, count: int, rng: random.Random, words: list[str]
         (d / f"{kind[:-1] if kind != 'meta' else 'rec'}-{i:05d}.{ext}").write_text(body)
 
 
-def gen_random_file(path: Path, size: int, seed: int) -> None:
-    rng = random.Random(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        left = size
-        while left > 0:
-            n = min(left, 8 * MIB)
-            f.write(rng.randbytes(n))
-            left -= n
-
-
 def gen_big_csv(path: Path, size: int, seed: int, words: list[str]) -> None:
     rng = random.Random(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,222 +180,18 @@ def ensure_dataset() -> tuple[Path, Path, dict]:
     return v1, new_db, meta
 
 
-def tree_size(root: Path) -> tuple[int, int]:
-    files = size = 0
-    for dp, _dn, fns in os.walk(root):
-        for fn in fns:
-            st = os.lstat(os.path.join(dp, fn))
-            if not os.path.islink(os.path.join(dp, fn)):
-                files += 1
-                size += st.st_size
-    return files, size
-
-
-def store_size(root: Path) -> dict:
-    """Bytes a store occupies: regular-file sizes summed, and allocated blocks (du -s -B1)."""
-    files, size = tree_size(root) if root.exists() else (0, 0)
-    alloc = 0
-    if root.exists():
-        out = subprocess.run(["du", "-s", "-B1", str(root)], capture_output=True, text=True, check=True).stdout
-        alloc = int(out.split()[0])
-    return {"files": files, "file_bytes": size, "du_alloc_bytes": alloc}
-
-
 # --------------------------------------------------------------------------
 # Measurement
 # --------------------------------------------------------------------------
-
-DROP_STATE = {"attempted": 0, "succeeded": 0}
-
-
-def drop_caches() -> bool:
-    if not WANT_DROP:
-        return False
-    os.sync()
-    DROP_STATE["attempted"] += 1
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-        DROP_STATE["succeeded"] += 1
-        return True
-    except OSError:
-        return False
-
-
-def proc_cpu(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def proc_io(pid: int) -> dict | None:
-    try:
-        with open(f"/proc/{pid}/io") as f:
-            return {k: int(v) for k, v in (line.split(":") for line in f)}
-    except (OSError, ValueError):
-        return None
-
-
-def sys_cpu() -> list[int]:
-    with open("/proc/stat") as f:
-        return [int(x) for x in f.readline().split()[1:]]
-
-
-class Sampler(threading.Thread):
-    """Samples a process's CPU and I/O counters (and the hub's CPU) every 0.1 s."""
-
-    def __init__(self, pid: int, hub_pid: int | None):
-        super().__init__(daemon=True)
-        self.pid, self.hub_pid = pid, hub_pid
-        self.samples: list[dict] = []
-        self.stop_evt = threading.Event()
-        self.t0 = time.perf_counter()
-
-    def run(self) -> None:
-        while not self.stop_evt.is_set():
-            cpu, io = proc_cpu(self.pid), proc_io(self.pid)
-            if cpu is not None and io is not None:
-                self.samples.append({"t": time.perf_counter() - self.t0, "cpu": cpu,
-                                     "wchar": io.get("wchar", 0), "rchar": io.get("rchar", 0),
-                                     "read_bytes": io.get("read_bytes", 0),
-                                     "hub_cpu": proc_cpu(self.hub_pid) if self.hub_pid else None})
-            self.stop_evt.wait(0.1)
-
-
-class Run:
-    def __init__(self, label: str, wall: float, user: float, sys_: float, stdout: str, stderr: str,
-                 samples: list[dict], hub_cpu: float | None, sys_busy: float, sys_iowait: float):
-        self.label, self.wall, self.user, self.sys = label, wall, user, sys_
-        self.stdout, self.stderr, self.samples = stdout, stderr, samples
-        self.hub_cpu, self.sys_busy, self.sys_iowait = hub_cpu, sys_busy, sys_iowait
-        self.cold = False
-        self.extra: dict = {}
-
-    def json(self) -> dict | list | None:
-        return parse_json_output(self.stdout)
-
-    def summary(self) -> dict:
-        d = {"seconds": round(self.wall, 3), "cpu_user_s": round(self.user, 2),
-             "cpu_sys_s": round(self.sys, 2),
-             "cpu_cores_avg": round((self.user + self.sys) / self.wall, 2) if self.wall else None,
-             "hub_cpu_s": round(self.hub_cpu, 2) if self.hub_cpu is not None else None,
-             "system_busy_pct": round(self.sys_busy, 1), "system_iowait_pct": round(self.sys_iowait, 1),
-             "other_load_cores": round(getattr(self, "other_cores", 0.0), 2),
-             "cold_cache": self.cold}
-        d.update(self.extra)
-        return d
-
-
-def parse_json_output(text: str):
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    last = None
-    for line in text.splitlines():  # JSON lines (restic): keep the last object
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                last = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-    return last
 
 
 HUB = None  # the running Hub, for the samplers
 
 
-QUIET_STATE = {"waits": 0, "waited_s": 0.0, "gave_up": 0}
-
-
-def busy_cores(interval: float) -> float:
-    a = sys_cpu()
-    time.sleep(interval)
-    b = sys_cpu()
-    d = [y - x for x, y in zip(a, b)]
-    idle = d[3] + (d[4] if len(d) > 4 else 0)
-    return (sum(d) - idle) / CLK_TCK / interval
-
-
-def wait_quiet() -> None:
-    """Waits until the machine is idle apart from us (the hub idles at ~0)."""
-    if QUIET_WAIT <= 0:
-        return
-    t0 = time.monotonic()
-    warned, quiet = False, 0
-    while True:
-        b = busy_cores(1.0)
-        quiet = quiet + 1 if b < QUIET_CORES else 0
-        if quiet >= 2:  # two idle seconds in a row: not just a gap between two compiler jobs
-            break
-        if time.monotonic() - t0 > QUIET_WAIT:
-            QUIET_STATE["gave_up"] += 1
-            log(f"machine still busy ({b:.2f} cores) after {QUIET_WAIT:.0f} s; measuring anyway")
-            break
-        if not warned and b >= QUIET_CORES:
-            log(f"waiting for the machine to go idle ({b:.2f} cores busy by other processes)")
-            warned = True
-    waited = time.monotonic() - t0
-    QUIET_STATE["waits"] += 1
-    QUIET_STATE["waited_s"] += waited
-
-
 def run_timed(label: str, cmd: list[str], *, env: dict | None = None, cold: bool = False,
               cwd: Path | None = None) -> Run:
-    wait_quiet()
-    dropped = drop_caches() if cold else False
-    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    s0 = sys_cpu()
-    hub_pid = HUB.proc.pid if HUB and HUB.proc.poll() is None else None
-    hub0 = proc_cpu(hub_pid) if hub_pid else None
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, **(env or {})}, cwd=cwd)
-    sampler = Sampler(p.pid, hub_pid)
-    sampler.start()
-    out, err = p.communicate()
-    wall = time.perf_counter() - t0
-    sampler.stop_evt.set()
-    sampler.join()
-    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    s1 = sys_cpu()
-    hub1 = proc_cpu(hub_pid) if hub_pid else None
-    if p.returncode != 0:
-        raise BenchError(f"{label}: `{' '.join(cmd)}` exited with {p.returncode}:\n{err[-3000:]}")
-    d = [b - a for a, b in zip(s0, s1)]
-    total = sum(d) or 1
-    idle, iowait = d[3], d[4] if len(d) > 4 else 0
-    r = Run(label, wall, ru1.ru_utime - ru0.ru_utime, ru1.ru_stime - ru0.ru_stime, out, err,
-            sampler.samples, (hub1 - hub0) if hub0 is not None and hub1 is not None else None,
-            100.0 * (total - idle - iowait) / total, 100.0 * iowait / total)
-    r.cold = dropped
-    own = r.user + r.sys + (r.hub_cpu or 0.0)
-    busy_s = (total - idle - iowait) / CLK_TCK
-    r.other_cores = max(0.0, (busy_s - own) / wall) if wall > 0 else 0.0
-    log(f"{label}: {wall:.2f} s (cpu {r.user + r.sys:.1f} s{', cold cache' if dropped else ''}"
-        f", other load {r.other_cores:.2f} cores)")
-    return r
-
-
-def sync_seconds() -> float:
-    t0 = time.perf_counter()
-    os.sync()
-    return time.perf_counter() - t0
-
-
-def median_run(runs: list[Run]) -> Run:
-    s = sorted(runs, key=lambda r: r.wall)
-    return s[(len(s) - 1) // 2]
-
-
-def samples_of(runs: list[Run]) -> list[float]:
-    return [round(r.wall, 3) for r in runs]
+    hub_pid = HUB.pid if HUB else None
+    return common.run_timed(label, cmd, env=env, cold=cold, cwd=cwd, hub_pid=hub_pid)
 
 
 def push_phases(r: Run, threshold: int = MIB) -> dict:
@@ -523,66 +219,6 @@ def push_phases(r: Run, threshold: int = MIB) -> dict:
 # --------------------------------------------------------------------------
 # The hub
 # --------------------------------------------------------------------------
-
-class Hub:
-    def __init__(self, data: Path, log_path: Path):
-        self.data, self.log_path = data, log_path
-        self.proc: subprocess.Popen | None = None
-        self.url: str | None = None
-
-    def start(self) -> None:
-        self.data.mkdir(parents=True, exist_ok=True)
-        self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(
-            [str(BIN), "hub", "--listen", "127.0.0.1:0", "--storage", f"file://{self.data}"],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.PIPE, text=True)
-        HUB_PIDFILE.write_text(str(self.proc.pid))
-        found = threading.Event()
-
-        def drain() -> None:
-            for line in self.proc.stderr:
-                self.log.write(line)
-                self.log.flush()
-                m = re.search(r"aetherfs hub: listening on (http://\S+)", line)
-                if m and not found.is_set():
-                    self.url = m.group(1)
-                    found.set()
-            found.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        if not found.wait(60) or not self.url:
-            self.stop()
-            raise BenchError(f"the hub did not report its address; see {self.log_path}")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise BenchError(f"the hub at {self.url} never became ready; see {self.log_path}")
-            time.sleep(0.05)
-        log(f"hub: ready at {self.url} (pid {self.proc.pid}, storage {self.data})")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if HUB_PIDFILE.exists():
-            HUB_PIDFILE.unlink()
-
-    def fresh(self) -> None:
-        self.stop()
-        if self.data.exists():
-            shutil.rmtree(self.data)
-        self.start()
 
 
 def afs(*args: str) -> list[str]:
@@ -646,69 +282,20 @@ def read_caibx(path: Path) -> list[tuple[bytes, int]]:
 # The benchmark
 # --------------------------------------------------------------------------
 
-def tool_version(cmd: list[str]) -> str:
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-        return " ".join((r.stdout or r.stderr).strip().splitlines()[0].split())
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        return "unknown"
-
 
 def machine_facts() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    du = shutil.disk_usage(BENCH_DIR)
-    fstype = subprocess.run(["stat", "-f", "-c", "%T", str(BENCH_DIR)], capture_output=True, text=True).stdout.strip()
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench"],
-                           capture_output=True, text=True).stdout.strip()
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": CMDLINE,
-        "nproc": os.cpu_count(), "cpu": cpu, "mem_total_bytes": mem,
-        "kernel": platform.release(), "os": platform.platform(),
-        "bench_dir": str(BENCH_DIR), "bench_dir_fs": fstype,
-        "disk_free_bytes_at_start": du.free, "disk_total_bytes": du.total,
-        "git_commit": git + ("-dirty" if dirty else ""),
-        "versions": {
-            "aetherfs": tool_version([str(BIN), "--version"]),
-            "aetherfs_sha256": hashlib.sha256(BIN.read_bytes()).hexdigest()[:16],
-            "restic": tool_version(["restic", "version"]),
-            "casync": tool_version(["casync", "--version"]),
-            "rsync": tool_version(["rsync", "--version"]),
-            "sqlite3": tool_version(["sqlite3", "--version"]).split(" ")[0],
-            "python": platform.python_version(),
-            "rustc": tool_version(["rustc", "--version"]),
-        },
-        "scale": SCALE, "seed": SEED, "runs_per_step": RUNS,
-        "loadavg_at_start": os.getloadavg(),
-    }
+    return common.machine_facts(BIN, {
+        "restic": tool_version(["restic", "version"]),
+        "casync": tool_version(["casync", "--version"]),
+        "rsync": tool_version(["rsync", "--version"]),
+        "sqlite3": tool_version(["sqlite3", "--version"]).split(" ")[0],
+    })
 
 
 def hardlink_tree(src: Path, dst: Path) -> None:
     if dst.exists():
         shutil.rmtree(dst)
     subprocess.run(["cp", "-al", str(src), str(dst)], check=True)
-
-
-def rm(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    elif p.exists():
-        p.unlink()
 
 
 def verify_tree(a: Path, b: Path) -> dict:
@@ -729,12 +316,9 @@ def verify_tree(a: Path, b: Path) -> dict:
 def bench() -> dict:
     global HUB
     global BIN
-    if not BUILT_BIN.exists():
-        raise BenchError(f"{BUILT_BIN} is missing: run `cargo build --release -p aetherfs` (bench/push-pull.sh does)")
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     (BENCH_DIR / "bin").mkdir(exist_ok=True)
-    BIN = BENCH_DIR / "bin" / "aetherfs"
-    shutil.copy2(BUILT_BIN, BIN)
+    BIN = common.private_binary(BENCH_DIR)
     facts = machine_facts()
     v1_src, new_db_src, dsmeta = ensure_dataset()
     work = BENCH_DIR / "work"
@@ -749,7 +333,7 @@ def bench() -> dict:
     ds = res["dataset"]
     log(f"stage: {files} files, {data_bytes / MIB:.0f} MiB at {stage}")
 
-    HUB = Hub(BENCH_DIR / "hub-data", work / "hub.log")
+    HUB = Hub(BIN, BENCH_DIR / "hub-data", work / "hub.log", HUB_PIDFILE)
     repo, rcache = work / "restic-repo", work / "restic-cache"
 
     # 1. Initial push vs restic backup (cold page cache, fresh stores) ------------
@@ -969,15 +553,10 @@ def bench() -> dict:
     if "new_plain_bytes" in ca_chunks:
         rf["ratio_new_bytes_aetherfs_over_casync_new_plain"] = round(v2r["new_bytes"] / max(1, ca_chunks["new_plain_bytes"]), 3)
 
-    res["page_cache"] = {
-        "requested": WANT_DROP, "drops_attempted": DROP_STATE["attempted"], "drops_succeeded": DROP_STATE["succeeded"],
-        "cold_runs_really_cold": DROP_STATE["attempted"] > 0 and DROP_STATE["attempted"] == DROP_STATE["succeeded"],
-    }
+    res["page_cache"] = page_cache_summary()
     res["machine"]["disk_free_bytes_at_end"] = shutil.disk_usage(BENCH_DIR).free
     res["machine"]["loadavg_at_end"] = os.getloadavg()
-    res["quiet_wait"] = {"max_wait_s": QUIET_WAIT, "idle_below_cores": QUIET_CORES,
-                         "steps": QUIET_STATE["waits"], "total_waited_s": round(QUIET_STATE["waited_s"], 1),
-                         "steps_measured_while_busy": QUIET_STATE["gave_up"]}
+    res["quiet_wait"] = quiet_summary()
     HUB.stop()
     return res
 
@@ -1137,13 +716,10 @@ def main() -> int:
     finally:
         if HUB:
             HUB.stop()
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = f"push-pull-{datetime.date.today().isoformat()}" + ("" if SCALE == 1 else f"-scale{SCALE:g}")
     md = markdown(res)
-    (RESULTS_DIR / f"{stem}.md").write_text(md)
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    path = common.write_results("push-pull", md, res)
     print(md)
-    log(f"results: {RESULTS_DIR / (stem + '.md')} and .json")
+    log(f"results: {path} and .json")
     return 0
 
 
