@@ -18,6 +18,7 @@
 //!   read with EIO instead of hanging the reader, and the next read tries
 //!   the hub again, so service resumes by itself when the hub returns.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -77,6 +78,10 @@ pub struct SourceOptions {
 pub struct HubSource {
     client: HubClient,
     memory: moka::future::Cache<Digest, Bytes>,
+    /// Chunks some range request is already fetching. New ranges leave them
+    /// out, so a sequential reader's moving read-ahead window fetches each
+    /// chunk once (without this, every read re-requested most of the window).
+    in_flight: Arc<std::sync::Mutex<HashSet<Digest>>>,
     disk: Option<Arc<dyn ChunkCache>>,
     timeout: Duration,
     permits: Arc<Semaphore>,
@@ -92,6 +97,7 @@ impl HubSource {
         Arc::new(Self {
             client,
             memory,
+            in_flight: Arc::default(),
             disk,
             timeout: opts.timeout,
             permits: Arc::new(Semaphore::new(opts.concurrency.max(1))),
@@ -161,12 +167,19 @@ impl HubSource {
     /// One future per chunk, in order, that loads it through the tiers:
     /// chunks on disk are read from it, the rest share coalesced range reads.
     fn loads(self: &Arc<Self>, chunks: &[ChunkRef]) -> Vec<Load> {
-        let remote: Vec<ChunkWant> = chunks
-            .iter()
-            .filter(|c| !self.on_disk(&c.digest))
-            .map(|c| ChunkWant { digest: c.digest, len: c.len, location: c.location })
-            .collect();
-        let mut fetches: std::collections::HashMap<Digest, (RangeFuture, RangeRead)> = Default::default();
+        // Plan range reads for chunks on no tier and not being fetched already;
+        // the others join the in-flight load through the memory tier.
+        let mut claimed: HashSet<Digest> = HashSet::new();
+        let remote: Vec<ChunkWant> = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            chunks
+                .iter()
+                .filter(|c| !self.on_disk(&c.digest) && !self.memory.contains_key(&c.digest))
+                .filter(|c| in_flight.insert(c.digest) && claimed.insert(c.digest))
+                .map(|c| ChunkWant { digest: c.digest, len: c.len, location: c.location })
+                .collect()
+        };
+        let mut fetches: HashMap<Digest, (RangeFuture, RangeRead)> = HashMap::new();
         for r in coalesce(remote) {
             let fut = self.range_future(&r);
             for w in &r.chunks {
@@ -178,18 +191,27 @@ impl HubSource {
             .map(|c| {
                 let this = self.clone();
                 let fetch = fetches.get(&c.digest).cloned();
+                // Whoever claimed a chunk releases it when its load ends, however it ends.
+                let release = claimed.remove(&c.digest).then(|| InFlight(self.in_flight.clone(), c.digest));
                 let (c, memory) = (*c, self.memory.clone());
                 async move {
+                    let _release = release;
                     let init = async move {
                         if let Some(b) = this.read_disk(&c).await {
                             return Ok(b);
                         }
                         let (fut, r) = match fetch {
                             Some(f) => f,
-                            // It was on disk when planned but is gone now: fetch it alone.
+                            // Cached, on disk or in flight when planned, but not
+                            // there now: fetch it alone.
                             None => {
-                                let r = coalesce([ChunkWant { digest: c.digest, len: c.len, location: c.location }])
-                                    .remove(0);
+                                let w = ChunkWant { digest: c.digest, len: c.len, location: c.location };
+                                let r = RangeRead {
+                                    pack: w.location.pack,
+                                    offset: w.location.offset,
+                                    len: u64::from(w.location.stored_len),
+                                    chunks: vec![w],
+                                };
                                 (this.range_future(&r), r)
                             }
                         };
@@ -252,6 +274,15 @@ impl HubSource {
         let fetched = self.stats.bytes_fetched.load(Ordering::Relaxed) - before;
         self.stats.prefetched_bytes.fetch_add(fetched, Ordering::Relaxed);
         Ok(fetched)
+    }
+}
+
+/// Marks a chunk as no longer being fetched when dropped.
+struct InFlight(Arc<std::sync::Mutex<HashSet<Digest>>>, Digest);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
     }
 }
 

@@ -768,11 +768,11 @@ impl Filesystem for FuseFs {
         reply.statfs(blocks, 0, 0, files, 0, STATFS_BSIZE, 255, STATFS_BSIZE);
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        match self.fs.getattr(ino.0) {
-            Ok(_) => reply.error(Errno::NO_XATTR),
-            Err(e) => reply.error(errno(&e)),
-        }
+    /// Datasets carry no extended attributes. ENOSYS (not ENODATA) makes the
+    /// kernel stop asking for the rest of the mount: `ls -l` otherwise sends
+    /// two GETXATTR requests per file (SELinux label, POSIX ACL), every time.
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
