@@ -169,6 +169,35 @@ pub struct HubArgs {
     /// Largest pack upload accepted, in MiB.
     #[arg(long, default_value_t = 128)]
     pub max_pack_mib: usize,
+    /// Auth configuration (TOML): OIDC issuers, a basic-auth users file and
+    /// access rules; see docs/security.md. Without it every request is allowed.
+    #[arg(long, env = "AETHERFS_AUTH_CONFIG")]
+    pub auth_config: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS (reloaded when the file changes).
+    #[arg(long, env = "AETHERFS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "AETHERFS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: Option<HubAction>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HubAction {
+    /// Set a user's password in a basic-auth users file (argon2id; read from stdin).
+    Passwd(PasswdArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PasswdArgs {
+    /// The users file (created with mode 0600 if missing).
+    pub file: PathBuf,
+    /// The user name.
+    pub user: String,
+    /// A group the user belongs to (repeatable); replaces the user's groups.
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -88,6 +88,7 @@ impl AppError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the hub's log")
     }
 
+    /// Adds a header; a name may be given several times (several `WWW-Authenticate` challenges).
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.push((name, value));
         self
@@ -99,7 +100,7 @@ impl IntoResponse for AppError {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
         let mut res = (self.status, axum::Json(body)).into_response();
         for (name, value) in self.headers {
-            res.headers_mut().insert(name, value);
+            res.headers_mut().append(name, value);
         }
         res
     }

@@ -1,7 +1,9 @@
 //! The AetherFS hub: a stateless HTTP server over an object store.
 //!
 //! ```text
+//!   HTTPS (rustls)        tls.rs          certificate reloaded when its files change
 //!   HTTP (axum)           routes/*        one file per resource; every error is an AppError
+//!     │ auth              authentication and access control on every request (auth.rs)
 //!     │
 //!     ├── tags            compare-and-swap moves, history, long-polls      (tags.rs)
 //!     ├── chunk index     in-memory cache of packs/*.idx, rebuilt at start (chunk_index.rs)
@@ -16,12 +18,14 @@
 //! before they are stored, manifests decoded and checked against the pack
 //! indexes they reference before they are published.
 
+pub mod auth;
 mod chunk_index;
 mod error;
 mod metrics;
 mod routes;
 mod storage;
 mod tags;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -30,6 +34,7 @@ use aetherfs_format::pack::PACK_MAX_BYTES;
 use object_store::ObjectStore;
 use tokio::sync::Semaphore;
 
+pub use auth::Auth;
 pub use error::HubError;
 
 /// Pack uploads verified at once; each holds up to `max_pack_bytes` in memory.
@@ -45,6 +50,8 @@ pub struct HubOptions {
     pub max_pack_bytes: usize,
     /// Largest manifest accepted (default [`MANIFEST_MAX_BYTES`]).
     pub max_manifest_bytes: usize,
+    /// Authentication and access control; [`Auth::open`] (the default) allows everything.
+    pub auth: Auth,
 }
 
 impl Default for HubOptions {
@@ -53,13 +60,14 @@ impl Default for HubOptions {
             storage: "memory://".to_string(),
             max_pack_bytes: PACK_MAX_BYTES,
             max_manifest_bytes: MANIFEST_MAX_BYTES,
+            auth: Auth::open(),
         }
     }
 }
 
-/// Who makes a request; recorded as `by` in tag records. An authentication
-/// layer inserts it as a request extension; requests without one are
-/// `anonymous`.
+/// Who makes a request; recorded as `by` in tag records. The auth layer
+/// inserts it (the token's subject or the basic-auth user) as a request
+/// extension; requests without one are `anonymous`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal(pub String);
 

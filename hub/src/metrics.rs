@@ -28,6 +28,7 @@ pub(crate) const MANIFESTS_PUBLISHED: &str = "aetherfs_hub_manifests_published";
 pub(crate) const TAG_MOVES: &str = "aetherfs_hub_tag_moves";
 pub(crate) const CHUNKS_INDEXED: &str = "aetherfs_hub_chunks_indexed";
 pub(crate) const LONG_POLLS_WAITING: &str = "aetherfs_hub_long_polls_waiting";
+pub(crate) const AUTH_FAILURES: &str = "aetherfs_hub_auth_failures";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct HttpLabels {
@@ -40,6 +41,12 @@ pub(crate) struct HttpLabels {
 pub(crate) struct RouteLabels {
     pub route: String,
     pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AuthLabels {
+    /// `invalid_credentials`, `missing_credentials`, `forbidden`, `keys_unavailable`.
+    pub outcome: String,
 }
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
@@ -55,6 +62,7 @@ pub(crate) struct Metrics {
     pub tag_moves: Counter,
     pub chunks_indexed: Gauge,
     pub long_polls_waiting: Gauge,
+    pub auth_failures: Family<AuthLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -76,6 +84,7 @@ impl Metrics {
             tag_moves: Counter::default(),
             chunks_indexed: Gauge::default(),
             long_polls_waiting: Gauge::default(),
+            auth_failures: Family::default(),
         };
         let mut r = Registry::default();
         r.register(HTTP_REQUESTS, "HTTP requests by route template, method and status", m.http_requests.clone());
@@ -102,6 +111,11 @@ impl Metrics {
         r.register(TAG_MOVES, "Tag moves and deletions made through this replica", m.tag_moves.clone());
         r.register(CHUNKS_INDEXED, "Distinct chunks in this replica's chunk index", m.chunks_indexed.clone());
         r.register(LONG_POLLS_WAITING, "Tag long-polls currently waiting", m.long_polls_waiting.clone());
+        r.register(
+            AUTH_FAILURES,
+            "Requests refused by authentication or access control, by outcome",
+            m.auth_failures.clone(),
+        );
         Self { registry: r, ..m }
     }
 

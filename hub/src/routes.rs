@@ -12,14 +12,15 @@ use std::collections::HashMap;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request};
-use axum::http::{HeaderMap, Uri, header};
+use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get, post};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
+use crate::auth::{Need, Permission};
 use crate::error::AppError;
-use crate::{Hub, Principal, metrics};
+use crate::{Hub, Principal, auth, metrics};
 
 /// One path the API serves and the methods it accepts there. `HEAD` is
 /// listed where it is documented; every `GET` route also answers `HEAD`.
@@ -73,10 +74,39 @@ pub(crate) fn build(hub: Hub) -> (Router, Vec<RouteSpec>) {
         .router
         .fallback(|| async { AppError::route_not_found() })
         .method_not_allowed_fallback(|| async { AppError::method_not_allowed() })
+        // Inside the metrics layer, so refusals are counted and timed too.
+        .layer(axum::middleware::from_fn_with_state(hub.clone(), auth::enforce))
         .layer(axum::middleware::from_fn_with_state(hub.clone(), metrics::track))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(hub);
     (router, b.specs)
+}
+
+/// What a request needs, from its method and the raw path the router matches
+/// on (so the name checked is the name the handler uses). Every route in
+/// [`build`] is covered here; a test checks each one.
+pub(crate) fn need(method: &Method, path: &str) -> Need {
+    match path {
+        "/healthz" | "/readyz" | "/openapi.json" => return Need::Open,
+        "/metrics" => return Need::Metrics,
+        "/v1/datasets" => return Need::Listing,
+        // Tells which chunks exist anywhere: writers need it to push.
+        "/v1/chunks/missing" => return Need::Somewhere(Permission::Write),
+        _ => {}
+    }
+    if path.strip_prefix("/v1/packs/").is_some() {
+        // Packs are shared by every dataset whose chunks they hold.
+        return Need::Somewhere(if *method == Method::PUT { Permission::Write } else { Permission::Read });
+    }
+    if let Some(name) = path.strip_prefix("/v1/datasets/").and_then(datasets::dataset_in_path) {
+        let p = match *method {
+            Method::PUT => Permission::Write,
+            Method::DELETE => Permission::Admin,
+            _ => Permission::Read,
+        };
+        return Need::Dataset(name.to_string(), p);
+    }
+    Need::Authenticated
 }
 
 /// `Json` whose rejections become [`AppError`]s (`invalid_json`, `too_large`, …).
@@ -178,6 +208,34 @@ mod tests {
         path.replace("{name}", "acme/geoip")
             .replace("{tag}", "latest")
             .replace("{digest}", &Digest::of(b"x").to_string())
+    }
+
+    /// What each route needs; the name checked is the raw name the handler reads.
+    #[test]
+    fn needs() {
+        use Permission::*;
+        let n = |m: Method, p: &str| need(&m, p);
+        for open in ["/healthz", "/readyz", "/openapi.json"] {
+            assert_eq!(n(Method::GET, open), Need::Open);
+        }
+        assert_eq!(n(Method::GET, "/metrics"), Need::Metrics);
+        assert_eq!(n(Method::GET, "/v1/datasets"), Need::Listing);
+        assert_eq!(n(Method::POST, "/v1/chunks/missing"), Need::Somewhere(Write));
+        assert_eq!(n(Method::PUT, "/v1/packs/blake3:00"), Need::Somewhere(Write));
+        assert_eq!(n(Method::GET, "/v1/packs/blake3:00"), Need::Somewhere(Read));
+        assert_eq!(n(Method::HEAD, "/v1/packs/blake3:00"), Need::Somewhere(Read));
+        let ds = |name: &str, p| Need::Dataset(name.to_string(), p);
+        assert_eq!(n(Method::GET, "/v1/datasets/a/b/tags"), ds("a/b", Read));
+        assert_eq!(n(Method::GET, "/v1/datasets/a/tags/t/history"), ds("a", Read));
+        assert_eq!(n(Method::PUT, "/v1/datasets/a/b/tags/latest"), ds("a/b", Write));
+        assert_eq!(n(Method::DELETE, "/v1/datasets/a/b/tags/latest"), ds("a/b", Admin));
+        assert_eq!(n(Method::HEAD, "/v1/datasets/a/manifests/x"), ds("a", Read));
+        assert_eq!(n(Method::PUT, "/v1/datasets/a/manifests/x"), ds("a", Write));
+        // Encoded separators stay encoded: the name fails validation later, never matches a/b.
+        assert_eq!(n(Method::GET, "/v1/datasets/a%2Fb/tags"), ds("a%2Fb", Read));
+        for nowhere in ["/v1/datasets/a", "/v1/datasets/", "/v1", "/healthz/x", "/metrics/", "/v1/datasets/tags"] {
+            assert_eq!(n(Method::GET, nowhere), Need::Authenticated, "{nowhere}");
+        }
     }
 
     /// Every route the router serves is documented with exactly its methods,

@@ -1,12 +1,26 @@
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 
-use aetherfs_hub::{Hub, HubOptions};
-use anyhow::{Context, Result};
+use aetherfs_hub::tls::{Tls, TlsFiles};
+use aetherfs_hub::{Auth, Hub, HubOptions};
+use anyhow::{Context, Result, bail};
 
-use crate::cli::HubArgs;
+use crate::cli::{HubAction, HubArgs, PasswdArgs};
 use crate::commands::shutdown_signal;
 
 pub async fn run(a: HubArgs) -> Result<()> {
+    if let Some(HubAction::Passwd(p)) = a.action {
+        return passwd(p);
+    }
+    let auth = match &a.auth_config {
+        Some(path) => Auth::load(path).await.context("cannot load the auth configuration")?,
+        None => Auth::open(),
+    };
+    let tls = match (a.tls_cert, a.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls::load(TlsFiles { cert, key }).context("cannot set up TLS")?),
+        (None, None) => None,
+        _ => bail!("--tls-cert and --tls-key go together"),
+    };
     let storage = match a.storage {
         Some(s) => s,
         None => {
@@ -15,23 +29,83 @@ pub async fn run(a: HubArgs) -> Result<()> {
             format!("file://{}", dir.display())
         }
     };
-    let opts = HubOptions { storage, max_pack_bytes: a.max_pack_mib << 20, ..HubOptions::default() };
+    let opts =
+        HubOptions { storage, max_pack_bytes: a.max_pack_mib << 20, auth: auth.clone(), ..HubOptions::default() };
     let hub = Hub::open(opts).await.context("cannot open the hub's storage")?;
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find an ephemeral port.
-    eprintln!("aetherfs hub: listening on http://{addr} (storage {})", hub.storage_description());
-    if addr.ip().is_loopback() {
-        eprintln!("aetherfs hub: no authentication configured: any local process can read and write");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("aetherfs hub: listening on {scheme}://{addr} (storage {})", hub.storage_description());
+    if auth.is_open() {
+        if addr.ip().is_loopback() {
+            eprintln!("aetherfs hub: no authentication configured: any local process can read and write");
+        } else {
+            eprintln!(
+                "aetherfs hub: WARNING: no authentication configured and listening on {addr}: anyone who can reach it can read and write"
+            );
+        }
     } else {
-        eprintln!(
-            "aetherfs hub: WARNING: no authentication configured and listening on {addr}: anyone who can reach it can read and write"
-        );
+        for line in auth.describe() {
+            eprintln!("aetherfs hub: auth: {line}");
+        }
+        if tls.is_none() && !addr.ip().is_loopback() {
+            eprintln!(
+                "aetherfs hub: WARNING: no TLS on {addr}: tokens and passwords cross the network in clear text (use --tls-cert and --tls-key)"
+            );
+        }
     }
-    axum::serve(listener, hub.router()).with_graceful_shutdown(shutdown_signal()).await?;
+    match tls {
+        Some(tls) => {
+            tls.spawn_reloader(aetherfs_hub::tls::RELOAD_EVERY);
+            aetherfs_hub::tls::serve(listener, hub.router(), &tls, shutdown_signal()).await?;
+        }
+        None => axum::serve(listener, hub.router()).with_graceful_shutdown(shutdown_signal()).await?,
+    }
     eprintln!("aetherfs hub: stopped");
     Ok(())
+}
+
+/// `aetherfs hub passwd FILE USER`: the password comes from stdin (asked
+/// twice, without echo, on a terminal); only its argon2id hash is written.
+fn passwd(p: PasswdArgs) -> Result<()> {
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        let first = read_hidden(&format!("password for {}: ", p.user))?;
+        let again = read_hidden("again: ")?;
+        if first != again {
+            bail!("the passwords differ");
+        }
+        first
+    } else {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line).context("cannot read the password from stdin")?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    if password.is_empty() {
+        bail!("empty password");
+    }
+    let hash = aetherfs_hub::auth::hash_password(&password)?;
+    aetherfs_hub::auth::set_user(&p.file, &p.user, &hash, &p.groups)?;
+    eprintln!("aetherfs hub: set the password of {} in {}", p.user, p.file.display());
+    Ok(())
+}
+
+/// A line from the terminal with echo off (`stty`, as no unsafe code may call termios).
+fn read_hidden(prompt: &str) -> Result<String> {
+    use std::process::{Command, Stdio};
+    let stty = |arg: &str| Command::new("stty").arg(arg).stdin(Stdio::inherit()).status();
+    eprint!("{prompt}");
+    let hidden = stty("-echo").is_ok_and(|s| s.success());
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    if hidden {
+        let _ = stty("echo");
+        eprintln!();
+    }
+    read.context("cannot read the password")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
 /// `$AETHERFS_DATA_DIR`, else `$XDG_DATA_HOME/aetherfs/hub`, else `~/.local/share/aetherfs/hub`.

@@ -1,10 +1,11 @@
 //! End-to-end tests through the real `aetherfs` binary and real peers
-//! (sqlite3, diff, moto's S3 server).
+//! (sqlite3, diff, moto's S3 server, the test OpenID provider).
 
 #![allow(clippy::unwrap_used)]
 
 mod harness;
 
+mod auth;
 mod bad_input;
 mod concurrency;
 mod dedup;

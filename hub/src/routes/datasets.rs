@@ -13,16 +13,17 @@ use std::time::Duration;
 
 use aetherfs_format::api::{DatasetList, DatasetSummary, Expected, SetTagRequest, TagHistory, TagList};
 use aetherfs_format::{Digest, FormatError, Name, Tag};
-use axum::Json;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::{AppJson, RouteSpec, manifests, principal, query};
 use crate::Hub;
+use crate::auth::{Caller, Permission};
 use crate::error::{AppError, StorageContext};
 use crate::metrics::RouteTemplate;
 use crate::storage;
@@ -89,6 +90,16 @@ fn shape(rest: &str) -> Option<Shape<'_>> {
     None
 }
 
+/// The dataset name in a path below `/v1/datasets/`, as [`dispatch`] will
+/// read it (raw, not yet validated); `None` where it routes nowhere.
+pub(crate) fn dataset_in_path(rest: &str) -> Option<&str> {
+    shape(rest).map(|s| match s {
+        Shape::Tags { name } | Shape::Tag { name, .. } | Shape::History { name, .. } | Shape::Manifest { name, .. } => {
+            name
+        }
+    })
+}
+
 fn parse<T: FromStr<Err = FormatError>>(s: &str, code: &'static str) -> Result<T, AppError> {
     s.parse().map_err(|e: FormatError| AppError::bad_request(code, e.to_string()))
 }
@@ -149,12 +160,13 @@ async fn handle(hub: &Hub, shape: Shape<'_>, req: Request) -> Result<Response, A
 }
 
 /// `GET /v1/datasets`: every prefix under `datasets/` with a `_tags` or
-/// `_manifests` child is a dataset.
-pub(crate) async fn list(State(hub): State<Hub>) -> Response {
-    super::respond(list_datasets(&hub).await)
+/// `_manifests` child is a dataset; with access control on, only those the
+/// caller may read are listed.
+pub(crate) async fn list(State(hub): State<Hub>, caller: Option<Extension<Caller>>) -> Response {
+    super::respond(list_datasets(&hub, caller.map(|c| c.0)).await)
 }
 
-async fn list_datasets(hub: &Hub) -> Result<Json<DatasetList>, AppError> {
+async fn list_datasets(hub: &Hub, caller: Option<Caller>) -> Result<Json<DatasetList>, AppError> {
     let store = &hub.inner.store;
     let mut names = Vec::new();
     let mut stack = vec![storage::datasets_dir()];
@@ -171,6 +183,9 @@ async fn list_datasets(hub: &Hub) -> Result<Json<DatasetList>, AppError> {
         if is_dataset && let Some(name) = storage::name_of_dataset_prefix(&prefix) {
             names.push(name);
         }
+    }
+    if let Some(c) = &caller {
+        names.retain(|n| c.can(Permission::Read, n.as_str()));
     }
     names.sort();
     let tags = &hub.inner.tags;

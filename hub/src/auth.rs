@@ -1,0 +1,319 @@
+//! Authentication and access control, enforced on every request.
+//!
+//! ```text
+//!   request ──► need (routes::need: method + path → what it requires)
+//!                 │ Open (/healthz, /readyz, /openapi.json): passes, credentials unread
+//!                 ▼
+//!             authenticate (Authorization header)
+//!                 │ none            → anonymous
+//!                 │ Bearer JWT      → oidc.rs: local validation against the trusted issuers
+//!                 │ Basic           → basic.rs: argon2id users file
+//!                 │ invalid         → 401 unauthorized (+ WWW-Authenticate)
+//!                 ▼
+//!             authorize (policy.rs: rules per dataset pattern)
+//!                 │ denied, anonymous     → 401 unauthorized
+//!                 │ denied, authenticated → 403 forbidden
+//!                 ▼
+//!             handler (sees Principal for tag records' `by`, Caller to filter listings)
+//! ```
+//!
+//! Without a configuration ([`Auth::open`], what `aetherfs hub` runs with no
+//! `--auth-config`) every request passes and nothing is read from the
+//! `Authorization` header: the hub behaves as it always did. With one, what
+//! no rule grants is denied. docs/security.md is the user's guide.
+
+mod basic;
+mod config;
+mod oidc;
+mod policy;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderValue};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+pub use basic::{hash_password, set_user};
+pub use policy::{Identity, Permission};
+
+use crate::error::AppError;
+use crate::metrics::AuthLabels;
+use crate::{Hub, Principal};
+use config::{Config, MetricsAccess};
+use oidc::{Oidc, TokenError};
+use policy::Policy;
+
+/// Why an auth configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid auth configuration: {0}")]
+    Invalid(String),
+}
+
+/// What a request requires, from its method and path alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Need {
+    /// Liveness, readiness, the API description: no credentials are read.
+    Open,
+    /// `/metrics`: open unless the configuration says `metrics = "authenticated"`.
+    Metrics,
+    /// `GET /v1/datasets`: any caller who may read something; the handler
+    /// filters the list with [`Caller`].
+    Listing,
+    /// A permission on one dataset (the raw name from the path).
+    Dataset(String, Permission),
+    /// A permission on at least one dataset (shared content-addressed storage).
+    Somewhere(Permission),
+    /// Paths that route nowhere: any authenticated caller (they get 404).
+    Authenticated,
+}
+
+/// The hub's access control; cheap to clone. [`Default`] is [`Auth::open`].
+#[derive(Clone, Default)]
+pub struct Auth {
+    enforced: Option<Arc<Enforced>>,
+}
+
+struct Enforced {
+    source: String,
+    metrics: MetricsAccess,
+    oidc: Oidc,
+    basic: Option<basic::Basic>,
+    policy: Policy,
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.enforced {
+            None => f.write_str("Auth(open)"),
+            Some(e) => write!(f, "Auth({})", e.source),
+        }
+    }
+}
+
+impl Auth {
+    /// No authentication and no access control: every request passes.
+    pub fn open() -> Auth {
+        Auth { enforced: None }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.enforced.is_none()
+    }
+
+    /// Reads a configuration file (relative paths in it are relative to its
+    /// directory), loads the users file and fetches the issuers' keys (an
+    /// issuer that does not answer yet is retried when its tokens arrive).
+    pub async fn load(path: &Path) -> Result<Auth, AuthError> {
+        let text = std::fs::read_to_string(path).map_err(|e| AuthError::Io { path: path.to_path_buf(), source: e })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let auth = Self::build(&text, base, path.display().to_string()).map_err(|e| match e {
+            AuthError::Invalid(m) => AuthError::Invalid(format!("{}: {m}", path.display())),
+            other => other,
+        })?;
+        auth.prefetch().await;
+        Ok(auth)
+    }
+
+    /// A configuration from TOML text (tests); relative paths resolve
+    /// against `base_dir`. Keys are fetched on first use.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Auth, AuthError> {
+        Self::build(text, base_dir, "inline configuration".to_string())
+    }
+
+    fn build(text: &str, base_dir: &Path, source: String) -> Result<Auth, AuthError> {
+        let cfg = Config::parse(text, base_dir)?;
+        let basic = cfg.users_file.as_deref().map(basic::Basic::load).transpose()?;
+        let oidc = Oidc::new(cfg.issuers).map_err(AuthError::Invalid)?;
+        let enforced = Enforced { source, metrics: cfg.metrics, oidc, basic, policy: Policy::new(cfg.rules) };
+        Ok(Auth { enforced: Some(Arc::new(enforced)) })
+    }
+
+    /// Fetches every issuer's keys now rather than on the first token.
+    pub async fn prefetch(&self) {
+        if let Some(e) = &self.enforced {
+            e.oidc.prefetch().await;
+        }
+    }
+
+    /// One line per identity source and the rule count, for the startup log.
+    pub fn describe(&self) -> Vec<String> {
+        let Some(e) = &self.enforced else { return vec!["no authentication: every request is allowed".into()] };
+        let mut out: Vec<String> = e.oidc.describe().into_iter().map(|i| format!("OIDC issuer {i}")).collect();
+        if let Some(b) = &e.basic {
+            out.push(format!("basic auth: {} user(s) from {}", b.user_count(), b.path().display()));
+        }
+        if e.oidc.is_empty() && e.basic.is_none() {
+            out.push("no identity source: only what rules grant to anonymous is allowed".into());
+        }
+        out.push(format!(
+            "{} access rule(s); what they do not grant is denied{}",
+            e.policy.len(),
+            if e.metrics == MetricsAccess::Authenticated { "; /metrics needs credentials" } else { "" }
+        ));
+        out
+    }
+}
+
+/// Who is calling and what the configuration lets them do; inserted as a
+/// request extension when access control is on.
+#[derive(Clone)]
+pub(crate) struct Caller {
+    identity: Option<Identity>,
+    enforced: Arc<Enforced>,
+}
+
+impl Caller {
+    pub fn can(&self, need: Permission, name: &str) -> bool {
+        self.enforced.policy.allows(self.identity.as_ref(), need, name)
+    }
+}
+
+/// Why credentials were refused.
+enum Refusal {
+    /// 401: missing or invalid credentials.
+    Unauthorized { presented: bool, reason: String },
+    /// 503: an issuer's keys cannot be fetched.
+    Unavailable(String),
+}
+
+/// The middleware: see the module documentation.
+pub(crate) async fn enforce(State(hub): State<Hub>, mut req: Request, next: Next) -> Response {
+    let Some(e) = hub.inner.opts.auth.enforced.clone() else {
+        return next.run(req).await;
+    };
+    let need = crate::routes::need(req.method(), req.uri().path());
+    if need == Need::Open {
+        return next.run(req).await;
+    }
+    let presented = authorization(req.headers());
+    let identity = match authenticate(&e, presented).await {
+        Ok(id) => id,
+        Err(Refusal::Unauthorized { presented, reason }) => {
+            count(&hub, "invalid_credentials");
+            tracing::info!(path = %req.uri().path(), %reason, "credentials refused");
+            return unauthorized(&e, presented, &reason).into_response();
+        }
+        Err(Refusal::Unavailable(reason)) => {
+            count(&hub, "keys_unavailable");
+            return AppError::new(StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable", reason).into_response();
+        }
+    };
+    if let Some(refused) = refusal(&hub, &e, &need, identity.as_ref()) {
+        return refused;
+    }
+    if let Some(id) = &identity {
+        req.extensions_mut().insert(Principal(id.subject.clone()));
+    }
+    req.extensions_mut().insert(Caller { identity, enforced: e });
+    next.run(req).await
+}
+
+fn count(hub: &Hub, outcome: &'static str) {
+    hub.inner.metrics.auth_failures.get_or_create(&AuthLabels { outcome: outcome.to_string() }).inc();
+}
+
+/// The Authorization header: `Ok(None)` when absent.
+fn authorization(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+    let bad = |reason: &str| Refusal::Unauthorized { presented: true, reason: reason.to_string() };
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(bad("more than one Authorization header"));
+    }
+    let value = value.to_str().map_err(|_| bad("the Authorization header is not ASCII"))?;
+    Ok(Some(value.to_string()))
+}
+
+/// The answer to send when `who` may not do what `need` says; `None` when allowed.
+fn refusal(hub: &Hub, e: &Enforced, need: &Need, who: Option<&Identity>) -> Option<Response> {
+    let policy = &e.policy;
+    let allowed = match need {
+        Need::Open => true,
+        Need::Metrics => e.metrics == MetricsAccess::Public || who.is_some(),
+        Need::Listing => who.is_some() || policy.allows_somewhere(None, Permission::Read),
+        Need::Dataset(name, p) => policy.allows(who, *p, name),
+        Need::Somewhere(p) => policy.allows_somewhere(who, *p),
+        Need::Authenticated => who.is_some(),
+    };
+    if allowed {
+        return None;
+    }
+    let what = match need {
+        Need::Dataset(name, p) => format!("{p} dataset {name}"),
+        Need::Somewhere(p) => format!("{p} any dataset"),
+        _ => "use this endpoint".to_string(),
+    };
+    Some(match who {
+        None => {
+            count(hub, "missing_credentials");
+            unauthorized(e, false, &format!("credentials are required to {what}")).into_response()
+        }
+        Some(id) => {
+            count(hub, "forbidden");
+            tracing::info!(subject = %id.subject, issuer = %id.issuer, "denied: {what}");
+            AppError::new(StatusCode::FORBIDDEN, "forbidden", format!("{} may not {what}", id.subject)).into_response()
+        }
+    })
+}
+
+async fn authenticate(e: &Enforced, header: Result<Option<String>, Refusal>) -> Result<Option<Identity>, Refusal> {
+    let bad = |reason: &str| Refusal::Unauthorized { presented: true, reason: reason.to_string() };
+    let Some(value) = header? else { return Ok(None) };
+    let value = value.as_str();
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        if e.oidc.is_empty() {
+            return Err(bad("this hub accepts no bearer tokens"));
+        }
+        return match e.oidc.validate(rest).await {
+            Ok(id) => Ok(Some(id)),
+            Err(TokenError::Invalid(reason)) => Err(Refusal::Unauthorized { presented: true, reason }),
+            Err(TokenError::Unavailable(reason)) => Err(Refusal::Unavailable(reason)),
+        };
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let Some(b) = &e.basic else { return Err(bad("this hub does not accept basic auth")) };
+        return match b.check(rest).await {
+            Ok(id) => Ok(Some(id)),
+            Err(basic::BasicError::Malformed) => Err(bad("malformed basic credentials")),
+            Err(basic::BasicError::Wrong) => Err(bad("wrong user name or password")),
+        };
+    }
+    Err(bad("unsupported authorization scheme: use Bearer or Basic"))
+}
+
+/// 401 with the challenges this hub accepts (RFC 6750, RFC 7617).
+fn unauthorized(e: &Enforced, presented: bool, reason: &str) -> AppError {
+    let mut err = AppError::new(StatusCode::UNAUTHORIZED, "unauthorized", reason.to_string());
+    if !e.oidc.is_empty() || e.basic.is_none() {
+        let mut challenge = "Bearer realm=\"aetherfs\"".to_string();
+        if presented {
+            // error_description allows no quote or backslash.
+            let desc: String =
+                reason.chars().filter(|c| c.is_ascii() && !c.is_ascii_control() && *c != '"' && *c != '\\').collect();
+            challenge.push_str(&format!(", error=\"invalid_token\", error_description=\"{desc}\""));
+        }
+        if let Ok(v) = HeaderValue::from_str(&challenge) {
+            err = err.with_header(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    if e.basic.is_some() {
+        err = err.with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"aetherfs\", charset=\"UTF-8\""),
+        );
+    }
+    err
+}

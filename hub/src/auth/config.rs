@@ -1,0 +1,354 @@
+//! The auth configuration file (`aetherfs hub --auth-config FILE`), as written
+//! and as validated. Every mistake is refused at start with the field it is in:
+//! unknown keys, HMAC or `none` algorithms, plain-HTTP issuers off loopback,
+//! rules naming unknown identity kinds, malformed dataset patterns.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+
+use super::AuthError;
+use super::policy::{Grantee, Pattern, Rule};
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    /// `public` (default): `/metrics` needs no credentials; `authenticated`:
+    /// any authenticated caller.
+    #[serde(default)]
+    pub metrics: MetricsAccess,
+    #[serde(default)]
+    pub oidc: Vec<OidcFile>,
+    pub basic: Option<BasicFile>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleFile>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum MetricsAccess {
+    #[default]
+    Public,
+    Authenticated,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OidcFile {
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    #[serde(default)]
+    pub token_type: TokenType,
+    #[serde(default)]
+    pub subject_claim: Option<String>,
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    #[serde(default)]
+    pub leeway_secs: Option<u64>,
+    #[serde(default)]
+    pub jwks_refresh_min_secs: Option<u64>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub discovery_token_file: Option<PathBuf>,
+}
+
+/// How an access token is told apart from an ID token; see docs/security.md.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub(crate) enum TokenType {
+    /// RFC 9068: the header's `typ` is `at+jwt` or `application/at+jwt`.
+    #[default]
+    #[serde(rename = "at+jwt")]
+    AtJwt,
+    /// Access tokens typed `JWT` or untyped (Keycloak, Entra ID, Auth0…):
+    /// refused when they carry an ID token's claims.
+    #[serde(rename = "jwt")]
+    Jwt,
+    /// Kubernetes service-account tokens: the `kubernetes.io` claim is required.
+    #[serde(rename = "kubernetes")]
+    Kubernetes,
+}
+
+impl TokenType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenType::AtJwt => "at+jwt",
+            TokenType::Jwt => "jwt",
+            TokenType::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BasicFile {
+    pub users_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RuleFile {
+    pub datasets: OneOrMany,
+    #[serde(default)]
+    pub read: Vec<String>,
+    #[serde(default)]
+    pub write: Vec<String>,
+    #[serde(default)]
+    pub admin: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// One trusted issuer, validated.
+#[derive(Debug, Clone)]
+pub(crate) struct IssuerConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub algorithms: Vec<Algorithm>,
+    pub token_type: TokenType,
+    pub subject_claim: String,
+    pub groups_claim: Option<String>,
+    pub leeway_secs: u64,
+    pub jwks_refresh_min: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub discovery_token_file: Option<PathBuf>,
+}
+
+/// The whole configuration, validated; relative paths resolved against the
+/// configuration file's directory.
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub metrics: MetricsAccess,
+    pub issuers: Vec<IssuerConfig>,
+    pub users_file: Option<PathBuf>,
+    pub rules: Vec<Rule>,
+}
+
+pub(crate) const DEFAULT_LEEWAY_SECS: u64 = 30;
+const MAX_LEEWAY_SECS: u64 = 300;
+pub(crate) const DEFAULT_JWKS_REFRESH_MIN_SECS: u64 = 30;
+
+fn invalid(what: impl Into<String>) -> AuthError {
+    AuthError::Invalid(what.into())
+}
+
+impl Config {
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, AuthError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
+        let mut issuers: Vec<IssuerConfig> = Vec::new();
+        for (i, o) in file.oidc.into_iter().enumerate() {
+            let c = issuer(o, &resolve).map_err(|e| invalid(format!("[[oidc]] #{}: {e}", i + 1)))?;
+            if issuers.iter().any(|x| x.issuer == c.issuer) {
+                return Err(invalid(format!("[[oidc]] #{}: issuer {} is configured twice", i + 1, c.issuer)));
+            }
+            issuers.push(c);
+        }
+        let users_file = file.basic.map(|b| resolve(b.users_file));
+        let known_issuers: Vec<&str> = issuers.iter().map(|i| i.issuer.as_str()).collect();
+        let mut rules = Vec::new();
+        for (i, r) in file.rules.into_iter().enumerate() {
+            rules.push(rule(r, &known_issuers).map_err(|e| invalid(format!("[[rule]] #{}: {e}", i + 1)))?);
+        }
+        Ok(Config { metrics: file.metrics, issuers, users_file, rules })
+    }
+}
+
+fn issuer(o: OidcFile, resolve: &dyn Fn(PathBuf) -> PathBuf) -> Result<IssuerConfig, String> {
+    let url = url::Url::parse(&o.issuer).map_err(|e| format!("issuer {:?} is not a URL: {e}", o.issuer))?;
+    if url.fragment().is_some() || url.query().is_some() {
+        return Err(format!("issuer {:?} must not have a query or fragment", o.issuer));
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback_host(&url) => {}
+        "http" => {
+            return Err(format!(
+                "issuer {:?} uses plain HTTP: keys fetched that way can be forged; use https \
+                 (plain HTTP is accepted on loopback only, for tests)",
+                o.issuer
+            ));
+        }
+        s => return Err(format!("issuer {:?}: unsupported scheme {s}", o.issuer)),
+    }
+    if o.audience.trim().is_empty() {
+        return Err("audience is empty".into());
+    }
+    let names = o.algorithms.unwrap_or_else(|| vec!["RS256".to_string()]);
+    if names.is_empty() {
+        return Err("algorithms is empty".into());
+    }
+    let mut algorithms = Vec::new();
+    for n in &names {
+        algorithms.push(algorithm(n)?);
+    }
+    let leeway_secs = o.leeway_secs.unwrap_or(DEFAULT_LEEWAY_SECS);
+    if leeway_secs > MAX_LEEWAY_SECS {
+        return Err(format!("leeway_secs = {leeway_secs}: at most {MAX_LEEWAY_SECS}"));
+    }
+    let refresh_min = o.jwks_refresh_min_secs.unwrap_or(DEFAULT_JWKS_REFRESH_MIN_SECS);
+    if refresh_min == 0 {
+        return Err("jwks_refresh_min_secs = 0: at least 1, or forged tokens could make the hub hammer the issuer".into());
+    }
+    let subject_claim = o.subject_claim.unwrap_or_else(|| "sub".to_string());
+    if subject_claim.is_empty() {
+        return Err("subject_claim is empty".into());
+    }
+    Ok(IssuerConfig {
+        issuer: o.issuer,
+        audience: o.audience,
+        algorithms,
+        token_type: o.token_type,
+        subject_claim,
+        groups_claim: o.groups_claim.filter(|g| !g.is_empty()),
+        leeway_secs,
+        jwks_refresh_min: Duration::from_secs(refresh_min),
+        ca_file: o.ca_file.map(resolve),
+        discovery_token_file: o.discovery_token_file.map(resolve),
+    })
+}
+
+fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// An asymmetric signature algorithm. `none` and the HMAC family are refused:
+/// with HMAC the verification key is the signing key, and a verifier handed a
+/// public key as an HMAC secret accepts tokens anyone can forge.
+pub(crate) fn algorithm(name: &str) -> Result<Algorithm, String> {
+    let upper = name.to_ascii_uppercase();
+    if upper == "NONE" {
+        return Err("algorithm \"none\" (unsigned tokens) is never accepted".into());
+    }
+    if upper.starts_with("HS") {
+        return Err(format!("algorithm {name:?}: HMAC algorithms are never accepted (use RS*, PS*, ES* or EdDSA)"));
+    }
+    match name {
+        "RS256" => Ok(Algorithm::RS256),
+        "RS384" => Ok(Algorithm::RS384),
+        "RS512" => Ok(Algorithm::RS512),
+        "PS256" => Ok(Algorithm::PS256),
+        "PS384" => Ok(Algorithm::PS384),
+        "PS512" => Ok(Algorithm::PS512),
+        "ES256" => Ok(Algorithm::ES256),
+        "ES384" => Ok(Algorithm::ES384),
+        "EdDSA" => Ok(Algorithm::EdDSA),
+        _ => Err(format!("unknown algorithm {name:?} (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)")),
+    }
+}
+
+fn rule(r: RuleFile, issuers: &[&str]) -> Result<Rule, String> {
+    let patterns = match r.datasets {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    if patterns.is_empty() {
+        return Err("datasets is empty".into());
+    }
+    let patterns = patterns.iter().map(|p| Pattern::parse(p)).collect::<Result<Vec<_>, _>>()?;
+    let grantees = |list: &[String], what: &str| {
+        list.iter()
+            .map(|g| Grantee::parse(g, issuers).map_err(|e| format!("{what}: {e}")))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(Rule {
+        patterns,
+        read: grantees(&r.read, "read")?,
+        write: grantees(&r.write, "write")?,
+        admin: grantees(&r.admin, "admin")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, String> {
+        Config::parse(s, Path::new("/etc/aetherfs")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn full_example() {
+        let c = parse(
+            r#"
+            metrics = "authenticated"
+            [[oidc]]
+            issuer = "https://idp.example"
+            audience = "urn:aetherfs"
+            algorithms = ["RS256", "ES256"]
+            groups_claim = "groups"
+            [[oidc]]
+            issuer = "https://kubernetes.default.svc"
+            audience = "aetherfs"
+            token_type = "kubernetes"
+            ca_file = "k8s-ca.crt"
+            [basic]
+            users_file = "users"
+            [[rule]]
+            datasets = "team-a/*"
+            read = ["group:readers", "anonymous"]
+            write = ["user:ci-bot", "group:team-a"]
+            admin = ["group:admins", "user:https://idp.example#root"]
+            [[rule]]
+            datasets = ["public/**", "demo"]
+            read = ["authenticated"]
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.metrics, MetricsAccess::Authenticated);
+        assert_eq!(c.issuers.len(), 2);
+        assert_eq!(c.issuers[0].algorithms, vec![Algorithm::RS256, Algorithm::ES256]);
+        assert_eq!(c.issuers[0].leeway_secs, DEFAULT_LEEWAY_SECS);
+        assert_eq!(c.issuers[1].token_type, TokenType::Kubernetes);
+        assert_eq!(c.issuers[1].algorithms, vec![Algorithm::RS256]);
+        assert_eq!(c.issuers[1].ca_file.as_deref(), Some(Path::new("/etc/aetherfs/k8s-ca.crt")));
+        assert_eq!(c.users_file.as_deref(), Some(Path::new("/etc/aetherfs/users")));
+        assert_eq!(c.rules.len(), 2);
+    }
+
+    #[test]
+    fn refuses_mistakes() {
+        let oidc = |extra: &str| format!("[[oidc]]\nissuer = \"https://idp.example\"\naudience = \"a\"\n{extra}");
+        for (text, needle) in [
+            (oidc("algorithms = [\"HS256\"]"), "HMAC"),
+            (oidc("algorithms = [\"none\"]"), "none"),
+            (oidc("algorithms = []"), "empty"),
+            (oidc("leeway_secs = 3600"), "at most"),
+            (oidc("jwks_refresh_min_secs = 0"), "at least 1"),
+            (oidc("token_type = \"id\""), "token_type"),
+            (oidc("audiences = [\"x\"]"), "unknown field"),
+            ("[[oidc]]\nissuer = \"http://idp.example\"\naudience = \"a\"".into(), "plain HTTP"),
+            ("[[oidc]]\nissuer = \"https://idp.example\"\naudience = \"\"".into(), "audience"),
+            ("[[rule]]\ndatasets = \"a/*\"\nread = [\"everyone\"]".into(), "everyone"),
+            ("[[rule]]\ndatasets = \"a/**b\"\nread = [\"anonymous\"]".into(), "**"),
+            ("[[rule]]\ndatasets = []\nread = [\"anonymous\"]".into(), "empty"),
+            ("[[rule]]\ndatasets = \"a\"\nread = [\"user:https://other.example#x\"]".into(), "not a configured issuer"),
+            (format!("{}\n{}", oidc(""), oidc("")), "twice"),
+        ] {
+            let err = parse(&text).expect_err(&text);
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn loopback_http_issuer_is_allowed() {
+        for iss in ["http://127.0.0.1:4000", "http://localhost:4000", "http://[::1]:4000"] {
+            parse(&format!("[[oidc]]\nissuer = \"{iss}\"\naudience = \"a\"")).expect(iss);
+        }
+    }
+}
