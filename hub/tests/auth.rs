@@ -395,3 +395,44 @@ async fn malformed_credentials() {
     let msg = r.err(StatusCode::UNAUTHORIZED, "unauthorized");
     assert!(msg.contains("more than one"), "{msg}");
 }
+
+/// An issuer the hub has never reached: its tokens get 503 (not 401, which
+/// would make clients throw away good tokens), and the hub keeps serving.
+#[tokio::test]
+async fn unreachable_issuer_is_unavailable_not_unauthorized() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let text = format!(
+        "[[oidc]]\nissuer = \"{issuer}\"\naudience = \"urn:aetherfs\"\n[[rule]]\ndatasets = \"**\"\nread = [\"authenticated\"]\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let t = T::with_auth(Auth::from_toml(&text, dir.path()).unwrap(), dir).await;
+    let enc = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let token = format!(
+        "{}.{}.c2ln",
+        enc(json!({"alg": "RS256", "typ": "at+jwt", "kid": "k"})),
+        enc(json!({"iss": issuer, "aud": "urn:aetherfs", "sub": "x", "exp": 4_000_000_000u64}))
+    );
+    let r = t
+        .send(
+            Request::get("/v1/datasets")
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    let msg = r.err(StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable");
+    assert!(msg.contains(&issuer), "{msg}");
+    // A token naming another issuer is simply invalid.
+    let other = token.replacen(&enc(json!({"alg": "RS256", "typ": "at+jwt", "kid": "k"})), "x", 1);
+    let r = t
+        .send(
+            Request::get("/v1/datasets")
+                .header(header::AUTHORIZATION, format!("Bearer {other}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    r.err(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(t.get("/healthz", None).await.status, StatusCode::OK);
+}

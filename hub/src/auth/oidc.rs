@@ -686,6 +686,28 @@ mod tests {
         }
     }
 
+    /// Only signature keys of asymmetric types are kept, with their kid and alg.
+    #[test]
+    fn keys_from_a_jwks() {
+        let b = |n: usize| URL_SAFE_NO_PAD.encode(vec![7u8; n]);
+        let jwks = json!({"keys": [
+            {"kty": "RSA", "kid": "rsa", "use": "sig", "alg": "RS256", "n": b(256), "e": "AQAB"},
+            {"kty": "EC", "kid": "ec", "crv": "P-256", "x": b(32), "y": b(32)},
+            {"kty": "OKP", "kid": "ed", "crv": "Ed25519", "x": b(32)},
+            {"kty": "RSA", "kid": "enc", "use": "enc", "n": b(256), "e": "AQAB"},
+            {"kty": "RSA", "kid": "oaep", "alg": "RSA-OAEP", "n": b(256), "e": "AQAB"},
+            {"kty": "oct", "kid": "hmac", "k": b(32)},
+        ]});
+        let set: CoreJsonWebKeySet = serde_json::from_value(jwks).expect("jwks");
+        let keys = convert(&set);
+        let kids: Vec<&str> = keys.iter().filter_map(|k| k.kid.as_deref()).collect();
+        assert_eq!(kids, vec!["rsa", "ec", "ed"]);
+        assert!(keys[0].fits(Algorithm::RS256) && !keys[0].fits(Algorithm::PS256) && !keys[0].fits(Algorithm::ES256));
+        assert!(keys[1].fits(Algorithm::ES256) && !keys[1].fits(Algorithm::RS256));
+        assert!(keys[2].fits(Algorithm::EdDSA));
+        assert!(keys.iter().all(|k| !k.fits(Algorithm::HS256)));
+    }
+
     #[test]
     fn identities() {
         let cfg = |groups: Option<&str>, kind| IssuerConfig {
