@@ -198,7 +198,9 @@ fn issuer(o: OidcFile, resolve: &dyn Fn(PathBuf) -> PathBuf) -> Result<IssuerCon
     }
     let refresh_min = o.jwks_refresh_min_secs.unwrap_or(DEFAULT_JWKS_REFRESH_MIN_SECS);
     if refresh_min == 0 {
-        return Err("jwks_refresh_min_secs = 0: at least 1, or forged tokens could make the hub hammer the issuer".into());
+        return Err(
+            "jwks_refresh_min_secs = 0: at least 1, or forged tokens could make the hub hammer the issuer".into()
+        );
     }
     let subject_claim = o.subject_claim.unwrap_or_else(|| "sub".to_string());
     if subject_claim.is_empty() {
