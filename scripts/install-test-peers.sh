@@ -36,6 +36,9 @@ if ! command -v moto_server >/dev/null || ! moto_server --help >/dev/null 2>&1; 
 fi
 
 # The test OpenID provider's packages, pinned by its package-lock.json.
+# oidc-provider 9 needs Node.js >= 20 (Debian 12's own nodejs is 18).
+node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' \
+  || echo "WARNING: Node.js $(node --version) is too old for the test OpenID provider: install Node.js >= 20" >&2
 provider="$(dirname "$0")/oidc-provider"
 if [ ! -f "$provider/node_modules/.package-lock.json" ] || ! cmp -s "$provider/package-lock.json" "$provider/node_modules/.aetherfs-lock"; then
   echo "installing the test OpenID provider (npm ci in scripts/oidc-provider)"
