@@ -1,5 +1,7 @@
 //! A typed client of the hub's REST API.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aetherfs_format::api::{
@@ -10,44 +12,98 @@ use aetherfs_format::manifest::MANIFEST_MAX_BYTES;
 use aetherfs_format::{ChunkLocation, Digest, Manifest, Name, Reference, Tag};
 use bytes::Bytes;
 use futures::StreamExt;
+use reqwest::header::HeaderValue;
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use url::Url;
 
+use crate::auth::Credentials;
 use crate::error::ClientError;
+use crate::tls::{self, Trust};
 
 const MANIFEST_TYPE: &str = "application/vnd.aetherfs.manifest.v1";
 const PACK_TYPE: &str = "application/vnd.aetherfs.pack.v1";
 const RETRIES: u32 = 4;
 
 /// A cheap-to-clone handle on one hub.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HubClient {
     base: Url,
     http: reqwest::Client,
+    trust: Trust,
+    credentials: Option<Arc<dyn Credentials>>,
+}
+
+impl std::fmt::Debug for HubClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubClient")
+            .field("base", &self.base.as_str())
+            .field("trust", &self.trust)
+            .field("credentials", &self.credentials.as_ref().map(|c| c.describe()))
+            .finish()
+    }
+}
+
+/// The canonical form of a hub URL (a trailing slash, no query): the key a
+/// login is stored under.
+pub fn hub_key(base: &str) -> Result<String, ClientError> {
+    Ok(normalize(base)?.to_string())
+}
+
+fn normalize(base: &str) -> Result<Url, ClientError> {
+    let invalid = |why: &str| ClientError::InvalidUrl { url: base.to_string(), why: why.to_string() };
+    let mut url = Url::parse(base).map_err(|e| invalid(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("use http:// or https://"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("no query or fragment allowed"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("no user or password in the URL: use AETHERFS_USER and AETHERFS_PASSWORD"));
+    }
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    Ok(url)
+}
+
+fn build_http(base: &str, trust: &Trust) -> Result<reqwest::Client, ClientError> {
+    let builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(120))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("aetherfs/", env!("CARGO_PKG_VERSION")));
+    trust.apply(builder)?.build().map_err(|e| ClientError::InvalidUrl { url: base.to_string(), why: e.to_string() })
 }
 
 impl HubClient {
     /// `base` is the hub's root URL, e.g. `http://127.0.0.1:7070`.
     pub fn new(base: &str) -> Result<Self, ClientError> {
-        let invalid = |why: &str| ClientError::InvalidUrl { url: base.to_string(), why: why.to_string() };
-        let mut url = Url::parse(base).map_err(|e| invalid(&e.to_string()))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(invalid("use http:// or https://"));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(invalid("no query or fragment allowed"));
-        }
-        if !url.path().ends_with('/') {
-            url.set_path(&format!("{}/", url.path()));
-        }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(120))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("aetherfs/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| invalid(&e.to_string()))?;
-        Ok(Self { base: url, http })
+        let url = normalize(base)?;
+        let trust = Trust::System;
+        let http = build_http(base, &trust)?;
+        Ok(Self { base: url, http, trust, credentials: None })
+    }
+
+    /// Trusts only the CA certificates in `path` (PEM) for an https hub,
+    /// instead of the platform's roots.
+    pub fn with_ca_file(mut self, path: &Path) -> Result<Self, ClientError> {
+        let trust = Trust::Only(path.to_path_buf());
+        self.http = build_http(self.base.as_str(), &trust)?;
+        self.trust = trust;
+        Ok(self)
+    }
+
+    /// Sends what `credentials` gives with every request; on a 401 they are
+    /// invalidated and the request is retried once.
+    pub fn with_credentials(mut self, credentials: Arc<dyn Credentials>) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// What the client authenticates with, for messages.
+    pub fn credentials_description(&self) -> Option<String> {
+        self.credentials.as_ref().map(|c| c.describe())
     }
 
     pub fn base_url(&self) -> &Url {
@@ -70,12 +126,7 @@ impl HubClient {
     async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<Response, ClientError> {
         let mut attempt = 0;
         loop {
-            let result = match build().send().await {
-                Ok(resp) => check(resp).await,
-                Err(e) if e.is_connect() => Err(ClientError::Unreachable { url: self.base.to_string(), source: e }),
-                Err(e) => Err(ClientError::Http(e)),
-            };
-            match result {
+            match self.send_once(&build).await {
                 Err(e) if e.is_transient() && attempt < RETRIES => {
                     attempt += 1;
                     let backoff = Duration::from_millis(100 << attempt);
@@ -84,6 +135,46 @@ impl HubClient {
                 }
                 other => return other,
             }
+        }
+    }
+
+    /// Sends one request with credentials; when the hub refuses them (401),
+    /// invalidates them and sends it once more with fresh ones. A 401 means
+    /// the hub did not act on the request, so the resend is safe even for
+    /// requests that are not idempotent.
+    async fn send_once(&self, build: &impl Fn() -> RequestBuilder) -> Result<Response, ClientError> {
+        let auth = self.authorization().await?;
+        let first = self.dispatch(build(), auth.clone()).await;
+        let (Err(e), Some(creds), Some(rejected)) = (&first, &self.credentials, &auth) else {
+            return first;
+        };
+        if !is_unauthorized(e) {
+            return first;
+        }
+        creds.invalidate(rejected);
+        let fresh = self.authorization().await?;
+        if fresh.as_ref() == Some(rejected) || fresh.is_none() {
+            return first;
+        }
+        tracing::debug!(credentials = %creds.describe(), "the hub refused the credentials; retrying with fresh ones");
+        self.dispatch(build(), fresh).await
+    }
+
+    async fn authorization(&self) -> Result<Option<HeaderValue>, ClientError> {
+        match &self.credentials {
+            Some(c) => c.authorization().await,
+            None => Ok(None),
+        }
+    }
+
+    async fn dispatch(&self, req: RequestBuilder, auth: Option<HeaderValue>) -> Result<Response, ClientError> {
+        let req = match auth {
+            Some(h) => req.header(header::AUTHORIZATION, h),
+            None => req,
+        };
+        match req.send().await {
+            Ok(resp) => check(resp).await,
+            Err(e) => Err(self.connect_error(e)),
         }
     }
 
@@ -135,18 +226,15 @@ impl HubClient {
         let body = SetTagRequest { digest, expected };
         // Not retried blindly: a retry after a lost response could report a
         // conflict with our own move, so CAS callers see one attempt.
-        let resp = self.http.put(url).json(&body).send().await.map_err(|e| self.connect_error(e))?;
-        Ok(check(resp).await?.json().await?)
+        let resp = self.send_once(&|| self.http.put(url.clone()).json(&body)).await?;
+        Ok(resp.json().await?)
     }
 
     pub async fn delete_tag(&self, name: &Name, tag: &Tag, expected: Option<Digest>) -> Result<TagRecord, ClientError> {
         let url = self.url(&Self::dataset_path(name, &format!("tags/{tag}")));
-        let mut req = self.http.delete(url);
-        if let Some(d) = expected {
-            req = req.query(&[("expected", d.to_string())]);
-        }
-        let resp = req.send().await.map_err(|e| self.connect_error(e))?;
-        Ok(check(resp).await?.json().await?)
+        let query: Vec<(&str, String)> = expected.map(|d| ("expected", d.to_string())).into_iter().collect();
+        let resp = self.send_once(&|| self.http.delete(url.clone()).query(&query)).await?;
+        Ok(resp.json().await?)
     }
 
     pub async fn tag_history(&self, name: &Name, tag: &Tag) -> Result<TagHistory, ClientError> {
@@ -155,6 +243,9 @@ impl HubClient {
     }
 
     fn connect_error(&self, e: reqwest::Error) -> ClientError {
+        if let Some(line) = tls::explain(&e, "the hub", &self.trust) {
+            return ClientError::Tls(line);
+        }
         if e.is_connect() {
             ClientError::Unreachable { url: self.base.to_string(), source: e }
         } else {
@@ -249,6 +340,10 @@ impl HubClient {
     }
 }
 
+fn is_unauthorized(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { status: 401, .. })
+}
+
 /// Turns an error status into [`ClientError::Api`] using the hub's JSON body.
 async fn check(resp: Response) -> Result<Response, ClientError> {
     let status = resp.status();
@@ -281,4 +376,116 @@ async fn read_bounded(resp: Response, max: usize) -> Result<Bytes, ClientError> 
         buf.extend_from_slice(&part);
     }
     Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::get;
+    use futures::future::BoxFuture;
+
+    use super::*;
+
+    /// A hub that accepts only `Bearer good`, counting requests.
+    async fn hub() -> (String, Arc<AtomicUsize>) {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        let app = Router::new().route(
+            "/v1/datasets",
+            get(move |headers: HeaderMap| {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let ok = headers.get(header::AUTHORIZATION).is_some_and(|h| h == "Bearer good");
+                    if ok {
+                        (StatusCode::OK, r#"{"datasets":[]}"#)
+                    } else {
+                        (StatusCode::UNAUTHORIZED, r#"{"error":{"code":"unauthorized","message":"bad token"}}"#)
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), seen)
+    }
+
+    /// Gives `tokens` in turn, moving on when told the current one was refused.
+    struct Rotating {
+        tokens: Vec<&'static str>,
+        at: Mutex<usize>,
+        invalidated: AtomicUsize,
+    }
+
+    impl Rotating {
+        fn new(tokens: &[&'static str]) -> Arc<Self> {
+            Arc::new(Self { tokens: tokens.to_vec(), at: Mutex::new(0), invalidated: AtomicUsize::new(0) })
+        }
+        fn current(&self) -> HeaderValue {
+            let at = *self.at.lock().unwrap();
+            crate::auth::bearer(self.tokens[at.min(self.tokens.len() - 1)]).unwrap()
+        }
+    }
+
+    impl Credentials for Rotating {
+        fn authorization(&self) -> BoxFuture<'_, Result<Option<HeaderValue>, ClientError>> {
+            Box::pin(async { Ok(Some(self.current())) })
+        }
+        fn invalidate(&self, rejected: &HeaderValue) {
+            self.invalidated.fetch_add(1, Ordering::SeqCst);
+            if *rejected == self.current() {
+                *self.at.lock().unwrap() += 1;
+            }
+        }
+        fn describe(&self) -> String {
+            "rotating test tokens".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_401_refreshes_once_and_retries_once() {
+        let (url, seen) = hub().await;
+
+        // Stale, then good: one invalidation, one retry, success.
+        let creds = Rotating::new(&["stale", "good"]);
+        let client = HubClient::new(&url).unwrap().with_credentials(creds.clone());
+        client.list_datasets().await.unwrap();
+        assert_eq!((seen.load(Ordering::SeqCst), creds.invalidated.load(Ordering::SeqCst)), (2, 1));
+        // The fresh token stays in use.
+        client.list_datasets().await.unwrap();
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+
+        // Refused twice: the second 401 is the caller's, after one retry only.
+        seen.store(0, Ordering::SeqCst);
+        let creds = Rotating::new(&["bad", "worse", "good"]);
+        let client = HubClient::new(&url).unwrap().with_credentials(creds.clone());
+        let err = client.list_datasets().await.unwrap_err();
+        assert!(matches!(err, ClientError::Api { status: 401, .. }), "{err}");
+        assert_eq!(seen.load(Ordering::SeqCst), 2);
+
+        // Nothing new to offer (a static token): no retry at all.
+        seen.store(0, Ordering::SeqCst);
+        let client =
+            HubClient::new(&url).unwrap().with_credentials(Arc::new(crate::auth::StaticToken::new("bad").unwrap()));
+        assert!(client.list_datasets().await.is_err());
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+
+        // No credentials: no header, no retry.
+        seen.store(0, Ordering::SeqCst);
+        assert!(HubClient::new(&url).unwrap().list_datasets().await.is_err());
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn hub_keys_are_normalised() {
+        assert_eq!(hub_key("http://127.0.0.1:7070").unwrap(), "http://127.0.0.1:7070/");
+        assert_eq!(hub_key("HTTPS://Hub.Example.com:443/x").unwrap(), "https://hub.example.com/x/");
+        assert!(hub_key("http://user:pw@hub/").is_err());
+        assert!(hub_key("ftp://hub/").is_err());
+    }
 }

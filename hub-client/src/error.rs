@@ -29,6 +29,13 @@ pub enum ClientError {
     Integrity { path: String, what: &'static str, digest: Digest },
     #[error("{0}")]
     Invalid(String),
+    /// A certificate or handshake failure, said in one line.
+    #[error("{0}")]
+    Tls(String),
+    /// Credentials could not be had: a token file is unreadable, the identity
+    /// provider refused a refresh, a stored login has expired.
+    #[error("{0}")]
+    Auth(String),
 }
 
 impl ClientError {
