@@ -36,6 +36,40 @@ pub struct GlobalArgs {
     /// No progress bars or summaries; errors only.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// How clients authenticate to the hub and trust its certificate. Which
+/// credentials win when several are given: docs/auth-clients.md.
+#[derive(Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Authentication")]
+pub struct AuthArgs {
+    /// PEM file of the CA(s) that signed an https hub's certificate, trusted
+    /// instead of the system's roots (and besides them for the identity provider).
+    #[arg(long, global = true, env = "AETHERFS_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Send the bearer token in FILE, read again whenever the file changes
+    /// (a Kubernetes projected service-account token). Env: AETHERFS_TOKEN_FILE.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// OAuth client: with a secret, the client-credentials grant (CI); for
+    /// `login`, the public client of the device-code flow. Env: AETHERFS_CLIENT_ID.
+    #[arg(long, global = true, value_name = "ID")]
+    pub client_id: Option<String>,
+    /// Secret of the client-credentials client. Prefer AETHERFS_CLIENT_SECRET:
+    /// command lines are visible to other users.
+    #[arg(long, global = true, value_name = "SECRET")]
+    pub client_secret: Option<String>,
+    /// OIDC issuer URL (login and client credentials).
+    #[arg(long, global = true, env = "AETHERFS_OIDC_ISSUER", value_name = "URL")]
+    pub issuer: Option<String>,
+    /// Resource indicator (audience) of the hub's tokens, when the provider needs one.
+    #[arg(long, global = true, env = "AETHERFS_OIDC_AUDIENCE", value_name = "AUDIENCE")]
+    pub audience: Option<String>,
+    /// Scopes to ask for, space-separated [login default: "openid offline_access"].
+    #[arg(long, global = true, env = "AETHERFS_OIDC_SCOPE", value_name = "SCOPES")]
+    pub scope: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -61,6 +95,31 @@ pub enum Command {
     /// Run the sidecar: several mounts that follow their tags, an encrypted
     /// disk cache, prefetch, and an admin endpoint. See docs/agent.md.
     Agent(AgentArgs),
+    /// Log in to the hub through your identity provider (OIDC device code):
+    /// open the printed page, approve, and the refreshable credentials are stored.
+    Login(LoginArgs),
+    /// Forget the stored login for the hub and revoke it at the provider.
+    Logout(LogoutArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Example: aetherfs login --hub https://hub.example.com --issuer https://idp.example.com \\
+--client-id aetherfs-cli --scope \"openid offline_access\"\n\n\
+Issuer, client id, audience and scopes default to those of the previous login to the same hub. \
+Credentials are stored per hub in $AETHERFS_CONFIG_DIR, $XDG_CONFIG_HOME/aetherfs or ~/.config/aetherfs \
+(credentials.json, mode 0600).")]
+pub struct LoginArgs {
+    /// Seconds between polls of the token endpoint while waiting for the
+    /// approval [default: what the provider says, else 5].
+    #[arg(long, value_name = "SECS")]
+    pub poll_interval: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogoutArgs {
+    /// Only forget the stored credentials; do not revoke them at the provider.
+    #[arg(long)]
+    pub no_revoke: bool,
 }
 
 #[derive(Args, Debug)]

@@ -34,8 +34,43 @@ pub struct AgentConfig {
     pub cache: CacheConfig,
     #[serde(default)]
     pub fetch: FetchConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
     #[serde(default, rename = "mount")]
     pub mounts: Vec<MountConfig>,
+}
+
+/// How the agent authenticates to the hub and trusts its certificate; the
+/// command line and the environment override it (docs/auth-clients.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer token file, read again when it changes (a projected
+    /// service-account token).
+    pub token_file: Option<PathBuf>,
+    /// Client-credentials grant: the client id, with its secret in a file.
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    /// OIDC issuer URL for the client-credentials grant.
+    pub issuer: Option<String>,
+    /// Resource indicator (audience) to ask tokens for.
+    pub audience: Option<String>,
+    /// Scopes to ask for, space-separated.
+    pub scope: Option<String>,
+    /// PEM file of the CA(s) that signed the hub's certificate.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    fn validate(&self) -> Result<(), String> {
+        if self.token_file.is_some() && self.client_id.is_some() {
+            return Err("auth: give token_file or client_id, not both".into());
+        }
+        if self.client_id.is_some() != self.client_secret_file.is_some() {
+            return Err("auth: client_id and client_secret_file go together".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +257,7 @@ impl AgentConfig {
         if self.fetch.timeout_secs == 0 || self.fetch.concurrency == 0 {
             return Err("fetch.timeout_secs and fetch.concurrency must be at least 1".into());
         }
+        self.auth.validate()?;
         for (i, m) in self.mounts.iter().enumerate() {
             let what = format!("mount #{} ({})", i + 1, m.reference);
             m.reference.parse::<Reference>().map_err(|e| format!("{what}: {e}"))?;
@@ -275,6 +311,9 @@ mod tests {
             key_file = "/etc/aetherfs/key"
             [fetch]
             timeout_secs = 5
+            [auth]
+            token_file = "/var/run/secrets/tokens/aetherfs"
+            ca_file = "/etc/aetherfs/ca.pem"
             [[mount]]
             ref = "acme/geoip:latest"
             fuse = "/data/geoip"
@@ -292,6 +331,7 @@ mod tests {
         assert_eq!(cfg.mounts[0].prefetch, Prefetch::All);
         assert_eq!(cfg.mounts[1].prefetch, Prefetch::None);
         assert_eq!(cfg.fetch.concurrency, 8);
+        assert_eq!(cfg.auth.token_file.as_deref(), Some(Path::new("/var/run/secrets/tokens/aetherfs")));
     }
 
     #[test]
@@ -304,6 +344,9 @@ mod tests {
             "[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"\nprefetch = \"some\"",
             "[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"\nunknown = 1",
             "[cache]\nmax_size = \"lots\"\n[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"",
+            "[auth]\ntoken_file = \"/t\"\nclient_id = \"c\"\nclient_secret_file = \"/s\"\n[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"",
+            "[auth]\nclient_id = \"c\"\n[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"",
+            "[auth]\npassword = \"p\"\n[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"",
         ] {
             let r = toml::from_str::<AgentConfig>(bad).map_err(|e| e.to_string()).and_then(|c| c.validate());
             assert!(r.is_err(), "accepted: {bad}");

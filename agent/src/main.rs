@@ -1,5 +1,6 @@
 //! `aetherfs`: the command-line interface. See `aetherfs --help`.
 
+mod auth;
 mod cache;
 mod cli;
 mod commands;

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use crate::cache::{CacheKey, DiskCache, DiskCacheConfig};
 use crate::cli::{AgentArgs, GlobalArgs};
 use crate::commands::serve::{start_nfs, start_webdav};
-use crate::commands::{DEFAULT_HUB, shutdown_signal};
+use crate::commands::{DEFAULT_HUB, client_for, shutdown_signal};
 use crate::config::{AgentConfig, MountConfig, Prefetch, Size};
 use crate::serving::{Admin, MountState, poll_interval, resolve, serve_admin};
 use crate::source::{HubSource, SourceOptions};
@@ -38,7 +38,7 @@ pub async fn run(g: &GlobalArgs, a: AgentArgs) -> Result<()> {
         cfg.cache.key_file = Some(k);
     }
     let hub = g.hub.clone().or(cfg.hub.clone()).unwrap_or_else(|| DEFAULT_HUB.to_string());
-    let client = HubClient::new(&hub)?;
+    let client = client_for(g, &hub, &cfg.auth)?;
 
     let key = match std::env::var("AETHERFS_CACHE_KEY") {
         Ok(v) => CacheKey::from_env_value(&v).context("bad AETHERFS_CACHE_KEY")?,

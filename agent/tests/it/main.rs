@@ -10,6 +10,7 @@ mod bad_input;
 mod concurrency;
 mod dedup;
 mod integrity;
+mod login;
 mod mounts;
 mod pull_semantics;
 mod roundtrip;
