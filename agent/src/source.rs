@@ -246,11 +246,13 @@ impl HubSource {
     /// cache (or, without one, the memory tier), `concurrency` ranges at a
     /// time. Returns the bytes fetched.
     pub async fn prefetch(self: &Arc<Self>, chunks: &[ChunkRef]) -> Result<u64, SourceError> {
-        let todo: Vec<ChunkWant> = chunks
+        let mut todo: Vec<ChunkWant> = chunks
             .iter()
             .filter(|c| !self.on_disk(&c.digest) && (self.disk.is_some() || !self.memory.contains_key(&c.digest)))
             .map(|c| ChunkWant { digest: c.digest, len: c.len, location: c.location })
             .collect();
+        // In pack order, so neighbours coalesce into few large range reads.
+        todo.sort_by_key(|w| (w.location.pack, w.location.offset));
         let ranges = coalesce(todo);
         let before = self.stats.bytes_fetched.load(Ordering::Relaxed);
         let results: Vec<Result<(), SourceError>> = futures::stream::iter(ranges)

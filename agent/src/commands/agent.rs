@@ -153,6 +153,8 @@ async fn run_mount(
     retry(&format!("prefetching {reference}"), || prefetch(&source, &manifest, cfg.prefetch)).await;
     state.ready.store(true, Relaxed);
     eprintln!("aetherfs agent: {reference}@{digest} ready");
+    // The tree is built; the manifest is not needed while following.
+    drop(manifest);
 
     if !state.follow {
         return std::future::pending().await;
