@@ -29,7 +29,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,8 +40,9 @@ from pathlib import Path
 
 import common
 from common import (BENCH_DIR, GIB, MB, MIB, RUNS, SCALE, SEED, VERIFY, BenchError, Hub, Run, db_insert_sql,
-                    env_float, gen_db, gen_random_file, log, median_run, page_cache_summary, pid_is, quiet_summary,
+                    env_float, gen_db, gen_random_file, log, median_run, page_cache_summary, quiet_summary,
                     rm, run_sqlite, samples_of, sqlite_rows, tool_version, tree_size)
+from common import Resources, dd, f1, f2, kill_pid, mount_entry, unmount
 
 BIN = common.BUILT_BIN  # replaced by a private copy in bench()
 GEN_VERSION = 1  # bump when the generator changes: invalidates cached datasets
@@ -68,98 +68,6 @@ def scaled(n: int, lo: int) -> int:
 # so that `--cleanup` (the shell trap) can undo it even if this driver died.
 # --------------------------------------------------------------------------
 
-class Resources:
-    def __init__(self, path: Path):
-        self.path = path
-        self.items: list[dict] = []
-
-    def add(self, item: dict) -> dict:
-        self.items.append(item)
-        self.save()
-        return item
-
-    def drop(self, item: dict) -> None:
-        if item in self.items:
-            self.items.remove(item)
-            self.save()
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.items, indent=1))
-        os.replace(tmp, self.path)
-
-    @classmethod
-    def load(cls, path: Path) -> "Resources":
-        r = cls(path)
-        try:
-            r.items = json.loads(path.read_text())
-        except (OSError, ValueError):
-            r.items = []
-        return r
-
-    def cleanup(self) -> None:
-        for item in reversed(list(self.items)):
-            try:
-                undo(item)
-            except Exception as e:  # keep going: clean up everything else
-                log(f"cleanup of {item}: {e}")
-            self.drop(item)
-        if self.path.exists():
-            self.path.unlink()
-
-
-def mount_entry(path: Path) -> dict | None:
-    """The entry of `path` in /proc/self/mountinfo (None if not a mount point)."""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        f = line.split()
-        if f[4].replace("\\040", " ") == str(path):
-            sep = f.index("-")
-            return {"dev": f[2], "fstype": f[sep + 1]}
-    return None
-
-
-def reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def kill_pid(pid: int, token: str, timeout: float = 15.0) -> None:
-    """SIGTERM, then SIGKILL, to one pid, only while it still runs `token`."""
-    if not pid_is(pid, token):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and pid_is(pid, token):
-        reap(pid)
-        time.sleep(0.05)
-    if pid_is(pid, token):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        time.sleep(0.1)
-    reap(pid)
-
-
-def unmount(path: str) -> None:
-    for args in (["fusermount3", "-u", path], ["fusermount3", "-uz", path]):
-        if not mount_entry(Path(path)):
-            return
-        subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.2)
-    if mount_entry(Path(path)):
-        subprocess.run(["umount", "-l", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
 
 def undo(item: dict) -> None:
     if item["kind"] == "proc":
@@ -168,7 +76,7 @@ def undo(item: dict) -> None:
             unmount(p)
 
 
-RES = Resources(STATE_FILE)
+RES = Resources(STATE_FILE, undo)
 
 
 # --------------------------------------------------------------------------
@@ -454,10 +362,6 @@ def timed(label: str, cmd: list[str], *, cold: bool, watch: dict | None = None, 
                       "aetherfs_cache_disk_hits_total", "aetherfs_cache_misses_total",
                       "aetherfs_fetch_duration_seconds_count")}
     return r
-
-
-def dd(path: Path) -> list[str]:
-    return ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
 
 
 def dd_bytes(r: Run) -> int:
@@ -1110,13 +1014,6 @@ def bench() -> dict:
 # Report
 # --------------------------------------------------------------------------
 
-def f1(x) -> str:
-    return "n/a" if x is None else f"{x:,.1f}"
-
-
-def f2(x) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
 
 def mib(n) -> str:
     return "n/a" if n is None else f"{n / MIB:,.1f} MiB"
@@ -1266,7 +1163,7 @@ def markdown(res: dict) -> str:
 
 def main() -> int:
     if "--cleanup" in sys.argv[1:]:
-        Resources.load(STATE_FILE).cleanup()
+        Resources.load(STATE_FILE, undo).cleanup()
         return 0
 
     def on_signal(signum, _frame):

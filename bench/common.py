@@ -626,3 +626,114 @@ def write_results(name: str, md: str, res: dict) -> Path:
     (RESULTS_DIR / f"{stem}.md").write_text(md)
     (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
     return RESULTS_DIR / f"{stem}.md"
+
+
+# Shared by mounts.py and agent.py.
+
+class Resources:
+    """A crash-safe list of things to undo (mounts, processes, namespaces),
+    persisted so a later run can clean up after a killed one. `undo` knows
+    how to undo one item."""
+
+    def __init__(self, path: Path, undo=None):
+        self.path = path
+        self.undo = undo
+        self.items: list[dict] = []
+
+    def add(self, item: dict) -> dict:
+        self.items.append(item)
+        self.save()
+        return item
+
+    def drop(self, item: dict) -> None:
+        if item in self.items:
+            self.items.remove(item)
+            self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.items, indent=1))
+        os.replace(tmp, self.path)
+
+    @classmethod
+    def load(cls, path: Path, undo=None) -> "Resources":
+        r = cls(path, undo)
+        try:
+            r.items = json.loads(path.read_text())
+        except (OSError, ValueError):
+            r.items = []
+        return r
+
+    def cleanup(self) -> None:
+        for item in reversed(list(self.items)):
+            try:
+                if self.undo is not None:
+                    self.undo(item)
+            except Exception as e:  # keep going: clean up everything else
+                log(f"cleanup of {item}: {e}")
+            self.drop(item)
+        if self.path.exists():
+            self.path.unlink()
+
+def reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+def dd(path: Path) -> list[str]:
+    return ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
+
+def f1(x) -> str:
+    return "n/a" if x is None else f"{x:,.1f}"
+
+def f2(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def mount_entry(path: Path) -> dict | None:
+    """The entry of `path` in /proc/self/mountinfo (None if not a mount point)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        f = line.split()
+        if f[4].replace("\\040", " ") == str(path):
+            sep = f.index("-")
+            major, minor = (int(x) for x in f[2].split(":"))
+            # `conn` is the FUSE connection number (/sys/fs/fuse/connections/N).
+            return {"dev": f[2], "conn": (major << 20) | minor, "fstype": f[sep + 1]}
+    return None
+
+
+def kill_pid(pid: int, token: str, timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL, to one pid, only while it still runs `token`."""
+    if not pid_is(pid, token):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_is(pid, token):
+        reap(pid)
+        time.sleep(0.05)
+    if pid_is(pid, token):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        time.sleep(0.1)
+    reap(pid)
+
+
+def unmount(path: str) -> None:
+    for args in (["fusermount3", "-u", path], ["fusermount3", "-uz", path]):
+        if not mount_entry(Path(path)):
+            return
+        subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.2)
+    if mount_entry(Path(path)):
+        subprocess.run(["umount", "-l", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -30,8 +30,9 @@ from pathlib import Path
 
 import common
 from common import (BENCH_DIR, GIB, MB, MIB, RUNS, SCALE, SEED, VERIFY, BenchError, Hub, Run, env_int,
-                    gen_db, gen_random_file, log, median_run, page_cache_summary, pid_is, quiet_summary,
+                    gen_db, gen_random_file, log, median_run, page_cache_summary, quiet_summary,
                     rm, samples_of, sqlite_rows, tool_version, tree_size)
+from common import Resources, dd, f1, f2, kill_pid, mount_entry, unmount
 
 HERE = Path(__file__).resolve().parent
 BIN = common.BUILT_BIN  # replaced by a private copy in bench()
@@ -61,98 +62,6 @@ SQL_QUERIES = env_int("BENCH_SQL_QUERIES", scaled(20000, 500))
 # recorded in a state file, so that `--cleanup` (the shell trap) can undo it
 # even if this driver was killed.
 # --------------------------------------------------------------------------
-
-class Resources:
-    def __init__(self, path: Path):
-        self.path = path
-        self.items: list[dict] = []
-
-    def add(self, item: dict) -> dict:
-        self.items.append(item)
-        self.save()
-        return item
-
-    def drop(self, item: dict) -> None:
-        if item in self.items:
-            self.items.remove(item)
-            self.save()
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.items, indent=1))
-        os.replace(tmp, self.path)
-
-    @classmethod
-    def load(cls, path: Path) -> "Resources":
-        r = cls(path)
-        try:
-            r.items = json.loads(path.read_text())
-        except (OSError, ValueError):
-            r.items = []
-        return r
-
-    def cleanup(self) -> None:
-        for item in reversed(list(self.items)):
-            try:
-                undo(item)
-            except Exception as e:  # keep going: clean up everything else
-                log(f"cleanup of {item}: {e}")
-            self.drop(item)
-        if self.path.exists():
-            self.path.unlink()
-
-
-def mount_entry(path: Path) -> dict | None:
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        f = line.split()
-        mp = f[4].replace("\\040", " ")
-        if mp == str(path):
-            sep = f.index("-")
-            major, minor = (int(x) for x in f[2].split(":"))
-            return {"dev": f[2], "conn": (major << 20) | minor, "fstype": f[sep + 1]}
-    return None
-
-
-def kill_pid(pid: int, token: str, timeout: float = 10.0) -> None:
-    if not pid_is(pid, token):
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and pid_is(pid, token):
-        reap(pid)
-        time.sleep(0.05)
-    if pid_is(pid, token):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        time.sleep(0.1)
-    reap(pid)
-
-
-def reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def unmount(path: str) -> None:
-    for args in (["fusermount3", "-u", path], ["fusermount3", "-uz", path]):
-        if not mount_entry(Path(path)):
-            return
-        subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.2)
-    if mount_entry(Path(path)):
-        subprocess.run(["umount", "-l", path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def undo(item: dict) -> None:
@@ -189,7 +98,7 @@ def undo(item: dict) -> None:
             pass
 
 
-RES = Resources(STATE_FILE)
+RES = Resources(STATE_FILE, undo)
 
 
 # --------------------------------------------------------------------------
@@ -725,10 +634,6 @@ def timed(label: str, cmd: list[str], *, cold: bool, watch: dict | None = None, 
     return r
 
 
-def dd(path: Path) -> list[str]:
-    return ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
-
-
 def fio_cmd(path: Path, size: int, n: int) -> list[str]:
     return ["fio", "--name=randread", f"--filename={path}", "--readonly", "--rw=randread", "--bs=4k",
             f"--size={size}", f"--number_ios={n}", f"--randseed={SEED}", "--ioengine=psync", "--iodepth=1",
@@ -1197,13 +1102,6 @@ def bench() -> dict:
 # Report
 # --------------------------------------------------------------------------
 
-def f1(x) -> str:
-    return "n/a" if x is None else f"{x:,.1f}"
-
-
-def f2(x) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
 
 def f3(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
@@ -1402,7 +1300,7 @@ def main() -> int:
     if len(sys.argv) >= 2 and sys.argv[1] == "--sqlite-lookups":
         return sqlite_lookups(sys.argv[2], sys.argv[3])
     if len(sys.argv) >= 2 and sys.argv[1] == "--cleanup":
-        r = Resources.load(STATE_FILE)
+        r = Resources.load(STATE_FILE, undo)
         if r.items:
             log(f"cleanup: {len(r.items)} leftover resource(s) from {STATE_FILE}")
         r.cleanup()
@@ -1413,7 +1311,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
-    old = Resources.load(STATE_FILE)
+    old = Resources.load(STATE_FILE, undo)
     if old.items:
         log(f"cleaning up {len(old.items)} resource(s) left by an earlier run")
         old.cleanup()
