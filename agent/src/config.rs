@@ -162,7 +162,7 @@ fn default_timeout() -> u64 {
     30
 }
 fn default_concurrency() -> usize {
-    8
+    crate::source::DEFAULT_CONCURRENCY
 }
 fn default_readahead() -> Size {
     Size(8 << 20)

@@ -270,16 +270,12 @@ pub fn poll_interval(secs: u64) -> Duration {
 pub async fn open_one(
     client: &HubClient,
     reference: &Reference,
-    cache: &crate::cli::CacheArgs,
+    opts: &crate::source::SourceOptions,
+    readahead: u64,
 ) -> Result<(Arc<HubSource>, Arc<MountState>)> {
     let (digest, manifest) = resolve(client, reference).await?;
-    let opts = crate::source::SourceOptions {
-        memory_bytes: cache.cache_mib << 20,
-        timeout: Duration::from_secs(cache.fetch_timeout_secs.max(1)),
-        concurrency: 8,
-    };
-    let source = HubSource::new(client.clone(), None, &opts);
-    let state = MountState::new(reference.clone(), digest, &manifest, source.clone(), cache.readahead_mib << 20);
+    let source = HubSource::new(client.clone(), None, opts);
+    let state = MountState::new(reference.clone(), digest, &manifest, source.clone(), readahead);
     state.ready.store(true, Relaxed);
     Ok((source, state))
 }

@@ -33,7 +33,7 @@ use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 
-use crate::cache::ChunkCache;
+use aetherfs_cache::ChunkCache;
 
 type RangeFuture = Shared<BoxFuture<'static, Result<Bytes, SourceError>>>;
 type Load = BoxFuture<'static, Result<Bytes, SourceError>>;
@@ -65,6 +65,9 @@ impl SourceStats {
         self.fetch_micros.fetch_add((secs * 1e6) as u64, Ordering::Relaxed);
     }
 }
+
+/// Range requests in flight to the hub at once, unless configured.
+pub const DEFAULT_CONCURRENCY: usize = 8;
 
 /// How a [`HubSource`] fetches.
 #[derive(Clone, Debug)]
@@ -129,8 +132,8 @@ impl HubSource {
             // The timeout covers the wait for a permit too: a reader never
             // waits longer than that in total.
             let r = tokio::time::timeout(timeout, async {
-                let _permit = permits.acquire().await.map_err(|_| SourceError::Unavailable("shutting down".into()))?;
-                client.read_pack_range(&pack, offset, len).await.map_err(|e| SourceError::Unavailable(e.to_string()))
+                let _permit = permits.acquire().await.map_err(|_| SourceError::ShuttingDown)?;
+                client.read_pack_range(&pack, offset, len).await.map_err(SourceError::unavailable)
             })
             .await;
             stats.range_requests.fetch_add(1, Ordering::Relaxed);

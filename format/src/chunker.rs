@@ -152,18 +152,7 @@ impl Chunker {
 mod tests {
     use super::*;
 
-    /// Deterministic pseudo-random bytes (xorshift64*), independent of any crate.
-    pub(crate) fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            seed ^= seed >> 12;
-            seed ^= seed << 25;
-            seed ^= seed >> 27;
-            out.extend_from_slice(&seed.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-        }
-        out.truncate(len);
-        out
-    }
+    use aetherfs_util::pseudo_random;
 
     #[test]
     fn golden_cut_points() {

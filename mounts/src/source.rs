@@ -2,6 +2,9 @@
 //! network. The agent implements it over the hub and its caches; tests use
 //! [`crate::testing::MemorySource`] and wrap it in [`crate::testing::FaultySource`].
 
+use std::error::Error;
+use std::sync::Arc;
+
 use aetherfs_format::{ChunkRef, Digest};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -12,10 +15,21 @@ pub enum SourceError {
     NotFound(Digest),
     #[error("chunk {0} failed verification")]
     Corrupt(Digest),
-    #[error("chunk source unavailable: {0}")]
-    Unavailable(String),
+    /// The source could not reach where chunks come from; the cause is kept
+    /// (print it with `aetherfs_util::one_line`).
+    #[error("chunk source unavailable")]
+    Unavailable(#[source] Arc<dyn Error + Send + Sync>),
+    #[error("chunk source is shutting down")]
+    ShuttingDown,
     #[error("timed out fetching chunk data")]
     Timeout,
+}
+
+impl SourceError {
+    /// [`SourceError::Unavailable`] caused by `e`.
+    pub fn unavailable(e: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        SourceError::Unavailable(Arc::from(e.into()))
+    }
 }
 
 /// Supplies verified chunk plaintext.

@@ -83,7 +83,7 @@ impl<S: ChunkSource> ChunkSource for FaultySource<S> {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             if self.fail.load(Ordering::Relaxed) {
-                return Err(SourceError::Unavailable("injected failure".into()));
+                return Err(SourceError::unavailable("injected failure"));
             }
             self.inner.read(want, ahead).await
         }

@@ -26,7 +26,7 @@ use aetherfs_hub_client::auth::{
 use anyhow::{Context, Result, bail};
 
 use crate::cli::AuthArgs;
-use crate::config::AuthConfig;
+use aetherfs_agent::config::AuthConfig;
 
 /// Reads one environment variable; empty counts as unset.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;

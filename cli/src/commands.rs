@@ -17,7 +17,7 @@ use aetherfs_hub_client::{ClientError, HubClient, hub_key};
 use anyhow::{Context, Result};
 
 use crate::cli::{Cli, Command, GlobalArgs};
-use crate::config::AuthConfig;
+use aetherfs_agent::config::AuthConfig;
 
 pub async fn run(cli: Cli) -> Result<()> {
     let g = cli.global;

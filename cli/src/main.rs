@@ -1,13 +1,9 @@
 //! `aetherfs`: the command-line interface. See `aetherfs --help`.
 
 mod auth;
-mod cache;
 mod cli;
 mod commands;
-mod config;
 mod progress;
-mod serving;
-mod source;
 
 use std::process::ExitCode;
 

@@ -12,13 +12,13 @@ use aetherfs_mounts::Version;
 use aetherfs_mounts::fuse::{FuseOptions, clear_stale_mount, mount};
 use anyhow::{Context, Result};
 
-use crate::cache::{CacheKey, DiskCache, DiskCacheConfig};
 use crate::cli::{AgentArgs, GlobalArgs};
 use crate::commands::serve::{start_nfs, start_webdav};
 use crate::commands::{DEFAULT_HUB, client_for, shutdown_signal};
-use crate::config::{AgentConfig, MountConfig, Prefetch, Size};
-use crate::serving::{Admin, MountState, poll_interval, resolve, serve_admin};
-use crate::source::{HubSource, SourceOptions};
+use aetherfs_agent::config::{AgentConfig, MountConfig, Prefetch, Size};
+use aetherfs_agent::serving::{Admin, MountState, poll_interval, resolve, serve_admin};
+use aetherfs_agent::source::{HubSource, SourceOptions};
+use aetherfs_cache::{CacheKey, DiskCache, DiskCacheConfig};
 
 /// Older versions kept readable for files opened before a switch.
 const KEEP_PREVIOUS_VERSIONS: usize = 3;

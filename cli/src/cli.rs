@@ -156,6 +156,21 @@ pub struct CacheArgs {
     pub fetch_timeout_secs: u64,
 }
 
+impl CacheArgs {
+    /// How the chunk source of `mount`, `serve` and `demo` fetches.
+    pub fn source_options(&self) -> aetherfs_agent::source::SourceOptions {
+        aetherfs_agent::source::SourceOptions {
+            memory_bytes: self.cache_mib << 20,
+            timeout: std::time::Duration::from_secs(self.fetch_timeout_secs.max(1)),
+            concurrency: aetherfs_agent::source::DEFAULT_CONCURRENCY,
+        }
+    }
+
+    pub fn readahead_bytes(&self) -> u64 {
+        self.readahead_mib << 20
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct MountArgs {
     /// NAME[:TAG][@DIGEST]; the tag defaults to `latest`.

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use crate::cli::{CacheArgs, DemoArgs};
 use crate::commands::serve::{start_nfs, start_webdav};
 use crate::commands::shutdown_signal;
-use crate::serving::open_one;
+use aetherfs_agent::serving::open_one;
 
 /// The example datasets, compiled in so the demo works from any directory.
 const EXAMPLES: &[(&str, &str, &[u8])] = &[
@@ -59,7 +59,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     // Serve geoip.
     let reference: Reference = "examples/geoip:latest".parse()?;
     let cache = CacheArgs { cache_mib: 64, readahead_mib: 8, fetch_timeout_secs: 30 };
-    let (_source, served) = open_one(&client, &reference, &cache).await?;
+    let (_source, served) = open_one(&client, &reference, &cache.source_options(), cache.readahead_bytes()).await?;
     let mut tasks = tokio::task::JoinSet::new();
     let webdav = start_webdav(&mut tasks, served.fs.clone(), a.webdav).await?;
     let nfs = start_nfs(&mut tasks, served.fs.clone(), a.nfs, "geoip").await?;

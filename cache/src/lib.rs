@@ -41,6 +41,7 @@ mod disk;
 mod key;
 mod meta;
 mod segment;
+pub mod testing;
 #[cfg(test)]
 mod tests;
 

@@ -3,7 +3,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::{GlobalArgs, MountArgs};
 use crate::commands::{client, parse_ref, shutdown_signal};
-use crate::serving::{Admin, open_one, serve_admin};
+use aetherfs_agent::serving::{Admin, open_one, serve_admin};
 
 pub async fn run(g: &GlobalArgs, a: MountArgs) -> Result<()> {
     let reference = parse_ref(&a.reference)?;
@@ -11,7 +11,7 @@ pub async fn run(g: &GlobalArgs, a: MountArgs) -> Result<()> {
     if clear_stale_mount(&a.mountpoint).with_context(|| format!("cannot check {}", a.mountpoint.display()))? {
         eprintln!("aetherfs mount: cleared a stale mount at {}", a.mountpoint.display());
     }
-    let (source, served) = open_one(&client, &reference, &a.cache).await?;
+    let (source, served) = open_one(&client, &reference, &a.cache.source_options(), a.cache.readahead_bytes()).await?;
     if let Some(addr) = a.admin {
         let local = serve_admin(addr, Admin::with(source, served.clone())).await?;
         eprintln!("aetherfs mount: admin on http://{local}");

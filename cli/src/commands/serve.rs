@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::cli::{GlobalArgs, ServeArgs};
 use crate::commands::{client, parse_ref, shutdown_signal};
-use crate::serving::{Admin, open_one, serve_admin};
+use aetherfs_agent::serving::{Admin, open_one, serve_admin};
 
 pub async fn run(g: &GlobalArgs, a: ServeArgs) -> Result<()> {
     if a.webdav.is_none() && a.nfs.is_none() {
@@ -14,7 +14,7 @@ pub async fn run(g: &GlobalArgs, a: ServeArgs) -> Result<()> {
     }
     let reference = parse_ref(&a.reference)?;
     let client = client(g)?;
-    let (source, served) = open_one(&client, &reference, &a.cache).await?;
+    let (source, served) = open_one(&client, &reference, &a.cache.source_options(), a.cache.readahead_bytes()).await?;
     eprintln!("aetherfs serve: {}@{}", served.name(), served.digest());
     if let Some(addr) = a.admin {
         let local = serve_admin(addr, Admin::with(source, served.clone())).await?;
