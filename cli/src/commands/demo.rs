@@ -5,16 +5,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use aetherfs_agent::daemon::open_one;
+use aetherfs_agent::frontends::{Tasks, start_nfs, start_webdav};
 use aetherfs_format::{Name, Reference, Tag};
 use aetherfs_hub::{Hub, HubOptions};
 use aetherfs_hub_client::{HubClient, PushOptions, push};
-use aetherfs_mounts::fuse::{FuseOptions, clear_stale_mount, mount};
+use aetherfs_mounts::fuse::{FuseOptions, clear_stale_mount};
 use anyhow::{Context, Result};
 
 use crate::cli::{CacheArgs, DemoArgs};
-use crate::commands::serve::{start_nfs, start_webdav};
 use crate::commands::shutdown_signal;
-use aetherfs_agent::serving::open_one;
 
 /// The example datasets, compiled in so the demo works from any directory.
 const EXAMPLES: &[(&str, &str, &[u8])] = &[
@@ -60,9 +60,9 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     let reference: Reference = "examples/geoip:latest".parse()?;
     let cache = CacheArgs { cache_mib: 64, readahead_mib: 8, fetch_timeout_secs: 30 };
     let (_source, served) = open_one(&client, &reference, &cache.source_options(), cache.readahead_bytes()).await?;
-    let mut tasks = tokio::task::JoinSet::new();
-    let webdav = start_webdav(&mut tasks, served.fs.clone(), a.webdav).await?;
-    let nfs = start_nfs(&mut tasks, served.fs.clone(), a.nfs, "geoip").await?;
+    let mut tasks = Tasks::new();
+    let webdav = start_webdav(&mut tasks, served.fs().clone(), a.webdav).await?;
+    let nfs = start_nfs(&mut tasks, served.fs().clone(), a.nfs, "geoip").await?;
     let mnt = dir.join("mnt");
     let fuse = if a.no_fuse || !fuse_usable() {
         None
@@ -70,8 +70,8 @@ pub async fn run(a: DemoArgs) -> Result<()> {
         std::fs::create_dir_all(&mnt)?;
         clear_stale_mount(&mnt)?;
         let opts = FuseOptions { fsname: "aetherfs:examples/geoip".into(), ..FuseOptions::default() };
-        match mount(served.fs.clone(), &mnt, &opts, tokio::runtime::Handle::current()) {
-            Ok(m) => Some(m),
+        match served.mount_fuse(&mnt, &opts, tokio::runtime::Handle::current()) {
+            Ok(()) => served.take_fuse(),
             Err(e) => {
                 eprintln!("note: FUSE mount skipped: {e}");
                 None

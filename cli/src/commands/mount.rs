@@ -1,9 +1,12 @@
-use aetherfs_mounts::fuse::{FuseOptions, clear_stale_mount, mount};
+//! `aetherfs mount`: one version over FUSE, until SIGTERM or SIGINT.
+
+use aetherfs_agent::admin::{Admin, serve_admin};
+use aetherfs_agent::daemon::open_one;
+use aetherfs_mounts::fuse::{FuseOptions, clear_stale_mount};
 use anyhow::{Context, Result};
 
 use crate::cli::{GlobalArgs, MountArgs};
 use crate::commands::{client, parse_ref, shutdown_signal};
-use aetherfs_agent::serving::{Admin, open_one, serve_admin};
 
 pub async fn run(g: &GlobalArgs, a: MountArgs) -> Result<()> {
     let reference = parse_ref(&a.reference)?;
@@ -22,11 +25,12 @@ pub async fn run(g: &GlobalArgs, a: MountArgs) -> Result<()> {
         fsname: format!("aetherfs:{}", served.name()),
         ..FuseOptions::default()
     };
-    let session = mount(served.fs.clone(), &a.mountpoint, &opts, tokio::runtime::Handle::current())
+    served
+        .mount_fuse(&a.mountpoint, &opts, tokio::runtime::Handle::current())
         .with_context(|| format!("cannot mount on {}", a.mountpoint.display()))?;
-    served.add_frontend(format!("fuse:{}", a.mountpoint.display()));
     eprintln!("aetherfs mount: {}@{} mounted at {}", served.name(), served.digest(), a.mountpoint.display());
     shutdown_signal().await;
+    let Some(session) = served.take_fuse() else { return Ok(()) };
     // Unmounting waits for the FUSE workers: keep it off the async threads.
     tokio::task::spawn_blocking(move || session.unmount())
         .await?

@@ -1,0 +1,192 @@
+//! Running the sidecar: the disk cache under one [`HubSource`], the admin
+//! endpoint, and each configured mount brought up (retrying while the hub is
+//! unreachable), prefetched and then following its tag. Also [`open_one`],
+//! the single-mount setup of `mount`, `serve` and `demo`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use aetherfs_cache::{CacheError, CacheKey, DiskCache, DiskCacheConfig};
+use aetherfs_format::Reference;
+use aetherfs_hub_client::HubClient;
+use aetherfs_mounts::fuse::{FuseError, FuseOptions, clear_stale_mount};
+
+use crate::admin::{Admin, AdminError, serve_admin};
+use crate::config::{AgentConfig, MountConfig};
+use crate::follow::{ResolveError, follow, poll_interval, prefetch, resolve, retry};
+use crate::frontends::{FrontendError, Tasks, start_nfs, start_webdav};
+use crate::mount::Mount;
+use crate::source::{HubSource, SharedSource, SourceOptions};
+
+/// Why the agent stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot open the cache in {dir}")]
+    Cache {
+        dir: std::path::PathBuf,
+        #[source]
+        source: CacheError,
+    },
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("{reference}: bad reference")]
+    Reference {
+        reference: String,
+        #[source]
+        source: aetherfs_format::FormatError,
+    },
+    #[error("{reference}")]
+    Frontend {
+        reference: Reference,
+        #[source]
+        source: FrontendError,
+    },
+    #[error("cannot mount {reference} on {path}")]
+    Fuse {
+        reference: Reference,
+        path: std::path::PathBuf,
+        #[source]
+        source: FuseError,
+    },
+    #[error("cannot create {path}")]
+    MountPoint {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a mount task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+/// Runs the agent of `cfg` over `client` until `shutdown` resolves or a
+/// mount fails for good (an address in use, say); then unmounts every FUSE
+/// mount. `key` encrypts the disk cache.
+pub async fn run(
+    client: HubClient,
+    cfg: AgentConfig,
+    key: CacheKey,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    // The cache sizes its segments from the bound (an eighth of it, at most 64 MiB).
+    let disk_cfg = DiskCacheConfig::new(cfg.cache.dir.clone(), cfg.cache.max_size.0, key);
+    let dir = cfg.cache.dir.clone();
+    let disk = tokio::task::spawn_blocking(move || DiskCache::open(disk_cfg))
+        .await
+        .map_err(AgentError::Task)?
+        .map_err(|source| AgentError::Cache { dir, source })?;
+    let source = HubSource::new(
+        client.clone(),
+        Some(Arc::new(disk)),
+        &SourceOptions {
+            memory_bytes: cfg.cache.memory_size.0,
+            timeout: std::time::Duration::from_secs(cfg.fetch.timeout_secs),
+            concurrency: cfg.fetch.concurrency,
+        },
+    );
+
+    let admin = Arc::new(Admin::new(source.clone(), cfg.mounts.len()));
+    let admin_addr = serve_admin(cfg.admin.listen, admin.clone()).await?;
+    eprintln!("aetherfs agent: admin on http://{admin_addr} (hub {})", client.base_url());
+
+    let poll = poll_interval(cfg.fetch.poll_secs);
+    let readahead = cfg.fetch.readahead.0;
+    let mut tasks = tokio::task::JoinSet::new();
+    for m in cfg.mounts {
+        let (client, source, admin) = (client.clone(), source.clone(), admin.clone());
+        tasks.spawn(async move { run_mount(client, source, admin, m, poll, readahead).await });
+    }
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        Some(done) = tasks.join_next() => done.map_err(AgentError::Task).and_then(|r| r),
+    };
+    eprintln!("aetherfs agent: stopping");
+    tasks.abort_all();
+    for m in admin.mounts() {
+        if let Some(f) = m.take_fuse() {
+            let path = f.mountpoint().display().to_string();
+            match tokio::task::spawn_blocking(move || f.unmount()).await {
+                Ok(Ok(())) => eprintln!("aetherfs agent: unmounted {path}"),
+                Ok(Err(e)) => eprintln!("aetherfs agent: cannot unmount {path}: {}", aetherfs_util::one_line(&e)),
+                Err(e) => eprintln!("aetherfs agent: cannot unmount {path}: {e}"),
+            }
+        }
+    }
+    result
+}
+
+/// Brings one mount up, then follows its tag (for ever, unless it fails).
+async fn run_mount(
+    client: HubClient,
+    source: Arc<HubSource>,
+    admin: Arc<Admin>,
+    cfg: MountConfig,
+    poll: std::time::Duration,
+    readahead: u64,
+) -> Result<(), AgentError> {
+    let reference: Reference =
+        cfg.reference.parse().map_err(|source| AgentError::Reference { reference: cfg.reference.clone(), source })?;
+    let (digest, manifest) = retry(&format!("resolving {reference}"), || resolve(&client, &reference)).await;
+    let mount = Mount::new(reference.clone(), digest, &manifest, Arc::new(SharedSource(source.clone())), readahead);
+    admin.add(mount.clone());
+
+    // Front ends serve at once; readiness waits for the prefetch.
+    let frontend = |source| AgentError::Frontend { reference: reference.clone(), source };
+    let mut servers = Tasks::new();
+    if let Some(addr) = cfg.webdav {
+        let url = start_webdav(&mut servers, mount.fs().clone(), addr).await.map_err(frontend)?;
+        eprintln!("aetherfs agent: {reference}: WebDAV on {url}");
+        mount.add_frontend(format!("webdav:{url}"));
+    }
+    if let Some(addr) = cfg.nfs {
+        let export = cfg.export.clone().unwrap_or_else(|| default_export(&reference));
+        let url = start_nfs(&mut servers, mount.fs().clone(), addr, &export).await.map_err(frontend)?;
+        eprintln!("aetherfs agent: {reference}: NFSv3 on {url}");
+        mount.add_frontend(format!("nfs:{url}"));
+    }
+    servers.detach_all();
+    if let Some(path) = &cfg.fuse {
+        std::fs::create_dir_all(path).map_err(|source| AgentError::MountPoint { path: path.clone(), source })?;
+        let fuse_err = |source| AgentError::Fuse { reference: reference.clone(), path: path.clone(), source };
+        if clear_stale_mount(path).map_err(fuse_err)? {
+            eprintln!("aetherfs agent: cleared a stale mount at {}", path.display());
+        }
+        let opts = FuseOptions {
+            allow_other: cfg.allow_other,
+            fsname: format!("aetherfs:{}", reference.name),
+            ..FuseOptions::default()
+        };
+        mount.mount_fuse(path, &opts, tokio::runtime::Handle::current()).map_err(fuse_err)?;
+        eprintln!("aetherfs agent: {reference}: mounted at {}", path.display());
+    }
+
+    retry(&format!("prefetching {reference}"), || prefetch(&source, &manifest, cfg.prefetch)).await;
+    mount.set_ready();
+    eprintln!("aetherfs agent: {reference}@{digest} ready");
+    // The tree is built; the manifest is not needed while following.
+    drop(manifest);
+
+    if !mount.follows_tag() {
+        return std::future::pending().await;
+    }
+    follow(client, source, mount, cfg.prefetch, poll).await;
+    Ok(())
+}
+
+/// The NFS export of a dataset: its last name segment.
+pub fn default_export(reference: &Reference) -> String {
+    reference.name.segments().last().unwrap_or("data").to_string()
+}
+
+/// For `mount`, `serve` and `demo`: one reference, a memory-only cache, ready at once.
+pub async fn open_one(
+    client: &HubClient,
+    reference: &Reference,
+    opts: &SourceOptions,
+    readahead: u64,
+) -> Result<(Arc<HubSource>, Arc<Mount>), ResolveError> {
+    let (digest, manifest) = resolve(client, reference).await?;
+    let source = HubSource::new(client.clone(), None, opts);
+    let mount = Mount::new(reference.clone(), digest, &manifest, Arc::new(SharedSource(source.clone())), readahead);
+    mount.set_ready();
+    Ok((source, mount))
+}
