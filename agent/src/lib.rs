@@ -2,3 +2,4 @@
 pub mod config;
 pub mod serving;
 pub mod source;
+pub mod testing;

@@ -274,7 +274,7 @@ pub async fn open_one(
     readahead: u64,
 ) -> Result<(Arc<HubSource>, Arc<MountState>)> {
     let (digest, manifest) = resolve(client, reference).await?;
-    let source = HubSource::new(client.clone(), None, opts);
+    let source = HubSource::new(Arc::new(client.clone()), None, opts);
     let state = MountState::new(reference.clone(), digest, &manifest, source.clone(), readahead);
     state.ready.store(true, Relaxed);
     Ok((source, state))

@@ -59,7 +59,7 @@ pub async fn run(g: &GlobalArgs, a: AgentArgs) -> Result<()> {
         .await?
         .with_context(|| format!("cannot open the cache in {}", dir.display()))?;
     let source = HubSource::new(
-        client.clone(),
+        Arc::new(client.clone()),
         Some(Arc::new(disk)),
         &SourceOptions {
             memory_bytes: cfg.cache.memory_size.0,
