@@ -12,7 +12,7 @@ use aetherfs_mounts::{ChunkSource, SourceError};
 use aetherfs_util::pseudo_random;
 
 use super::*;
-use crate::testing::{Corrupting, MemoryPacks, Slow, stored_bytes};
+use crate::testing::{Corrupting, Failing, MemoryPacks, Slow, stored_bytes};
 
 const CHUNK: usize = 4096;
 
@@ -167,4 +167,19 @@ async fn prefetch_fills_disk_in_pack_order() {
     let got = s.read(&a, &[]).await.unwrap();
     assert_eq!(got.len(), a.len());
     assert_eq!(packs.requests(), 2);
+}
+
+#[tokio::test]
+async fn failed_request_is_unavailable_then_retried() {
+    let packs = MemoryPacks::new();
+    let data = chunks(1, 80);
+    let refs = packs.add_pack(&data, false);
+    let failing = Failing::new(packs.clone());
+    let s = source(failing.clone(), None);
+    failing.trigger.next(1);
+    let err = read_one(&s, &refs[0]).await.unwrap_err();
+    assert!(matches!(err, SourceError::Unavailable(_)), "{err:?}");
+    assert_eq!((failing.failed(), packs.requests()), (1, 0));
+    assert_eq!(read_one(&s, &refs[0]).await.unwrap(), data[0]);
+    assert_eq!(packs.requests(), 1);
 }
