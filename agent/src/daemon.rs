@@ -75,7 +75,7 @@ pub async fn run(
         .map_err(AgentError::Task)?
         .map_err(|source| AgentError::Cache { dir, source })?;
     let source = HubSource::new(
-        client.clone(),
+        Arc::new(client.clone()),
         Some(Arc::new(disk)),
         &SourceOptions {
             memory_bytes: cfg.cache.memory_size.0,
@@ -185,7 +185,7 @@ pub async fn open_one(
     readahead: u64,
 ) -> Result<(Arc<HubSource>, Arc<Mount>), ResolveError> {
     let (digest, manifest) = resolve(client, reference).await?;
-    let source = HubSource::new(client.clone(), None, opts);
+    let source = HubSource::new(Arc::new(client.clone()), None, opts);
     let mount = Mount::new(reference.clone(), digest, &manifest, Arc::new(SharedSource(source.clone())), readahead);
     mount.set_ready();
     Ok((source, mount))

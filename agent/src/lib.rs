@@ -11,6 +11,7 @@
 //! - [`frontends`]: starting WebDAV and NFSv3 servers for a mount.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/v1/mounts`.
 //! - [`config`]: the agent's configuration file.
+//! - [`testing`]: fakes of the hub below the source, for tests.
 //! - [`daemon`]: the whole sidecar ([`daemon::run`]) and the one-mount setup
 //!   of `mount`/`serve`/`demo` ([`daemon::open_one`]).
 
@@ -21,3 +22,4 @@ pub mod follow;
 pub mod frontends;
 pub mod mount;
 pub mod source;
+pub mod testing;

@@ -37,6 +37,8 @@ use aetherfs_cache::ChunkCache;
 
 type RangeFuture = Shared<BoxFuture<'static, Result<Bytes, SourceError>>>;
 type Load = BoxFuture<'static, Result<Bytes, SourceError>>;
+/// A range read and the plan it was made from.
+type Fetch = (RangeFuture, RangeRead);
 
 /// Upper bounds (seconds) of the fetch-latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
@@ -66,6 +68,22 @@ impl SourceStats {
     }
 }
 
+/// Why a ranged pack read failed; kept as the cause of [`SourceError::Unavailable`].
+pub type PackError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a [`HubSource`] needs from the hub: ranged reads of packs. A seam so
+/// tests (see [`crate::testing`]) can serve packs from memory and inject faults.
+pub trait PackReader: Send + Sync {
+    /// `len` bytes of `pack` at `offset`, exactly as stored.
+    fn read_pack_range(&self, pack: Digest, offset: u64, len: u64) -> BoxFuture<'_, Result<Bytes, PackError>>;
+}
+
+impl PackReader for HubClient {
+    fn read_pack_range(&self, pack: Digest, offset: u64, len: u64) -> BoxFuture<'_, Result<Bytes, PackError>> {
+        async move { HubClient::read_pack_range(self, &pack, offset, len).await.map_err(PackError::from) }.boxed()
+    }
+}
+
 /// Range requests in flight to the hub at once, unless configured.
 pub const DEFAULT_CONCURRENCY: usize = 8;
 
@@ -79,12 +97,13 @@ pub struct SourceOptions {
 
 #[derive(Clone)]
 pub struct HubSource {
-    client: HubClient,
+    client: Arc<dyn PackReader>,
     memory: moka::future::Cache<Digest, Bytes>,
-    /// Chunks some range request is already fetching. New ranges leave them
-    /// out, so a sequential reader's moving read-ahead window fetches each
-    /// chunk once (without this, every read re-requested most of the window).
-    in_flight: Arc<std::sync::Mutex<HashSet<Digest>>>,
+    /// Chunks some range request is already fetching, with that request. New
+    /// ranges leave them out and later loads join that request, so a
+    /// sequential reader's moving read-ahead window fetches each chunk once
+    /// (without this, every read re-requested most of the window).
+    in_flight: Arc<std::sync::Mutex<HashMap<Digest, Fetch>>>,
     disk: Option<Arc<dyn ChunkCache>>,
     timeout: Duration,
     permits: Arc<Semaphore>,
@@ -92,7 +111,8 @@ pub struct HubSource {
 }
 
 impl HubSource {
-    pub fn new(client: HubClient, disk: Option<Arc<dyn ChunkCache>>, opts: &SourceOptions) -> Arc<Self> {
+    /// A source reading through `client` (a `HubClient`: `Arc::new(client)`).
+    pub fn new(client: Arc<dyn PackReader>, disk: Option<Arc<dyn ChunkCache>>, opts: &SourceOptions) -> Arc<Self> {
         let memory = moka::future::Cache::builder()
             .max_capacity(opts.memory_bytes)
             .weigher(|_k: &Digest, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
@@ -133,7 +153,7 @@ impl HubSource {
             // waits longer than that in total.
             let r = tokio::time::timeout(timeout, async {
                 let _permit = permits.acquire().await.map_err(|_| SourceError::ShuttingDown)?;
-                client.read_pack_range(&pack, offset, len).await.map_err(SourceError::unavailable)
+                client.read_pack_range(pack, offset, len).await.map_err(SourceError::unavailable)
             })
             .await;
             stats.range_requests.fetch_add(1, Ordering::Relaxed);
@@ -171,22 +191,31 @@ impl HubSource {
     /// chunks on disk are read from it, the rest share coalesced range reads.
     fn loads(self: &Arc<Self>, chunks: &[ChunkRef]) -> Vec<Load> {
         // Plan range reads for chunks on no tier and not being fetched already;
-        // the others join the in-flight load through the memory tier.
+        // the others join the in-flight range read (or its load, through the
+        // memory tier). Joining the range read itself matters when the load
+        // that claimed a chunk has not started yet (a spawned read-ahead):
+        // without it the joiner fetched the chunk again on its own.
         let mut claimed: HashSet<Digest> = HashSet::new();
-        let remote: Vec<ChunkWant> = {
+        let mut fetches: HashMap<Digest, Fetch> = HashMap::new();
+        {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            chunks
-                .iter()
-                .filter(|c| !self.on_disk(&c.digest) && !self.memory.contains_key(&c.digest))
-                .filter(|c| in_flight.insert(c.digest) && claimed.insert(c.digest))
-                .map(|c| ChunkWant { digest: c.digest, len: c.len, location: c.location })
-                .collect()
-        };
-        let mut fetches: HashMap<Digest, (RangeFuture, RangeRead)> = HashMap::new();
-        for r in coalesce(remote) {
-            let fut = self.range_future(&r);
-            for w in &r.chunks {
-                fetches.insert(w.digest, (fut.clone(), r.clone()));
+            let mut remote: Vec<ChunkWant> = Vec::new();
+            for c in chunks {
+                if self.on_disk(&c.digest) || self.memory.contains_key(&c.digest) {
+                    continue;
+                }
+                if let Some(f) = in_flight.get(&c.digest) {
+                    fetches.insert(c.digest, f.clone());
+                } else if claimed.insert(c.digest) {
+                    remote.push(ChunkWant { digest: c.digest, len: c.len, location: c.location });
+                }
+            }
+            for r in coalesce(remote) {
+                let fut = self.range_future(&r);
+                for w in &r.chunks {
+                    fetches.insert(w.digest, (fut.clone(), r.clone()));
+                    in_flight.insert(w.digest, (fut.clone(), r.clone()));
+                }
             }
         }
         chunks
@@ -256,6 +285,8 @@ impl HubSource {
             .collect();
         // In pack order, so neighbours coalesce into few large range reads.
         todo.sort_by_key(|w| (w.location.pack, w.location.offset));
+        // A chunk listed twice (files share chunks) would start a second range.
+        todo.dedup_by_key(|w| w.digest);
         let ranges = coalesce(todo);
         let before = self.stats.bytes_fetched.load(Ordering::Relaxed);
         let results: Vec<Result<(), SourceError>> = futures::stream::iter(ranges)
@@ -283,7 +314,7 @@ impl HubSource {
 }
 
 /// Marks a chunk as no longer being fetched when dropped.
-struct InFlight(Arc<std::sync::Mutex<HashSet<Digest>>>, Digest);
+struct InFlight(Arc<std::sync::Mutex<HashMap<Digest, Fetch>>>, Digest);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -332,3 +363,6 @@ impl ChunkSource for SharedSource {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests;
