@@ -50,6 +50,28 @@ fn file_type(k: Kind) -> FileType {
     }
 }
 
+/// The replies of mutating requests; fuser gives them no common trait.
+trait ErrorReply {
+    fn error(self, err: Errno);
+}
+
+macro_rules! error_reply {
+    ($($t:ty),*) => {
+        $(impl ErrorReply for $t {
+            fn error(self, err: Errno) {
+                <$t>::error(self, err)
+            }
+        })*
+    };
+}
+
+error_reply!(ReplyAttr, ReplyEntry, ReplyEmpty, ReplyWrite, ReplyCreate);
+
+/// The dataset is immutable: every request that would change it gets EROFS.
+fn refuse_write(reply: impl ErrorReply) {
+    reply.error(Errno::EROFS);
+}
+
 /// The [`Filesystem`] fuser drives.
 pub(super) struct FuseFs {
     pub(super) fs: Arc<DatasetFs>,
@@ -367,7 +389,7 @@ impl Filesystem for FuseFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(Errno::EROFS);
+        refuse_write(reply);
     }
 
     fn mknod(
@@ -380,23 +402,23 @@ impl Filesystem for FuseFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        refuse_write(reply);
     }
 
     fn mkdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
+        refuse_write(reply);
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        refuse_write(reply);
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        refuse_write(reply);
     }
 
     fn symlink(&self, _req: &Request, _parent: INodeNo, _link_name: &OsStr, _target: &Path, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
+        refuse_write(reply);
     }
 
     fn rename(
@@ -409,11 +431,11 @@ impl Filesystem for FuseFs {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        refuse_write(reply);
     }
 
     fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
-        reply.error(Errno::EROFS);
+        refuse_write(reply);
     }
 
     fn write(
@@ -428,7 +450,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(Errno::EROFS);
+        refuse_write(reply);
     }
 
     fn create(
@@ -441,7 +463,7 @@ impl Filesystem for FuseFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(Errno::EROFS);
+        refuse_write(reply);
     }
 
     fn setxattr(
@@ -454,11 +476,11 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        refuse_write(reply);
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        refuse_write(reply);
     }
 
     fn fallocate(
@@ -471,7 +493,7 @@ impl Filesystem for FuseFs {
         _mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        refuse_write(reply);
     }
 
     fn copy_file_range(
@@ -487,7 +509,7 @@ impl Filesystem for FuseFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        reply.error(Errno::EROFS);
+        refuse_write(reply);
     }
 }
 
