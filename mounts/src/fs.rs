@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use aetherfs_format::{ChunkRef, Digest};
@@ -92,6 +92,20 @@ pub struct DirEntry {
     pub cookie: u64,
 }
 
+/// Size of the current version, for `statfs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsTotals {
+    /// Blocks of [`FsTotals::BLOCK_SIZE`] the files take, each file rounded up.
+    pub blocks: u64,
+    /// Nodes: files, directories and symlinks, the root included.
+    pub files: u64,
+}
+
+impl FsTotals {
+    /// The block size `blocks` counts in.
+    pub const BLOCK_SIZE: u32 = 4096;
+}
+
 struct Versions {
     current: u32,
     by_gen: HashMap<u32, Arc<Version>>,
@@ -102,13 +116,20 @@ pub struct DatasetFs {
     versions: RwLock<Versions>,
     source: Arc<dyn ChunkSource>,
     readahead_bytes: u64,
+    /// Totals of the last version [`DatasetFs::statfs`] walked: `df` asks often.
+    totals: Mutex<Option<(Digest, FsTotals)>>,
 }
 
 impl DatasetFs {
     pub fn new(version: Version, source: Arc<dyn ChunkSource>) -> Self {
         let mut by_gen = HashMap::new();
         by_gen.insert(0, Arc::new(version));
-        Self { versions: RwLock::new(Versions { current: 0, by_gen }), source, readahead_bytes: 8 << 20 }
+        Self {
+            versions: RwLock::new(Versions { current: 0, by_gen }),
+            source,
+            readahead_bytes: 8 << 20,
+            totals: Mutex::new(None),
+        }
     }
 
     /// Bytes fetched ahead of a sequential reader (default 8 MiB).
@@ -149,6 +170,28 @@ impl DatasetFs {
     /// Versions held (the current one and older ones still readable).
     pub fn versions_held(&self) -> usize {
         self.versions.read().unwrap_or_else(|p| p.into_inner()).by_gen.len()
+    }
+
+    /// Totals of the current version (computed once per version).
+    pub fn statfs(&self) -> FsTotals {
+        let v = self.current();
+        let mut cache = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((digest, totals)) = *cache
+            && digest == v.digest
+        {
+            return totals;
+        }
+        let blocks = v
+            .nodes
+            .iter()
+            .map(|n| match n.kind {
+                NodeKind::File { size, .. } => size.div_ceil(u64::from(FsTotals::BLOCK_SIZE)),
+                _ => 0,
+            })
+            .sum();
+        let totals = FsTotals { blocks, files: v.nodes.len() as u64 };
+        *cache = Some((v.digest, totals));
+        totals
     }
 
     fn resolve(&self, ino: u64) -> Result<(u32, Arc<Version>, u32), FsError> {

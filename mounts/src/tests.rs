@@ -119,3 +119,14 @@ async fn old_versions_can_be_forgotten() {
     assert_eq!(fs.getattr(first.ino), Err(FsError::Stale));
     assert!(fs.lookup_path("a/small.txt").is_ok());
 }
+
+#[test]
+fn statfs_counts_blocks_per_file_and_every_node() {
+    let t = sample();
+    let (fs, _) = fs_of_dir(t.path()).unwrap();
+    // big.bin 733 blocks, small.txt and "a b" 1 each, zero none; nodes: root,
+    // a, a/b, big.bin, small.txt, "a b", empty, link, zero.
+    assert_eq!(fs.statfs(), FsTotals { blocks: 3_000_000u64.div_ceil(4096) + 2, files: 9 });
+    let v = fs.current();
+    assert_eq!(v.root_names().collect::<Vec<_>>(), ["a", "a b", "empty", "link", "zero"]);
+}

@@ -4,11 +4,10 @@
 use std::ffi::OsStr;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use aetherfs_format::Digest;
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
@@ -18,13 +17,10 @@ use fuser::{
 use tracing::{debug, warn};
 
 use super::{Counters, READ_SIZE, inc};
-use crate::fs::{Attr, DatasetFs, FsError, Kind, ROOT};
-use crate::version::NodeKind;
+use crate::fs::{Attr, DatasetFs, FsError, FsTotals, Kind, ROOT};
 
 /// `st_blksize`: what stdio and `cp` size their buffers by.
 const BLKSIZE: u32 = 128 << 10;
-/// Block size reported by statfs.
-const STATFS_BSIZE: u32 = 4096;
 /// Background (readahead) requests the kernel may have in flight.
 const MAX_BACKGROUND: u16 = 64;
 /// Directory entries taken from the core per step while filling a reply.
@@ -81,8 +77,6 @@ pub(super) struct FuseFs {
     pub(super) uid: u32,
     pub(super) gid: u32,
     pub(super) counters: Arc<Counters>,
-    /// (version, 4 KiB blocks, nodes) of the last statfs.
-    pub(super) statfs: Mutex<Option<(Digest, u64, u64)>>,
 }
 
 impl FuseFs {
@@ -114,27 +108,6 @@ impl FuseFs {
     /// How long the kernel may keep a name in `parent`.
     fn entry_ttl(&self, parent: u64) -> Duration {
         if parent == ROOT { self.root_ttl } else { self.ttl }
-    }
-
-    fn version_totals(&self) -> (u64, u64) {
-        let v = self.fs.current();
-        let mut cache = self.statfs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((digest, blocks, files)) = *cache
-            && digest == v.digest
-        {
-            return (blocks, files);
-        }
-        let blocks = v
-            .nodes
-            .iter()
-            .map(|n| match n.kind {
-                NodeKind::File { size, .. } => size.div_ceil(u64::from(STATFS_BSIZE)),
-                _ => 0,
-            })
-            .sum();
-        let files = v.nodes.len() as u64;
-        *cache = Some((v.digest, blocks, files));
-        (blocks, files)
     }
 }
 
@@ -340,8 +313,8 @@ impl Filesystem for FuseFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let (blocks, files) = self.version_totals();
-        reply.statfs(blocks, 0, 0, files, 0, STATFS_BSIZE, 255, STATFS_BSIZE);
+        let t = self.fs.statfs();
+        reply.statfs(t.blocks, 0, 0, t.files, 0, FsTotals::BLOCK_SIZE, 255, FsTotals::BLOCK_SIZE);
     }
 
     /// Datasets carry no extended attributes. ENOSYS (not ENODATA) makes the

@@ -5,8 +5,8 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use super::adapter::FuseFs;
 use super::stale::lazy_unmount;
 use super::{Counters, FuseError, FuseOptions, FuseStats, READ_SIZE, ROOT_TTL, SUBTYPE, UNMOUNT_GRACE, absolute};
 use crate::fs::{DatasetFs, ROOT};
-use crate::version::{NodeKind, Version};
+use crate::version::Version;
 
 /// A live mount. Unmounts on drop (best effort); prefer [`FuseMount::unmount`]
 /// to see errors.
@@ -56,7 +56,6 @@ pub fn mount(
         uid,
         gid,
         counters: counters.clone(),
-        statfs: Mutex::new(None),
     };
     let mut fsname: String =
         opts.fsname.chars().map(|c| if c == ',' || c.is_whitespace() || c == '\\' { '_' } else { c }).collect();
@@ -126,11 +125,8 @@ impl FuseMount {
     /// instead of within [`ROOT_TTL`]. Files and directories already open
     /// keep reading their own version.
     pub fn notify_switch(&self, previous: &Version) -> Result<(), FuseError> {
-        if let Some(NodeKind::Dir { children, .. }) = previous.nodes.first().map(|n| &n.kind) {
-            for &c in children {
-                let name = &previous.nodes[c as usize].name;
-                self.notifier.inval_entry(INodeNo(ROOT), OsStr::new(name)).map_err(FuseError::Notify)?;
-            }
+        for name in previous.root_names() {
+            self.notifier.inval_entry(INodeNo(ROOT), OsStr::new(name)).map_err(FuseError::Notify)?;
         }
         self.notifier.inval_inode(INodeNo(ROOT), 0, 0).map_err(FuseError::Notify)
     }
