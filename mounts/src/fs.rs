@@ -25,7 +25,7 @@ pub const ROOT: u64 = 1;
 /// Largest read served in one call.
 pub const MAX_READ: u32 = 16 << 20;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FsError {
     #[error("no such file or directory")]
     NotFound,
@@ -42,14 +42,32 @@ pub enum FsError {
     /// The version this inode belongs to is no longer served.
     #[error("stale file handle")]
     Stale,
-    #[error("I/O error: {0}")]
-    Io(String),
+    /// The chunk source failed; the cause is kept (print it with
+    /// `aetherfs_util::one_line`).
+    #[error("reading chunk data failed")]
+    Source(#[from] SourceError),
+    /// The chunk source answered, but not with what was asked for.
+    #[error("chunk source broke its contract")]
+    BadSource(#[from] ContractError),
 }
 
-impl From<SourceError> for FsError {
-    fn from(e: SourceError) -> Self {
-        FsError::Io(e.to_string())
+/// Equal when the variants are: a [`SourceError`] cause is not comparable,
+/// and callers (tests among them) care which kind of failure it was.
+impl PartialEq for FsError {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
     }
+}
+
+impl Eq for FsError {}
+
+/// How a [`ChunkSource`] broke its contract on a read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContractError {
+    #[error("chunk source returned {got} chunks for {want}")]
+    WrongCount { want: usize, got: usize },
+    #[error("chunk {digest} is {got} bytes, not {want}")]
+    WrongLength { digest: Digest, want: u32, got: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,14 +333,14 @@ impl DatasetFs {
         };
         let data = self.source.read(want, ahead).await?;
         if data.len() != want.len() {
-            return Err(FsError::Io("chunk source returned the wrong number of chunks".into()));
+            return Err(ContractError::WrongCount { want: want.len(), got: data.len() }.into());
         }
         // Slice the requested range out of the chunks.
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for (i, bytes) in data.iter().enumerate() {
             let c = &want[i];
             if bytes.len() != c.len as usize {
-                return Err(FsError::Io(format!("chunk {} has the wrong length", c.digest)));
+                return Err(ContractError::WrongLength { digest: c.digest, want: c.len, got: bytes.len() }.into());
             }
             let cstart = starts[first + i];
             let from = offset.saturating_sub(cstart) as usize;

@@ -17,7 +17,7 @@ pub mod testing;
 mod version;
 pub mod webdav;
 
-pub use fs::{Attr, DatasetFs, DirEntry, FsError, FsTotals, Kind, MAX_READ, ROOT};
+pub use fs::{Attr, ContractError, DatasetFs, DirEntry, FsError, FsTotals, Kind, MAX_READ, ROOT};
 pub use source::{ChunkSource, SourceError};
 pub use version::{Node, NodeKind, Version};
 

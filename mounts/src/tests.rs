@@ -72,7 +72,7 @@ async fn source_failures_become_io_errors() {
     let fs = DatasetFs::new(version, faulty.clone());
     let ino = fs.lookup_path("a/small.txt").unwrap().ino;
     faulty.fail.store(true, Ordering::Relaxed);
-    assert!(matches!(fs.read(ino, 0, 5).await, Err(FsError::Io(_))));
+    assert!(matches!(fs.read(ino, 0, 5).await, Err(FsError::Source(_))));
     faulty.fail.store(false, Ordering::Relaxed);
     assert_eq!(&fs.read(ino, 0, 5).await.unwrap()[..], b"hello");
 }

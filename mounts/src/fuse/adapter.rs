@@ -34,7 +34,7 @@ fn errno(e: &FsError) -> Errno {
         FsError::NotSymlink | FsError::Invalid => Errno::EINVAL,
         FsError::ReadOnly => Errno::EROFS,
         FsError::Stale => Errno::ESTALE,
-        FsError::Io(_) => Errno::EIO,
+        FsError::Source(_) | FsError::BadSource(_) => Errno::EIO,
     }
 }
 
@@ -204,7 +204,7 @@ impl Filesystem for FuseFs {
                 }
                 Err(e) => {
                     inc(&counters.read_errors);
-                    warn!(ino = ino.0, offset, size, error = %e, "FUSE read failed");
+                    warn!(ino = ino.0, offset, size, error = %aetherfs_util::one_line(&e), "FUSE read failed");
                     reply.error(errno(&e));
                 }
             }
@@ -489,6 +489,7 @@ impl Filesystem for FuseFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{ContractError, SourceError};
 
     #[test]
     fn errno_mapping() {
@@ -499,6 +500,8 @@ mod tests {
         assert_eq!(errno(&FsError::ReadOnly), Errno::EROFS);
         assert_eq!(errno(&FsError::Invalid), Errno::EINVAL);
         assert_eq!(errno(&FsError::Stale), Errno::ESTALE);
-        assert_eq!(errno(&FsError::Io("x".into())), Errno::EIO);
+        assert_eq!(errno(&FsError::Source(SourceError::Timeout)), Errno::EIO);
+        let bad = ContractError::WrongCount { want: 2, got: 1 };
+        assert_eq!(errno(&FsError::BadSource(bad)), Errno::EIO);
     }
 }

@@ -24,7 +24,7 @@
 //!   writing and `access(W_OK)` answer EROFS too.
 //! - **Errors.** [`FsError`] maps to errno: NotFound ENOENT, NotDir ENOTDIR,
 //!   IsDir EISDIR, NotSymlink and Invalid EINVAL, ReadOnly EROFS, Stale
-//!   ESTALE, Io EIO (a failed fetch reaches the reader as EIO).
+//!   ESTALE, Source and BadSource EIO (a failed fetch reaches the reader as EIO).
 //! - **Lifetime.** [`FuseMount::unmount`] unmounts and joins the workers; the
 //!   CLI calls it on SIGTERM and SIGINT. If files are still open (EBUSY) it
 //!   detaches the mount lazily: the path is free at once and the session ends
