@@ -8,6 +8,15 @@
 //!
 //! This crate knows nothing of HTTP or the hub: the agent supplies the
 //! [`ChunkSource`].
+//!
+//! Modules:
+//! - `version`: [`Version`], the node tree of one manifest.
+//! - `fs`: [`DatasetFs`], the protocol-free core, and [`FsError`].
+//! - `source`: the [`ChunkSource`] seam and [`SourceError`].
+//! - [`fuse`]: FUSE front end (`adapter`, `session`, `stale`).
+//! - [`nfs`]: NFSv3 front end.
+//! - [`webdav`]: WebDAV front end.
+//! - [`testing`]: in-memory sources and fixtures for tests and benchmarks.
 
 mod fs;
 pub mod fuse;
