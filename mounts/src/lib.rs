@@ -16,7 +16,8 @@
 //! - [`fuse`]: FUSE front end (`adapter`, `session`, `stale`).
 //! - [`nfs`]: NFSv3 front end.
 //! - [`webdav`]: WebDAV front end.
-//! - [`testing`]: in-memory sources and fixtures for tests and benchmarks.
+//! - [`testing`]: fakes for tests: an in-memory source, a fault injector, a
+//!   directory-to-version builder.
 
 mod fs;
 pub mod fuse;
