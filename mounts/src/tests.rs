@@ -130,3 +130,31 @@ fn statfs_counts_blocks_per_file_and_every_node() {
     let v = fs.current();
     assert_eq!(v.root_names().collect::<Vec<_>>(), ["a", "a b", "empty", "link", "zero"]);
 }
+
+/// Answers every read with one empty chunk: wrong count or wrong length.
+struct BrokenSource;
+
+impl ChunkSource for BrokenSource {
+    fn read<'a>(
+        &'a self,
+        _want: &'a [aetherfs_format::ChunkRef],
+        _ahead: &'a [aetherfs_format::ChunkRef],
+    ) -> futures::future::BoxFuture<'a, Result<Vec<bytes::Bytes>, SourceError>> {
+        Box::pin(async { Ok(vec![bytes::Bytes::new()]) })
+    }
+}
+
+#[tokio::test]
+async fn a_source_that_breaks_its_contract_is_a_typed_error() {
+    let t = sample();
+    let (version, _, _) = version_of_dir(t.path()).unwrap();
+    let fs = DatasetFs::new(version, std::sync::Arc::new(BrokenSource));
+    let small = fs.lookup_path("a/small.txt").unwrap().ino;
+    let Err(FsError::BadSource(ContractError::WrongLength { want: 5, got: 0, .. })) = fs.read(small, 0, 5).await else {
+        panic!("a short chunk must be a WrongLength contract error");
+    };
+    let big = fs.lookup_path("a/b/big.bin").unwrap().ino;
+    let Err(FsError::BadSource(ContractError::WrongCount { got: 1, .. })) = fs.read(big, 0, 3_000_000).await else {
+        panic!("too few chunks must be a WrongCount contract error");
+    };
+}
