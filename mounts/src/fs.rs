@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use aetherfs_format::{ChunkRef, Digest};
@@ -25,7 +25,7 @@ pub const ROOT: u64 = 1;
 /// Largest read served in one call.
 pub const MAX_READ: u32 = 16 << 20;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FsError {
     #[error("no such file or directory")]
     NotFound,
@@ -42,14 +42,32 @@ pub enum FsError {
     /// The version this inode belongs to is no longer served.
     #[error("stale file handle")]
     Stale,
-    #[error("I/O error: {0}")]
-    Io(String),
+    /// The chunk source failed; the cause is kept (print it with
+    /// `aetherfs_util::one_line`).
+    #[error("reading chunk data failed")]
+    Source(#[from] SourceError),
+    /// The chunk source answered, but not with what was asked for.
+    #[error("chunk source broke its contract")]
+    BadSource(#[from] ContractError),
 }
 
-impl From<SourceError> for FsError {
-    fn from(e: SourceError) -> Self {
-        FsError::Io(e.to_string())
+/// Equal when the variants are: a [`SourceError`] cause is not comparable,
+/// and callers (tests among them) care which kind of failure it was.
+impl PartialEq for FsError {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
     }
+}
+
+impl Eq for FsError {}
+
+/// How a [`ChunkSource`] broke its contract on a read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContractError {
+    #[error("chunk source returned {got} chunks for {want}")]
+    WrongCount { want: usize, got: usize },
+    #[error("chunk {digest} is {got} bytes, not {want}")]
+    WrongLength { digest: Digest, want: u32, got: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +110,20 @@ pub struct DirEntry {
     pub cookie: u64,
 }
 
+/// Size of the current version, for `statfs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsTotals {
+    /// Blocks of [`FsTotals::BLOCK_SIZE`] the files take, each file rounded up.
+    pub blocks: u64,
+    /// Nodes: files, directories and symlinks, the root included.
+    pub files: u64,
+}
+
+impl FsTotals {
+    /// The block size `blocks` counts in.
+    pub const BLOCK_SIZE: u32 = 4096;
+}
+
 struct Versions {
     current: u32,
     by_gen: HashMap<u32, Arc<Version>>,
@@ -102,13 +134,20 @@ pub struct DatasetFs {
     versions: RwLock<Versions>,
     source: Arc<dyn ChunkSource>,
     readahead_bytes: u64,
+    /// Totals of the last version [`DatasetFs::statfs`] walked: `df` asks often.
+    totals: Mutex<Option<(Digest, FsTotals)>>,
 }
 
 impl DatasetFs {
     pub fn new(version: Version, source: Arc<dyn ChunkSource>) -> Self {
         let mut by_gen = HashMap::new();
         by_gen.insert(0, Arc::new(version));
-        Self { versions: RwLock::new(Versions { current: 0, by_gen }), source, readahead_bytes: 8 << 20 }
+        Self {
+            versions: RwLock::new(Versions { current: 0, by_gen }),
+            source,
+            readahead_bytes: 8 << 20,
+            totals: Mutex::new(None),
+        }
     }
 
     /// Bytes fetched ahead of a sequential reader (default 8 MiB).
@@ -149,6 +188,28 @@ impl DatasetFs {
     /// Versions held (the current one and older ones still readable).
     pub fn versions_held(&self) -> usize {
         self.versions.read().unwrap_or_else(|p| p.into_inner()).by_gen.len()
+    }
+
+    /// Totals of the current version (computed once per version).
+    pub fn statfs(&self) -> FsTotals {
+        let v = self.current();
+        let mut cache = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((digest, totals)) = *cache
+            && digest == v.digest
+        {
+            return totals;
+        }
+        let blocks = v
+            .nodes
+            .iter()
+            .map(|n| match n.kind {
+                NodeKind::File { size, .. } => size.div_ceil(u64::from(FsTotals::BLOCK_SIZE)),
+                _ => 0,
+            })
+            .sum();
+        let totals = FsTotals { blocks, files: v.nodes.len() as u64 };
+        *cache = Some((v.digest, totals));
+        totals
     }
 
     fn resolve(&self, ino: u64) -> Result<(u32, Arc<Version>, u32), FsError> {
@@ -272,14 +333,14 @@ impl DatasetFs {
         };
         let data = self.source.read(want, ahead).await?;
         if data.len() != want.len() {
-            return Err(FsError::Io("chunk source returned the wrong number of chunks".into()));
+            return Err(ContractError::WrongCount { want: want.len(), got: data.len() }.into());
         }
         // Slice the requested range out of the chunks.
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for (i, bytes) in data.iter().enumerate() {
             let c = &want[i];
             if bytes.len() != c.len as usize {
-                return Err(FsError::Io(format!("chunk {} has the wrong length", c.digest)));
+                return Err(ContractError::WrongLength { digest: c.digest, want: c.len, got: bytes.len() }.into());
             }
             let cstart = starts[first + i];
             let from = offset.saturating_sub(cstart) as usize;

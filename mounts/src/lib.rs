@@ -8,6 +8,16 @@
 //!
 //! This crate knows nothing of HTTP or the hub: the agent supplies the
 //! [`ChunkSource`].
+//!
+//! Modules:
+//! - `version`: [`Version`], the node tree of one manifest.
+//! - `fs`: [`DatasetFs`], the protocol-free core, and [`FsError`].
+//! - `source`: the [`ChunkSource`] seam and [`SourceError`].
+//! - [`fuse`]: FUSE front end (`adapter`, `session`, `stale`).
+//! - [`nfs`]: NFSv3 front end.
+//! - [`webdav`]: WebDAV front end.
+//! - [`testing`]: fakes for tests: an in-memory source, a fault injector, a
+//!   directory-to-version builder.
 
 mod fs;
 pub mod fuse;
@@ -17,7 +27,7 @@ pub mod testing;
 mod version;
 pub mod webdav;
 
-pub use fs::{Attr, DatasetFs, DirEntry, FsError, Kind, MAX_READ, ROOT};
+pub use fs::{Attr, ContractError, DatasetFs, DirEntry, FsError, FsTotals, Kind, MAX_READ, ROOT};
 pub use source::{ChunkSource, SourceError};
 pub use version::{Node, NodeKind, Version};
 

@@ -220,8 +220,8 @@ fn status(e: FsError) -> nfsstat3 {
         FsError::NotSymlink | FsError::Invalid => nfsstat3::NFS3ERR_INVAL,
         FsError::ReadOnly => nfsstat3::NFS3ERR_ROFS,
         FsError::Stale => nfsstat3::NFS3ERR_STALE,
-        FsError::Io(e) => {
-            tracing::warn!(error = %e, "NFS read failed");
+        FsError::Source(_) | FsError::BadSource(_) => {
+            tracing::warn!(error = %aetherfs_util::one_line(&e), "NFS read failed");
             nfsstat3::NFS3ERR_IO
         }
     }

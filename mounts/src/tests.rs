@@ -72,7 +72,7 @@ async fn source_failures_become_io_errors() {
     let fs = DatasetFs::new(version, faulty.clone());
     let ino = fs.lookup_path("a/small.txt").unwrap().ino;
     faulty.fail.store(true, Ordering::Relaxed);
-    assert!(matches!(fs.read(ino, 0, 5).await, Err(FsError::Io(_))));
+    assert!(matches!(fs.read(ino, 0, 5).await, Err(FsError::Source(_))));
     faulty.fail.store(false, Ordering::Relaxed);
     assert_eq!(&fs.read(ino, 0, 5).await.unwrap()[..], b"hello");
 }
@@ -118,4 +118,43 @@ async fn old_versions_can_be_forgotten() {
     assert_eq!(fs.versions_held(), 3);
     assert_eq!(fs.getattr(first.ino), Err(FsError::Stale));
     assert!(fs.lookup_path("a/small.txt").is_ok());
+}
+
+#[test]
+fn statfs_counts_blocks_per_file_and_every_node() {
+    let t = sample();
+    let (fs, _) = fs_of_dir(t.path()).unwrap();
+    // big.bin 733 blocks, small.txt and "a b" 1 each, zero none; nodes: root,
+    // a, a/b, big.bin, small.txt, "a b", empty, link, zero.
+    assert_eq!(fs.statfs(), FsTotals { blocks: 3_000_000u64.div_ceil(4096) + 2, files: 9 });
+    let v = fs.current();
+    assert_eq!(v.root_names().collect::<Vec<_>>(), ["a", "a b", "empty", "link", "zero"]);
+}
+
+/// Answers every read with one empty chunk: wrong count or wrong length.
+struct BrokenSource;
+
+impl ChunkSource for BrokenSource {
+    fn read<'a>(
+        &'a self,
+        _want: &'a [aetherfs_format::ChunkRef],
+        _ahead: &'a [aetherfs_format::ChunkRef],
+    ) -> futures::future::BoxFuture<'a, Result<Vec<bytes::Bytes>, SourceError>> {
+        Box::pin(async { Ok(vec![bytes::Bytes::new()]) })
+    }
+}
+
+#[tokio::test]
+async fn a_source_that_breaks_its_contract_is_a_typed_error() {
+    let t = sample();
+    let (version, _, _) = version_of_dir(t.path()).unwrap();
+    let fs = DatasetFs::new(version, std::sync::Arc::new(BrokenSource));
+    let small = fs.lookup_path("a/small.txt").unwrap().ino;
+    let Err(FsError::BadSource(ContractError::WrongLength { want: 5, got: 0, .. })) = fs.read(small, 0, 5).await else {
+        panic!("a short chunk must be a WrongLength contract error");
+    };
+    let big = fs.lookup_path("a/b/big.bin").unwrap().ino;
+    let Err(FsError::BadSource(ContractError::WrongCount { got: 1, .. })) = fs.read(big, 0, 3_000_000).await else {
+        panic!("too few chunks must be a WrongCount contract error");
+    };
 }

@@ -147,6 +147,15 @@ impl Version {
             .map(|i| children[i])
     }
 
+    /// Names of the root's entries, in name order.
+    pub fn root_names(&self) -> impl Iterator<Item = &str> {
+        let children = match self.nodes.first().map(|n| &n.kind) {
+            Some(NodeKind::Dir { children, .. }) => children.as_slice(),
+            _ => &[],
+        };
+        children.iter().filter_map(|&c| self.nodes.get(c as usize)).map(|n| n.name.as_str())
+    }
+
     /// The node at a `/`-separated path (leading and trailing `/` ignored).
     pub fn find(&self, path: &str) -> Option<u32> {
         let mut at = 0;

@@ -110,8 +110,8 @@ fn dav_err(e: FsError) -> DavError {
     match e {
         FsError::NotFound | FsError::NotDir | FsError::Stale | FsError::NotSymlink => DavError::NotFound,
         FsError::IsDir | FsError::ReadOnly | FsError::Invalid => DavError::Forbidden,
-        FsError::Io(e) => {
-            tracing::warn!(error = %e, "WebDAV read failed");
+        FsError::Source(_) | FsError::BadSource(_) => {
+            tracing::warn!(error = %aetherfs_util::one_line(&e), "WebDAV read failed");
             DavError::GeneralFailure
         }
     }
