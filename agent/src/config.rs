@@ -6,8 +6,72 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use aetherfs_format::Reference;
+use aetherfs_format::{FormatError, Reference};
 use serde::Deserialize;
+
+/// What is wrong with a configuration (or a size).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than 1 MiB")]
+    TooLarge { path: PathBuf },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A valid file with a setting that cannot work.
+    #[error("{path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: Invalid,
+    },
+}
+
+/// A setting that cannot work, in a file that parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error("no [[mount]] sections: nothing to serve")]
+    NoMounts,
+    #[error("fetch.timeout_secs and fetch.concurrency must be at least 1")]
+    ZeroFetch,
+    #[error("auth: give token_file or client_id, not both")]
+    TokenAndClient,
+    #[error("auth: client_id and client_secret_file go together")]
+    HalfClient,
+    #[error("{what}: {source}")]
+    Reference {
+        what: String,
+        #[source]
+        source: FormatError,
+    },
+    #[error("{what}: give at least one of fuse, nfs, webdav")]
+    NoFrontend { what: String },
+    #[error("{what}: FUSE path {} is used twice", path.display())]
+    PathTwice { what: String, path: PathBuf },
+    #[error("{what}: address {addr} is used twice")]
+    AddressTwice { what: String, addr: SocketAddr },
+    #[error("{what}: address {addr} is also the admin address")]
+    AdminAddress { what: String, addr: SocketAddr },
+}
+
+/// A size that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("bad size {0:?}: expected e.g. 512MiB or 10GiB")]
+    Number(String),
+    #[error("bad size unit in {0:?}: use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)")]
+    Unit(String),
+    #[error("size {0:?} out of range")]
+    Range(String),
+}
 
 /// What a mount fetches before it serves (and before a followed tag switches).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
@@ -62,12 +126,12 @@ pub struct AuthConfig {
 }
 
 impl AuthConfig {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), Invalid> {
         if self.token_file.is_some() && self.client_id.is_some() {
-            return Err("auth: give token_file or client_id, not both".into());
+            return Err(Invalid::TokenAndClient);
         }
         if self.client_id.is_some() != self.client_secret_file.is_some() {
-            return Err("auth: client_id and client_secret_file go together".into());
+            return Err(Invalid::HalfClient);
         }
         Ok(())
     }
@@ -194,12 +258,12 @@ pub struct MountConfig {
 pub struct Size(pub u64);
 
 impl FromStr for Size {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = SizeError;
+    fn from_str(s: &str) -> Result<Self, SizeError> {
         let t = s.trim();
         let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: f64 = num.parse().map_err(|_| format!("bad size {s:?}: expected e.g. 512MiB or 10GiB"))?;
+        let n: f64 = num.parse().map_err(|_| SizeError::Number(s.to_string()))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1_000,
@@ -210,11 +274,11 @@ impl FromStr for Size {
             "gib" => 1 << 30,
             "t" | "tb" => 1_000_000_000_000,
             "tib" => 1 << 40,
-            _ => return Err(format!("bad size unit in {s:?}: use B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB)")),
+            _ => return Err(SizeError::Unit(s.to_string())),
         };
         let v = n * mult as f64;
         if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
-            return Err(format!("size {s:?} out of range"));
+            return Err(SizeError::Range(s.to_string()));
         }
         Ok(Size(v as u64))
     }
@@ -238,44 +302,48 @@ impl<'de> Deserialize<'de> for Size {
 impl AgentConfig {
     /// Reads and checks a config file: every problem is reported with the
     /// file's name.
-    pub fn load(path: &Path) -> Result<AgentConfig, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let path_buf = || path.to_path_buf();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path_buf(), source })?;
         if text.len() > 1 << 20 {
-            return Err(format!("{} is larger than 1 MiB", path.display()));
+            return Err(ConfigError::TooLarge { path: path_buf() });
         }
-        let cfg: AgentConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        let cfg: AgentConfig =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path_buf(), source })?;
+        cfg.validate().map_err(|source| ConfigError::Invalid { path: path_buf(), source })?;
         Ok(cfg)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.mounts.is_empty() {
-            return Err("no [[mount]] sections: nothing to serve".into());
+            return Err(Invalid::NoMounts);
         }
         let mut seen_paths = HashSet::new();
         let mut seen_addrs = HashSet::new();
         if self.fetch.timeout_secs == 0 || self.fetch.concurrency == 0 {
-            return Err("fetch.timeout_secs and fetch.concurrency must be at least 1".into());
+            return Err(Invalid::ZeroFetch);
         }
         self.auth.validate()?;
         for (i, m) in self.mounts.iter().enumerate() {
             let what = format!("mount #{} ({})", i + 1, m.reference);
-            m.reference.parse::<Reference>().map_err(|e| format!("{what}: {e}"))?;
+            if let Err(source) = m.reference.parse::<Reference>() {
+                return Err(Invalid::Reference { what, source });
+            }
             if m.fuse.is_none() && m.nfs.is_none() && m.webdav.is_none() {
-                return Err(format!("{what}: give at least one of fuse, nfs, webdav"));
+                return Err(Invalid::NoFrontend { what });
             }
             if let Some(p) = &m.fuse
                 && !seen_paths.insert(p.clone())
             {
-                return Err(format!("{what}: FUSE path {} is used twice", p.display()));
+                return Err(Invalid::PathTwice { what, path: p.clone() });
             }
             for a in [m.nfs, m.webdav].into_iter().flatten() {
                 if a.port() != 0 && !seen_addrs.insert(a) {
-                    return Err(format!("{what}: address {a} is used twice"));
+                    return Err(Invalid::AddressTwice { what, addr: a });
                 }
             }
             if seen_addrs.contains(&self.admin.listen) && self.admin.listen.port() != 0 {
-                return Err(format!("{what}: address {} is also the admin address", self.admin.listen));
+                return Err(Invalid::AdminAddress { what, addr: self.admin.listen });
             }
         }
         Ok(())
@@ -348,7 +416,9 @@ mod tests {
             "[auth]\nclient_id = \"c\"\n[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"",
             "[auth]\npassword = \"p\"\n[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"",
         ] {
-            let r = toml::from_str::<AgentConfig>(bad).map_err(|e| e.to_string()).and_then(|c| c.validate());
+            let r = toml::from_str::<AgentConfig>(bad)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map_err(|e| e.to_string()));
             assert!(r.is_err(), "accepted: {bad}");
         }
     }

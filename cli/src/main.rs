@@ -25,15 +25,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             let mut line = String::new();
-            for c in chain {
-                if !line.contains(&c) {
-                    if !line.is_empty() {
-                        line.push_str(": ");
-                    }
-                    line.push_str(&c);
-                }
+            for c in e.chain() {
+                aetherfs_util::push_cause(&mut line, &c.to_string());
             }
             eprintln!("error: {line}");
             ExitCode::FAILURE

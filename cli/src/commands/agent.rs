@@ -9,7 +9,7 @@ use crate::cli::{AgentArgs, GlobalArgs};
 use crate::commands::{DEFAULT_HUB, client_for, shutdown_signal};
 
 pub async fn run(g: &GlobalArgs, a: AgentArgs) -> Result<()> {
-    let mut cfg = AgentConfig::load(&a.config).map_err(anyhow::Error::msg)?;
+    let mut cfg = AgentConfig::load(&a.config)?;
     if let Some(addr) = a.admin {
         cfg.admin.listen = addr;
     }
@@ -17,7 +17,7 @@ pub async fn run(g: &GlobalArgs, a: AgentArgs) -> Result<()> {
         cfg.cache.dir = d;
     }
     if let Some(s) = &a.cache_size {
-        cfg.cache.max_size = s.parse::<Size>().map_err(anyhow::Error::msg).context("bad --cache-size")?;
+        cfg.cache.max_size = s.parse::<Size>().context("bad --cache-size")?;
     }
     if let Some(k) = a.cache_key_file {
         cfg.cache.key_file = Some(k);
