@@ -161,7 +161,7 @@ impl Http {
         if e.is_timeout() {
             return HttpError(format!("the identity provider at {url} did not answer in time"));
         }
-        HttpError(format!("{url}: {}", chain(e)))
+        HttpError(format!("{url}: {}", aetherfs_util::one_line(e)))
     }
 }
 
@@ -191,21 +191,6 @@ fn token_error<T: openidconnect::ErrorResponse + 'static>(e: &RequestTokenError<
         RequestTokenError::Parse(p, _) => format!("failed: unreadable answer: {p}"),
         RequestTokenError::Other(o) => format!("failed: {o}"),
     }
-}
-
-/// An error and its causes on one line, each said once.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !line.contains(&s) {
-            line.push_str(": ");
-            line.push_str(&s);
-        }
-        cur = c.source();
-    }
-    line
 }
 
 /// Tokens from one token-endpoint answer.
@@ -250,7 +235,7 @@ impl Oidc {
                 Metadata::discover_async(issuer, &self.http).await.map(Arc::new).map_err(|e| {
                     let why = match &e {
                         openidconnect::DiscoveryError::Request(h) => h.to_string(),
-                        other => chain(other),
+                        other => aetherfs_util::one_line(other),
                     };
                     ClientError::Auth(format!("OIDC discovery at {} failed: {why}", self.settings.issuer))
                 })
@@ -279,7 +264,7 @@ impl Oidc {
     }
 
     fn failed(&self, what: &str, e: &(dyn std::error::Error + 'static)) -> ClientError {
-        ClientError::Auth(format!("{what} at {} failed: {}", self.settings.issuer, chain(e)))
+        ClientError::Auth(format!("{what} at {} failed: {}", self.settings.issuer, aetherfs_util::one_line(e)))
     }
 
     fn token_failed<T: openidconnect::ErrorResponse + 'static>(
