@@ -1,7 +1,7 @@
 //! Authentication and access control, enforced on every request.
 //!
 //! ```text
-//!   request ──► need (routes::need: method + path → what it requires)
+//!   request ──► need (method + path → what it requires; the router supplies the mapping)
 //!                 │ Open (/healthz, /readyz, /openapi.json): passes, credentials unread
 //!                 ▼
 //!             authenticate (Authorization header)
@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderValue};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -187,12 +187,24 @@ enum Refusal {
     Unavailable(String),
 }
 
+/// Maps a request's method and raw path to what it requires.
+pub(crate) type NeedFn = fn(&Method, &str) -> Need;
+
+/// The middleware's state: the router hands over its route table's needs, so
+/// this module does not depend on the routes it guards.
+#[derive(Clone)]
+pub(crate) struct Guard {
+    pub hub: Hub,
+    pub need: NeedFn,
+}
+
 /// The middleware: see the module documentation.
-pub(crate) async fn enforce(State(hub): State<Hub>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn enforce(State(guard): State<Guard>, mut req: Request, next: Next) -> Response {
+    let hub = guard.hub;
     let Some(e) = hub.inner.opts.auth.enforced.clone() else {
         return next.run(req).await;
     };
-    let need = crate::routes::need(req.method(), req.uri().path());
+    let need = (guard.need)(req.method(), req.uri().path());
     if need == Need::Open {
         return next.run(req).await;
     }

@@ -1,5 +1,14 @@
 //! The AetherFS hub: a stateless HTTP server over an object store.
 //!
+//! - `auth`: authentication and access control on every request
+//! - `chunk_index`: in-memory index of which pack holds each chunk
+//! - `error`: `HubError` (opening a hub) and `AppError` (HTTP error bodies)
+//! - `metrics`: Prometheus metrics and the request-tracking layer
+//! - `routes`: the router and one handler file per resource
+//! - `storage`: opening the object store and its key layout
+//! - `tags`: tag moves (compare-and-swap), history and long-polls
+//! - `tls`: HTTPS with certificate reload
+//!
 //! ```text
 //!   HTTPS (rustls)        tls.rs          certificate reloaded when its files change
 //!   HTTP (axum)           routes/*        one file per resource; every error is an AppError

@@ -75,7 +75,7 @@ pub(crate) fn build(hub: Hub) -> (Router, Vec<RouteSpec>) {
         .fallback(|| async { AppError::route_not_found() })
         .method_not_allowed_fallback(|| async { AppError::method_not_allowed() })
         // Inside the metrics layer, so refusals are counted and timed too.
-        .layer(axum::middleware::from_fn_with_state(hub.clone(), auth::enforce))
+        .layer(axum::middleware::from_fn_with_state(auth::Guard { hub: hub.clone(), need }, auth::enforce))
         .layer(axum::middleware::from_fn_with_state(hub.clone(), metrics::track))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(hub);

@@ -579,13 +579,15 @@ impl Fetcher {
                 .map_err(|e| FetchError(format!("cannot read discovery_token_file {}: {e}", f.display())))?;
             rb = rb.bearer_auth(token.trim());
         }
-        let mut resp = rb.send().await.map_err(|e| FetchError(format!("{url}: {}", error_chain(&e))))?;
+        let mut resp = rb.send().await.map_err(|e| FetchError(format!("{url}: {}", aetherfs_util::one_line(&e))))?;
         let mut out = openidconnect::http::Response::builder().status(resp.status());
         for (k, v) in resp.headers() {
             out = out.header(k, v);
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| FetchError(format!("{url}: {}", error_chain(&e))))? {
+        while let Some(chunk) =
+            resp.chunk().await.map_err(|e| FetchError(format!("{url}: {}", aetherfs_util::one_line(&e))))?
+        {
             if body.len() + chunk.len() > DOCUMENT_MAX {
                 return Err(FetchError(format!("{url}: answer larger than {DOCUMENT_MAX} bytes")));
             }
@@ -604,20 +606,6 @@ impl<'c> AsyncHttpClient<'c> for Fetcher {
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(self.fetch(request))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
