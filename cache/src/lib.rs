@@ -39,6 +39,7 @@
 mod crypto;
 mod disk;
 mod key;
+mod layout;
 mod meta;
 mod segment;
 pub mod testing;
