@@ -9,7 +9,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::CacheError;
-use super::segment::{ENTRY_HEADER_LEN, EntryHeader, EntryId, NONCE_LEN, TAG_LEN};
+use super::layout::{ENTRY_HEADER_LEN, EntryHeader, EntryId, KEY_CHECK_LEN, NONCE_LEN, TAG_LEN};
 
 /// HKDF info of the AES-256-GCM key.
 const AEAD_INFO: &[u8] = b"aetherfs cache v1";
@@ -18,7 +18,8 @@ const ID_INFO: &[u8] = b"aetherfs cache v1 entry id";
 /// The plaintext of the key-check value in the metadata file.
 pub(super) const KEY_CHECK_PLAIN: &[u8; 32] = b"aetherfs cache key check value\0\0";
 const KEY_CHECK_AAD: &[u8] = b"aetherfs cache key check";
-pub(super) const KEY_CHECK_LEN: usize = KEY_CHECK_PLAIN.len() + TAG_LEN;
+// The layout fixes the value's length; the plaintext must fill it less the tag.
+const _: () = assert!(KEY_CHECK_PLAIN.len() + TAG_LEN == KEY_CHECK_LEN);
 
 /// The keys of one cache directory, derived from the master key and the
 /// directory's salt. Wiped from memory on drop.

@@ -12,17 +12,19 @@ use std::fs::{File, TryLockError};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use aetherfs_format::Digest;
+use parking_lot::{Mutex, MutexGuard};
 use zeroize::Zeroizing;
 
 use super::crypto::{Keys, random};
-use super::meta::{self, FLAG_EPHEMERAL, Meta, MetaRead};
-use super::segment::{
-    self, BuildIdHasher, ENTRY_HEADER_LEN, EntryHeader, EntryId, MAX_PLAIN, OurFile, Placed, SEG_HEADER_LEN, TAG_LEN,
+use super::layout::{
+    self, BuildIdHasher, ENTRY_HEADER_LEN, EntryHeader, EntryId, MAX_PLAIN, OurFile, SEG_HEADER_LEN, TAG_LEN,
 };
+use super::meta::{self, FLAG_EPHEMERAL, Meta, MetaRead};
+use super::segment::{self, Placed};
 use super::{CacheError, CacheKey, CacheStats, DiskCacheConfig};
 
 /// Bounds on the segment size the cache settles on.
@@ -312,11 +314,11 @@ impl DiskCache {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock()
     }
 
     fn writer(&self) -> MutexGuard<'_, Writer> {
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+        self.writer.lock()
     }
 
     fn read_entry(&self, file: &File, loc: &Loc, id: &EntryId, digest: &Digest) -> Result<Vec<u8>, &'static str> {
@@ -599,7 +601,7 @@ fn wipe(dir: &Path) -> io::Result<usize> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        if name.to_str().and_then(segment::classify).is_some() {
+        if name.to_str().and_then(layout::classify).is_some() {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -611,7 +613,7 @@ fn wipe(dir: &Path) -> io::Result<usize> {
 }
 
 fn remove_segment_files(dir: &Path, seg: u64) {
-    for path in [segment::segment_path(dir, seg), segment::hint_path(dir, seg)] {
+    for path in [layout::segment_path(dir, seg), layout::hint_path(dir, seg)] {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -657,7 +659,7 @@ fn recover(dir: &Path, cache_id: &[u8; 16]) -> io::Result<Recovered> {
     let mut max_seen = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let Some(kind) = entry.file_name().to_str().and_then(segment::classify) else { continue };
+        let Some(kind) = entry.file_name().to_str().and_then(layout::classify) else { continue };
         match kind {
             OurFile::Segment(n) => {
                 ids.push(n);
@@ -675,7 +677,7 @@ fn recover(dir: &Path, cache_id: &[u8; 16]) -> io::Result<Recovered> {
     }
     ids.sort_unstable();
     for orphan in hints.iter().filter(|h| ids.binary_search(h).is_err()) {
-        let _ = std::fs::remove_file(segment::hint_path(dir, *orphan));
+        let _ = std::fs::remove_file(layout::hint_path(dir, *orphan));
     }
     let mut segs = Vec::with_capacity(ids.len());
     for id in ids {
@@ -692,7 +694,7 @@ fn recover(dir: &Path, cache_id: &[u8; 16]) -> io::Result<Recovered> {
 }
 
 fn recover_segment(dir: &Path, cache_id: &[u8; 16], id: u64) -> io::Result<Option<RecoveredSeg>> {
-    let file = File::options().read(true).write(true).open(segment::segment_path(dir, id))?;
+    let file = File::options().read(true).write(true).open(layout::segment_path(dir, id))?;
     let len = file.metadata()?.len();
     if !segment::header_ok(&file, cache_id, id)? {
         tracing::debug!(segment = id, "not a segment of this cache generation; deleting it");
@@ -712,6 +714,6 @@ fn recover_segment(dir: &Path, cache_id: &[u8; 16], id: u64) -> io::Result<Optio
         );
         file.set_len(scan.valid_len)?;
     }
-    let _ = std::fs::remove_file(segment::hint_path(dir, id));
+    let _ = std::fs::remove_file(layout::hint_path(dir, id));
     Ok(Some(RecoveredSeg { id, file, len: scan.valid_len, entries: scan.entries, sealed: false }))
 }

@@ -1,6 +1,15 @@
 //! The encrypted on-disk chunk cache: chunk plaintext kept on local disk
 //! under AES-256-GCM, bounded in bytes, rebuilt by scanning after any crash.
 //!
+//! Modules:
+//! - `layout`: the on-disk format: constants, file names, the entry header.
+//! - `crypto`: subkey derivation, entry ids, sealing and opening bytes.
+//! - `meta`: the metadata file (salt, key check), replaced atomically.
+//! - `segment`: segment files, index hints, and the crash-recovery scan.
+//! - `disk`: [`DiskCache`], which ties the above together.
+//! - `key`: [`CacheKey`], the master key and where it comes from.
+//! - `testing`: an in-memory [`ChunkCache`] for other crates' tests.
+//!
 //! Layout of the cache directory (format version 1, see `docs/cache.md`):
 //!
 //! ```text
@@ -39,6 +48,7 @@
 mod crypto;
 mod disk;
 mod key;
+mod layout;
 mod meta;
 mod segment;
 pub mod testing;

@@ -15,10 +15,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use super::crypto::KEY_CHECK_LEN;
-use super::segment::{FORMAT_VERSION, NONCE_LEN};
-
-pub(super) const META_FILE: &str = "cache.meta";
+use super::layout::{FORMAT_VERSION, KEY_CHECK_LEN, META_FILE, NONCE_LEN};
 const MAGIC: [u8; 8] = *b"AFSCMETA";
 const BODY_LEN: usize = 16 + 32 + NONCE_LEN + KEY_CHECK_LEN;
 const META_LEN: usize = BODY_LEN + 32;

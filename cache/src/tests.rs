@@ -12,7 +12,8 @@ use aetherfs_format::Digest;
 use zeroize::Zeroizing;
 
 use super::disk::effective_segment_bytes;
-use super::segment::{self, ENTRY_HEADER_LEN, EntryHeader, OurFile, SEG_HEADER_LEN};
+use super::layout::{self, ENTRY_HEADER_LEN, EntryHeader, META_FILE, OurFile, SEG_HEADER_LEN};
+use super::segment;
 use super::*;
 
 fn key(b: u8) -> CacheKey {
@@ -57,7 +58,7 @@ fn files(dir: &Path, want: impl Fn(&OurFile) -> bool) -> Vec<PathBuf> {
         .unwrap()
         .filter_map(|e| {
             let e = e.ok()?;
-            let kind = segment::classify(e.file_name().to_str()?)?;
+            let kind = layout::classify(e.file_name().to_str()?)?;
             want(&kind).then(|| e.path())
         })
         .collect();
@@ -233,7 +234,7 @@ fn unusable_metadata_wipes_the_cache() {
                 cache.put(&c.digest, &c.bytes);
             }
         }
-        let meta_path = dir.path().join(meta::META_FILE);
+        let meta_path = dir.path().join(META_FILE);
         let mut b = std::fs::read(&meta_path).unwrap();
         damage(&mut b);
         std::fs::write(&meta_path, &b).unwrap();
@@ -242,7 +243,7 @@ fn unusable_metadata_wipes_the_cache() {
         assert_eq!(check_never_wrong(&cache, &all), 0);
     }
     // A missing metadata file: the segments cannot be decrypted, so they go.
-    std::fs::remove_file(dir.path().join(meta::META_FILE)).unwrap();
+    std::fs::remove_file(dir.path().join(META_FILE)).unwrap();
     let cache = open(dir.path(), 64 << 20, 1 << 20, key(1));
     assert_eq!(cache.stats().entries, 0);
 }
