@@ -37,16 +37,16 @@ pub enum AgentError {
     },
     #[error("{reference}")]
     Frontend {
-        reference: Reference,
+        reference: String,
         #[source]
-        source: FrontendError,
+        source: Box<FrontendError>,
     },
     #[error("cannot mount {reference} on {path}")]
     Fuse {
-        reference: Reference,
+        reference: String,
         path: std::path::PathBuf,
         #[source]
-        source: FuseError,
+        source: Box<FuseError>,
     },
     #[error("cannot create {path}")]
     MountPoint {
@@ -130,7 +130,7 @@ async fn run_mount(
     admin.add(mount.clone());
 
     // Front ends serve at once; readiness waits for the prefetch.
-    let frontend = |source| AgentError::Frontend { reference: reference.clone(), source };
+    let frontend = |e| AgentError::Frontend { reference: reference.to_string(), source: Box::new(e) };
     let mut servers = Tasks::new();
     if let Some(addr) = cfg.webdav {
         let url = start_webdav(&mut servers, mount.fs().clone(), addr).await.map_err(frontend)?;
@@ -146,7 +146,8 @@ async fn run_mount(
     servers.detach_all();
     if let Some(path) = &cfg.fuse {
         std::fs::create_dir_all(path).map_err(|source| AgentError::MountPoint { path: path.clone(), source })?;
-        let fuse_err = |source| AgentError::Fuse { reference: reference.clone(), path: path.clone(), source };
+        let fuse_err =
+            |e| AgentError::Fuse { reference: reference.to_string(), path: path.clone(), source: Box::new(e) };
         if clear_stale_mount(path).map_err(fuse_err)? {
             eprintln!("aetherfs agent: cleared a stale mount at {}", path.display());
         }

@@ -17,8 +17,6 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
-use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -158,9 +156,7 @@ impl Resp {
 // ------------------------------------------------------------- test data
 
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    StdRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
+    aetherfs_util::pseudo_random(len, seed)
 }
 
 /// A file's chunks, distinct for each seed: two random (stored raw), one

@@ -117,16 +117,7 @@ impl Drop for Mounted {
 
 /// Deterministic pseudo-random bytes (xorshift64*).
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    aetherfs_util::pseudo_random(len, seed)
 }
 
 fn write(root: &Path, rel: &str, data: &[u8], mode: u32) {

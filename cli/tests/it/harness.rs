@@ -288,11 +288,7 @@ impl Moto {
 
 /// Deterministic random bytes.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    use rand::{RngCore, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut v = vec![0u8; len];
-    rng.fill_bytes(&mut v);
-    v
+    aetherfs_util::pseudo_random(len, seed)
 }
 
 /// Runs SQL through the real `sqlite3` CLI.

@@ -13,16 +13,7 @@ use std::time::{Duration, Instant};
 /// Deterministic pseudo-random bytes (xorshift64*), incompressible enough
 /// to give many distinct chunks.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    aetherfs_util::pseudo_random(len, seed)
 }
 
 /// A tree with a multi-MiB file, small, empty and non-ASCII files, an empty
