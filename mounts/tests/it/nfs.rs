@@ -1,9 +1,8 @@
-#![allow(clippy::unwrap_used)]
 //! The NFSv3 front end against real libnfs clients (`nfs-ls`, `nfs-cat`,
 //! `nfs-cp` from Debian's libnfs-utils; scripts/install-test-peers.sh
 //! installs them) talking to an in-process server on 127.0.0.1.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

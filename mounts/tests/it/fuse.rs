@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! The FUSE front end through the real kernel: trees served from a local
 //! directory with `testing::fs_of_dir`, mounted with `fuse::mount`, and read
 //! with coreutils, `diff`, `find` and `sqlite3` as well as std.
@@ -490,7 +489,7 @@ fn a_stale_mount_is_cleared() {
 
     let mut guard = ChildGuard { child: None, path: mnt.clone() };
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["child_mount_helper", "--exact", "--nocapture", "--test-threads=1"])
+        .args(["fuse::child_mount_helper", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, format!("{}\n{}", src.path().display(), mnt.display()))
         .stdout(Stdio::piped())
         .spawn()

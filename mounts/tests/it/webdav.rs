@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! The WebDAV front end against real clients on an in-process server on
 //! 127.0.0.1: rclone (`check --download`), a davfs2 mount compared with
 //! `diff -r`, and raw curl for PROPFIND, Range, write methods and the HTML
@@ -6,7 +5,7 @@
 //! The davfs2 test mounts, so it needs root and /dev/fuse; without them it
 //! says so and skips.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,8 +2,6 @@
 //! awkward cases, a child-process runner that cannot hang a test, and the
 //! expected listing of a local tree.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
