@@ -13,12 +13,13 @@ use aetherfs_format::{ChunkParams, ChunkRef, Digest, Entry, EntryKind, Manifest}
 use aetherfs_hub::{Hub, HubOptions};
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode, header};
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use serde_json::{Value, json};
-use tower::ServiceExt;
+
+use crate::harness::{Resp, send};
 
 // ---------------------------------------------------------------- harness
 
@@ -66,11 +67,7 @@ impl TestHub {
     }
 
     async fn send(&self, req: Request<Body>) -> Resp {
-        let res = self.router.clone().oneshot(req).await.expect("router is infallible");
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = axum::body::to_bytes(res.into_body(), usize::MAX).await.expect("body");
-        Resp { status, headers, body }
+        send(&self.router, req).await
     }
 
     async fn call(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Resp {
@@ -115,41 +112,6 @@ impl TestHub {
     async fn keys(&self) -> Vec<String> {
         let metas: Vec<object_store::ObjectMeta> = self.store.list(None).try_collect().await.expect("list");
         metas.into_iter().map(|m| m.location.to_string()).collect()
-    }
-}
-
-struct Resp {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Resp {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn value(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-
-    /// The JSON body of a success.
-    fn ok(&self) -> Value {
-        assert!(self.status.is_success(), "HTTP {}: {}", self.status, self.text());
-        self.value()
-    }
-
-    /// Asserts an error answer's status and code; returns its message.
-    #[track_caller]
-    fn err(&self, status: StatusCode, code: &str) -> String {
-        assert_eq!(self.status, status, "{}", self.text());
-        let v = self.value();
-        assert_eq!(v["error"]["code"], code, "{}", self.text());
-        v["error"]["message"].as_str().expect("message").to_string()
-    }
-
-    fn header(&self, name: header::HeaderName) -> &str {
-        self.headers.get(&name).and_then(|v| v.to_str().ok()).unwrap_or_default()
     }
 }
 

@@ -5,8 +5,6 @@
 //! `set_user`); tokens from a real OpenID provider are tested end to end
 //! through the binary in agent/tests/it/auth.rs.
 
-#![allow(clippy::unwrap_used)]
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,12 +13,13 @@ use aetherfs_format::{ChunkParams, ChunkRef, Digest, Entry, EntryKind, Manifest}
 use aetherfs_hub::auth::{hash_password, set_user};
 use aetherfs_hub::{Auth, Hub, HubOptions};
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
 use base64::Engine;
 use object_store::memory::InMemory;
 use serde_json::{Value, json};
-use tower::ServiceExt;
+
+use crate::harness::{Resp, send};
 
 const USERS: &[(&str, &str, &[&str])] = &[
     ("reader", "pw-reader", &["readers"]),
@@ -49,36 +48,6 @@ admin = ["group:admins"]
 struct T {
     router: Router,
     _dir: tempfile::TempDir,
-}
-
-struct Resp {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Resp {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    fn value(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-    #[track_caller]
-    fn ok(&self) -> Value {
-        assert!(self.status.is_success(), "HTTP {}: {}", self.status, self.text());
-        self.value()
-    }
-    #[track_caller]
-    fn err(&self, status: StatusCode, code: &str) -> String {
-        assert_eq!(self.status, status, "{}", self.text());
-        let v = self.value();
-        assert_eq!(v["error"]["code"], code, "{}", self.text());
-        v["error"]["message"].as_str().unwrap().to_string()
-    }
-    fn challenges(&self) -> Vec<String> {
-        self.headers.get_all(header::WWW_AUTHENTICATE).iter().map(|v| v.to_str().unwrap().to_string()).collect()
-    }
 }
 
 impl T {
@@ -119,11 +88,7 @@ impl T {
     }
 
     async fn send(&self, req: Request<Body>) -> Resp {
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let headers = res.headers().clone();
-        let body = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
-        Resp { status, headers, body }
+        send(&self.router, req).await
     }
 
     async fn get(&self, uri: &str, user: Option<&str>) -> Resp {
