@@ -30,7 +30,7 @@ pub(super) struct Keys {
 
 /// Fills `out` from the operating system's CSPRNG.
 pub(super) fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, CacheError> {
-    <[u8; N]>::try_generate().map(Zeroizing::new).map_err(|e| CacheError::Crypto(format!("no randomness: {e}")))
+    <[u8; N]>::try_generate().map(Zeroizing::new).map_err(|e| CacheError::Randomness(Box::new(e)))
 }
 
 impl Keys {
@@ -38,9 +38,10 @@ impl Keys {
         let hk = Hkdf::<Sha256>::new(Some(salt), master);
         let mut aead_key = Zeroizing::new([0u8; 32]);
         let mut id_key = Zeroizing::new([0u8; 32]);
-        hk.expand(AEAD_INFO, aead_key.as_mut_slice()).map_err(|e| CacheError::Crypto(e.to_string()))?;
-        hk.expand(ID_INFO, id_key.as_mut_slice()).map_err(|e| CacheError::Crypto(e.to_string()))?;
-        let aead = Aes256Gcm::new_from_slice(aead_key.as_slice()).map_err(|e| CacheError::Crypto(e.to_string()))?;
+        hk.expand(AEAD_INFO, aead_key.as_mut_slice()).map_err(|e| CacheError::KeyDerivation(Box::new(e)))?;
+        hk.expand(ID_INFO, id_key.as_mut_slice()).map_err(|e| CacheError::KeyDerivation(Box::new(e)))?;
+        let aead =
+            Aes256Gcm::new_from_slice(aead_key.as_slice()).map_err(|e| CacheError::KeyDerivation(Box::new(e)))?;
         Ok(Self { aead, id_key })
     }
 
@@ -51,14 +52,18 @@ impl Keys {
     /// An entry ready to append: its header, then `plain` encrypted under a
     /// fresh random nonce with the digest as associated data, then the tag.
     /// The plaintext is encrypted straight into the returned buffer.
-    pub fn seal(&self, id: EntryId, digest: &Digest, plain: &[u8]) -> Result<Vec<u8>, String> {
-        let clen = u32::try_from(plain.len() + TAG_LEN).map_err(|_| "chunk too large".to_string())?;
-        let nonce = Nonce::<Aes256Gcm>::try_generate().map_err(|e| format!("no randomness for a nonce: {e}"))?;
+    pub fn seal(&self, id: EntryId, digest: &Digest, plain: &[u8]) -> Result<Vec<u8>, CacheError> {
+        let clen = plain
+            .len()
+            .checked_add(TAG_LEN)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or(CacheError::ChunkTooLarge { len: plain.len() })?;
+        let nonce = Nonce::<Aes256Gcm>::try_generate().map_err(|e| CacheError::Randomness(Box::new(e)))?;
         let mut buf = vec![0u8; ENTRY_HEADER_LEN + plain.len() + TAG_LEN];
         let (header, body) = buf.split_at_mut(ENTRY_HEADER_LEN);
         let (ct, tag_out) = body.split_at_mut(plain.len());
-        let inout = InOutBuf::new(plain, ct).map_err(|e| e.to_string())?;
-        let tag = self.aead.encrypt_inout_detached(&nonce, digest.as_bytes(), inout).map_err(|e| e.to_string())?;
+        let inout = InOutBuf::new(plain, ct).map_err(CacheError::SealBuffer)?;
+        let tag = self.aead.encrypt_inout_detached(&nonce, digest.as_bytes(), inout).map_err(CacheError::Seal)?;
         tag_out.copy_from_slice(&tag);
         header.copy_from_slice(&EntryHeader { clen, id, nonce: nonce.into() }.encode());
         Ok(buf)
@@ -83,15 +88,11 @@ impl Keys {
 
     /// A fresh key-check value: the fixed plaintext sealed under the AEAD key.
     pub fn key_check(&self) -> Result<([u8; NONCE_LEN], [u8; KEY_CHECK_LEN]), CacheError> {
-        let nonce =
-            Nonce::<Aes256Gcm>::try_generate().map_err(|e| CacheError::Crypto(format!("no randomness: {e}")))?;
+        let nonce = Nonce::<Aes256Gcm>::try_generate().map_err(|e| CacheError::Randomness(Box::new(e)))?;
         let mut out = [0u8; KEY_CHECK_LEN];
         let (msg, tag_out) = out.split_at_mut(KEY_CHECK_PLAIN.len());
         msg.copy_from_slice(KEY_CHECK_PLAIN);
-        let tag = self
-            .aead
-            .encrypt_inout_detached(&nonce, KEY_CHECK_AAD, msg.into())
-            .map_err(|e| CacheError::Crypto(e.to_string()))?;
+        let tag = self.aead.encrypt_inout_detached(&nonce, KEY_CHECK_AAD, msg.into()).map_err(CacheError::Seal)?;
         tag_out.copy_from_slice(&tag);
         Ok((nonce.into(), out))
     }

@@ -262,7 +262,7 @@ impl DiskCache {
         // Encrypt before taking the writer: puts of several threads seal in parallel.
         let sealed = match self.keys.seal(id, digest, plain) {
             Ok(b) => b,
-            Err(why) => return self.write_failed(&why),
+            Err(e) => return self.write_failed(&e.to_string()),
         };
         let mut w = self.writer();
         if self.state().find(&id, false).is_some() {
@@ -576,7 +576,7 @@ fn load_or_init(dir: &Path, master: &Zeroizing<[u8; 32]>, ephemeral: bool) -> Re
                 "the disk cache was written with another key (the key changed); wiping it and starting over");
         }
         Ok(MetaRead::Invalid(why)) => {
-            tracing::warn!(dir = %dir.display(), why, "unusable disk cache metadata; wiping the cache and starting over");
+            tracing::warn!(dir = %dir.display(), why = %why, "unusable disk cache metadata; wiping the cache and starting over");
         }
         Err(e) => {
             tracing::warn!(dir = %dir.display(), error = %e, "unreadable disk cache metadata; wiping the cache");

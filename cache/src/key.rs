@@ -8,7 +8,7 @@ use std::path::Path;
 use base64::Engine;
 use zeroize::Zeroizing;
 
-use super::CacheError;
+use super::{CacheError, KeyOrigin, KeyProblem};
 
 /// Key files larger than this are certainly not keys.
 const MAX_KEY_FILE: u64 = 4096;
@@ -47,9 +47,9 @@ impl CacheKey {
                 "the cache key file is readable by group or others; chmod 600 it"
             );
         }
-        let origin = format!(" in {}", path.display());
+        let origin = KeyOrigin::File(path.to_path_buf());
         if !meta.is_file() || meta.len() > MAX_KEY_FILE {
-            return Err(invalid(&origin, format!("{} bytes is not a key", meta.len())));
+            return Err(invalid(origin, KeyProblem::FileSize(meta.len())));
         }
         let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
         file.take(MAX_KEY_FILE + 1).read_to_end(&mut bytes).map_err(io_err)?;
@@ -59,30 +59,27 @@ impl CacheKey {
             return Ok(Self::Persistent(key));
         }
         let Ok(text) = std::str::from_utf8(&bytes) else {
-            return Err(invalid(
-                &origin,
-                format!("{} bytes: expected 32 raw bytes, 64 hex characters or base64 of 32 bytes", bytes.len()),
-            ));
+            return Err(invalid(origin, KeyProblem::Length(bytes.len())));
         };
-        parse_text(text, &origin)
+        parse_text(text, origin)
     }
 
     /// Parses a key given as text (an environment variable): 64 hex
     /// characters or the base64 (standard or URL-safe, padded or not) of 32 bytes.
     pub fn from_env_value(s: &str) -> Result<Self, CacheError> {
-        parse_text(s, "")
+        parse_text(s, KeyOrigin::Env)
     }
 }
 
-fn invalid(origin: &str, why: String) -> CacheError {
-    CacheError::InvalidKey { origin: origin.to_string(), why }
+fn invalid(origin: KeyOrigin, why: KeyProblem) -> CacheError {
+    CacheError::InvalidKey { origin, why }
 }
 
-fn parse_text(s: &str, origin: &str) -> Result<CacheKey, CacheError> {
+fn parse_text(s: &str, origin: KeyOrigin) -> Result<CacheKey, CacheError> {
     let s = s.trim_ascii();
     let mut key = Zeroizing::new([0u8; 32]);
     if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        hex::decode_to_slice(s, key.as_mut_slice()).map_err(|e| invalid(origin, format!("bad hex: {e}")))?;
+        hex::decode_to_slice(s, key.as_mut_slice()).map_err(|e| invalid(origin, KeyProblem::Hex(e)))?;
         return Ok(CacheKey::Persistent(key));
     }
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -93,10 +90,7 @@ fn parse_text(s: &str, origin: &str) -> Result<CacheKey, CacheError> {
             return Ok(CacheKey::Persistent(key));
         }
     }
-    Err(invalid(
-        origin,
-        format!("{} characters: expected 64 hex characters or the base64 of exactly 32 bytes", s.chars().count()),
-    ))
+    Err(invalid(origin, KeyProblem::TextLength(s.chars().count())))
 }
 
 #[cfg(test)]
@@ -170,6 +164,29 @@ mod tests {
         }
         let missing = CacheKey::from_file(dir.path().join("missing")).unwrap_err();
         assert!(matches!(missing, CacheError::KeyFile { .. }), "{missing}");
+        let err = CacheKey::from_env_value("xyz").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid cache key: 3 characters: expected 64 hex characters or the base64 of exactly 32 bytes"
+        );
+        assert!(
+            matches!(err, CacheError::InvalidKey { origin: KeyOrigin::Env, why: KeyProblem::TextLength(3) }),
+            "{err:?}"
+        );
+        let why = std::error::Error::source(&err).map(|s| s.to_string());
+        assert_eq!(why.as_deref(), Some("3 characters: expected 64 hex characters or the base64 of exactly 32 bytes"));
+        let p = dir.path().join("binary");
+        let err = CacheKey::from_file(&p).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid cache key in {}: 40 bytes: expected 32 raw bytes, 64 hex characters or base64 of 32 bytes",
+                p.display()
+            )
+        );
+        assert!(
+            matches!(&err, CacheError::InvalidKey { origin: KeyOrigin::File(f), why: KeyProblem::Length(40) } if *f == p)
+        );
         for bad in ["", "xyz", &"g".repeat(64), &hex::encode([1u8; 16])] {
             assert!(CacheKey::from_env_value(bad).is_err(), "{bad:?} accepted");
         }

@@ -114,13 +114,66 @@ pub enum CacheError {
     #[error("cannot read cache key file {path}: {source}")]
     KeyFile { path: PathBuf, source: std::io::Error },
     #[error("invalid cache key{origin}: {why}")]
-    InvalidKey { origin: String, why: String },
+    InvalidKey {
+        origin: KeyOrigin,
+        #[source]
+        why: KeyProblem,
+    },
     #[error("cache directory {path} is in use by another process")]
     Locked { path: PathBuf },
     #[error("cache directory {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// The operating system's CSPRNG failed.
+    #[error("cache crypto: no randomness: {0}")]
+    Randomness(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// HKDF or the cipher refused a subkey (a length mismatch: never expected).
     #[error("cache crypto: {0}")]
-    Crypto(String),
+    KeyDerivation(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// The AEAD failed to encrypt.
+    #[error("cache crypto: {0}")]
+    Seal(#[source] aes_gcm::Error),
+    /// The ciphertext buffer did not match the plaintext (never expected).
+    #[error("cache crypto: {0}")]
+    SealBuffer(#[source] aes_gcm::aead::inout::NotEqualError),
+    /// A chunk too large for an entry's 32-bit length.
+    #[error("chunk too large")]
+    ChunkTooLarge { len: usize },
+}
+
+/// Where an invalid key came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// A key file.
+    File(PathBuf),
+    /// An environment value.
+    Env,
+}
+
+impl std::fmt::Display for KeyOrigin {
+    /// Empty for [`KeyOrigin::Env`], ` in <path>` for a file, to follow
+    /// "invalid cache key".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, " in {}", path.display()),
+            Self::Env => Ok(()),
+        }
+    }
+}
+
+/// What is wrong with a key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyProblem {
+    /// The key file is not a regular file, or is far too large; its length.
+    #[error("{0} bytes is not a key")]
+    FileSize(u64),
+    /// Binary (not UTF-8) content of the wrong length.
+    #[error("{0} bytes: expected 32 raw bytes, 64 hex characters or base64 of 32 bytes")]
+    Length(usize),
+    /// Text of the wrong form or length; its length in characters.
+    #[error("{0} characters: expected 64 hex characters or the base64 of exactly 32 bytes")]
+    TextLength(usize),
+    #[error("bad hex: {0}")]
+    Hex(#[source] hex::FromHexError),
 }
 
 /// A chunk cache keyed by the digest of the plaintext. A cache failure is a

@@ -21,6 +21,21 @@ const BODY_LEN: usize = 16 + 32 + NONCE_LEN + KEY_CHECK_LEN;
 const META_LEN: usize = BODY_LEN + 32;
 pub(super) const FLAG_EPHEMERAL: u32 = 1;
 
+/// Why a metadata file is unusable.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum MetaError {
+    /// Too short for a header, or the magic is wrong.
+    #[error("not a cache metadata file")]
+    NotMeta,
+    #[error("format version {found}, this agent reads {FORMAT_VERSION}")]
+    UnknownVersion { found: u32 },
+    /// Torn or padded: the file's length.
+    #[error("damaged metadata file")]
+    Length(usize),
+    #[error("damaged metadata file")]
+    Checksum,
+}
+
 pub(super) struct Meta {
     pub flags: u32,
     pub salt: [u8; 32],
@@ -31,7 +46,7 @@ pub(super) struct Meta {
 pub(super) enum MetaRead {
     Missing,
     /// Present but unusable: unknown version, torn or damaged.
-    Invalid(String),
+    Invalid(MetaError),
     Found(Meta),
 }
 
@@ -56,16 +71,19 @@ impl Meta {
         b
     }
 
-    fn decode(b: &[u8]) -> Result<Self, String> {
+    fn decode(b: &[u8]) -> Result<Self, MetaError> {
         if b.len() < 12 || b[0..8] != MAGIC {
-            return Err("not a cache metadata file".into());
+            return Err(MetaError::NotMeta);
         }
         let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
         if version != FORMAT_VERSION {
-            return Err(format!("format version {version}, this agent reads {FORMAT_VERSION}"));
+            return Err(MetaError::UnknownVersion { found: version });
         }
-        if b.len() != META_LEN || blake3::hash(&b[..BODY_LEN]).as_bytes()[..] != b[BODY_LEN..] {
-            return Err("damaged metadata file".into());
+        if b.len() != META_LEN {
+            return Err(MetaError::Length(b.len()));
+        }
+        if blake3::hash(&b[..BODY_LEN]).as_bytes()[..] != b[BODY_LEN..] {
+            return Err(MetaError::Checksum);
         }
         let mut m = Meta { flags: 0, salt: [0; 32], check_nonce: [0; NONCE_LEN], check_value: [0; KEY_CHECK_LEN] };
         m.flags = u32::from_le_bytes([b[12], b[13], b[14], b[15]]);
@@ -134,6 +152,7 @@ mod tests {
         v2[8] = 2;
         std::fs::write(dir.path().join(META_FILE), &v2).unwrap();
         let MetaRead::Invalid(why) = read(dir.path()).unwrap() else { panic!("accepted") };
-        assert!(why.contains("version 2"), "{why}");
+        assert!(matches!(why, MetaError::UnknownVersion { found: 2 }), "{why}");
+        assert!(why.to_string().contains("version 2"), "{why}");
     }
 }
