@@ -19,14 +19,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use aetherfs_format::api::PresentChunk;
 use aetherfs_format::pack::{PackEntry, decode_index};
 use aetherfs_format::{ChunkLocation, ChunkRef, Compression, Digest};
 use futures::{StreamExt, TryStreamExt};
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
+use parking_lot::{Mutex, RwLock};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
@@ -123,7 +124,7 @@ impl ChunkIndex {
 
     /// Splits `digests` into the present ones (with their location) and the missing ones.
     pub fn lookup(&self, digests: &[Digest]) -> (Vec<PresentChunk>, Vec<Digest>) {
-        let state = read(&self.shared.state);
+        let state = self.shared.state.read();
         let mut present = Vec::new();
         let mut missing = Vec::new();
         for d in digests {
@@ -155,25 +156,25 @@ impl ChunkIndex {
     pub fn add_pack(&self, pack: Digest, size: u64, entries: &[PackEntry]) {
         insert(&self.shared, pack, Some(size), entries);
         let set: PackEntrySet = entries.iter().map(entry_key).collect();
-        lock(&self.shared.pack_indexes).insert(pack, Arc::new(set));
+        self.shared.pack_indexes.lock().insert(pack, Arc::new(set));
     }
 
     pub fn has_pack(&self, pack: &Digest) -> bool {
-        read(&self.shared.state).packs.contains_key(pack)
+        self.shared.state.read().packs.contains_key(pack)
     }
 
     /// The size of an indexed pack, when known.
     pub fn pack_size(&self, pack: &Digest) -> Option<u64> {
-        read(&self.shared.state).packs.get(pack).copied().flatten()
+        self.shared.state.read().packs.get(pack).copied().flatten()
     }
 
     /// The entries of one pack's index, read from `packs/<hex>.idx`
     /// (cached). `None` when the pack is not stored (or its index is corrupt).
     pub async fn pack_entries(&self, pack: &Digest) -> Result<Option<Arc<PackEntrySet>>, AppError> {
-        if let Some(set) = lock(&self.shared.pack_indexes).get(pack) {
+        if let Some(set) = self.shared.pack_indexes.lock().get(pack) {
             return Ok(Some(set));
         }
-        let bytes = match get_bytes(&*self.shared.store, &storage::pack_index(pack)).await {
+        let bytes = match storage::get_bytes(&*self.shared.store, &storage::pack_index(pack)).await {
             Ok(Some(b)) => b,
             Ok(None) => return Ok(None),
             Err(e) => return Err(AppError::storage("reading a pack index", e)),
@@ -186,7 +187,7 @@ impl ChunkIndex {
             }
         };
         let set = Arc::new(entries.iter().map(entry_key).collect::<PackEntrySet>());
-        lock(&self.shared.pack_indexes).insert(*pack, set.clone());
+        self.shared.pack_indexes.lock().insert(*pack, set.clone());
         Ok(Some(set))
     }
 }
@@ -209,7 +210,7 @@ async fn load_until_done(weak: Weak<Shared>) {
         let started = Instant::now();
         match scan(&shared).await {
             Ok(packs) => {
-                let chunks = read(&shared.state).chunks.len();
+                let chunks = shared.state.read().chunks.len();
                 tracing::info!(packs, chunks, elapsed_ms = started.elapsed().as_millis() as u64, "chunk index loaded");
                 shared.ready.send_replace(true);
                 return;
@@ -237,14 +238,14 @@ async fn scan(shared: &Shared) -> Result<usize, object_store::Error> {
         }
     }
     let unknown: Vec<Digest> = {
-        let state = read(&shared.state);
+        let state = shared.state.read();
         indexes.into_iter().filter(|d| !state.packs.contains_key(d) && !state.bad.contains(d)).collect()
     };
     let store = shared.store.clone();
     let mut fetches = futures::stream::iter(unknown)
         .map(|d| {
             let store = store.clone();
-            async move { (d, get_bytes(&*store, &storage::pack_index(&d)).await) }
+            async move { (d, storage::get_bytes(&*store, &storage::pack_index(&d)).await) }
         })
         .buffer_unordered(LOAD_PARALLELISM);
     let mut added = 0;
@@ -258,7 +259,7 @@ async fn scan(shared: &Shared) -> Result<usize, object_store::Error> {
             }
             Err(e) => {
                 tracing::error!(pack = %pack, error = %e, "skipping corrupt pack index");
-                write(&shared.state).bad.insert(pack);
+                shared.state.write().bad.insert(pack);
             }
         }
     }
@@ -266,7 +267,7 @@ async fn scan(shared: &Shared) -> Result<usize, object_store::Error> {
 }
 
 fn insert(shared: &Shared, pack: Digest, size: Option<u64>, entries: &[PackEntry]) {
-    let mut state = write(&shared.state);
+    let mut state = shared.state.write();
     for e in entries {
         state.chunks.entry(e.digest).or_insert((e.len, e.location(pack)));
     }
@@ -276,18 +277,6 @@ fn insert(shared: &Shared, pack: Digest, size: Option<u64>, entries: &[PackEntry
     }
     state.bad.remove(&pack);
     shared.gauge.set(state.chunks.len() as i64);
-}
-
-/// The whole object, or `None` when it does not exist.
-pub(crate) async fn get_bytes(
-    store: &dyn ObjectStore,
-    key: &object_store::path::Path,
-) -> Result<Option<bytes::Bytes>, object_store::Error> {
-    match store.get(key).await {
-        Ok(r) => r.bytes().await.map(Some),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// A small least-recently-used map of parsed pack indexes. Eviction scans the
@@ -318,20 +307,6 @@ impl Lru {
         }
         self.map.insert(pack, (set, self.tick));
     }
-}
-
-// A poisoned lock only means another request panicked mid-update of a cache;
-// the data is still usable, so recover it instead of propagating the panic.
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
-
-pub(crate) fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    l.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Opening the object store from a URL, and the key layout inside it.
+//! Opening the object store from a URL, the key layout inside it, and small
+//! helpers for reading it.
 //!
 //! Every durable byte of the hub lives under these keys (see
 //! docs/storage-layout.md):
@@ -17,12 +18,12 @@
 use std::sync::Arc;
 
 use aetherfs_format::{Digest, Name, Tag};
-use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::HubError;
 
@@ -180,6 +181,18 @@ pub(crate) fn name_of_dataset_prefix(prefix: &Path) -> Option<Name> {
         return None;
     }
     segs.join("/").parse().ok()
+}
+
+/// The whole object, or `None` when it does not exist.
+pub(crate) async fn get_bytes(
+    store: &dyn ObjectStore,
+    key: &Path,
+) -> Result<Option<bytes::Bytes>, object_store::Error> {
+    match store.get(key).await {
+        Ok(r) => r.bytes().await.map(Some),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -23,19 +23,19 @@
 //! made by other replicas.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aetherfs_format::api::{Expected, TagRecord};
 use aetherfs_format::{Digest, Name, Tag};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::chunk_index::{get_bytes, lock};
 use crate::error::{AppError, StorageContext};
-use crate::storage;
+use crate::storage::{self, get_bytes};
 
 /// How often a long-poll re-reads storage for moves made by other replicas.
 pub(crate) const RECHECK: Duration = Duration::from_secs(2);
@@ -78,7 +78,7 @@ impl TagStore {
     /// The latest record (possibly a deletion), or `None` if the tag never existed.
     pub async fn current(&self, name: &Name, tag: &Tag) -> Result<Option<TagRecord>, AppError> {
         let key = (name.clone(), tag.clone());
-        let start = lock(&self.seen).get(&key).cloned();
+        let start = self.seen.lock().get(&key).cloned();
         let start = match start {
             Some(r) => Some(r),
             None => self.read_via_hint(name, tag).await?,
@@ -156,7 +156,7 @@ impl TagStore {
     }
 
     fn remember(&self, rec: &TagRecord) {
-        let mut seen = lock(&self.seen);
+        let mut seen = self.seen.lock();
         let key = (rec.name.clone(), rec.tag.clone());
         match seen.get(&key) {
             Some(old) if old.seq >= rec.seq => {}
@@ -263,7 +263,7 @@ impl TagStore {
     }
 
     fn notify(&self, name: &Name, tag: &Tag) {
-        if let Some(n) = lock(&self.watchers).get(&(name.clone(), tag.clone())) {
+        if let Some(n) = self.watchers.lock().get(&(name.clone(), tag.clone())) {
             n.notify_waiters();
         }
     }
@@ -304,7 +304,7 @@ impl TagStore {
 
     fn watch(&self, name: &Name, tag: &Tag) -> Watch<'_> {
         let key = (name.clone(), tag.clone());
-        let notify = lock(&self.watchers).entry(key.clone()).or_default().clone();
+        let notify = self.watchers.lock().entry(key.clone()).or_default().clone();
         Watch { map: &self.watchers, key, notify }
     }
 }
@@ -318,7 +318,7 @@ struct Watch<'a> {
 
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
-        let mut map = lock(self.map);
+        let mut map = self.map.lock();
         // Clones are only made under this lock: 2 means the map's and ours.
         if Arc::strong_count(&self.notify) <= 2 {
             map.remove(&self.key);

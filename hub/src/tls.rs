@@ -12,13 +12,14 @@
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use parking_lot::{Mutex, RwLock};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -99,7 +100,7 @@ impl fmt::Debug for Reloading {
 
 impl ResolvesServerCert for Reloading {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(self.current.read().clone())
     }
 }
 
@@ -152,14 +153,14 @@ impl Tls {
         let r = &self.resolver;
         let now = (stamp(&r.files.cert), stamp(&r.files.key));
         {
-            let mut seen = r.stamps.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = r.stamps.lock();
             if *seen == now {
                 return Ok(false);
             }
             *seen = now;
         }
         let key = load(&r.files, &r.provider)?;
-        *r.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+        *r.current.write() = Arc::new(key);
         Ok(true)
     }
 

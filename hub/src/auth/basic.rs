@@ -22,12 +22,12 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use parking_lot::Mutex;
 use rand::RngCore;
 use sha2::{Digest as _, Sha256};
 
@@ -94,10 +94,6 @@ pub(crate) enum BasicError {
     Wrong,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Basic {
     pub fn load(path: &Path) -> Result<Basic, AuthError> {
         let (by_name, st) = read_users(path)?;
@@ -122,12 +118,12 @@ impl Basic {
     }
 
     pub fn user_count(&self) -> usize {
-        lock(&self.users).by_name.len()
+        self.users.lock().by_name.len()
     }
 
     /// Re-reads the file if it changed (at most once per [`RECHECK_EVERY`]).
     fn reload_if_changed(&self) {
-        let mut u = lock(&self.users);
+        let mut u = self.users.lock();
         if u.checked_at.elapsed() < RECHECK_EVERY {
             return;
         }
@@ -158,10 +154,10 @@ impl Basic {
         let text = String::from_utf8(decoded).map_err(|_| BasicError::Malformed)?;
         let (name, password) = text.split_once(':').ok_or(BasicError::Malformed)?;
         self.reload_if_changed();
-        let user = lock(&self.users).by_name.get(name).cloned();
+        let user = self.users.lock().by_name.get(name).cloned();
         let stored = user.as_ref().map_or(self.dummy.as_str(), |u| u.hash.as_str());
         let fingerprint = self.fingerprint(name, password, stored);
-        let cached = lock(&self.verified).get(&fingerprint).is_some_and(|t| t.elapsed() < VERIFIED_TTL);
+        let cached = self.verified.lock().get(&fingerprint).is_some_and(|t| t.elapsed() < VERIFIED_TTL);
         let ok = cached || {
             let permit = self.hashing.acquire().await;
             let (pw, hash) = (password.to_string(), stored.to_string());
@@ -172,7 +168,7 @@ impl Basic {
         match user {
             Some(u) if ok => {
                 if !cached {
-                    let mut v = lock(&self.verified);
+                    let mut v = self.verified.lock();
                     if v.len() >= VERIFIED_MAX {
                         v.retain(|_, t| t.elapsed() < VERIFIED_TTL);
                         if v.len() >= VERIFIED_MAX {
@@ -201,7 +197,7 @@ impl Basic {
     }
 
     fn failed(&self, name: &str) {
-        let mut f = lock(&self.failures);
+        let mut f = self.failures.lock();
         f.since_log += 1;
         f.last_user = name.chars().take(64).collect();
         if f.logged_at.is_none_or(|t| t.elapsed() >= FAILURE_LOG_EVERY) {
@@ -385,13 +381,13 @@ mod tests {
 
         // A changed password takes effect on reload, and ends the remembered check.
         set_user(&path, "alice", &hash_password("new").expect("hash"), &[]).expect("set");
-        lock(&basic.users).checked_at -= RECHECK_EVERY;
+        basic.users.lock().checked_at -= RECHECK_EVERY;
         assert_eq!(basic.check(&basic_header("alice", "correct horse")).await, Err(BasicError::Wrong));
         assert!(basic.check(&basic_header("alice", "new")).await.is_ok());
 
         // A broken file keeps the previous users.
         std::fs::write(&path, "alice:plaintext\n").expect("write");
-        lock(&basic.users).checked_at -= RECHECK_EVERY;
+        basic.users.lock().checked_at -= RECHECK_EVERY;
         assert!(basic.check(&basic_header("alice", "new")).await.is_ok());
     }
 

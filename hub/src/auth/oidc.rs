@@ -34,7 +34,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -44,6 +44,7 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use openidconnect::core::{CoreJsonWebKeySet, CoreProviderMetadata};
 use openidconnect::{AsyncHttpClient, DiscoveryError, HttpRequest, HttpResponse, IssuerUrl, JsonWebKeySetUrl};
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use super::config::{IssuerConfig, TokenType};
@@ -321,12 +322,8 @@ impl Issuer {
         Ok(Issuer { cfg, fetcher, state: Mutex::new(KeyState::default()), refreshing: tokio::sync::Mutex::new(()) })
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, KeyState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn key_count(&self) -> usize {
-        self.state().keys.len()
+        self.state.lock().keys.len()
     }
 
     async fn validate(
@@ -341,7 +338,7 @@ impl Issuer {
         }
         check_token_type(self.cfg.token_type, header, claims)?;
         let kid = header.get("kid").and_then(Value::as_str);
-        let stale = self.state().fetched_at.is_some_and(|t| t.elapsed() > KEYS_MAX_AGE);
+        let stale = self.state.lock().fetched_at.is_some_and(|t| t.elapsed() > KEYS_MAX_AGE);
         if stale {
             let _ = self.refresh(false).await;
         }
@@ -353,7 +350,7 @@ impl Issuer {
         validation.leeway = self.cfg.leeway_secs;
         let mut refreshed = false;
         loop {
-            let keys = self.state().keys.clone();
+            let keys = self.state.lock().keys.clone();
             let candidates: Vec<&VerifyKey> =
                 keys.iter().filter(|k| k.fits(alg) && (kid.is_none() || k.kid.as_deref() == kid)).collect();
             if candidates.is_empty() {
@@ -402,10 +399,10 @@ impl Issuer {
     /// a concurrent refresh while waiting). An error only when no keys were
     /// ever fetched.
     async fn refresh(&self, force: bool) -> Result<bool, TokenError> {
-        let seen = self.state().generation;
+        let seen = self.state.lock().generation;
         let _one_at_a_time = self.refreshing.lock().await;
         {
-            let st = self.state();
+            let st = self.state.lock();
             if st.generation != seen {
                 return Ok(true);
             }
@@ -417,8 +414,8 @@ impl Issuer {
                 };
             }
         }
-        self.state().attempted_at = Some(Instant::now());
-        let jwks_uri = self.state().jwks_uri.clone();
+        self.state.lock().attempted_at = Some(Instant::now());
+        let jwks_uri = self.state.lock().jwks_uri.clone();
         let fetched = match jwks_uri {
             Some(uri) => match self.fetch_keys(&uri).await {
                 Ok(keys) => Ok((uri, keys)),
@@ -427,7 +424,7 @@ impl Issuer {
             },
             None => self.discover().await,
         };
-        let mut st = self.state();
+        let mut st = self.state.lock();
         match fetched {
             Ok((uri, keys)) => {
                 let keys = convert(&keys);

@@ -21,9 +21,9 @@ use object_store::{ObjectStoreExt, PutPayload};
 
 use super::{blocking, read_body};
 use crate::Hub;
-use crate::chunk_index::{EntryKey, get_bytes, ref_key};
+use crate::chunk_index::{EntryKey, ref_key};
 use crate::error::{AppError, StorageContext};
-use crate::storage;
+use crate::storage::{self, get_bytes};
 
 pub(crate) const MANIFEST_CONTENT_TYPE: &str = "application/vnd.aetherfs.manifest.v1";
 /// Pack indexes read at once while checking a manifest's chunk references.
