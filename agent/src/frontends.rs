@@ -23,12 +23,8 @@ pub enum FrontendError {
         #[source]
         source: aetherfs_mounts::nfs::NfsError,
     },
-    #[error("{protocol} server failed")]
-    Serve {
-        protocol: &'static str,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error("WebDAV server failed")]
+    WebDav(#[source] std::io::Error),
 }
 
 /// The tasks of running front ends: each ends only when its server fails.
@@ -40,9 +36,7 @@ pub async fn start_webdav(tasks: &mut Tasks, fs: Arc<DatasetFs>, addr: SocketAdd
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen)?;
     let url = format!("http://{}/", listener.local_addr().map_err(listen)?);
     tasks.spawn(async move {
-        aetherfs_mounts::webdav::serve(fs, listener, std::future::pending())
-            .await
-            .map_err(|e| FrontendError::Serve { protocol: "WebDAV", source: e.into() })
+        aetherfs_mounts::webdav::serve(fs, listener, std::future::pending()).await.map_err(FrontendError::WebDav)
     });
     Ok(url)
 }

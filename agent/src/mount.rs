@@ -142,9 +142,10 @@ impl Mount {
     }
 
     /// Serves `next` from now on: every step of a switch (see the module
-    /// doc). `took` is how long the switch took from the tag move, for the
-    /// metrics. Switching to the version already served changes nothing.
-    pub fn switch_to(&self, next: Digest, manifest: &Manifest, took_since: std::time::Instant) {
+    /// doc). `seen` is when the tag move was seen; the time since then is what
+    /// the metrics report as the switch's duration. Switching to the version
+    /// already served changes nothing.
+    pub fn switch_to(&self, next: Digest, manifest: &Manifest, seen: std::time::Instant) {
         if next == self.digest() {
             return;
         }
@@ -158,7 +159,7 @@ impl Mount {
         }
         self.fs.retain_previous(KEEP_PREVIOUS_VERSIONS);
         self.switches.fetch_add(1, Relaxed);
-        self.last_switch_micros.store(took_since.elapsed().as_micros() as u64, Relaxed);
+        self.last_switch_micros.store(seen.elapsed().as_micros() as u64, Relaxed);
     }
 }
 

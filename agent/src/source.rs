@@ -103,7 +103,7 @@ pub struct HubSource {
     /// ranges leave them out and later loads join that request, so a
     /// sequential reader's moving read-ahead window fetches each chunk once
     /// (without this, every read re-requested most of the window).
-    in_flight: Arc<std::sync::Mutex<HashMap<Digest, Fetch>>>,
+    in_flight: Arc<parking_lot::Mutex<HashMap<Digest, Fetch>>>,
     disk: Option<Arc<dyn ChunkCache>>,
     timeout: Duration,
     permits: Arc<Semaphore>,
@@ -198,7 +198,7 @@ impl HubSource {
         let mut claimed: HashSet<Digest> = HashSet::new();
         let mut fetches: HashMap<Digest, Fetch> = HashMap::new();
         {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut in_flight = self.in_flight.lock();
             let mut remote: Vec<ChunkWant> = Vec::new();
             for c in chunks {
                 if self.on_disk(&c.digest) || self.memory.contains_key(&c.digest) {
@@ -314,11 +314,11 @@ impl HubSource {
 }
 
 /// Marks a chunk as no longer being fetched when dropped.
-struct InFlight(Arc<std::sync::Mutex<HashMap<Digest, Fetch>>>, Digest);
+struct InFlight(Arc<parking_lot::Mutex<HashMap<Digest, Fetch>>>, Digest);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+        self.0.lock().remove(&self.1);
     }
 }
 
