@@ -205,19 +205,17 @@ impl Collector for AgentCollector {
             one(e, DISK_EVICTED_BYTES, &ConstCounter::new(s.evicted_bytes))?;
         }
 
-        let mut cumulative = 0;
-        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
-            .iter()
-            .zip(&st.latency_buckets)
-            .map(|(&b, n)| {
-                cumulative += n.load(Relaxed);
-                (b, cumulative)
-            })
-            .collect();
+        // The encoder sums per-bucket counts itself; the +Inf bucket holds
+        // the requests slower than the last bound.
+        let count = st.range_requests.load(Relaxed);
+        let mut buckets: Vec<(f64, u64)> =
+            LATENCY_BUCKETS.iter().zip(&st.latency_buckets).map(|(&b, n)| (b, n.load(Relaxed))).collect();
+        let bounded: u64 = buckets.iter().map(|b| b.1).sum();
+        buckets.push((f64::INFINITY, count.saturating_sub(bounded)));
         let (name, help) = FETCH_DURATION;
         enc.encode_descriptor(name, help, None, MetricType::Histogram)?.encode_histogram::<NoLabelSet>(
             st.fetch_micros.load(Relaxed) as f64 / 1e6,
-            st.range_requests.load(Relaxed),
+            count,
             &buckets,
             None,
         )?;

@@ -185,9 +185,12 @@ async fn failed_request_is_unavailable_then_retried() {
     assert_eq!(packs.requests(), 1);
 }
 
-/// The value of the unlabelled sample `name` in a text exposition.
+/// The value of the sample `name` (with its labels, if any) in a text exposition.
 fn scraped(text: &str, name: &str) -> f64 {
-    let line = text.lines().find(|l| l.split([' ', '{']).next() == Some(name)).unwrap_or_else(|| panic!("no {name}"));
+    let line = text
+        .lines()
+        .find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ')))
+        .unwrap_or_else(|| panic!("no {name}"));
     line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad sample: {line}"))
 }
 
@@ -210,6 +213,8 @@ async fn metrics_scrape_parses_and_counts_reads() {
     assert_eq!(scraped(&after, "aetherfs_cache_memory_hits_total"), 1.0);
     assert_eq!(scraped(&after, "aetherfs_fetch_duration_seconds_count"), 1.0);
     assert_eq!(scraped(&after, "aetherfs_fetch_duration_seconds_bucket{le=\"+Inf\"}"), 1.0);
+    // Buckets are cumulative: the last bound already holds the one request.
+    assert_eq!(scraped(&after, "aetherfs_fetch_duration_seconds_bucket{le=\"5.0\"}"), 1.0);
 
     // Well-formed: every sample belongs to a family declared once, with HELP and TYPE.
     let mut declared = HashSet::new();
