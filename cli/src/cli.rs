@@ -80,8 +80,11 @@ pub enum Command {
     Push(PushArgs),
     /// Pull a version into a directory, reusing the data it already holds.
     Pull(PullArgs),
-    /// Point a tag at the version a reference names.
+    /// Point a tag at the version a reference names (`tag rm NAME:TAG` deletes one).
     Tag(TagArgs),
+    /// Delete a version no tag points at (NAME@DIGEST), or a whole dataset
+    /// (NAME --all: its tags, then its versions). Needs the admin permission.
+    Rm(RmArgs),
     /// List datasets, a dataset's tags (NAME), or a tag's history (NAME:TAG).
     Ls(LsArgs),
     /// Show a version's manifest.
@@ -312,15 +315,47 @@ pub struct PullArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct TagArgs {
+    #[command(subcommand)]
+    pub action: Option<TagAction>,
     /// The version to tag: NAME[:TAG][@DIGEST].
-    pub source: String,
+    #[arg(required = true)]
+    pub source: Option<String>,
     /// The tag to move: NAME:TAG. NAME may differ from the source's dataset.
-    pub target: String,
+    #[arg(required = true)]
+    pub target: Option<String>,
     /// Compare-and-swap: move only if the tag currently points at DIGEST
     /// (or `absent`: only if it does not exist).
     #[arg(long)]
     pub expect: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TagAction {
+    /// Delete a tag (needs the admin permission). Its history stays readable;
+    /// the version it pointed at stays until deleted or garbage-collected.
+    Rm(TagRmArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TagRmArgs {
+    /// NAME:TAG.
+    pub target: String,
+    /// Delete only if the tag currently points at DIGEST.
+    #[arg(long)]
+    pub expect: Option<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  aetherfs rm acme/db@blake3:3f…   delete one untagged version\n  \
+                        aetherfs rm acme/db --all          delete every tag, then every version")]
+pub struct RmArgs {
+    /// NAME@DIGEST, or NAME with --all.
+    pub reference: String,
+    /// Delete the whole dataset: every tag (their histories stay readable), then every version.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Args, Debug)]

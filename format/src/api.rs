@@ -103,6 +103,23 @@ pub struct TagList {
     pub tags: Vec<TagRecord>,
 }
 
+/// One stored version of a dataset.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionEntry {
+    pub digest: Digest,
+    /// Size of the encoded manifest.
+    pub size: u64,
+    /// When it was stored (RFC 3339).
+    pub stored_at: String,
+}
+
+/// `GET …/manifests`: every stored version of a dataset, oldest first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VersionList {
+    pub name: Name,
+    pub versions: Vec<VersionEntry>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TagHistory {
     pub name: Name,

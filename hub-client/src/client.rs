@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aetherfs_format::api::{
     DatasetList, ErrorBody, Expected, MISSING_QUERY_MAX, ManifestStored, MissingChunksRequest, MissingChunksResponse,
-    PackStored, SetTagRequest, TagHistory, TagList, TagRecord,
+    PackStored, SetTagRequest, TagHistory, TagList, TagRecord, VersionList,
 };
 use aetherfs_format::manifest::MANIFEST_MAX_BYTES;
 use aetherfs_format::{ChunkLocation, Digest, Manifest, Name, Reference, Tag};
@@ -235,6 +235,19 @@ impl HubClient {
         let query: Vec<(&str, String)> = expected.map(|d| ("expected", d.to_string())).into_iter().collect();
         let resp = self.send_once(&|| self.http.delete(url.clone()).query(&query)).await?;
         Ok(resp.json().await?)
+    }
+
+    /// Every stored version of a dataset, oldest first.
+    pub async fn list_versions(&self, name: &Name) -> Result<VersionList, ClientError> {
+        let url = self.url(&Self::dataset_path(name, "manifests"));
+        self.json(|| self.http.get(url.clone())).await
+    }
+
+    /// Deletes a version no tag points at (a `version_tagged` API error otherwise).
+    pub async fn delete_version(&self, name: &Name, digest: &Digest) -> Result<(), ClientError> {
+        let url = self.url(&Self::dataset_path(name, &format!("manifests/{digest}")));
+        self.send_once(&|| self.http.delete(url.clone())).await?;
+        Ok(())
     }
 
     pub async fn tag_history(&self, name: &Name, tag: &Tag) -> Result<TagHistory, ClientError> {

@@ -26,6 +26,7 @@ pub(crate) const PACK_BYTES_SERVED: &str = "aetherfs_hub_pack_served";
 pub(crate) const PACKS_STORED: &str = "aetherfs_hub_packs_stored";
 pub(crate) const MANIFESTS_PUBLISHED: &str = "aetherfs_hub_manifests_published";
 pub(crate) const TAG_MOVES: &str = "aetherfs_hub_tag_moves";
+pub(crate) const VERSIONS_DELETED: &str = "aetherfs_hub_versions_deleted";
 pub(crate) const CHUNKS_INDEXED: &str = "aetherfs_hub_chunks_indexed";
 pub(crate) const LONG_POLLS_WAITING: &str = "aetherfs_hub_long_polls_waiting";
 pub(crate) const AUTH_FAILURES: &str = "aetherfs_hub_auth_failures";
@@ -60,6 +61,7 @@ pub(crate) struct Metrics {
     pub packs_stored: Counter,
     pub manifests_published: Counter,
     pub tag_moves: Counter,
+    pub versions_deleted: Counter,
     pub chunks_indexed: Gauge,
     pub long_polls_waiting: Gauge,
     pub auth_failures: Family<AuthLabels, Counter>,
@@ -82,6 +84,7 @@ impl Metrics {
             packs_stored: Counter::default(),
             manifests_published: Counter::default(),
             tag_moves: Counter::default(),
+            versions_deleted: Counter::default(),
             chunks_indexed: Gauge::default(),
             long_polls_waiting: Gauge::default(),
             auth_failures: Family::default(),
@@ -109,6 +112,7 @@ impl Metrics {
         r.register(PACKS_STORED, "Packs verified and stored", m.packs_stored.clone());
         r.register(MANIFESTS_PUBLISHED, "Manifests verified and stored", m.manifests_published.clone());
         r.register(TAG_MOVES, "Tag moves and deletions made through this replica", m.tag_moves.clone());
+        r.register(VERSIONS_DELETED, "Versions deleted through this replica", m.versions_deleted.clone());
         r.register(CHUNKS_INDEXED, "Distinct chunks in this replica's chunk index", m.chunks_indexed.clone());
         r.register(LONG_POLLS_WAITING, "Tag long-polls currently waiting", m.long_polls_waiting.clone());
         r.register(

@@ -144,6 +144,15 @@ pub(crate) fn manifest(name: &Name, d: &Digest) -> Path {
     dataset_child(name, [MANIFESTS_DIR, hex.as_str()])
 }
 
+pub(crate) fn manifests_dir(name: &Name) -> Path {
+    dataset_child(name, [MANIFESTS_DIR])
+}
+
+/// The version a `datasets/<name…>/_manifests/<hex>` key holds.
+pub(crate) fn parse_manifest(key: &Path) -> Option<Digest> {
+    Digest::from_hex(key.filename()?).ok()
+}
+
 pub(crate) fn tags_dir(name: &Name) -> Path {
     dataset_child(name, [TAGS_DIR])
 }

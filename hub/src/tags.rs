@@ -348,7 +348,10 @@ pub(crate) fn tag_not_found(name: &Name, tag: &Tag) -> AppError {
 }
 
 fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// A time as RFC 3339, as every record of the API writes it.
+pub(crate) fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
 }

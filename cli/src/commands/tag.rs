@@ -1,14 +1,20 @@
 use aetherfs_format::api::Expected;
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{GlobalArgs, TagArgs};
+use crate::cli::{GlobalArgs, TagAction, TagArgs, TagRmArgs};
 use crate::commands::{client, parse_ref, print_json};
 
 pub async fn run(g: &GlobalArgs, a: TagArgs) -> Result<()> {
-    let source = parse_ref(&a.source)?;
-    let target = parse_ref(&a.target)?;
+    let (source, target) = match (a.action, a.source, a.target) {
+        (Some(TagAction::Rm(rm)), _, _) => return remove(g, rm).await,
+        (None, Some(s), Some(t)) => (s, t),
+        _ => bail!("give SOURCE and TARGET, or `tag rm NAME:TAG`"),
+    };
+    let source = parse_ref(&source)?;
+    let typed = target;
+    let target = parse_ref(&typed)?;
     let (Some(tag), None) = (&target.tag, &target.digest) else {
-        bail!("the target must be NAME:TAG, got {:?}", a.target);
+        bail!("the target must be NAME:TAG, got {typed:?}");
     };
     let expected = a
         .expect
@@ -34,5 +40,27 @@ pub async fn run(g: &GlobalArgs, a: TagArgs) -> Result<()> {
         return print_json(&rec);
     }
     println!("{}:{} -> {}", rec.name, rec.tag, digest);
+    Ok(())
+}
+
+/// `tag rm NAME:TAG`.
+async fn remove(g: &GlobalArgs, a: TagRmArgs) -> Result<()> {
+    let target = parse_ref(&a.target)?;
+    let (Some(tag), None) = (&target.tag, &target.digest) else {
+        bail!("give the tag to delete as NAME:TAG, got {:?}", a.target);
+    };
+    let expected = a
+        .expect
+        .as_deref()
+        .map(|s| s.parse().with_context(|| format!("bad --expect {s:?}: use a digest")))
+        .transpose()?;
+    let rec = client(g)?
+        .delete_tag(&target.name, tag, expected)
+        .await
+        .with_context(|| format!("cannot delete {}:{tag}", target.name))?;
+    if g.json {
+        return print_json(&rec);
+    }
+    println!("deleted {}:{}", rec.name, rec.tag);
     Ok(())
 }

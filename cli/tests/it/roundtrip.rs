@@ -78,3 +78,43 @@ fn round_trip_on_s3() {
     run_ok(hub.cmd().args(["pull", "acme/geoip:2026.11"]).arg(dst.path()));
     assert!(dst.path().join("big/random.bin").metadata().unwrap().len() == 100 << 20);
 }
+
+#[test]
+fn tag_rm_and_rm_delete_tags_versions_and_whole_datasets() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&format!("file://{}", data.path().display()));
+    let src = tempfile::tempdir().unwrap();
+    let push = |reference: &str| -> String {
+        let out: serde_json::Value =
+            serde_json::from_str(&run_ok(hub.cmd().args(["push", "--json"]).arg(src.path()).arg(reference))).unwrap();
+        out["digest"].as_str().unwrap().to_string()
+    };
+    std::fs::write(src.path().join("a.txt"), b"one\n").unwrap();
+    let d1 = push("acme/del:v1");
+    std::fs::write(src.path().join("a.txt"), b"two\n").unwrap();
+    let d2 = push("acme/del:v2");
+
+    // A tagged version is refused, with one line naming the tag.
+    let out = run_err(hub.cmd().arg("rm").arg(format!("acme/del@{d2}")));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("v2") && err.trim().lines().count() == 1, "{err}");
+    // Untag, then delete; the tag's history stays readable.
+    let rec: serde_json::Value =
+        serde_json::from_str(&run_ok(hub.cmd().args(["--json", "tag", "rm", "acme/del:v2"]))).unwrap();
+    assert_eq!(rec["digest"], serde_json::Value::Null);
+    assert_eq!(rec["previous"], d2);
+    run_ok(hub.cmd().arg("rm").arg(format!("acme/del@{d2}")));
+    run_err(hub.cmd().args(["pull", "acme/del:v2"]).arg(tempfile::tempdir().unwrap().path()));
+    assert!(run_ok(hub.cmd().args(["ls", "acme/del:v2"])).contains(&d2));
+
+    // The whole dataset: its tags, then its versions.
+    let removed: serde_json::Value =
+        serde_json::from_str(&run_ok(hub.cmd().args(["--json", "rm", "acme/del", "--all"]))).unwrap();
+    assert_eq!(removed["tags_deleted"], serde_json::json!(["v1"]));
+    assert_eq!(removed["versions_deleted"], serde_json::json!([d1]));
+    run_err(hub.cmd().args(["pull", "acme/del:v1"]).arg(tempfile::tempdir().unwrap().path()));
+    // Bad shapes get a clear error.
+    let out = run_err(hub.cmd().args(["rm", "acme/del"]));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--all"));
+    run_err(hub.cmd().args(["rm", "acme/del:v1"]));
+}

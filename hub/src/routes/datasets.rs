@@ -4,14 +4,16 @@
 //! A name such as `acme/geoip` contains '/', so the router hands the whole
 //! rest of the path to [`dispatch`], which matches the fixed suffixes from the
 //! right: `…/tags/{tag}/history`, `…/tags/{tag}`, `…/tags`,
-//! `…/manifests/{digest}`, trying them in that order. A dataset whose name
+//! `…/manifests/{digest}`, `…/manifests`, trying them in that order. A dataset whose name
 //! itself ends in `tags` or `manifests` segments is therefore shadowed for the
 //! ambiguous shapes, as in the Docker registry API.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use aetherfs_format::api::{DatasetList, DatasetSummary, Expected, SetTagRequest, TagHistory, TagList};
+use aetherfs_format::api::{
+    DatasetList, DatasetSummary, Expected, SetTagRequest, TagHistory, TagList, VersionEntry, VersionList,
+};
 use aetherfs_format::{Digest, FormatError, Name, Tag};
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{Method, header};
@@ -33,13 +35,15 @@ const TAGS: &str = "/v1/datasets/{name}/tags";
 const TAG: &str = "/v1/datasets/{name}/tags/{tag}";
 const HISTORY: &str = "/v1/datasets/{name}/tags/{tag}/history";
 const MANIFEST: &str = "/v1/datasets/{name}/manifests/{digest}";
+const MANIFESTS: &str = "/v1/datasets/{name}/manifests";
 
 /// The routes [`dispatch`] serves.
 pub(crate) const ROUTES: &[RouteSpec] = &[
     RouteSpec { path: TAGS, methods: &["GET"] },
     RouteSpec { path: TAG, methods: &["GET", "PUT", "DELETE"] },
     RouteSpec { path: HISTORY, methods: &["GET"] },
-    RouteSpec { path: MANIFEST, methods: &["GET", "HEAD", "PUT"] },
+    RouteSpec { path: MANIFEST, methods: &["GET", "HEAD", "PUT", "DELETE"] },
+    RouteSpec { path: MANIFESTS, methods: &["GET"] },
 ];
 
 /// Longest long-poll, in seconds.
@@ -53,6 +57,7 @@ enum Shape<'a> {
     Tag { name: &'a str, tag: &'a str },
     History { name: &'a str, tag: &'a str },
     Manifest { name: &'a str, digest: &'a str },
+    Manifests { name: &'a str },
 }
 
 impl Shape<'_> {
@@ -62,6 +67,7 @@ impl Shape<'_> {
             Shape::Tag { .. } => TAG,
             Shape::History { .. } => HISTORY,
             Shape::Manifest { .. } => MANIFEST,
+            Shape::Manifests { .. } => MANIFESTS,
         }
     }
 }
@@ -87,6 +93,9 @@ fn shape(rest: &str) -> Option<Shape<'_>> {
     if n >= 3 && segs[n - 2] == "manifests" {
         return Some(Shape::Manifest { name: name(2)?, digest: segs[n - 1] });
     }
+    if n >= 2 && segs[n - 1] == "manifests" {
+        return Some(Shape::Manifests { name: name(1)? });
+    }
     None
 }
 
@@ -94,9 +103,11 @@ fn shape(rest: &str) -> Option<Shape<'_>> {
 /// read it (raw, not yet validated); `None` where it routes nowhere.
 pub(crate) fn dataset_in_path(rest: &str) -> Option<&str> {
     shape(rest).map(|s| match s {
-        Shape::Tags { name } | Shape::Tag { name, .. } | Shape::History { name, .. } | Shape::Manifest { name, .. } => {
-            name
-        }
+        Shape::Tags { name }
+        | Shape::Tag { name, .. }
+        | Shape::History { name, .. }
+        | Shape::Manifest { name, .. }
+        | Shape::Manifests { name } => name,
     })
 }
 
@@ -153,8 +164,13 @@ async fn handle(hub: &Hub, shape: Shape<'_>, req: Request) -> Result<Response, A
             let digest: Digest = parse(digest, "invalid_digest")?;
             match method {
                 Method::PUT => manifests::put(hub, name, digest, req).await,
+                Method::DELETE => delete_version(hub, name, digest, req).await,
                 _ => manifests::get(hub, name, digest, req).await,
             }
+        }
+        Shape::Manifests { name } => {
+            let name: Name = parse(name, "invalid_name")?;
+            list_versions(hub, name).await
         }
     }
 }
@@ -288,6 +304,65 @@ async fn delete_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Res
     Ok(Json(applied.record).into_response())
 }
 
+/// `GET …/manifests`: every stored version, oldest first.
+async fn list_versions(hub: &Hub, name: Name) -> Result<Response, AppError> {
+    if !dataset_exists(hub, &name).await? {
+        return Err(AppError::not_found("dataset_not_found", format!("dataset {name} does not exist")));
+    }
+    let metas: Vec<object_store::ObjectMeta> =
+        hub.inner.store.list(Some(&storage::manifests_dir(&name))).try_collect().await.ctx("listing versions")?;
+    let mut versions: Vec<VersionEntry> = metas
+        .into_iter()
+        .filter_map(|m| {
+            let digest = storage::parse_manifest(&m.location)?;
+            Some(VersionEntry { digest, size: m.size, stored_at: stored_at(&m) })
+        })
+        .collect();
+    versions.sort_by(|a, b| (&a.stored_at, a.digest.hex()).cmp(&(&b.stored_at, b.digest.hex())));
+    Ok(Json(VersionList { name, versions }).into_response())
+}
+
+/// An object's modification time, as RFC 3339.
+fn stored_at(m: &object_store::ObjectMeta) -> String {
+    let nanos = i128::from(m.last_modified.timestamp_nanos_opt().unwrap_or(0));
+    crate::tags::rfc3339(
+        time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+    )
+}
+
+/// `DELETE …/manifests/{digest}`: removes a version no tag points at. Its
+/// chunks stay until garbage collection; tag histories that name it stay.
+async fn delete_version(hub: &Hub, name: Name, digest: Digest, req: Request) -> Result<Response, AppError> {
+    let by = principal(&req);
+    let key = storage::manifest(&name, &digest);
+    match hub.inner.store.head(&key).await {
+        Ok(_) => {}
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(AppError::not_found("manifest_not_found", format!("{name}@{digest} does not exist")));
+        }
+        Err(e) => return Err(AppError::storage("looking up a manifest", e)),
+    }
+    let holding: Vec<String> = hub
+        .inner
+        .tags
+        .list(&name)
+        .await?
+        .into_iter()
+        .filter(|r| r.digest == Some(digest))
+        .map(|r| r.tag.to_string())
+        .collect();
+    if !holding.is_empty() {
+        return Err(AppError::conflict(
+            "version_tagged",
+            format!("{name}@{digest} is tagged {}: remove or move those tags first", holding.join(", ")),
+        ));
+    }
+    hub.inner.store.delete(&key).await.ctx("deleting a manifest")?;
+    hub.inner.metrics.versions_deleted.inc();
+    tracing::info!(%name, %digest, %by, "version deleted");
+    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
+}
+
 /// `GET …/tags/{tag}/history`, oldest first.
 async fn history(hub: &Hub, name: Name, tag: Tag) -> Result<Response, AppError> {
     let records = hub.inner.tags.history(&name, &tag).await?;
@@ -310,6 +385,7 @@ mod tests {
                 Shape::Tags { name } => vec![name],
                 Shape::Tag { name, tag } | Shape::History { name, tag } => vec![name, tag],
                 Shape::Manifest { name, digest } => vec![name, digest],
+                Shape::Manifests { name } => vec![name],
             };
             (t, v)
         })
@@ -322,6 +398,8 @@ mod tests {
         assert_eq!(parts("a/tags/v1/history"), Some((HISTORY, vec!["a", "v1"])));
         assert_eq!(parts("a/tags/history"), Some((TAG, vec!["a", "history"])));
         assert_eq!(parts("a/b/c/manifests/xyz"), Some((MANIFEST, vec!["a/b/c", "xyz"])));
+        assert_eq!(parts("a/b/manifests"), Some((MANIFESTS, vec!["a/b"])));
+        assert_eq!(parts("manifests"), None);
         assert_eq!(parts("tags/tags"), Some((TAGS, vec!["tags"])));
         assert_eq!(parts("tags"), None);
         assert_eq!(parts("/tags"), None);

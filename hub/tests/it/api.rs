@@ -364,6 +364,32 @@ async fn round_trip(h: TestHub) {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }
     assert!(text.contains(&format!("aetherfs_hub_pack_received_bytes_total {}", pack.bytes.len())), "{text}");
+
+    // Versions: both listed; a tagged one cannot be deleted.
+    let listed = |v: Value| -> Vec<String> {
+        let mut d: Vec<String> =
+            v["versions"].as_array().expect("versions").iter().map(|v| v["digest"].to_string()).collect();
+        d.sort();
+        d
+    };
+    let mut both = vec![json!(d1).to_string(), json!(d2).to_string()];
+    both.sort();
+    assert_eq!(listed(h.get(&format!("/v1/datasets/{name}/manifests")).await.ok()), both);
+    let version = format!("/v1/datasets/{name}/manifests/{d2}");
+    let msg = h.call(Method::DELETE, &version, &[], Body::empty()).await.err(StatusCode::CONFLICT, "version_tagged");
+    assert!(msg.contains("v2"), "{msg}");
+    // Untagged, it goes; its tag's history still names it.
+    h.call(Method::DELETE, &format!("/v1/datasets/{name}/tags/v2"), &[], Body::empty()).await.ok();
+    let r = h.call(Method::DELETE, &version, &[], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    h.get(&version).await.err(StatusCode::NOT_FOUND, "manifest_not_found");
+    h.call(Method::DELETE, &version, &[], Body::empty()).await.err(StatusCode::NOT_FOUND, "manifest_not_found");
+    assert_eq!(listed(h.get(&format!("/v1/datasets/{name}/manifests")).await.ok()), vec![json!(d1).to_string()]);
+    let history = h.get(&format!("/v1/datasets/{name}/tags/v2/history")).await.ok();
+    assert_eq!(history["records"][0]["digest"], d2.to_string());
+    h.set_tag(name, "v2", &d2, None).await.err(StatusCode::NOT_FOUND, "manifest_not_found");
+    h.get("/v1/datasets/nobody/manifests").await.err(StatusCode::NOT_FOUND, "dataset_not_found");
+    assert!(h.get("/metrics").await.text().contains("aetherfs_hub_versions_deleted_total 1"));
 }
 
 #[tokio::test]

@@ -235,9 +235,17 @@ async fn rules_grant_exactly_what_they_say() {
     assert_eq!(t.set_tag("team-b/y", "v2", &b1, Some("writer-b")).await.ok()["by"], "writer-b");
     t.set_tag("team-a/x", "v3", &a1, Some("writer-b")).await.err(StatusCode::FORBIDDEN, "forbidden");
 
-    // Admin deletes.
+    // Admin deletes; readers list versions, writers may not delete them.
     let deleted = t.call(Method::DELETE, "/v1/datasets/team-a/x/tags/v2", Some("admin"), Body::empty()).await.ok();
     assert_eq!(deleted["by"], "admin");
+    let versions = t.call(Method::GET, "/v1/datasets/team-a/x/manifests", Some("reader"), Body::empty()).await.ok();
+    assert_eq!(versions["versions"][0]["digest"], a1.to_string());
+    let version_a = format!("/v1/datasets/team-a/x/manifests/{a1}");
+    t.call(Method::DELETE, &version_a, Some("writer-a"), Body::empty()).await.err(StatusCode::FORBIDDEN, "forbidden");
+    t.call(Method::DELETE, &version_a, Some("reader"), Body::empty()).await.err(StatusCode::FORBIDDEN, "forbidden");
+    t.call(Method::GET, "/v1/datasets/team-b/y/manifests", Some("writer-a"), Body::empty())
+        .await
+        .err(StatusCode::FORBIDDEN, "forbidden");
 
     // Anonymous reads public/*, and is asked for credentials elsewhere.
     assert_eq!(t.get("/v1/datasets/public/z/tags/v1", None).await.status, StatusCode::OK);
