@@ -7,6 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use parking_lot::RwLock;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 use crate::mount::Mount;
 use crate::source::{HubSource, LATENCY_BUCKETS};
@@ -25,12 +31,18 @@ pub struct Admin {
     pub source: Arc<HubSource>,
     /// Mounts configured; until all have been added, the daemon is not ready.
     expected: usize,
-    mounts: RwLock<Vec<Arc<Mount>>>,
+    mounts: Mounts,
+    registry: Registry,
 }
+
+type Mounts = Arc<RwLock<Vec<Arc<Mount>>>>;
 
 impl Admin {
     pub fn new(source: Arc<HubSource>, expected: usize) -> Self {
-        Self { source, expected, mounts: RwLock::new(Vec::new()) }
+        let mounts = Mounts::default();
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(AgentCollector { source: source.clone(), mounts: mounts.clone() }));
+        Self { source, expected, mounts, registry }
     }
 
     pub fn with(source: Arc<HubSource>, mount: Arc<Mount>) -> Arc<Self> {
@@ -56,6 +68,17 @@ impl Admin {
         }
         w
     }
+
+    /// The `/metrics` body: OpenMetrics text (a superset of what Prometheus's
+    /// text format parsers read), ending in `# EOF`.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail; the collector's encoders do not either.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
 }
 
 /// Serves `/healthz`, `/readyz`, `/metrics` and `/v1/mounts`.
@@ -78,7 +101,10 @@ pub async fn serve_admin(addr: SocketAddr, admin: Arc<Admin>) -> Result<SocketAd
                 }
             }),
         )
-        .route("/metrics", get(move || async move { metrics_text(&a2) }))
+        .route(
+            "/metrics",
+            get(move || async move { ([(axum::http::header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], a2.metrics_text()) }),
+        )
         .route(
             "/v1/mounts",
             get(move || async move {
@@ -94,83 +120,122 @@ pub async fn serve_admin(addr: SocketAddr, admin: Arc<Admin>) -> Result<SocketAd
     Ok(local)
 }
 
-fn metrics_text(a: &Admin) -> String {
-    use std::fmt::Write;
-    let mounts = a.mounts();
-    let st = &a.source.stats;
-    let load = |c: &AtomicU64| c.load(Relaxed).to_string();
-    let mut scalars: Vec<(&str, &str, &str, String)> = vec![
-        (
-            "aetherfs_cache_memory_hits_total",
-            "counter",
-            "Chunk reads served from the memory tier.",
-            load(&st.memory_hits),
-        ),
-        ("aetherfs_cache_disk_hits_total", "counter", "Chunk loads served from the disk cache.", load(&st.disk_hits)),
-        ("aetherfs_cache_misses_total", "counter", "Chunk loads that needed the hub.", load(&st.misses)),
-        ("aetherfs_cache_memory_bytes", "gauge", "Bytes in the memory tier.", a.source.memory_bytes().to_string()),
-        ("aetherfs_fetched_bytes_total", "counter", "Bytes fetched from the hub.", load(&st.bytes_fetched)),
-        ("aetherfs_prefetched_bytes_total", "counter", "Bytes fetched by prefetch.", load(&st.prefetched_bytes)),
-        ("aetherfs_fetch_errors_total", "counter", "Range requests that failed or timed out.", load(&st.fetch_errors)),
-    ];
-    if let Some(disk) = a.source.disk() {
-        let s = disk.stats();
-        scalars.extend([
-            ("aetherfs_cache_disk_bytes", "gauge", "Bytes of the disk cache on disk.", s.bytes.to_string()),
-            ("aetherfs_cache_disk_max_bytes", "gauge", "The disk cache's bound.", disk.max_bytes().to_string()),
-            ("aetherfs_cache_disk_entries", "gauge", "Chunks in the disk cache.", s.entries.to_string()),
-            (
-                "aetherfs_cache_disk_corrupt_total",
-                "counter",
-                "Disk entries dropped as corrupt.",
-                s.corrupt_dropped.to_string(),
-            ),
-            (
-                "aetherfs_cache_disk_evicted_bytes_total",
-                "counter",
-                "Bytes evicted from the disk cache.",
-                s.evicted_bytes.to_string(),
-            ),
-        ]);
-    }
-    let mut out = String::new();
-    for (name, kind, help, value) in scalars {
-        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n");
-    }
+/// What `text::encode` emits.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-    let name = "aetherfs_fetch_duration_seconds";
-    let _ = write!(out, "# HELP {name} Latency of range requests to the hub.\n# TYPE {name} histogram\n");
-    let mut cumulative = 0;
-    for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-        cumulative += st.latency_buckets[i].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-    }
-    let count = st.range_requests.load(Relaxed);
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum {:.6}", st.fetch_micros.load(Relaxed) as f64 / 1e6);
-    let _ = writeln!(out, "{name}_count {count}");
+// The metric names and help, all of them. Counter names get `_total`
+// appended by the encoder (`aetherfs_cache_misses` is exposed as
+// `aetherfs_cache_misses_total`). docs/agent.md lists them for users.
+const MEMORY_HITS: (&str, &str) = ("aetherfs_cache_memory_hits", "Chunk reads served from the memory tier.");
+const DISK_HITS: (&str, &str) = ("aetherfs_cache_disk_hits", "Chunk loads served from the disk cache.");
+const MISSES: (&str, &str) = ("aetherfs_cache_misses", "Chunk loads that needed the hub.");
+const MEMORY_BYTES: (&str, &str) = ("aetherfs_cache_memory_bytes", "Bytes in the memory tier.");
+const FETCHED_BYTES: (&str, &str) = ("aetherfs_fetched_bytes", "Bytes fetched from the hub.");
+const PREFETCHED_BYTES: (&str, &str) = ("aetherfs_prefetched_bytes", "Bytes fetched by prefetch.");
+const FETCH_ERRORS: (&str, &str) = ("aetherfs_fetch_errors", "Range requests that failed or timed out.");
+const FETCH_DURATION: (&str, &str) = ("aetherfs_fetch_duration_seconds", "Latency of range requests to the hub.");
+const DISK_BYTES: (&str, &str) = ("aetherfs_cache_disk_bytes", "Bytes of the disk cache on disk.");
+const DISK_MAX_BYTES: (&str, &str) = ("aetherfs_cache_disk_max_bytes", "The disk cache's bound.");
+const DISK_ENTRIES: (&str, &str) = ("aetherfs_cache_disk_entries", "Chunks in the disk cache.");
+const DISK_CORRUPT: (&str, &str) = ("aetherfs_cache_disk_corrupt", "Disk entries dropped as corrupt.");
+const DISK_EVICTED_BYTES: (&str, &str) = ("aetherfs_cache_disk_evicted_bytes", "Bytes evicted from the disk cache.");
+const MOUNT_VERSION: (&str, &str) = ("aetherfs_mount_version", "The version each mount serves (value 1).");
+const MOUNT_READY: (&str, &str) = ("aetherfs_mount_ready", "Whether each mount's initial prefetch is done.");
+const MOUNT_SWITCHES: (&str, &str) = ("aetherfs_mount_switches", "Version switches of each mount.");
+const MOUNT_LAST_SWITCH: (&str, &str) =
+    ("aetherfs_mount_last_switch_seconds", "Time from a tag move to serving the new version.");
 
-    type PerMount = fn(&Mount) -> String;
-    let per_mount: [(&str, &str, &str, PerMount); 4] = [
-        ("aetherfs_mount_version", "gauge", "The version each mount serves (value 1).", |_| "1".into()),
-        ("aetherfs_mount_ready", "gauge", "Whether each mount's initial prefetch is done.", |m| {
-            u8::from(m.is_ready()).to_string()
-        }),
-        ("aetherfs_mount_switches_total", "counter", "Version switches of each mount.", |m| m.switches().to_string()),
-        ("aetherfs_mount_last_switch_seconds", "gauge", "Time from a tag move to serving the new version.", |m| {
-            format!("{:.6}", m.last_switch().as_secs_f64())
-        }),
-    ];
-    for (name, kind, help, value) in per_mount {
-        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-        for m in &mounts {
-            let labels = if name == "aetherfs_mount_version" {
-                format!("ref=\"{}\",digest=\"{}\"", m.reference(), m.digest())
-            } else {
-                format!("ref=\"{}\"", m.reference())
-            };
-            let _ = writeln!(out, "{name}{{{labels}}} {}", value(m));
+/// Reads the source's atomics, the disk cache's stats and the mounts at
+/// scrape time. A collector rather than a registry built per scrape: the
+/// registry and this list are made once, a scrape only reads, and the
+/// hot path keeps its plain atomics (no prometheus types in `SourceStats`).
+struct AgentCollector {
+    source: Arc<HubSource>,
+    mounts: Mounts,
+}
+
+impl std::fmt::Debug for AgentCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentCollector").finish_non_exhaustive()
+    }
+}
+
+fn one(enc: &mut DescriptorEncoder, (name, help): (&str, &str), metric: &impl EncodeMetric) -> std::fmt::Result {
+    metric.encode(enc.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn counter(v: &AtomicU64) -> ConstCounter {
+    ConstCounter::new(v.load(Relaxed))
+}
+
+/// A series per mount, labelled from the config's references (a fixed set).
+fn per_mount<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    kind: MetricType,
+    mounts: &[Arc<Mount>],
+    labels: impl Fn(&Mount) -> Vec<(&'static str, String)>,
+    value: impl Fn(&Mount) -> M,
+) -> std::fmt::Result {
+    let mut family = enc.encode_descriptor(name, help, None, kind)?;
+    for m in mounts {
+        let l = labels(m);
+        value(m).encode(family.encode_family(&l)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let st = &self.source.stats;
+        let e = &mut enc;
+        one(e, MEMORY_HITS, &counter(&st.memory_hits))?;
+        one(e, DISK_HITS, &counter(&st.disk_hits))?;
+        one(e, MISSES, &counter(&st.misses))?;
+        one(e, MEMORY_BYTES, &ConstGauge::new(self.source.memory_bytes()))?;
+        one(e, FETCHED_BYTES, &counter(&st.bytes_fetched))?;
+        one(e, PREFETCHED_BYTES, &counter(&st.prefetched_bytes))?;
+        one(e, FETCH_ERRORS, &counter(&st.fetch_errors))?;
+        if let Some(disk) = self.source.disk() {
+            let s = disk.stats();
+            one(e, DISK_BYTES, &ConstGauge::new(s.bytes))?;
+            one(e, DISK_MAX_BYTES, &ConstGauge::new(disk.max_bytes()))?;
+            one(e, DISK_ENTRIES, &ConstGauge::new(s.entries))?;
+            one(e, DISK_CORRUPT, &ConstCounter::new(s.corrupt_dropped))?;
+            one(e, DISK_EVICTED_BYTES, &ConstCounter::new(s.evicted_bytes))?;
         }
+
+        // The encoder sums per-bucket counts itself; the +Inf bucket holds
+        // the requests slower than the last bound.
+        let count = st.range_requests.load(Relaxed);
+        let mut buckets: Vec<(f64, u64)> =
+            LATENCY_BUCKETS.iter().zip(&st.latency_buckets).map(|(&b, n)| (b, n.load(Relaxed))).collect();
+        let bounded: u64 = buckets.iter().map(|b| b.1).sum();
+        buckets.push((f64::INFINITY, count.saturating_sub(bounded)));
+        let (name, help) = FETCH_DURATION;
+        enc.encode_descriptor(name, help, None, MetricType::Histogram)?.encode_histogram::<NoLabelSet>(
+            st.fetch_micros.load(Relaxed) as f64 / 1e6,
+            count,
+            &buckets,
+            None,
+        )?;
+
+        let mounts = self.mounts.read().clone();
+        let by_ref = |m: &Mount| vec![("ref", m.reference().to_string())];
+        let e = &mut enc;
+        per_mount(
+            e,
+            MOUNT_VERSION,
+            MetricType::Gauge,
+            &mounts,
+            |m| vec![("ref", m.reference().to_string()), ("digest", m.digest().to_string())],
+            |_| ConstGauge::new(1),
+        )?;
+        per_mount(e, MOUNT_READY, MetricType::Gauge, &mounts, by_ref, |m| ConstGauge::new(i64::from(m.is_ready())))?;
+        per_mount(e, MOUNT_SWITCHES, MetricType::Counter, &mounts, by_ref, |m| ConstCounter::new(m.switches()))?;
+        per_mount(e, MOUNT_LAST_SWITCH, MetricType::Gauge, &mounts, by_ref, |m| {
+            ConstGauge::new(m.last_switch().as_secs_f64())
+        })?;
+        Ok(())
     }
-    out
 }

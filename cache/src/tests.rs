@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use aetherfs_format::Digest;
+use aetherfs_util::pseudo_random;
 use zeroize::Zeroizing;
 
 use super::disk::effective_segment_bytes;
@@ -24,21 +25,6 @@ fn open(dir: &Path, max_bytes: u64, segment_bytes: u64, key: CacheKey) -> DiskCa
     DiskCache::open(DiskCacheConfig { dir: dir.to_path_buf(), max_bytes, key, segment_bytes }).unwrap()
 }
 
-/// Deterministic pseudo-random bytes (splitmix64), distinct per seed.
-fn chunk(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 struct Chunk {
     digest: Digest,
     bytes: Vec<u8>,
@@ -47,7 +33,7 @@ struct Chunk {
 fn chunks(seeds: std::ops::Range<u64>, len: impl Fn(u64) -> usize) -> Vec<Chunk> {
     seeds
         .map(|s| {
-            let bytes = chunk(s, len(s));
+            let bytes = pseudo_random(len(s), s);
             Chunk { digest: Digest::of(&bytes), bytes }
         })
         .collect()
@@ -299,9 +285,9 @@ fn leftovers_of_crashes_are_cleaned_up() {
     }
     let d = dir.path();
     std::fs::write(d.join("seg-0000000090.dat"), b"").unwrap(); // created, header never written
-    std::fs::write(d.join("seg-0000000091.dat"), chunk(1, 5000)).unwrap(); // garbage
-    std::fs::write(d.join("seg-0000000091.idx"), chunk(2, 500)).unwrap();
-    std::fs::write(d.join("seg-0000000092.idx"), chunk(3, 500)).unwrap(); // orphan hint
+    std::fs::write(d.join("seg-0000000091.dat"), pseudo_random(5000, 1)).unwrap(); // garbage
+    std::fs::write(d.join("seg-0000000091.idx"), pseudo_random(500, 2)).unwrap();
+    std::fs::write(d.join("seg-0000000092.idx"), pseudo_random(500, 3)).unwrap(); // orphan hint
     std::fs::write(d.join("seg-0000000001.idx.tmp"), b"torn").unwrap();
     std::fs::write(d.join("cache.meta.tmp"), b"torn").unwrap();
     let cache = open(d, 64 << 20, 256 << 10, key(1));
@@ -733,4 +719,12 @@ fn throughput() {
         total / get.as_secs_f64(),
         total / get2.as_secs_f64()
     );
+}
+
+#[test]
+fn test_chunks_differ_per_seed() {
+    // The scenarios above rely on distinct digests for every seed they use.
+    let all = chunks(0..6000, |_| 64);
+    let digests: HashSet<Digest> = all.iter().map(|c| c.digest).collect();
+    assert_eq!(digests.len(), all.len());
 }

@@ -26,10 +26,10 @@ mod oidc;
 mod store;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
 use reqwest::header::HeaderValue;
 
 use crate::error::ClientError;
@@ -181,7 +181,7 @@ impl TokenFile {
     async fn current(&self) -> Result<HeaderValue, ClientError> {
         let bad = |why: String| ClientError::Auth(format!("token file {}: {why}", self.path.display()));
         {
-            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let state = self.state.lock();
             if let Some(l) = state.as_ref()
                 && !l.refused
                 && l.checked.elapsed() < TOKEN_FILE_RECHECK
@@ -192,7 +192,7 @@ impl TokenFile {
         let meta = tokio::fs::metadata(&self.path).await.map_err(|e| bad(e.to_string()))?;
         let stamp = Stamp::of(&meta);
         {
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut state = self.state.lock();
             if let Some(l) = state.as_mut()
                 && l.stamp == stamp
                 && !l.refused
@@ -212,8 +212,7 @@ impl TokenFile {
         let header = bearer(token).map_err(|_| bad("holds characters not allowed in an HTTP header".into()))?;
         tracing::debug!(path = %self.path.display(), "read the token file");
         // The stamp read before the contents: a change in between is seen next time.
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Loaded { stamp, header: header.clone(), refused: false, checked: Instant::now() });
+        *self.state.lock() = Some(Loaded { stamp, header: header.clone(), refused: false, checked: Instant::now() });
         Ok(header)
     }
 }
@@ -224,7 +223,7 @@ impl Credentials for TokenFile {
     }
 
     fn invalidate(&self, rejected: &HeaderValue) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.lock();
         if let Some(l) = state.as_mut()
             && l.header == rejected
         {

@@ -2,10 +2,10 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use aetherfs_format::{ChunkParams, Chunker, FileChunks};
+use parking_lot::Mutex;
 
 use crate::error::ClientError;
 
@@ -43,23 +43,15 @@ pub(crate) fn hash_files(
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }
-                    *lock(&results[i]) = Some(r);
+                    *results[i].lock() = Some(r);
                 }
             });
         }
     });
     results
         .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or_else(|| Err(ClientError::Invalid("stopped after an earlier error".into())))
-        })
+        .map(|m| m.into_inner().unwrap_or_else(|| Err(ClientError::Invalid("stopped after an earlier error".into()))))
         .collect()
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct ProgressReader<'a, R> {

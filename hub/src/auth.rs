@@ -37,8 +37,11 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-pub use basic::{hash_password, set_user};
-pub use policy::{Identity, Permission};
+pub use basic::UsersError;
+pub use basic::{basic_authorization, hash_password, set_user};
+pub use config::{AlgorithmError, ConfigError, IssuerError, RuleError};
+pub use oidc::{ClientError, IssuerSetupError};
+pub use policy::{GranteeError, Identity, PatternError, Permission};
 
 use crate::error::AppError;
 use crate::metrics::AuthLabels;
@@ -56,8 +59,35 @@ pub enum AuthError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid auth configuration: {0}")]
-    Invalid(String),
+    #[error("invalid auth configuration: {}{source}", in_file(file.as_deref()))]
+    Config {
+        /// None for inline configurations ([`Auth::from_toml`]).
+        file: Option<PathBuf>,
+        #[source]
+        source: config::ConfigError,
+    },
+    #[error("invalid auth configuration: {}{source}", in_file(file.as_deref()))]
+    Issuer {
+        file: Option<PathBuf>,
+        #[source]
+        source: oidc::IssuerSetupError,
+    },
+    #[error("invalid users file {}: {source}", path.display())]
+    Users {
+        path: PathBuf,
+        #[source]
+        source: basic::UsersError,
+    },
+    #[error("invalid user name {0:?}: no ':', spaces or control characters")]
+    UserName(String),
+    #[error("invalid group {0:?}: no ',' or spaces")]
+    Group(String),
+    #[error("cannot hash the password: {0}")]
+    Hash(#[source] argon2::password_hash::Error),
+}
+
+fn in_file(file: Option<&Path>) -> String {
+    file.map(|f| format!("{}: ", f.display())).unwrap_or_default()
 }
 
 /// What a request requires, from its method and path alone.
@@ -117,10 +147,7 @@ impl Auth {
     pub async fn load(path: &Path) -> Result<Auth, AuthError> {
         let text = std::fs::read_to_string(path).map_err(|e| AuthError::Io { path: path.to_path_buf(), source: e })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let auth = Self::build(&text, base, path.display().to_string()).map_err(|e| match e {
-            AuthError::Invalid(m) => AuthError::Invalid(format!("{}: {m}", path.display())),
-            other => other,
-        })?;
+        let auth = Self::build(&text, base, Some(path))?;
         auth.prefetch().await;
         Ok(auth)
     }
@@ -128,13 +155,15 @@ impl Auth {
     /// A configuration from TOML text (tests); relative paths resolve
     /// against `base_dir`. Keys are fetched on first use.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Auth, AuthError> {
-        Self::build(text, base_dir, "inline configuration".to_string())
+        Self::build(text, base_dir, None)
     }
 
-    fn build(text: &str, base_dir: &Path, source: String) -> Result<Auth, AuthError> {
-        let cfg = Config::parse(text, base_dir)?;
+    fn build(text: &str, base_dir: &Path, file: Option<&Path>) -> Result<Auth, AuthError> {
+        let file = file.map(Path::to_path_buf);
+        let cfg = Config::parse(text, base_dir).map_err(|source| AuthError::Config { file: file.clone(), source })?;
         let basic = cfg.users_file.as_deref().map(basic::Basic::load).transpose()?;
-        let oidc = Oidc::new(cfg.issuers).map_err(AuthError::Invalid)?;
+        let oidc = Oidc::new(cfg.issuers).map_err(|source| AuthError::Issuer { file: file.clone(), source })?;
+        let source = file.map_or_else(|| "inline configuration".to_string(), |f| f.display().to_string());
         let enforced = Enforced { source, metrics: cfg.metrics, oidc, basic, policy: Policy::new(cfg.rules) };
         Ok(Auth { enforced: Some(Arc::new(enforced)) })
     }

@@ -1,6 +1,7 @@
 //! HubSource over the fakes in `crate::testing`: each test counts requests
 //! or bytes, so a regression in merging, coalescing or caching shows.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -182,4 +183,56 @@ async fn failed_request_is_unavailable_then_retried() {
     assert_eq!((failing.failed(), packs.requests()), (1, 0));
     assert_eq!(read_one(&s, &refs[0]).await.unwrap(), data[0]);
     assert_eq!(packs.requests(), 1);
+}
+
+/// The value of the sample `name` (with its labels, if any) in a text exposition.
+fn scraped(text: &str, name: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ')))
+        .unwrap_or_else(|| panic!("no {name}"));
+    line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad sample: {line}"))
+}
+
+#[tokio::test]
+async fn metrics_scrape_parses_and_counts_reads() {
+    let packs = MemoryPacks::new();
+    let data = chunks(2, 20);
+    let refs = packs.add_pack(&data, false);
+    let s = source(packs.clone(), None);
+    let admin = crate::admin::Admin::new(s.0.clone(), 0);
+    let before = admin.metrics_text();
+    assert_eq!(scraped(&before, "aetherfs_fetched_bytes_total"), 0.0);
+    assert_eq!(scraped(&before, "aetherfs_fetch_duration_seconds_count"), 0.0);
+
+    read_one(&s, &refs[0]).await.unwrap();
+    read_one(&s, &refs[0]).await.unwrap();
+    let after = admin.metrics_text();
+    assert!(scraped(&after, "aetherfs_fetched_bytes_total") > 0.0);
+    assert_eq!(scraped(&after, "aetherfs_cache_misses_total"), 1.0);
+    assert_eq!(scraped(&after, "aetherfs_cache_memory_hits_total"), 1.0);
+    assert_eq!(scraped(&after, "aetherfs_fetch_duration_seconds_count"), 1.0);
+    assert_eq!(scraped(&after, "aetherfs_fetch_duration_seconds_bucket{le=\"+Inf\"}"), 1.0);
+    // Buckets are cumulative: the last bound already holds the one request.
+    assert_eq!(scraped(&after, "aetherfs_fetch_duration_seconds_bucket{le=\"5.0\"}"), 1.0);
+
+    // Well-formed: every sample belongs to a family declared once, with HELP and TYPE.
+    let mut declared = HashSet::new();
+    for line in after.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(declared.insert(name.to_string()), "{name} declared twice");
+            assert!(after.contains(&format!("# HELP {name} ")), "{name} has no help");
+        } else if !line.starts_with('#') {
+            let sample = line.split([' ', '{']).next().unwrap();
+            assert!(
+                declared.iter().any(|f| sample
+                    .strip_prefix(f.as_str())
+                    .is_some_and(|s| matches!(s, "" | "_total" | "_bucket" | "_sum" | "_count"))),
+                "sample {sample} of no declared family"
+            );
+            assert!(line.rsplit(' ').next().unwrap().parse::<f64>().is_ok(), "bad value: {line}");
+        }
+    }
+    assert_eq!(after.lines().last(), Some("# EOF"));
 }

@@ -6,7 +6,7 @@
 //! with curl and reqwest. scripts/install-test-peers.sh installs the peers.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,55 +15,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use serde_json::{Value, json};
 
-use crate::harness::{BIN, Hub, Proc, require, run_ok, start_daemon, wait_http_ok};
-
-const AUDIENCE: &str = "urn:aetherfs";
+use crate::harness::{AUDIENCE, AuthHub, BIN, Hub, NodePeer, oidc_provider_dir, require, run_ok};
 
 // ------------------------------------------------------------------ peers
-
-fn provider_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/oidc-provider")
-}
-
-/// A Node.js peer that prints `listening at URL` once it serves.
-struct NodePeer {
-    url: String,
-    port: u16,
-    script: &'static str,
-    port_env: &'static str,
-    envs: Vec<(String, String)>,
-    proc: Option<Proc>,
-}
-
-impl NodePeer {
-    fn start(script: &'static str, port_env: &'static str, envs: &[(&str, &str)]) -> NodePeer {
-        Self::start_on(script, port_env, envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), 0)
-    }
-
-    fn start_on(script: &'static str, port_env: &'static str, envs: Vec<(String, String)>, port: u16) -> NodePeer {
-        let dir = provider_dir();
-        assert!(
-            dir.join("node_modules/oidc-provider").is_dir(),
-            "the test OpenID provider is not installed: run scripts/install-test-peers.sh (or .ci/run)"
-        );
-        let mut cmd = Command::new(require("node"));
-        cmd.arg(dir.join(script)).env(port_env, port.to_string());
-        for (k, v) in &envs {
-            cmd.env(k, v);
-        }
-        let (proc, lines) = start_daemon(cmd, &["listening at "]);
-        let url = lines[0].split("listening at ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_string();
-        let port = url.rsplit(':').next().unwrap().parse().unwrap();
-        NodePeer { url, port, script, port_env, envs, proc: Some(proc) }
-    }
-
-    /// Stops the peer and starts it again on the same port: a new signing key.
-    fn restart(&mut self) {
-        // Stop (kill and reap) the old process first: the new one needs its port.
-        self.proc.take();
-        *self = NodePeer::start_on(self.script, self.port_env, self.envs.clone(), self.port);
-    }
-}
 
 fn form(pairs: &[(&str, &str)]) -> String {
     url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
@@ -103,7 +57,7 @@ async fn id_token(provider: &NodePeer) -> String {
     )
     .await;
     let uri = d["verification_uri_complete"].as_str().unwrap();
-    run_ok(Command::new(require("python3")).arg(provider_dir().join("approve.py")).arg(uri));
+    run_ok(Command::new(require("python3")).arg(oidc_provider_dir().join("approve.py")).arg(uri));
     let t = post_form(
         &format!("{issuer}/token"),
         None,
@@ -145,23 +99,6 @@ fn reader_claims(issuer: &str) -> Value {
 }
 
 // -------------------------------------------------------------------- hub
-
-struct AuthHub {
-    url: String,
-    _proc: Proc,
-}
-
-/// `aetherfs hub` on a free port with `args` (auth, TLS).
-fn start_hub(storage: &str, args: &[&str]) -> AuthHub {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["hub", "--listen", "127.0.0.1:0", "--storage", storage]).args(args).env("AETHERFS_LOG", "info");
-    let (proc, lines) = start_daemon(cmd, &["listening on "]);
-    let url = lines[0].split("listening on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_string();
-    if url.starts_with("http://") {
-        wait_http_ok(&url, "/readyz");
-    }
-    AuthHub { url, _proc: proc }
-}
 
 /// Pushes one small version of each dataset through an open hub on `storage`;
 /// returns the digests.
@@ -241,7 +178,7 @@ async fn oidc_access_tokens_from_a_real_provider() {
     let data = tempfile::tempdir().unwrap();
     let storage = format!("file://{}", data.path().join("hub").display());
     let digests = seed(&storage, &["team-a/x", "team-b/y"]);
-    let mut provider = NodePeer::start("server.mjs", "OIDC_PORT", &[("OIDC_AUDIENCE", AUDIENCE)]);
+    let mut provider = NodePeer::provider(&[]);
     let issuer = provider.url.clone();
     let config = write_config(
         data.path(),
@@ -263,7 +200,7 @@ async fn oidc_access_tokens_from_a_real_provider() {
             "#
         ),
     );
-    let hub = start_hub(&storage, &["--auth-config", &config]);
+    let hub = AuthHub::start(&storage, &["--auth-config", &config]);
     let tag_a = format!("{}/v1/datasets/team-a/x/tags/v1", hub.url);
     let get_a = |auth: String| {
         let url = tag_a.clone();
@@ -311,7 +248,7 @@ async fn oidc_access_tokens_from_a_real_provider() {
     let mut c = reader_claims(&issuer);
     c["iss"] = json!("https://idp.evil.example");
     cases.push(("forged issuer", signed(&provider, &c, &at, "current").await, "not trusted"));
-    let untrusted = NodePeer::start("server.mjs", "OIDC_PORT", &[("OIDC_AUDIENCE", AUDIENCE)]);
+    let untrusted = NodePeer::provider(&[]);
     cases.push(("untrusted provider", client_token(&untrusted, "reader", None).await, "not trusted"));
     let mut c = reader_claims(&issuer);
     c["exp"] = json!(now() - 600);
@@ -399,7 +336,7 @@ async fn kubernetes_service_account_tokens() {
             issuer.url
         ),
     );
-    let hub = start_hub(&storage, &["--auth-config", &config]);
+    let hub = AuthHub::start(&storage, &["--auth-config", &config]);
     let tls_client = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap()])
         .build()
@@ -462,9 +399,9 @@ async fn basic_auth_with_a_users_file() {
         dir.path(),
         "[basic]\nusers_file = \"users\"\n[[rule]]\ndatasets = \"team-a/*\"\nread = [\"group:team-a\"]\n",
     );
-    let hub = start_hub(&storage, &["--auth-config", &config]);
+    let hub = AuthHub::start(&storage, &["--auth-config", &config]);
     let tag = format!("{}/v1/datasets/team-a/x/tags/v1", hub.url);
-    let basic = |pw: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("alice:{pw}")));
+    let basic = |pw: &str| aetherfs_hub::auth::basic_authorization("alice", pw);
 
     assert_eq!(call(reqwest::Method::GET, &tag, Some(&basic("correct horse battery")), None).await.status, 200);
     let a = call(reqwest::Method::GET, &tag, Some(&basic("wrong")), None).await;
@@ -540,7 +477,7 @@ async fn https_with_a_test_ca_and_certificate_reload() {
     std::fs::write(d.join("hub.key"), &key1).unwrap();
     let arg = |n: &str| d.join(n).to_str().unwrap().to_string();
 
-    let hub = start_hub("memory://", &["--tls-cert", &arg("hub.crt"), "--tls-key", &arg("hub.key")]);
+    let hub = AuthHub::start("memory://", &["--tls-cert", &arg("hub.crt"), "--tls-key", &arg("hub.key")]);
     assert!(hub.url.starts_with("https://127.0.0.1:"), "{}", hub.url);
     let healthz = format!("{}/healthz", hub.url);
 

@@ -443,3 +443,79 @@ impl Drop for Agent {
         }
     }
 }
+
+/// The audience the test OpenID provider puts in its access tokens.
+pub const AUDIENCE: &str = "urn:aetherfs";
+
+/// scripts/oidc-provider: the test OpenID provider and its Node.js peers.
+pub fn oidc_provider_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/oidc-provider")
+}
+
+/// A Node.js peer from [`oidc_provider_dir`] that prints `listening at URL`
+/// once it serves; killed on drop.
+pub struct NodePeer {
+    pub url: String,
+    port: u16,
+    script: &'static str,
+    port_env: &'static str,
+    envs: Vec<(String, String)>,
+    proc: Option<Proc>,
+}
+
+impl NodePeer {
+    /// The test OpenID provider (server.mjs) issuing tokens for [`AUDIENCE`].
+    pub fn provider(envs: &[(&str, &str)]) -> NodePeer {
+        let mut all = vec![("OIDC_AUDIENCE", AUDIENCE)];
+        all.extend_from_slice(envs);
+        Self::start("server.mjs", "OIDC_PORT", &all)
+    }
+
+    pub fn start(script: &'static str, port_env: &'static str, envs: &[(&str, &str)]) -> NodePeer {
+        Self::start_on(script, port_env, envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), 0)
+    }
+
+    fn start_on(script: &'static str, port_env: &'static str, envs: Vec<(String, String)>, port: u16) -> NodePeer {
+        let dir = oidc_provider_dir();
+        assert!(
+            dir.join("node_modules/oidc-provider").is_dir(),
+            "the test OpenID provider is not installed: run scripts/install-test-peers.sh (or .ci/run)"
+        );
+        let mut cmd = Command::new(require("node"));
+        cmd.arg(dir.join(script)).env(port_env, port.to_string());
+        for (k, v) in &envs {
+            cmd.env(k, v);
+        }
+        let (proc, lines) = start_daemon(cmd, &["listening at "]);
+        let url = lines[0].split("listening at ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_string();
+        let port = url.rsplit(':').next().unwrap().parse().unwrap();
+        NodePeer { url, port, script, port_env, envs, proc: Some(proc) }
+    }
+
+    /// Stops the peer and starts it again on the same port: a new signing key.
+    pub fn restart(&mut self) {
+        // Stop (kill and reap) the old process first: the new one needs its port.
+        self.proc.take();
+        *self = NodePeer::start_on(self.script, self.port_env, self.envs.clone(), self.port);
+    }
+}
+
+/// `aetherfs hub` on a free port with extra arguments (auth, TLS); unlike
+/// [`Hub`], its URL may be https, so readiness is only polled over http.
+pub struct AuthHub {
+    pub url: String,
+    _proc: Proc,
+}
+
+impl AuthHub {
+    pub fn start(storage: &str, args: &[&str]) -> AuthHub {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["hub", "--listen", "127.0.0.1:0", "--storage", storage]).args(args).env("AETHERFS_LOG", "info");
+        let (proc, lines) = start_daemon(cmd, &["listening on "]);
+        let url = lines[0].split("listening on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_string();
+        if url.starts_with("http://") {
+            wait_http_ok(&url, "/readyz");
+        }
+        AuthHub { url, _proc: proc }
+    }
+}

@@ -16,13 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::harness::{BIN, Proc, http_get, make_tree, require, run_err, run_ok, start_daemon, wait_http_ok};
-
-const AUDIENCE: &str = "urn:aetherfs";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
-}
+use crate::harness::{
+    AUDIENCE, AuthHub, BIN, NodePeer, http_get, make_tree, oidc_provider_dir, require, run_err, run_ok, start_daemon,
+};
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
@@ -43,38 +39,13 @@ fn lines(stream: impl Read + Send + 'static, tag: &'static str) -> mpsc::Receive
 /// The project's test OpenID provider on a free port.
 struct Provider {
     issuer: String,
-    _proc: Proc,
+    _peer: NodePeer,
 }
 
 impl Provider {
     fn start(envs: &[(&str, &str)]) -> Provider {
-        let node = require("node");
-        let dir = repo_root().join("scripts/oidc-provider");
-        assert!(
-            dir.join("node_modules/oidc-provider").is_dir(),
-            "the test OpenID provider is not installed: run scripts/install-test-peers.sh"
-        );
-        let mut cmd = Command::new(node);
-        cmd.arg(dir.join("server.mjs"))
-            .env("OIDC_PORT", "0")
-            .env("OIDC_AUDIENCE", AUDIENCE)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn node");
-        let out = lines(child.stdout.take().expect("stdout"), "oidc");
-        let proc = Proc { child };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let line = out.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("provider start");
-            if let Some(rest) = line.split("listening at ").nth(1) {
-                let issuer = rest.split_whitespace().next().unwrap().to_string();
-                return Provider { issuer, _proc: proc };
-            }
-        }
+        let peer = NodePeer::provider(envs);
+        Provider { issuer: peer.url.clone(), _peer: peer }
     }
 
     /// A JWT access token signed with the provider's current key.
@@ -109,7 +80,7 @@ impl Provider {
 /// A hub process with extra arguments (auth, TLS), on local storage.
 struct TestHub {
     url: String,
-    _proc: Proc,
+    _hub: AuthHub,
     _dir: tempfile::TempDir,
 }
 
@@ -117,27 +88,8 @@ impl TestHub {
     fn start(args: &[&str]) -> TestHub {
         let dir = tempfile::tempdir().unwrap();
         let storage = format!("file://{}", dir.path().join("data").display());
-        let mut child = Command::new(BIN)
-            .args(["hub", "--listen", "127.0.0.1:0", "--storage", &storage])
-            .args(args)
-            .env("AETHERFS_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn hub");
-        let err = lines(child.stderr.take().expect("stderr"), "hub");
-        let proc = Proc { child };
-        let url = loop {
-            let line = err.recv_timeout(Duration::from_secs(60)).expect("hub did not announce its address");
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-        };
-        if url.starts_with("http://") {
-            wait_http_ok(&url, "/readyz");
-        }
-        TestHub { url, _proc: proc, _dir: dir }
+        let hub = AuthHub::start(&storage, args);
+        TestHub { url: hub.url.clone(), _hub: hub, _dir: dir }
     }
 
     /// A hub that takes the provider's tokens (no leeway on expiry): the
@@ -210,7 +162,7 @@ fn login(hub: &TestHub, provider: &Provider, config_dir: &Path, extra: &[&str]) 
             break u.to_string();
         }
     };
-    let approve = repo_root().join("scripts/oidc-provider/approve.py");
+    let approve = oidc_provider_dir().join("approve.py");
     run_ok(Command::new(require("python3")).arg(approve).arg(&uri));
     let mut out = String::new();
     stdout.read_to_string(&mut out).unwrap();

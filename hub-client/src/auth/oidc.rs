@@ -15,7 +15,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -30,6 +30,7 @@ use openidconnect::{
     DeviceCodeErrorResponseType, EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, IssuerUrl,
     Nonce, OAuth2TokenResponse, ProviderMetadata, RefreshToken, RequestTokenError, RevocationUrl, Scope, TokenResponse,
 };
+use parking_lot::Mutex;
 use reqwest::header::HeaderValue;
 use serde::{Deserialize, Serialize};
 
@@ -471,7 +472,7 @@ impl ClientCredentials {
     }
 
     fn cached(&self) -> Option<HeaderValue> {
-        let c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        let c = self.cached.lock();
         c.as_ref().filter(|c| c.fresh()).map(|c| c.header.clone())
     }
 
@@ -488,8 +489,7 @@ impl ClientCredentials {
         let header = bearer(&tokens.access_token)?;
         let renew = tokens.expires_in.map(|d| renew_at(obtained, obtained + d.as_secs()));
         tracing::debug!(client = %self.oidc.settings().client_id, expires_in = ?tokens.expires_in, "obtained a client-credentials token");
-        *self.cached.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(Cached { header: header.clone(), renew_at: renew });
+        *self.cached.lock() = Some(Cached { header: header.clone(), renew_at: renew });
         Ok(header)
     }
 }
@@ -500,7 +500,7 @@ impl Credentials for ClientCredentials {
     }
 
     fn invalidate(&self, rejected: &HeaderValue) {
-        let mut c = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.cached.lock();
         if c.as_ref().is_some_and(|c| c.header == rejected) {
             *c = None;
         }

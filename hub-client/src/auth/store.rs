@@ -19,9 +19,10 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
 use reqwest::header::HeaderValue;
 use serde::{Deserialize, Serialize};
 
@@ -297,7 +298,7 @@ impl StoredLogin {
 
 impl Inner {
     fn quick(&self) -> Quick {
-        match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+        match &*self.state.lock() {
             State::Unloaded => Quick::Unloaded,
             State::Missing => Quick::None,
             State::Loaded { entry, header, refused } => {
@@ -318,7 +319,7 @@ impl Inner {
                 (State::Loaded { entry: Box::new(entry), header: header.clone(), refused: false }, Some(header))
             }
         };
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        *self.state.lock() = state;
         Ok(header)
     }
 
@@ -354,7 +355,7 @@ impl Inner {
     /// the lock file, across processes.
     async fn renew(&self) -> Result<Option<HeaderValue>, ClientError> {
         let _one_at_a_time = self.refreshing.lock().await;
-        let ours = match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+        let ours = match &*self.state.lock() {
             State::Loaded { entry, refused, .. } if *refused || !entry.is_fresh() => entry.access_token.clone(),
             State::Loaded { header, .. } => return Ok(Some(header.clone())),
             State::Missing => return Ok(None),
@@ -422,7 +423,7 @@ impl Credentials for StoredLogin {
     }
 
     fn invalidate(&self, rejected: &HeaderValue) {
-        let mut state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.inner.state.lock();
         if let State::Loaded { header, refused, .. } = &mut *state
             && header == rejected
         {

@@ -224,12 +224,16 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// The `Authorization` header value for basic auth (RFC 7617), for clients
+/// and tests of this hub.
+pub fn basic_authorization(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
 /// An argon2id hash of `password` with a fresh random salt, as a PHC string.
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
-    Argon2::default()
-        .hash_password(password.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| AuthError::Invalid(format!("cannot hash the password: {e}")))
+    Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(AuthError::Hash)
 }
 
 fn valid_user_name(name: &str) -> bool {
@@ -248,11 +252,24 @@ fn read_users(path: &Path) -> Result<(HashMap<String, User>, Stamp), AuthError> 
     let io = |e: std::io::Error| AuthError::Io { path: path.to_path_buf(), source: e };
     let before = stamp(path).map_err(io)?;
     let text = std::fs::read_to_string(path).map_err(io)?;
-    let users = parse_users(&text).map_err(|e| AuthError::Invalid(format!("{}: {e}", path.display())))?;
+    let users = parse_users(&text).map_err(|source| AuthError::Users { path: path.to_path_buf(), source })?;
     Ok((users, before))
 }
 
-fn parse_users(text: &str) -> Result<HashMap<String, User>, String> {
+/// Why a line of the users file is refused (lines numbered from 1).
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    #[error("line {line}: invalid user name")]
+    UserName { line: usize },
+    #[error("line {line} ({user}): not an argon2 hash; write the file with `aetherfs hub passwd`, never plain text")]
+    NotArgon2 { line: usize, user: String },
+    #[error("line {line} ({user}): invalid group {group:?}")]
+    Group { line: usize, user: String, group: String },
+    #[error("line {line}: user {user} appears twice")]
+    Duplicate { line: usize, user: String },
+}
+
+fn parse_users(text: &str) -> Result<HashMap<String, User>, UsersError> {
     let mut users = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -265,23 +282,21 @@ fn parse_users(text: &str) -> Result<HashMap<String, User>, String> {
         let hash = parts.next().unwrap_or_default();
         let groups = parts.next().unwrap_or_default();
         if !valid_user_name(name) {
-            return Err(format!("line {n}: invalid user name"));
+            return Err(UsersError::UserName { line: n });
         }
         match PasswordHash::new(hash) {
             Ok(h) if h.algorithm.as_str().starts_with("argon2") => {}
             _ => {
-                return Err(format!(
-                    "line {n} ({name}): not an argon2 hash; write the file with `aetherfs hub passwd`, never plain text"
-                ));
+                return Err(UsersError::NotArgon2 { line: n, user: name.to_string() });
             }
         }
         let groups: Vec<String> =
             groups.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::to_string).collect();
         if let Some(g) = groups.iter().find(|g| !valid_group(g)) {
-            return Err(format!("line {n} ({name}): invalid group {g:?}"));
+            return Err(UsersError::Group { line: n, user: name.to_string(), group: g.clone() });
         }
         if users.insert(name.to_string(), User { hash: hash.to_string(), groups }).is_some() {
-            return Err(format!("line {n}: user {name} appears twice"));
+            return Err(UsersError::Duplicate { line: n, user: name.to_string() });
         }
     }
     Ok(users)
@@ -291,10 +306,10 @@ fn parse_users(text: &str) -> Result<HashMap<String, User>, String> {
 /// keeping every other line; written to a temporary file and renamed, mode 0600.
 pub fn set_user(path: &Path, user: &str, hash: &str, groups: &[String]) -> Result<(), AuthError> {
     if !valid_user_name(user) {
-        return Err(AuthError::Invalid(format!("invalid user name {user:?}: no ':', spaces or control characters")));
+        return Err(AuthError::UserName(user.to_string()));
     }
     if let Some(g) = groups.iter().find(|g| !valid_group(g)) {
-        return Err(AuthError::Invalid(format!("invalid group {g:?}: no ',' or spaces")));
+        return Err(AuthError::Group(g.clone()));
     }
     let io = |e: std::io::Error| AuthError::Io { path: path.to_path_buf(), source: e };
     let old = match std::fs::read_to_string(path) {
@@ -304,7 +319,7 @@ pub fn set_user(path: &Path, user: &str, hash: &str, groups: &[String]) -> Resul
         }
         Err(e) => return Err(io(e)),
     };
-    parse_users(&old).map_err(|e| AuthError::Invalid(format!("{}: {e}", path.display())))?;
+    parse_users(&old).map_err(|source| AuthError::Users { path: path.to_path_buf(), source })?;
     let entry =
         if groups.is_empty() { format!("{user}:{hash}") } else { format!("{user}:{hash}:{}", groups.join(",")) };
     let mut out = String::new();

@@ -9,8 +9,7 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
-use super::AuthError;
-use super::policy::{Grantee, Pattern, Rule};
+use super::policy::{Grantee, GranteeError, Pattern, PatternError, Rule};
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -138,19 +137,96 @@ pub(crate) const DEFAULT_LEEWAY_SECS: u64 = 30;
 const MAX_LEEWAY_SECS: u64 = 300;
 pub(crate) const DEFAULT_JWKS_REFRESH_MIN_SECS: u64 = 30;
 
-fn invalid(what: impl Into<String>) -> AuthError {
-    AuthError::Invalid(what.into())
+/// Why the configuration file is refused; sections are numbered from 1 as
+/// they appear in the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    #[error("[[oidc]] #{index}: {source}")]
+    Issuer {
+        index: usize,
+        #[source]
+        source: IssuerError,
+    },
+    #[error("[[oidc]] #{index}: issuer {issuer} is configured twice")]
+    DuplicateIssuer { index: usize, issuer: String },
+    #[error("[[rule]] #{index}: {source}")]
+    Rule {
+        index: usize,
+        #[source]
+        source: RuleError,
+    },
+}
+
+/// Why one `[[oidc]]` section is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    #[error("issuer {issuer:?} is not a URL: {source}")]
+    NotUrl {
+        issuer: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("issuer {0:?} must not have a query or fragment")]
+    QueryOrFragment(String),
+    #[error(
+        "issuer {0:?} uses plain HTTP: keys fetched that way can be forged; use https \
+         (plain HTTP is accepted on loopback only, for tests)"
+    )]
+    PlainHttp(String),
+    #[error("issuer {issuer:?}: unsupported scheme {scheme}")]
+    Scheme { issuer: String, scheme: String },
+    #[error("audience is empty")]
+    EmptyAudience,
+    #[error("algorithms is empty")]
+    NoAlgorithms,
+    #[error(transparent)]
+    Algorithm(#[from] AlgorithmError),
+    #[error("leeway_secs = {0}: at most {MAX_LEEWAY_SECS}")]
+    Leeway(u64),
+    #[error("jwks_refresh_min_secs = 0: at least 1, or forged tokens could make the hub hammer the issuer")]
+    ZeroRefresh,
+    #[error("subject_claim is empty")]
+    EmptySubjectClaim,
+}
+
+/// Why a signature algorithm is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AlgorithmError {
+    #[error("algorithm \"none\" (unsigned tokens) is never accepted")]
+    Unsigned,
+    #[error("algorithm {0:?}: HMAC algorithms are never accepted (use RS*, PS*, ES* or EdDSA)")]
+    Hmac(String),
+    #[error("unknown algorithm {0:?} (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)")]
+    Unknown(String),
+}
+
+/// Why one `[[rule]]` section is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("datasets is empty")]
+    NoDatasets,
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    #[error("{permission}: {source}")]
+    Grantee {
+        permission: &'static str,
+        #[source]
+        source: GranteeError,
+    },
 }
 
 impl Config {
-    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, AuthError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text)?;
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
         let mut issuers: Vec<IssuerConfig> = Vec::new();
         for (i, o) in file.oidc.into_iter().enumerate() {
-            let c = issuer(o, &resolve).map_err(|e| invalid(format!("[[oidc]] #{}: {e}", i + 1)))?;
+            let index = i + 1;
+            let c = issuer(o, &resolve).map_err(|source| ConfigError::Issuer { index, source })?;
             if issuers.iter().any(|x| x.issuer == c.issuer) {
-                return Err(invalid(format!("[[oidc]] #{}: issuer {} is configured twice", i + 1, c.issuer)));
+                return Err(ConfigError::DuplicateIssuer { index, issuer: c.issuer });
             }
             issuers.push(c);
         }
@@ -158,35 +234,32 @@ impl Config {
         let known_issuers: Vec<&str> = issuers.iter().map(|i| i.issuer.as_str()).collect();
         let mut rules = Vec::new();
         for (i, r) in file.rules.into_iter().enumerate() {
-            rules.push(rule(r, &known_issuers).map_err(|e| invalid(format!("[[rule]] #{}: {e}", i + 1)))?);
+            rules.push(rule(r, &known_issuers).map_err(|source| ConfigError::Rule { index: i + 1, source })?);
         }
         Ok(Config { metrics: file.metrics, issuers, users_file, rules })
     }
 }
 
-fn issuer(o: OidcFile, resolve: &dyn Fn(PathBuf) -> PathBuf) -> Result<IssuerConfig, String> {
-    let url = url::Url::parse(&o.issuer).map_err(|e| format!("issuer {:?} is not a URL: {e}", o.issuer))?;
+fn issuer(o: OidcFile, resolve: &dyn Fn(PathBuf) -> PathBuf) -> Result<IssuerConfig, IssuerError> {
+    let url = match url::Url::parse(&o.issuer) {
+        Ok(u) => u,
+        Err(source) => return Err(IssuerError::NotUrl { issuer: o.issuer, source }),
+    };
     if url.fragment().is_some() || url.query().is_some() {
-        return Err(format!("issuer {:?} must not have a query or fragment", o.issuer));
+        return Err(IssuerError::QueryOrFragment(o.issuer));
     }
     match url.scheme() {
         "https" => {}
         "http" if is_loopback_host(&url) => {}
-        "http" => {
-            return Err(format!(
-                "issuer {:?} uses plain HTTP: keys fetched that way can be forged; use https \
-                 (plain HTTP is accepted on loopback only, for tests)",
-                o.issuer
-            ));
-        }
-        s => return Err(format!("issuer {:?}: unsupported scheme {s}", o.issuer)),
+        "http" => return Err(IssuerError::PlainHttp(o.issuer)),
+        s => return Err(IssuerError::Scheme { scheme: s.to_string(), issuer: o.issuer }),
     }
     if o.audience.trim().is_empty() {
-        return Err("audience is empty".into());
+        return Err(IssuerError::EmptyAudience);
     }
     let names = o.algorithms.unwrap_or_else(|| vec!["RS256".to_string()]);
     if names.is_empty() {
-        return Err("algorithms is empty".into());
+        return Err(IssuerError::NoAlgorithms);
     }
     let mut algorithms = Vec::new();
     for n in &names {
@@ -194,17 +267,15 @@ fn issuer(o: OidcFile, resolve: &dyn Fn(PathBuf) -> PathBuf) -> Result<IssuerCon
     }
     let leeway_secs = o.leeway_secs.unwrap_or(DEFAULT_LEEWAY_SECS);
     if leeway_secs > MAX_LEEWAY_SECS {
-        return Err(format!("leeway_secs = {leeway_secs}: at most {MAX_LEEWAY_SECS}"));
+        return Err(IssuerError::Leeway(leeway_secs));
     }
     let refresh_min = o.jwks_refresh_min_secs.unwrap_or(DEFAULT_JWKS_REFRESH_MIN_SECS);
     if refresh_min == 0 {
-        return Err(
-            "jwks_refresh_min_secs = 0: at least 1, or forged tokens could make the hub hammer the issuer".into()
-        );
+        return Err(IssuerError::ZeroRefresh);
     }
     let subject_claim = o.subject_claim.unwrap_or_else(|| "sub".to_string());
     if subject_claim.is_empty() {
-        return Err("subject_claim is empty".into());
+        return Err(IssuerError::EmptySubjectClaim);
     }
     Ok(IssuerConfig {
         issuer: o.issuer,
@@ -232,13 +303,13 @@ fn is_loopback_host(url: &url::Url) -> bool {
 /// An asymmetric signature algorithm. `none` and the HMAC family are refused:
 /// with HMAC the verification key is the signing key, and a verifier handed a
 /// public key as an HMAC secret accepts tokens anyone can forge.
-pub(crate) fn algorithm(name: &str) -> Result<Algorithm, String> {
+pub(crate) fn algorithm(name: &str) -> Result<Algorithm, AlgorithmError> {
     let upper = name.to_ascii_uppercase();
     if upper == "NONE" {
-        return Err("algorithm \"none\" (unsigned tokens) is never accepted".into());
+        return Err(AlgorithmError::Unsigned);
     }
     if upper.starts_with("HS") {
-        return Err(format!("algorithm {name:?}: HMAC algorithms are never accepted (use RS*, PS*, ES* or EdDSA)"));
+        return Err(AlgorithmError::Hmac(name.to_string()));
     }
     match name {
         "RS256" => Ok(Algorithm::RS256),
@@ -250,22 +321,22 @@ pub(crate) fn algorithm(name: &str) -> Result<Algorithm, String> {
         "ES256" => Ok(Algorithm::ES256),
         "ES384" => Ok(Algorithm::ES384),
         "EdDSA" => Ok(Algorithm::EdDSA),
-        _ => Err(format!("unknown algorithm {name:?} (RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)")),
+        _ => Err(AlgorithmError::Unknown(name.to_string())),
     }
 }
 
-fn rule(r: RuleFile, issuers: &[&str]) -> Result<Rule, String> {
+fn rule(r: RuleFile, issuers: &[&str]) -> Result<Rule, RuleError> {
     let patterns = match r.datasets {
         OneOrMany::One(s) => vec![s],
         OneOrMany::Many(v) => v,
     };
     if patterns.is_empty() {
-        return Err("datasets is empty".into());
+        return Err(RuleError::NoDatasets);
     }
     let patterns = patterns.iter().map(|p| Pattern::parse(p)).collect::<Result<Vec<_>, _>>()?;
-    let grantees = |list: &[String], what: &str| {
+    let grantees = |list: &[String], permission: &'static str| {
         list.iter()
-            .map(|g| Grantee::parse(g, issuers).map_err(|e| format!("{what}: {e}")))
+            .map(|g| Grantee::parse(g, issuers).map_err(|source| RuleError::Grantee { permission, source }))
             .collect::<Result<Vec<_>, _>>()
     };
     Ok(Rule {
@@ -281,7 +352,7 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Result<Config, String> {
-        Config::parse(s, Path::new("/etc/aetherfs")).map_err(|e| e.to_string())
+        Config::parse(s, Path::new("/etc/aetherfs")).map_err(|e| aetherfs_util::one_line(&e))
     }
 
     #[test]

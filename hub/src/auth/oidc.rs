@@ -73,13 +73,75 @@ fn invalid(s: impl Into<String>) -> TokenError {
     TokenError::Invalid(s.into())
 }
 
+/// Why an issuer could not be set up at start (its HTTP client).
+#[derive(Debug, thiserror::Error)]
+#[error("issuer {issuer}: {source}")]
+pub struct IssuerSetupError {
+    issuer: String,
+    #[source]
+    source: ClientError,
+}
+
+/// Why the HTTP client for an issuer could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read ca_file {}: {source}", path.display())]
+    ReadCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ca_file {}: {source}", path.display())]
+    ParseCa {
+        path: PathBuf,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("ca_file {} holds no certificate", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("cannot build an HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
+}
+
+/// Why an issuer's keys could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeysError {
+    #[error("{step}: {}", explain_discovery(source))]
+    Discovery {
+        /// `discovery` or `fetching the JWKS`.
+        step: &'static str,
+        #[source]
+        source: DiscoveryError<FetchError>,
+    },
+    #[error("bad issuer URL: {0}")]
+    IssuerUrl(#[source] url::ParseError),
+    #[error("cannot build the discovery request: {0}")]
+    Request(#[source] openidconnect::http::Error),
+    #[error("discovery: {0}")]
+    Fetch(#[source] FetchError),
+    #[error("discovery: HTTP {status} at {url}")]
+    Status { status: openidconnect::http::StatusCode, url: String },
+    #[error("discovery document at {url}: {source}")]
+    Document {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("discovery document names issuer {found:?}, expected {expected:?}")]
+    IssuerMismatch { found: String, expected: String },
+    #[error("bad jwks_uri: {0}")]
+    JwksUri(#[source] url::ParseError),
+    #[error("jwks_uri {0} is not https")]
+    JwksNotHttps(url::Url),
+}
+
 /// Every trusted issuer.
 pub(crate) struct Oidc {
     issuers: Vec<Issuer>,
 }
 
 impl Oidc {
-    pub fn new(configs: Vec<IssuerConfig>) -> Result<Oidc, String> {
+    pub fn new(configs: Vec<IssuerConfig>) -> Result<Oidc, IssuerSetupError> {
         let issuers = configs.into_iter().map(Issuer::new).collect::<Result<Vec<_>, _>>()?;
         Ok(Oidc { issuers })
     }
@@ -305,7 +367,8 @@ struct KeyState {
     generation: u64,
     fetched_at: Option<Instant>,
     attempted_at: Option<Instant>,
-    last_error: Option<String>,
+    /// Shared: every token waiting on a failed first fetch reports it.
+    last_error: Option<Arc<KeysError>>,
 }
 
 struct Issuer {
@@ -316,9 +379,9 @@ struct Issuer {
 }
 
 impl Issuer {
-    fn new(cfg: IssuerConfig) -> Result<Issuer, String> {
+    fn new(cfg: IssuerConfig) -> Result<Issuer, IssuerSetupError> {
         let fetcher = Fetcher::new(cfg.ca_file.clone(), cfg.discovery_token_file.clone())
-            .map_err(|e| format!("issuer {}: {e}", cfg.issuer))?;
+            .map_err(|source| IssuerSetupError { issuer: cfg.issuer.clone(), source })?;
         Ok(Issuer { cfg, fetcher, state: Mutex::new(KeyState::default()), refreshing: tokio::sync::Mutex::new(()) })
     }
 
@@ -447,19 +510,22 @@ impl Issuer {
             }
             Err(e) => {
                 tracing::warn!(issuer = %self.cfg.issuer, error = %e, "fetching the issuer's keys failed");
+                let e = Arc::new(e);
                 st.last_error = Some(e.clone());
                 if st.fetched_at.is_none() { Err(unavailable(&self.cfg.issuer, &e)) } else { Ok(false) }
             }
         }
     }
 
-    async fn fetch_keys(&self, uri: &JsonWebKeySetUrl) -> Result<CoreJsonWebKeySet, String> {
-        CoreJsonWebKeySet::fetch_async(uri, &self.fetcher).await.map_err(|e| discovery_error("fetching the JWKS", &e))
+    async fn fetch_keys(&self, uri: &JsonWebKeySetUrl) -> Result<CoreJsonWebKeySet, KeysError> {
+        CoreJsonWebKeySet::fetch_async(uri, &self.fetcher)
+            .await
+            .map_err(|source| KeysError::Discovery { step: "fetching the JWKS", source })
     }
 
     /// The discovery document, then the keys it points to.
-    async fn discover(&self) -> Result<(JsonWebKeySetUrl, CoreJsonWebKeySet), String> {
-        let issuer_url = IssuerUrl::new(self.cfg.issuer.clone()).map_err(|e| format!("bad issuer URL: {e}"))?;
+    async fn discover(&self) -> Result<(JsonWebKeySetUrl, CoreJsonWebKeySet), KeysError> {
+        let issuer_url = IssuerUrl::new(self.cfg.issuer.clone()).map_err(KeysError::IssuerUrl)?;
         match CoreProviderMetadata::discover_async(issuer_url, &self.fetcher).await {
             Ok(meta) => {
                 let uri = meta.jwks_uri().clone();
@@ -474,11 +540,11 @@ impl Issuer {
                 let keys = self.fetch_keys(&uri).await?;
                 Ok((uri, keys))
             }
-            Err(e) => Err(discovery_error("discovery", &e)),
+            Err(source) => Err(KeysError::Discovery { step: "discovery", source }),
         }
     }
 
-    async fn minimal_discovery(&self) -> Result<JsonWebKeySetUrl, String> {
+    async fn minimal_discovery(&self) -> Result<JsonWebKeySetUrl, KeysError> {
         #[derive(serde::Deserialize)]
         struct Minimal {
             issuer: String,
@@ -490,26 +556,28 @@ impl Issuer {
             .uri(&url)
             .header(openidconnect::http::header::ACCEPT, "application/json")
             .body(Vec::new())
-            .map_err(|e| e.to_string())?;
-        let resp = self.fetcher.fetch(req).await.map_err(|e| format!("discovery: {e}"))?;
+            .map_err(KeysError::Request)?;
+        let resp = self.fetcher.fetch(req).await.map_err(KeysError::Fetch)?;
         if !resp.status().is_success() {
-            return Err(format!("discovery: HTTP {} at {url}", resp.status()));
+            return Err(KeysError::Status { status: resp.status(), url });
         }
-        let doc: Minimal =
-            serde_json::from_slice(resp.body()).map_err(|e| format!("discovery document at {url}: {e}"))?;
+        let doc: Minimal = match serde_json::from_slice(resp.body()) {
+            Ok(d) => d,
+            Err(source) => return Err(KeysError::Document { url, source }),
+        };
         if doc.issuer != self.cfg.issuer {
-            return Err(format!("discovery document names issuer {:?}, expected {:?}", doc.issuer, self.cfg.issuer));
+            return Err(KeysError::IssuerMismatch { found: doc.issuer, expected: self.cfg.issuer.clone() });
         }
-        JsonWebKeySetUrl::new(doc.jwks_uri).map_err(|e| format!("bad jwks_uri: {e}"))
+        JsonWebKeySetUrl::new(doc.jwks_uri).map_err(KeysError::JwksUri)
     }
 }
 
-fn unavailable(issuer: &str, e: &str) -> TokenError {
+fn unavailable(issuer: &str, e: &KeysError) -> TokenError {
     TokenError::Unavailable(format!("the keys of issuer {issuer} are unavailable: {e}"))
 }
 
 /// Keys fetched over plain HTTP could be replaced on the way: only loopback.
-fn check_jwks_uri(uri: &JsonWebKeySetUrl) -> Result<(), String> {
+fn check_jwks_uri(uri: &JsonWebKeySetUrl) -> Result<(), KeysError> {
     let u = uri.url();
     let loopback = match u.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
@@ -520,16 +588,17 @@ fn check_jwks_uri(uri: &JsonWebKeySetUrl) -> Result<(), String> {
     match u.scheme() {
         "https" => Ok(()),
         "http" if loopback => Ok(()),
-        _ => Err(format!("jwks_uri {u} is not https")),
+        _ => Err(KeysError::JwksNotHttps(u.clone())),
     }
 }
 
-fn discovery_error<E: std::error::Error>(what: &str, e: &DiscoveryError<E>) -> String {
+/// openidconnect's own messages hide the cause ("Request failed"): say it.
+fn explain_discovery(e: &DiscoveryError<FetchError>) -> String {
     match e {
-        DiscoveryError::Request(inner) => format!("{what}: {inner}"),
-        DiscoveryError::Response(status, _, msg) => format!("{what}: {msg} (HTTP {status})"),
-        DiscoveryError::Parse(p) => format!("{what}: unreadable answer at {}: {}", p.path(), p.inner()),
-        other => format!("{what}: {other}"),
+        DiscoveryError::Request(inner) => inner.to_string(),
+        DiscoveryError::Response(status, _, msg) => format!("{msg} (HTTP {status})"),
+        DiscoveryError::Parse(p) => format!("unreadable answer at {}: {}", p.path(), p.inner()),
+        other => other.to_string(),
     }
 }
 
@@ -542,27 +611,45 @@ struct Fetcher {
     bearer_file: Option<PathBuf>,
 }
 
+/// Why one HTTP fetch for an issuer failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct FetchError(String);
+pub(crate) enum FetchError {
+    #[error("cannot read discovery_token_file {}: {source}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    // reqwest's own message hides the cause (connection refused, TLS…).
+    #[error("{url}: {}", aetherfs_util::one_line(source))]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url}: answer larger than {DOCUMENT_MAX} bytes")]
+    TooLarge { url: String },
+    #[error("{0}")]
+    Response(#[source] openidconnect::http::Error),
+}
 
 impl Fetcher {
-    fn new(ca_file: Option<PathBuf>, bearer_file: Option<PathBuf>) -> Result<Fetcher, String> {
+    fn new(ca_file: Option<PathBuf>, bearer_file: Option<PathBuf>) -> Result<Fetcher, ClientError> {
         let mut b = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(FETCH_TIMEOUT)
             .connect_timeout(FETCH_TIMEOUT)
             .user_agent(concat!("aetherfs-hub/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("cannot read ca_file {}: {e}", ca.display()))?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+            let pem = std::fs::read(ca).map_err(|source| ClientError::ReadCa { path: ca.clone(), source })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|source| ClientError::ParseCa { path: ca.clone(), source })?;
             if certs.is_empty() {
-                return Err(format!("ca_file {} holds no certificate", ca.display()));
+                return Err(ClientError::NoCertificate(ca.clone()));
             }
             b = b.tls_certs_only(certs);
         }
-        let client = b.build().map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        let client = b.build().map_err(ClientError::Build)?;
         Ok(Fetcher { client, bearer_file })
     }
 
@@ -573,24 +660,30 @@ impl Fetcher {
         if let Some(f) = &self.bearer_file {
             let token = tokio::fs::read_to_string(f)
                 .await
-                .map_err(|e| FetchError(format!("cannot read discovery_token_file {}: {e}", f.display())))?;
+                .map_err(|source| FetchError::TokenFile { path: f.clone(), source })?;
             rb = rb.bearer_auth(token.trim());
         }
-        let mut resp = rb.send().await.map_err(|e| FetchError(format!("{url}: {}", aetherfs_util::one_line(&e))))?;
+        let mut resp = match rb.send().await {
+            Ok(r) => r,
+            Err(source) => return Err(FetchError::Http { url, source }),
+        };
         let mut out = openidconnect::http::Response::builder().status(resp.status());
         for (k, v) in resp.headers() {
             out = out.header(k, v);
         }
         let mut body = Vec::new();
-        while let Some(chunk) =
-            resp.chunk().await.map_err(|e| FetchError(format!("{url}: {}", aetherfs_util::one_line(&e))))?
-        {
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(source) => return Err(FetchError::Http { url, source }),
+            };
             if body.len() + chunk.len() > DOCUMENT_MAX {
-                return Err(FetchError(format!("{url}: answer larger than {DOCUMENT_MAX} bytes")));
+                return Err(FetchError::TooLarge { url });
             }
             body.extend_from_slice(&chunk);
         }
-        out.body(body).map_err(|e| FetchError(e.to_string()))
+        out.body(body).map_err(FetchError::Response)
     }
 }
 

@@ -46,6 +46,32 @@ pub struct Identity {
 /// The literal issuer of basic-auth identities in `user:basic#NAME`.
 pub(crate) const BASIC_ISSUER: &str = "basic";
 
+/// Why a grantee (`user:…`, `group:…`, …) in a rule is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum GranteeError {
+    #[error("{0:?}: empty subject")]
+    EmptySubject(String),
+    #[error("{grantee:?}: {issuer} is not a configured issuer")]
+    UnknownIssuer { grantee: String, issuer: String },
+    #[error("{0:?}: empty group")]
+    EmptyGroup(String),
+    #[error("{0:?}: expected anonymous, authenticated, user:SUBJECT, user:ISSUER#SUBJECT or group:NAME")]
+    Unknown(String),
+}
+
+/// Why a dataset pattern in a rule is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PatternError {
+    #[error("empty dataset pattern")]
+    Empty,
+    #[error("dataset pattern {0:?} has an empty segment")]
+    EmptySegment(String),
+    #[error("dataset pattern {0:?}: `**` must be a whole segment")]
+    PartialDoubleStar(String),
+    #[error("dataset pattern {0:?}: names are lower-case letters, digits and . _ -; globs add * and **")]
+    Character(String),
+}
+
 /// An identity a rule grants something to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Grantee {
@@ -64,7 +90,7 @@ pub(crate) enum Grantee {
 impl Grantee {
     /// `anonymous`, `authenticated`, `user:SUB`, `user:ISSUER#SUB` (ISSUER a
     /// configured issuer URL or `basic`), `group:NAME`.
-    pub fn parse(s: &str, issuers: &[&str]) -> Result<Grantee, String> {
+    pub fn parse(s: &str, issuers: &[&str]) -> Result<Grantee, GranteeError> {
         match s {
             "anonymous" => return Ok(Grantee::Anonymous),
             "authenticated" => return Ok(Grantee::Authenticated),
@@ -72,16 +98,16 @@ impl Grantee {
         }
         if let Some(rest) = s.strip_prefix("user:") {
             if rest.is_empty() {
-                return Err(format!("{s:?}: empty subject"));
+                return Err(GranteeError::EmptySubject(s.to_string()));
             }
             if let Some((iss, sub)) = rest.split_once('#')
                 && (iss == BASIC_ISSUER || iss.starts_with("https://") || iss.starts_with("http://"))
             {
                 if iss != BASIC_ISSUER && !issuers.contains(&iss) {
-                    return Err(format!("{s:?}: {iss} is not a configured issuer"));
+                    return Err(GranteeError::UnknownIssuer { grantee: s.to_string(), issuer: iss.to_string() });
                 }
                 if sub.is_empty() {
-                    return Err(format!("{s:?}: empty subject"));
+                    return Err(GranteeError::EmptySubject(s.to_string()));
                 }
                 return Ok(Grantee::User { issuer: Some(iss.to_string()), subject: sub.to_string() });
             }
@@ -89,11 +115,11 @@ impl Grantee {
         }
         if let Some(g) = s.strip_prefix("group:") {
             if g.is_empty() {
-                return Err(format!("{s:?}: empty group"));
+                return Err(GranteeError::EmptyGroup(s.to_string()));
             }
             return Ok(Grantee::Group(g.to_string()));
         }
-        Err(format!("{s:?}: expected anonymous, authenticated, user:SUBJECT, user:ISSUER#SUBJECT or group:NAME"))
+        Err(GranteeError::Unknown(s.to_string()))
     }
 
     fn matches(&self, who: Option<&Identity>) -> bool {
@@ -125,23 +151,21 @@ enum Segment {
 }
 
 impl Pattern {
-    pub fn parse(s: &str) -> Result<Pattern, String> {
+    pub fn parse(s: &str) -> Result<Pattern, PatternError> {
         if s.is_empty() {
-            return Err("empty dataset pattern".into());
+            return Err(PatternError::Empty);
         }
         let mut segments = Vec::new();
         for seg in s.split('/') {
             if seg.is_empty() {
-                return Err(format!("dataset pattern {s:?} has an empty segment"));
+                return Err(PatternError::EmptySegment(s.to_string()));
             }
             if seg == "**" {
                 segments.push(Segment::Any);
             } else if seg.contains("**") {
-                return Err(format!("dataset pattern {s:?}: `**` must be a whole segment"));
+                return Err(PatternError::PartialDoubleStar(s.to_string()));
             } else if !seg.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-*".contains(&c)) {
-                return Err(format!(
-                    "dataset pattern {s:?}: names are lower-case letters, digits and . _ -; globs add * and **"
-                ));
+                return Err(PatternError::Character(s.to_string()));
             } else {
                 segments.push(Segment::Glob(seg.to_string()));
             }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aetherfs_format::pack::{BuiltPack, PackBuilder};
 use aetherfs_format::{ChunkParams, ChunkRef, Digest, Entry, EntryKind, Manifest};
-use aetherfs_hub::auth::{hash_password, set_user};
+use aetherfs_hub::auth::{basic_authorization as basic, hash_password, set_user};
 use aetherfs_hub::{Auth, Hub, HubOptions};
 use axum::Router;
 use axum::body::Body;
@@ -130,10 +130,6 @@ impl T {
         let v = self.get("/v1/datasets", user).await.ok();
         v["datasets"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap().to_string()).collect()
     }
-}
-
-fn basic(user: &str, pw: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}")))
 }
 
 /// The documented routes and methods, from the hub's own /openapi.json.
