@@ -5,8 +5,8 @@
 set -eu
 uid=65532
 gid=65532
-groupadd --system --gid "$gid" aetherfs
-useradd --system --uid "$uid" --gid "$gid" --home-dir /home/aetherfs --create-home \
+groupadd --gid "$gid" aetherfs
+useradd --no-log-init --uid "$uid" --gid "$gid" --home-dir /home/aetherfs --create-home \
   --shell /usr/sbin/nologin aetherfs
 # Non-root `aetherfs mount --allow-other` goes through fusermount3, which
 # needs this line; root (the chart's fuse mode) does not.

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Proves the image's runtime stage without a container engine: builds the
+# same root filesystem the Dockerfile's runtime stage has (Debian bookworm,
+# minbase, the packages of scripts/image-packages.txt, the user of
+# scripts/image-user.sh), copies target/release/aetherfs in, and inside a
+# chroot, as uid/gid 65532: prints the version, starts a hub on file storage,
+# pushes a directory, starts the agent serving it over WebDAV, and fetches a
+# file with curl from outside, byte for byte.
+#
+# Needs root (debootstrap, chroot, mount -t proc) and the network on first
+# run. The debootstrapped base is cached under
+# ${AETHERFS_IMAGE_CACHE:-target/image-rootfs}, keyed by the package list, so
+# reruns skip it. AETHERFS_BIN=PATH uses that binary instead of building
+# target/release/aetherfs. DEBOOTSTRAP_MIRROR overrides debootstrap's default mirror.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$PWD"
+start=$(date +%s)
+
+if [ "$(id -u)" -ne 0 ]; then
+  exec sudo --preserve-env=AETHERFS_BIN,AETHERFS_IMAGE_CACHE,DEBOOTSTRAP_MIRROR,PATH "$0" "$@"
+fi
+for tool in debootstrap chroot curl cmp; do
+  command -v "$tool" >/dev/null || { echo "image-rootfs-check: $tool is missing (scripts/install-test-peers.sh installs it)" >&2; exit 1; }
+done
+
+suite=bookworm
+uid=65532
+gid=65532
+packages=$(grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' scripts/image-packages.txt | paste -sd, -)
+
+if [ -z "${AETHERFS_BIN:-}" ]; then
+  cargo build --release --locked -p aetherfs --quiet
+  bin="$repo/target/release/aetherfs"
+else
+  bin="$AETHERFS_BIN"
+fi
+
+# The base root filesystem, built once per package list.
+cache="${AETHERFS_IMAGE_CACHE:-$repo/target/image-rootfs}"
+mkdir -p "$cache"
+key=$( (echo "$suite minbase $packages") | sha256sum | cut -c1-16)
+base="$cache/$suite-minbase-$key"
+if [ ! -f "$base/.complete" ]; then
+  echo "image-rootfs-check: debootstrap $suite (minbase + $packages) into $base"
+  rm -rf --one-file-system "$base.tmp"
+  t0=$(date +%s)
+  debootstrap --variant=minbase --include="$packages" "$suite" "$base.tmp" ${DEBOOTSTRAP_MIRROR:+"$DEBOOTSTRAP_MIRROR"} \
+    >"$cache/debootstrap.log" 2>&1 || { tail -n 30 "$cache/debootstrap.log" >&2; exit 1; }
+  # debootstrap may leave its /proc mounted; the cache holds files only.
+  if mountpoint -q "$base.tmp/proc"; then umount "$base.tmp/proc"; fi
+  rm -rf "$base.tmp/var/cache/apt/archives/"*.deb "$base.tmp/var/lib/apt/lists/"*
+  touch "$base.tmp/.complete"
+  rm -rf --one-file-system "$base"
+  mv "$base.tmp" "$base"
+  echo "image-rootfs-check: debootstrap took $(($(date +%s) - t0))s"
+fi
+
+work=$(mktemp -d "$cache/run.XXXXXX")
+root="$work/root"
+pids=()
+cleanup() {
+  local rc=$?
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if mountpoint -q "$root/proc"; then umount "$root/proc" || umount -l "$root/proc"; fi
+  if [ $rc -ne 0 ]; then
+    for log in "$work"/*.log; do [ -f "$log" ] && { echo "--- $log" >&2; tail -n 20 "$log" >&2; }; done
+  fi
+  # --one-file-system: never descend into something still mounted.
+  if ! mountpoint -q "$root/proc" 2>/dev/null; then rm -rf --one-file-system "$work"; fi
+  exit $rc
+}
+trap cleanup EXIT INT TERM
+
+cp -a "$base" "$root"
+rm -f "$root/.complete"
+chroot "$root" /bin/sh -s <scripts/image-user.sh
+install -m 0755 "$bin" "$root/usr/local/bin/aetherfs"
+mount -t proc proc "$root/proc"
+
+# Runs a command in the rootfs as the image's user, with the image's environment.
+as_user() {
+  chroot --userspec="$uid:$gid" "$root" /usr/bin/env -i HOME=/home/aetherfs \
+    PATH=/usr/local/bin:/usr/bin:/bin "$@"
+}
+
+# The log line "PREFIX ADDR" of a daemon, once it appears; fails if the daemon exits.
+wait_line() {
+  local log=$1 prefix=$2 pid=$3 found
+  for _ in $(seq 1 600); do
+    found=$(sed -n "s#.*$prefix\([^ ]*\).*#\1#p" "$log" | head -n1)
+    if [ -n "$found" ]; then echo "$found"; return 0; fi
+    kill -0 "$pid" 2>/dev/null || { echo "image-rootfs-check: daemon exited: $log" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "image-rootfs-check: no '$prefix' in $log after 60s" >&2
+  return 1
+}
+wait_ok() {
+  local url=$1
+  for _ in $(seq 1 600); do
+    curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "image-rootfs-check: $url never answered 200" >&2
+  return 1
+}
+
+as_user aetherfs --version
+as_user fusermount3 --version >/dev/null
+[ "$(as_user id -u)" = "$uid" ]
+
+# Data written by the image's user, as a volume would be.
+mkdir -p "$root/home/aetherfs/src/sub"
+cp examples/geoip/* "$root/home/aetherfs/src/"
+head -c 300000 /dev/urandom >"$root/home/aetherfs/src/sub/random.bin"
+head -c 32 /dev/urandom >"$root/home/aetherfs/cache.key"
+cat >"$root/home/aetherfs/agent.toml" <<'EOF'
+[admin]
+listen = "127.0.0.1:0"
+[cache]
+dir = "/home/aetherfs/cache"
+key_file = "/home/aetherfs/cache.key"
+[[mount]]
+ref = "check/rootfs:latest"
+webdav = "127.0.0.1:0"
+prefetch = "all"
+EOF
+chown -R "$uid:$gid" "$root/home/aetherfs"
+
+as_user aetherfs hub --listen 127.0.0.1:0 --storage file:///home/aetherfs/hub-data 2>"$work/hub.log" &
+pids+=($!)
+hub=$(wait_line "$work/hub.log" "listening on " "${pids[-1]}")
+wait_ok "$hub/readyz"
+
+as_user aetherfs --hub "$hub" --quiet push /home/aetherfs/src check/rootfs:v1 --tag latest
+
+as_user aetherfs --hub "$hub" agent --config /home/aetherfs/agent.toml 2>"$work/agent.log" &
+pids+=($!)
+admin=$(wait_line "$work/agent.log" "admin on " "${pids[-1]}")
+webdav=$(wait_line "$work/agent.log" "WebDAV on " "${pids[-1]}")
+wait_ok "$admin/readyz"
+curl -fsS "$admin/v1/mounts" >/dev/null
+
+for f in geoip.sqlite sub/random.bin; do
+  curl -fsS -o "$work/fetched" "${webdav%/}/$f"
+  cmp "$work/fetched" "$root/home/aetherfs/src/$f"
+done
+echo "image-rootfs-check: OK ($(as_user aetherfs --version), hub $hub, WebDAV $webdav, $(($(date +%s) - start))s)"
