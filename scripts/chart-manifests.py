@@ -3,6 +3,7 @@
 kubernetes-validate cannot.
 
     chart-manifests.py RENDERED.yaml OUTDIR
+    chart-manifests.py --docs-example OUTDIR CHARTDIR
 
 Writes each Kubernetes document to OUTDIR/NNN-kind-name.yaml, except custom
 resources (ServiceMonitor), which kubernetes-validate has no schema for: those
@@ -10,8 +11,14 @@ are checked here against the fields the chart uses and the Service they
 select. Every *.toml in a ConfigMap is parsed, and its keys checked against
 the keys the hub (docs/security.md) and the agent (docs/agent.md) accept.
 Prints one line per problem and exits 1 if there is any.
+
+With --docs-example, writes the example chart of docs/kubernetes.md to OUTDIR:
+its code blocks headed "# Chart.yaml of your chart", "# values.yaml of your
+chart" and "# templates/NAME.yaml of your chart", the dependency pointed at
+CHARTDIR.
 """
 
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -105,7 +112,27 @@ def check_service_monitor(doc, services, where):
     return problems
 
 
+def docs_example(outdir, chart):
+    files = 0
+    for block in re.findall(r"```yaml\n(.*?)```", Path("docs/kubernetes.md").read_text(), re.S):
+        m = re.match(r"# ((?:templates/)?[\w.-]+\.yaml) of your chart\n", block)
+        if not m:
+            continue
+        text = block[m.end():]
+        if m.group(1) == "Chart.yaml":
+            text = re.sub(r"repository: \S+", f"repository: file://{Path(chart).resolve()}", text)
+        path = outdir / m.group(1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        files += 1
+    if files != 3:
+        sys.exit(f"docs/kubernetes.md: {files} example files, want Chart.yaml, values.yaml and one template")
+
+
 def main():
+    if sys.argv[1] == "--docs-example":
+        docs_example(Path(sys.argv[2]), sys.argv[3])
+        return
     rendered, outdir = Path(sys.argv[1]), Path(sys.argv[2])
     outdir.mkdir(parents=True, exist_ok=True)
     docs = [d for d in yaml.safe_load_all(rendered.read_text()) if d]

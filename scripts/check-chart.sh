@@ -42,6 +42,16 @@ for v in "${values[@]}"; do
   kubernetes-validate --strict --quiet -k "$kube" "$out/$name"/*.yaml
 done
 
+# The example of docs/kubernetes.md: a chart that depends on this one.
+echo "check-chart: the docs/kubernetes.md example chart"
+python3 scripts/chart-manifests.py --docs-example "$out/example" "$chart"
+helm dependency build "$out/example" >/dev/null
+helm lint --strict --quiet --kube-version "$kube" "$out/example" >"$out/lint.log" 2>&1 \
+  || { cat "$out/lint.log" >&2; echo "check-chart: helm lint failed on the docs example" >&2; exit 1; }
+helm template check "$out/example" --namespace geo --kube-version "$kube" >"$out/example.yaml"
+python3 scripts/chart-manifests.py "$out/example.yaml" "$out/example-manifests"
+kubernetes-validate --strict --quiet -k "$kube" "$out/example-manifests"/*.yaml
+
 # Values that must be refused: "$1" is what the error must say.
 refuse() {
   local want=$1

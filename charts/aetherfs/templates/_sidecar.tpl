@@ -1,33 +1,27 @@
 {{/*
 The sidecar agent, as pieces of a pod spec you include in your own pod
-templates. Every template takes (dict "root" $ "agent" VALUES): `root` is the
-including chart's top context, `agent` values shaped like this chart's
-`agent:` block (from a parent chart: .Values.aetherfs.agent, which Helm fills
-with this chart's defaults). `agent` defaults to root.Values.agent.
+templates. Every template takes this chart's context: `$` inside this chart,
+`.Subcharts.aetherfs` in a chart that depends on it (docs/kubernetes.md has
+the whole example). With agent.enabled, this chart renders the agent's
+ConfigMap itself.
 
-  initContainers:
-    {{- include "aetherfs.sidecar" (dict "root" $ "agent" .Values.aetherfs.agent) | nindent 4 }}
-  containers:
-    - name: app
-      volumeMounts:
-        {{- include "aetherfs.dataVolumeMount" (dict "root" $ "agent" .Values.aetherfs.agent) | nindent 8 }}
-  volumes:
-    {{- include "aetherfs.sidecarVolumes" (dict "root" $ "agent" .Values.aetherfs.agent) | nindent 4 }}
-
-and, once per release, the agent's ConfigMap:
-
-  {{ include "aetherfs.agentConfigMap" (dict "root" $ "agent" .Values.aetherfs.agent) }}
-
-docs/kubernetes.md has the whole example.
+  spec:
+    initContainers:
+      {{- include "aetherfs.sidecar" .Subcharts.aetherfs | nindent 6 }}
+    containers:
+      - name: app
+        volumeMounts:
+          {{- include "aetherfs.dataVolumeMount" .Subcharts.aetherfs | nindent 10 }}
+    volumes:
+      {{- include "aetherfs.sidecarVolumes" .Subcharts.aetherfs | nindent 6 }}
 */}}
 
 {{/* Derived settings of the sidecar, as YAML: the hub URL, the CA Secret, names. */}}
 {{- define "aetherfs.agentResolved" -}}
-{{- $root := .root -}}
-{{- $a := .agent | default $root.Values.agent -}}
-{{- $v := $root.Values | toYaml | fromYaml -}}
-{{- $inChartHub := dig "hub" "enabled" false $v -}}
-{{- $hubTLS := dig "hub" "tls" "existingSecret" "" $v -}}
+{{- $root := . -}}
+{{- $a := .Values.agent -}}
+{{- $inChartHub := $root.Values.hub.enabled -}}
+{{- $hubTLS := $root.Values.hub.tls.existingSecret -}}
 {{- if not (has $a.mode (list "fuse" "webdav" "materialize")) -}}
 {{- fail (printf "agent.mode must be fuse, webdav or materialize, not %q" $a.mode) -}}
 {{- end -}}
@@ -38,17 +32,17 @@ hub: {{ if $a.hub }}{{ $a.hub | quote }}{{ else if $inChartHub }}{{ include "aet
 {{- if $a.auth.caSecret }}
 caSecret: {{ $a.auth.caSecret | quote }}
 caKey: {{ $a.auth.caSecretKey | quote }}
-{{- else if and $inChartHub $hubTLS (dig "hub" "tls" "caKey" "" $v) }}
+{{- else if and $inChartHub $hubTLS $root.Values.hub.tls.caKey }}
 caSecret: {{ $hubTLS | quote }}
-caKey: {{ dig "hub" "tls" "caKey" "" $v | quote }}
+caKey: {{ $root.Values.hub.tls.caKey | quote }}
 {{- end }}
 configMap: {{ printf "%s-agent" (include "aetherfs.fullname" $root) | trunc 63 | trimSuffix "-" | quote }}
 {{- end -}}
 
 {{/* The agent's TOML configuration (docs/agent.md). */}}
 {{- define "aetherfs.agentConfig" -}}
-{{- $root := .root -}}
-{{- $a := .agent | default $root.Values.agent -}}
+{{- $root := . -}}
+{{- $a := .Values.agent -}}
 {{- $r := include "aetherfs.agentResolved" . | fromYaml -}}
 # Rendered by the aetherfs chart from its agent values; see docs/agent.md.
 hub = {{ $r.hub | toJson }}
@@ -119,7 +113,7 @@ kind: ConfigMap
 metadata:
   name: {{ $r.configMap }}
   labels:
-    {{- include "aetherfs.labels" .root | nindent 4 }}
+    {{- include "aetherfs.labels" . | nindent 4 }}
     app.kubernetes.io/component: agent
 data:
   agent.toml: |
@@ -134,8 +128,8 @@ annotations so pods restart when it changes. */}}
 
 {{/* The native sidecar: one initContainers entry with restartPolicy Always. */}}
 {{- define "aetherfs.sidecar" -}}
-{{- $root := .root -}}
-{{- $a := .agent | default $root.Values.agent -}}
+{{- $root := . -}}
+{{- $a := .Values.agent -}}
 {{- $r := include "aetherfs.agentResolved" . | fromYaml -}}
 - name: aetherfs-agent
   image: {{ include "aetherfs.image" $root | quote }}
@@ -203,8 +197,8 @@ annotations so pods restart when it changes. */}}
 {{/* The consumer container's volumeMount of the data (fuse, materialize);
 nothing in webdav mode, where the consumer reads http://127.0.0.1:PORT/. */}}
 {{- define "aetherfs.dataVolumeMount" -}}
-{{- $root := .root -}}
-{{- $a := .agent | default $root.Values.agent -}}
+{{- $root := . -}}
+{{- $a := .Values.agent -}}
 {{- if eq $a.mode "fuse" -}}
 - name: aetherfs-data
   mountPath: {{ $a.mountPath }}
@@ -219,8 +213,8 @@ nothing in webdav mode, where the consumer reads http://127.0.0.1:PORT/. */}}
 
 {{/* The sidecar's volumes. */}}
 {{- define "aetherfs.sidecarVolumes" -}}
-{{- $root := .root -}}
-{{- $a := .agent | default $root.Values.agent -}}
+{{- $root := . -}}
+{{- $a := .Values.agent -}}
 {{- $r := include "aetherfs.agentResolved" . | fromYaml -}}
 - name: aetherfs-config
   configMap:
