@@ -4,8 +4,9 @@
 # minbase, the packages of scripts/image-packages.txt, the user of
 # scripts/image-user.sh), copies target/release/aetherfs in, and inside a
 # chroot, as uid/gid 65532: prints the version, starts a hub on file storage,
-# pushes a directory, starts the agent serving it over WebDAV, and fetches a
-# file with curl from outside, byte for byte.
+# pushes a directory, starts the agent the way the chart's sidecar does (its
+# rendered agent.toml and args, webdav mode), waits for /readyz, and fetches
+# files with curl from outside, byte for byte.
 #
 # Needs root (debootstrap, chroot, mount -t proc) and the network on first
 # run. The debootstrapped base is cached under
@@ -18,9 +19,12 @@ repo="$PWD"
 start=$(date +%s)
 
 if [ "$(id -u)" -ne 0 ]; then
-  exec sudo --preserve-env=AETHERFS_BIN,AETHERFS_IMAGE_CACHE,DEBOOTSTRAP_MIRROR,PATH "$0" "$@"
+  exec sudo --preserve-env=AETHERFS_BIN,AETHERFS_IMAGE_CACHE,AETHERFS_TOOLS_DIR,DEBOOTSTRAP_MIRROR,PATH "$0" "$@"
 fi
-for tool in debootstrap chroot curl cmp; do
+helm="${AETHERFS_TOOLS_DIR:-$repo/target/tools}/bin/helm"
+command -v "$helm" >/dev/null || helm=$(command -v helm) \
+  || { echo "image-rootfs-check: helm is missing (scripts/install-test-peers.sh installs it)" >&2; exit 1; }
+for tool in debootstrap chroot curl cmp python3; do
   command -v "$tool" >/dev/null || { echo "image-rootfs-check: $tool is missing (scripts/install-test-peers.sh installs it)" >&2; exit 1; }
 done
 
@@ -80,9 +84,15 @@ install -m 0755 "$bin" "$root/usr/local/bin/aetherfs"
 mount -t proc proc "$root/proc"
 
 # Runs a command in the rootfs as the image's user, with the image's environment.
-as_user() {
-  chroot --userspec="$uid:$gid" "$root" /usr/bin/env -i HOME=/home/aetherfs \
-    PATH=/usr/local/bin:/usr/bin:/bin "$@"
+as_user=(chroot --userspec="$uid:$gid" "$root" /usr/bin/env -i HOME=/home/aetherfs PATH=/usr/local/bin:/usr/bin:/bin)
+as_user() { "${as_user[@]}" "$@"; }
+# The same in the background. exec: the pid is the daemon's own (chroot and
+# env exec too), so the cleanup's kill reaches it.
+spawn_as_user() {
+  local log=$1
+  shift
+  (exec "${as_user[@]}" "$@" 2>"$log" </dev/null >/dev/null) &
+  pids+=($!)
 }
 
 # The log line "PREFIX ADDR" of a daemon, once it appears; fails if the daemon exits.
@@ -115,32 +125,51 @@ as_user fusermount3 --version >/dev/null
 mkdir -p "$root/home/aetherfs/src/sub"
 cp examples/geoip/* "$root/home/aetherfs/src/"
 head -c 300000 /dev/urandom >"$root/home/aetherfs/src/sub/random.bin"
-head -c 32 /dev/urandom >"$root/home/aetherfs/cache.key"
-cat >"$root/home/aetherfs/agent.toml" <<'EOF'
-[admin]
-listen = "127.0.0.1:0"
-[cache]
-dir = "/home/aetherfs/cache"
-key_file = "/home/aetherfs/cache.key"
-[[mount]]
-ref = "check/rootfs:latest"
-webdav = "127.0.0.1:0"
-prefetch = "all"
-EOF
 chown -R "$uid:$gid" "$root/home/aetherfs"
 
-as_user aetherfs hub --listen 127.0.0.1:0 --storage file:///home/aetherfs/hub-data 2>"$work/hub.log" &
-pids+=($!)
+spawn_as_user "$work/hub.log" aetherfs hub --listen 127.0.0.1:0 --storage file:///home/aetherfs/hub-data
 hub=$(wait_line "$work/hub.log" "listening on " "${pids[-1]}")
 wait_ok "$hub/readyz"
 
 as_user aetherfs --hub "$hub" --quiet push /home/aetherfs/src check/rootfs:v1 --tag latest
 
-as_user aetherfs --hub "$hub" agent --config /home/aetherfs/agent.toml 2>"$work/agent.log" &
-pids+=($!)
-admin=$(wait_line "$work/agent.log" "admin on " "${pids[-1]}")
+# The sidecar as the chart renders it (webdav mode): its agent.toml, its
+# args, and the files its volumes would hold, at the same paths.
+read -r admin_port webdav_port < <(python3 -c '
+import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*(x.getsockname()[1] for x in s))')
+"$helm" template check charts/aetherfs -f charts/aetherfs/ci/sidecar-webdav-values.yaml \
+  --set agent.hub="$hub" --set agent.adminPort="$admin_port" --set agent.webdavPort="$webdav_port" \
+  --set agent.cache.keySecret=key --set-json 'agent.mounts=[{"name":"check","ref":"check/rootfs:latest","prefetch":"all"}]' \
+  >"$work/sidecar.yaml"
+mapfile -t -d '' agent_args < <(python3 - "$work/sidecar.yaml" "$root/etc/aetherfs/agent/agent.toml" <<'EOF'
+import os, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["agent.toml"]
+os.makedirs(os.path.dirname(sys.argv[2]), exist_ok=True)
+open(sys.argv[2], "w").write(config)
+pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+sidecar = pod["initContainers"][0]
+assert sidecar["restartPolicy"] == "Always" and sidecar["securityContext"]["runAsUser"] == 65532
+sys.stdout.write("".join(a + "\0" for a in sidecar["args"]))
+EOF
+)
+# Inside the chroot: /var/run is an absolute symlink that outside it would
+# lead to the host's /run.
+in_root() { chroot "$root" /bin/sh -ec "$1"; }
+in_root 'mkdir -p /var/cache/aetherfs /var/run/secrets/aetherfs /etc/aetherfs/cache-key
+  head -c 32 /dev/urandom >/etc/aetherfs/cache-key/cache.key
+  echo not-checked-by-an-open-hub >/var/run/secrets/aetherfs/token
+  chmod 0444 /etc/aetherfs/cache-key/cache.key /var/run/secrets/aetherfs/token
+  chown '"$uid:$gid"' /var/cache/aetherfs'
+
+spawn_as_user "$work/agent.log" aetherfs "${agent_args[@]}"
+admin="http://127.0.0.1:$admin_port"
 webdav=$(wait_line "$work/agent.log" "WebDAV on " "${pids[-1]}")
 wait_ok "$admin/readyz"
+curl -fsS "$admin/healthz" >/dev/null
 curl -fsS "$admin/v1/mounts" >/dev/null
 
 for f in geoip.sqlite sub/random.bin; do
