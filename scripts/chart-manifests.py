@@ -4,6 +4,7 @@ kubernetes-validate cannot.
 
     chart-manifests.py RENDERED.yaml OUTDIR
     chart-manifests.py --docs-example OUTDIR CHARTDIR
+    chart-manifests.py --unpack RENDERED.yaml ROOT OUTDIR
 
 Writes each Kubernetes document to OUTDIR/NNN-kind-name.yaml, except custom
 resources (ServiceMonitor), which kubernetes-validate has no schema for: those
@@ -16,6 +17,13 @@ With --docs-example, writes the example chart of docs/kubernetes.md to OUTDIR:
 its code blocks headed "# Chart.yaml of your chart", "# values.yaml of your
 chart" and "# templates/NAME.yaml of your chart", the dependency pointed at
 CHARTDIR.
+
+With --unpack (as root), lays out inside the root filesystem ROOT what the
+containers of the rendered Deployments would see: every ConfigMap volume's
+files at its mountPath, an empty directory (owned by the container's
+runAsUser) at every other mountPath; and writes OUTDIR/CONTAINER.args and
+OUTDIR/CONTAINER.env (NUL-separated; env: the plain `value`s only) for
+scripts/image-rootfs-check.sh to run them.
 """
 
 import re
@@ -129,7 +137,44 @@ def docs_example(outdir, chart):
         sys.exit(f"docs/kubernetes.md: {files} example files, want Chart.yaml, values.yaml and one template")
 
 
+def unpack(rendered, root, outdir):
+    import os
+    docs = [d for d in yaml.safe_load_all(rendered.read_text()) if d]
+    configmaps = {d["metadata"]["name"]: d.get("data") or {} for d in docs if d["kind"] == "ConfigMap"}
+    files, dirs = {}, {}
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        pod = d["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            uid = (c.get("securityContext") or {}).get("runAsUser", 0)
+            for m in c.get("volumeMounts", []):
+                cm = volumes[m["name"]].get("configMap")
+                if cm:
+                    for key, text in configmaps[cm["name"]].items():
+                        files[f"{m['mountPath']}/{key}"] = text
+                else:
+                    dirs[m["mountPath"]] = uid
+            (outdir / f"{c['name']}.args").write_text("".join(a + "\0" for a in c.get("args", [])))
+            env = [f"{e['name']}={e['value']}" for e in c.get("env", []) if "value" in e]
+            (outdir / f"{c['name']}.env").write_text("".join(e + "\0" for e in env))
+    # Paths are the container's: resolve them inside ROOT (/var/run is an
+    # absolute symlink there).
+    os.chroot(root)
+    os.chdir("/")
+    for path, uid in dirs.items():
+        os.makedirs(path, exist_ok=True)
+        os.chown(path, uid, uid)
+    for path, text in files.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Path(path).write_text(text)
+
+
 def main():
+    if sys.argv[1] == "--unpack":
+        unpack(Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4]))
+        return
     if sys.argv[1] == "--docs-example":
         docs_example(Path(sys.argv[2]), sys.argv[3])
         return

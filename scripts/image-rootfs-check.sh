@@ -3,10 +3,11 @@
 # same root filesystem the Dockerfile's runtime stage has (Debian bookworm,
 # minbase, the packages of scripts/image-packages.txt, the user of
 # scripts/image-user.sh), copies target/release/aetherfs in, and inside a
-# chroot, as uid/gid 65532: prints the version, starts a hub on file storage,
-# pushes a directory, starts the agent the way the chart's sidecar does (its
-# rendered agent.toml and args, webdav mode), waits for /readyz, and fetches
-# files with curl from outside, byte for byte.
+# chroot, as uid/gid 65532: prints the version, starts the hub and the agent
+# the way the chart's pods do (the chart's rendered hub auth.toml, agent.toml,
+# args and env: file storage, basic auth and rules, webdav mode), pushes a
+# directory, waits for /readyz, and fetches files over WebDAV with curl from
+# outside, byte for byte.
 #
 # Needs root (debootstrap, chroot, mount -t proc) and the network on first
 # run. The debootstrapped base is cached under
@@ -127,45 +128,49 @@ cp examples/geoip/* "$root/home/aetherfs/src/"
 head -c 300000 /dev/urandom >"$root/home/aetherfs/src/sub/random.bin"
 chown -R "$uid:$gid" "$root/home/aetherfs"
 
-spawn_as_user "$work/hub.log" aetherfs hub --listen 127.0.0.1:0 --storage file:///home/aetherfs/hub-data
-hub=$(wait_line "$work/hub.log" "listening on " "${pids[-1]}")
-wait_ok "$hub/readyz"
-
-as_user aetherfs --hub "$hub" --quiet push /home/aetherfs/src check/rootfs:v1 --tag latest
-
-# The sidecar as the chart renders it (webdav mode): its agent.toml, its
-# args, and the files its volumes would hold, at the same paths.
-read -r admin_port webdav_port < <(python3 -c '
+# One release of the chart, rendered: the hub (file storage; auth with a
+# basic-auth users file, the kubernetes issuer and rules) and the example
+# Deployment with the sidecar (webdav mode). Their ConfigMaps become files at
+# the containers' mount paths; their args and env are what runs. Only the
+# listen addresses move to loopback.
+read -r hub_port admin_port webdav_port < <(python3 -c '
 import socket
-s = [socket.socket() for _ in range(2)]
+s = [socket.socket() for _ in range(3)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(*(x.getsockname()[1] for x in s))')
 "$helm" template check charts/aetherfs -f charts/aetherfs/ci/sidecar-webdav-values.yaml \
-  --set agent.hub="$hub" --set agent.adminPort="$admin_port" --set agent.webdavPort="$webdav_port" \
-  --set agent.cache.keySecret=key --set-json 'agent.mounts=[{"name":"check","ref":"check/rootfs:latest","prefetch":"all"}]' \
-  >"$work/sidecar.yaml"
-mapfile -t -d '' agent_args < <(python3 - "$work/sidecar.yaml" "$root/etc/aetherfs/agent/agent.toml" <<'EOF'
-import os, sys, yaml
-docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["agent.toml"]
-os.makedirs(os.path.dirname(sys.argv[2]), exist_ok=True)
-open(sys.argv[2], "w").write(config)
-pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
-sidecar = pod["initContainers"][0]
-assert sidecar["restartPolicy"] == "Always" and sidecar["securityContext"]["runAsUser"] == 65532
-sys.stdout.write("".join(a + "\0" for a in sidecar["args"]))
-EOF
-)
-# Inside the chroot: /var/run is an absolute symlink that outside it would
-# lead to the host's /run.
-in_root() { chroot "$root" /bin/sh -ec "$1"; }
-in_root 'mkdir -p /var/cache/aetherfs /var/run/secrets/aetherfs /etc/aetherfs/cache-key
-  head -c 32 /dev/urandom >/etc/aetherfs/cache-key/cache.key
-  echo not-checked-by-an-open-hub >/var/run/secrets/aetherfs/token
-  chmod 0444 /etc/aetherfs/cache-key/cache.key /var/run/secrets/aetherfs/token
-  chown '"$uid:$gid"' /var/cache/aetherfs'
+  --set hub.enabled=true --set hub.port="$hub_port" --set hub.auth.enabled=true \
+  --set hub.auth.basic.existingSecret=users --set hub.auth.kubernetes.enabled=true \
+  --set hub.auth.kubernetes.inClusterDiscovery=false \
+  --set-json 'hub.auth.rules=[{"datasets":"check/**","read":["anonymous"],"write":["user:basic#ci"]}]' \
+  --set agent.hub="http://127.0.0.1:$hub_port" --set agent.adminPort="$admin_port" \
+  --set agent.webdavPort="$webdav_port" --set agent.cache.keySecret=key --set agent.auth.serviceAccountToken=false \
+  --set-json 'agent.mounts=[{"name":"check","ref":"check/rootfs:latest","prefetch":"all"}]' \
+  >"$work/release.yaml"
+mkdir -p "$work/pods"
+python3 scripts/chart-manifests.py --unpack "$work/release.yaml" "$root" "$work/pods"
+# The Secrets' files.
+password=$(head -c 18 /dev/urandom | base64)
+echo "$password" | as_user aetherfs hub passwd /etc/aetherfs/users/users ci
+chroot "$root" /bin/sh -ec 'head -c 32 /dev/urandom >/etc/aetherfs/cache-key/cache.key; chmod 0444 /etc/aetherfs/cache-key/cache.key'
 
-spawn_as_user "$work/agent.log" aetherfs "${agent_args[@]}"
+mapfile -t -d '' hub_args <"$work/pods/hub.args"
+mapfile -t -d '' hub_env <"$work/pods/hub.env"
+hub_args=("${hub_args[@]/#--listen=0.0.0.0:/--listen=127.0.0.1:}")
+spawn_as_user "$work/hub.log" env "${hub_env[@]}" aetherfs "${hub_args[@]}"
+hub=$(wait_line "$work/hub.log" "listening on " "${pids[-1]}")
+wait_ok "$hub/readyz"
+
+# The rendered rules are in force: anonymous callers may read, not write.
+if as_user aetherfs --hub "$hub" --quiet push /home/aetherfs/src check/rootfs:anonymous 2>/dev/null; then
+  echo "image-rootfs-check: the hub let an anonymous caller push" >&2
+  exit 1
+fi
+as_user env AETHERFS_USER=ci AETHERFS_PASSWORD="$password" \
+  aetherfs --hub "$hub" --quiet push /home/aetherfs/src check/rootfs:v1 --tag latest
+
+mapfile -t -d '' agent_args <"$work/pods/aetherfs-agent.args"
+spawn_as_user "$work/agent.log" env AETHERFS_ADMIN="127.0.0.1:$admin_port" aetherfs "${agent_args[@]}"
 admin="http://127.0.0.1:$admin_port"
 webdav=$(wait_line "$work/agent.log" "WebDAV on " "${pids[-1]}")
 wait_ok "$admin/readyz"
