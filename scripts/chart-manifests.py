@@ -21,9 +21,10 @@ CHARTDIR.
 With --unpack (as root), lays out inside the root filesystem ROOT what the
 containers of the rendered Deployments would see: every ConfigMap volume's
 files at its mountPath, an empty directory (owned by the container's
-runAsUser) at every other mountPath; and writes OUTDIR/CONTAINER.args and
-OUTDIR/CONTAINER.env (NUL-separated; env: the plain `value`s only) for
-scripts/image-rootfs-check.sh to run them.
+runAsUser) at every other mountPath; and writes OUTDIR/CONTAINER.args,
+OUTDIR/CONTAINER.env (the plain `value`s only) and OUTDIR/CONTAINER.prestop
+(the preStop exec command), NUL-separated, for scripts/image-rootfs-check.sh
+to run them.
 """
 
 import re
@@ -157,6 +158,8 @@ def unpack(rendered, root, outdir):
                 else:
                     dirs[m["mountPath"]] = uid
             (outdir / f"{c['name']}.args").write_text("".join(a + "\0" for a in c.get("args", [])))
+            prestop = ((c.get("lifecycle") or {}).get("preStop") or {}).get("exec", {}).get("command", [])
+            (outdir / f"{c['name']}.prestop").write_text("".join(a + "\0" for a in prestop))
             env = [f"{e['name']}={e['value']}" for e in c.get("env", []) if "value" in e]
             (outdir / f"{c['name']}.env").write_text("".join(e + "\0" for e in env))
     # Paths are the container's: resolve them inside ROOT (/var/run is an

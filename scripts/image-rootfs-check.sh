@@ -7,7 +7,8 @@
 # the way the chart's pods do (the chart's rendered hub auth.toml, agent.toml,
 # args and env: file storage, basic auth and rules, webdav mode), pushes a
 # directory, waits for /readyz, and fetches files over WebDAV with curl from
-# outside, byte for byte.
+# outside, byte for byte. Where /dev/fuse is usable, the fuse-mode sidecar
+# too: its files read as 65532, its preStop hook unmounting.
 #
 # Needs root (debootstrap, chroot, mount -t proc) and the network on first
 # run. The debootstrapped base is cached under
@@ -68,6 +69,10 @@ cleanup() {
   local rc=$?
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  # FUSE mounts the check left inside the rootfs, then /proc.
+  while read -r _ mnt _; do
+    case "$mnt" in "$root"/*) [ "$mnt" = "$root/proc" ] || umount -l "$mnt" || true ;; esac
+  done < <(tac /proc/mounts)
   if mountpoint -q "$root/proc"; then umount "$root/proc" || umount -l "$root/proc"; fi
   if [ $rc -ne 0 ]; then
     for log in "$work"/*.log; do [ -f "$log" ] && { echo "--- $log" >&2; tail -n 20 "$log" >&2; }; done
@@ -181,4 +186,35 @@ for f in geoip.sqlite sub/random.bin; do
   curl -fsS -o "$work/fetched" "${webdav%/}/$f"
   cmp "$work/fetched" "$root/home/aetherfs/src/$f"
 done
-echo "image-rootfs-check: OK ($(as_user aetherfs --version), hub $hub, WebDAV $webdav, $(($(date +%s) - start))s)"
+# fuse mode, where /dev/fuse is usable: the sidecar as rendered (root,
+# allow_other), read by the image's user as the consumer would, then the
+# rendered preStop hook must leave no mount behind.
+fuse=skipped
+if [ -c /dev/fuse ] && grep -qw fuse /proc/filesystems; then
+  kill "${pids[-1]}" && wait "${pids[-1]}" || true
+  "$helm" template check charts/aetherfs -f charts/aetherfs/ci/sidecar-fuse-values.yaml \
+    --set agent.hub="$hub" --set agent.adminPort="$admin_port" --set agent.cache.keySecret=key \
+    --set agent.auth.caSecret= --set agent.auth.serviceAccountToken=false \
+    --set-json 'agent.mounts=[{"name":"check","ref":"check/rootfs:latest","prefetch":"metadata"}]' \
+    >"$work/fuse.yaml"
+  mkdir -p "$work/fuse"
+  python3 scripts/chart-manifests.py --unpack "$work/fuse.yaml" "$root" "$work/fuse"
+  [ -c "$root/dev/fuse" ] || mknod -m 0666 "$root/dev/fuse" c 10 229
+  mapfile -t -d '' fuse_args <"$work/fuse/aetherfs-agent.args"
+  mapfile -t -d '' prestop <"$work/fuse/aetherfs-agent.prestop"
+  (exec chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin \
+    AETHERFS_ADMIN="127.0.0.1:$admin_port" aetherfs "${fuse_args[@]}" 2>"$work/agent-fuse.log" </dev/null >/dev/null) &
+  pids+=($!)
+  wait_line "$work/agent-fuse.log" "mounted at " "${pids[-1]}" >/dev/null
+  wait_ok "$admin/readyz"
+  for f in geoip.sqlite sub/random.bin; do
+    as_user cat "/aetherfs/data/check/$f" | cmp - "$root/home/aetherfs/src/$f"
+  done
+  chroot "$root" "${prestop[@]}"
+  if mountpoint -q "$root/aetherfs/data/check"; then
+    echo "image-rootfs-check: the preStop hook left /aetherfs/data/check mounted" >&2
+    exit 1
+  fi
+  fuse=ok
+fi
+echo "image-rootfs-check: OK ($(as_user aetherfs --version), hub $hub, WebDAV $webdav, FUSE $fuse, $(($(date +%s) - start))s)"
