@@ -19,9 +19,10 @@ chart" and "# templates/NAME.yaml of your chart", the dependency pointed at
 CHARTDIR.
 
 With --unpack (as root), lays out inside the root filesystem ROOT what the
-containers of the rendered Deployments would see: every ConfigMap volume's
+containers of the rendered Deployments and Pods would see: every ConfigMap volume's
 files at its mountPath, an empty directory (owned by the container's
-runAsUser) at every other mountPath; and writes OUTDIR/CONTAINER.args,
+runAsUser) at every other mountPath; and writes OUTDIR/CONTAINER.argv
+(command, else the image's entrypoint, and args),
 OUTDIR/CONTAINER.env (the plain `value`s only) and OUTDIR/CONTAINER.prestop
 (the preStop exec command), NUL-separated, for scripts/image-rootfs-check.sh
 to run them.
@@ -144,9 +145,9 @@ def unpack(rendered, root, outdir):
     configmaps = {d["metadata"]["name"]: d.get("data") or {} for d in docs if d["kind"] == "ConfigMap"}
     files, dirs = {}, {}
     for d in docs:
-        if d["kind"] != "Deployment":
+        if d["kind"] not in ("Deployment", "Pod"):
             continue
-        pod = d["spec"]["template"]["spec"]
+        pod = d["spec"]["template"]["spec"] if d["kind"] == "Deployment" else d["spec"]
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         for c in pod.get("initContainers", []) + pod["containers"]:
             uid = (c.get("securityContext") or {}).get("runAsUser", 0)
@@ -157,7 +158,9 @@ def unpack(rendered, root, outdir):
                         files[f"{m['mountPath']}/{key}"] = text
                 else:
                     dirs[m["mountPath"]] = uid
-            (outdir / f"{c['name']}.args").write_text("".join(a + "\0" for a in c.get("args", [])))
+            # The image's ENTRYPOINT unless the container sets a command.
+            argv = (c.get("command") or ["aetherfs"]) + c.get("args", [])
+            (outdir / f"{c['name']}.argv").write_text("".join(a + "\0" for a in argv))
             prestop = ((c.get("lifecycle") or {}).get("preStop") or {}).get("exec", {}).get("command", [])
             (outdir / f"{c['name']}.prestop").write_text("".join(a + "\0" for a in prestop))
             env = [f"{e['name']}={e['value']}" for e in c.get("env", []) if "value" in e]

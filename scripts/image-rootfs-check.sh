@@ -104,22 +104,22 @@ spawn_as_user() {
 # The log line "PREFIX ADDR" of a daemon, once it appears; fails if the daemon exits.
 wait_line() {
   local log=$1 prefix=$2 pid=$3 found
-  for _ in $(seq 1 600); do
+  for _ in $(seq 1 1800); do
     found=$(sed -n "s#.*$prefix\([^ ]*\).*#\1#p" "$log" | head -n1)
     if [ -n "$found" ]; then echo "$found"; return 0; fi
     kill -0 "$pid" 2>/dev/null || { echo "image-rootfs-check: daemon exited: $log" >&2; return 1; }
     sleep 0.1
   done
-  echo "image-rootfs-check: no '$prefix' in $log after 60s" >&2
+  echo "image-rootfs-check: no '$prefix' in $log after 180s" >&2
   return 1
 }
 wait_ok() {
   local url=$1
-  for _ in $(seq 1 600); do
+  for _ in $(seq 1 1800); do
     curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "image-rootfs-check: $url never answered 200" >&2
+  echo "image-rootfs-check: $url never answered 200 in 180s" >&2
   return 1
 }
 
@@ -147,7 +147,7 @@ print(*(x.getsockname()[1] for x in s))')
   --set hub.enabled=true --set hub.port="$hub_port" --set hub.auth.enabled=true \
   --set hub.auth.basic.existingSecret=users --set hub.auth.kubernetes.enabled=true \
   --set hub.auth.kubernetes.inClusterDiscovery=false \
-  --set-json 'hub.auth.rules=[{"datasets":"check/**","read":["anonymous"],"write":["user:basic#ci"]}]' \
+  --set-json 'hub.auth.rules=[{"datasets":["check/**","aetherfs-test/**"],"read":["anonymous"],"write":["user:basic#ci"]}]' \
   --set agent.hub="http://127.0.0.1:$hub_port" --set agent.adminPort="$admin_port" \
   --set agent.webdavPort="$webdav_port" --set agent.cache.keySecret=key --set agent.auth.serviceAccountToken=false \
   --set-json 'agent.mounts=[{"name":"check","ref":"check/rootfs:latest","prefetch":"all"}]' \
@@ -159,10 +159,10 @@ password=$(head -c 18 /dev/urandom | base64)
 echo "$password" | as_user aetherfs hub passwd /etc/aetherfs/users/users ci
 chroot "$root" /bin/sh -ec 'head -c 32 /dev/urandom >/etc/aetherfs/cache-key/cache.key; chmod 0444 /etc/aetherfs/cache-key/cache.key'
 
-mapfile -t -d '' hub_args <"$work/pods/hub.args"
+mapfile -t -d '' hub_argv <"$work/pods/hub.argv"
 mapfile -t -d '' hub_env <"$work/pods/hub.env"
-hub_args=("${hub_args[@]/#--listen=0.0.0.0:/--listen=127.0.0.1:}")
-spawn_as_user "$work/hub.log" env "${hub_env[@]}" aetherfs "${hub_args[@]}"
+hub_argv=("${hub_argv[@]/#--listen=0.0.0.0:/--listen=127.0.0.1:}")
+spawn_as_user "$work/hub.log" env "${hub_env[@]}" "${hub_argv[@]}"
 hub=$(wait_line "$work/hub.log" "listening on " "${pids[-1]}")
 wait_ok "$hub/readyz"
 
@@ -174,8 +174,16 @@ fi
 as_user env AETHERFS_USER=ci AETHERFS_PASSWORD="$password" \
   aetherfs --hub "$hub" --quiet push /home/aetherfs/src check/rootfs:v1 --tag latest
 
-mapfile -t -d '' agent_args <"$work/pods/aetherfs-agent.args"
-spawn_as_user "$work/agent.log" env AETHERFS_ADMIN="127.0.0.1:$admin_port" aetherfs "${agent_args[@]}"
+# The `helm test` pod's script, as the basic-auth user (the test pod itself
+# authenticates with its service-account token).
+mapfile -t -d '' test_argv <"$work/pods/push-pull.argv"
+mapfile -t -d '' test_env <"$work/pods/push-pull.env"
+as_user env "${test_env[@]}" AETHERFS_HUB="$hub" AETHERFS_TOKEN_FILE= AETHERFS_USER=ci AETHERFS_PASSWORD="$password" \
+  "${test_argv[@]}" >"$work/helm-test.log" 2>&1 || { cat "$work/helm-test.log" >&2; exit 1; }
+grep "^pushed and pulled" "$work/helm-test.log"
+
+mapfile -t -d '' agent_argv <"$work/pods/aetherfs-agent.argv"
+spawn_as_user "$work/agent.log" env AETHERFS_ADMIN="127.0.0.1:$admin_port" "${agent_argv[@]}"
 admin="http://127.0.0.1:$admin_port"
 webdav=$(wait_line "$work/agent.log" "WebDAV on " "${pids[-1]}")
 wait_ok "$admin/readyz"
@@ -191,7 +199,8 @@ done
 # rendered preStop hook must leave no mount behind.
 fuse=skipped
 if [ -c /dev/fuse ] && grep -qw fuse /proc/filesystems; then
-  kill "${pids[-1]}" && wait "${pids[-1]}" || true
+  kill "${pids[-1]}"
+  wait "${pids[-1]}" || true
   "$helm" template check charts/aetherfs -f charts/aetherfs/ci/sidecar-fuse-values.yaml \
     --set agent.hub="$hub" --set agent.adminPort="$admin_port" --set agent.cache.keySecret=key \
     --set agent.auth.caSecret= --set agent.auth.serviceAccountToken=false \
@@ -200,10 +209,10 @@ if [ -c /dev/fuse ] && grep -qw fuse /proc/filesystems; then
   mkdir -p "$work/fuse"
   python3 scripts/chart-manifests.py --unpack "$work/fuse.yaml" "$root" "$work/fuse"
   [ -c "$root/dev/fuse" ] || mknod -m 0666 "$root/dev/fuse" c 10 229
-  mapfile -t -d '' fuse_args <"$work/fuse/aetherfs-agent.args"
+  mapfile -t -d '' fuse_argv <"$work/fuse/aetherfs-agent.argv"
   mapfile -t -d '' prestop <"$work/fuse/aetherfs-agent.prestop"
   (exec chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin \
-    AETHERFS_ADMIN="127.0.0.1:$admin_port" aetherfs "${fuse_args[@]}" 2>"$work/agent-fuse.log" </dev/null >/dev/null) &
+    AETHERFS_ADMIN="127.0.0.1:$admin_port" "${fuse_argv[@]}" 2>"$work/agent-fuse.log" </dev/null >/dev/null) &
   pids+=($!)
   wait_line "$work/agent-fuse.log" "mounted at " "${pids[-1]}" >/dev/null
   wait_ok "$admin/readyz"
