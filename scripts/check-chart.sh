@@ -73,6 +73,9 @@ refuse "agent.hub is required" -f "$chart/ci/sidecar-webdav-values.yaml" --set a
 refuse "value must be one of" -f "$chart/ci/sidecar-webdav-values.yaml" --set agent.mode=nfs
 refuse "'oneOf' failed" -f "$chart/ci/sidecar-webdav-values.yaml" \
   --set 'agent.mounts[0].onSwitch.command[0]=/bin/true'
+refuse 'the name "geoip" is used twice' -f "$chart/ci/sidecar-materialize-values.yaml" \
+  --set-json 'agent.mounts=[{"name":"geoip","ref":"a/b:c"},{"name":"geoip","ref":"a/d:c"}]'
+refuse "port 9100 is taken" -f "$chart/ci/sidecar-webdav-values.yaml" --set 'agent.mounts[0].webdavPort=9100'
 # kubernetes-validate --strict itself refuses an unknown field.
 python3 - "$out" <<'EOF'
 import sys, pathlib, yaml

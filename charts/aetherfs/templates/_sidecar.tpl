@@ -28,6 +28,21 @@ ConfigMap itself.
 {{- if not $a.mounts -}}
 {{- fail "agent.mounts is empty: the sidecar needs at least one mount" -}}
 {{- end -}}
+{{- $names := list -}}
+{{- $ports := list (int $a.adminPort) -}}
+{{- range $i, $m := $a.mounts -}}
+{{- if has $m.name $names -}}
+{{- fail (printf "agent.mounts: the name %q is used twice" $m.name) -}}
+{{- end -}}
+{{- $names = append $names $m.name -}}
+{{- if eq $a.mode "webdav" -}}
+{{- $port := int ($m.webdavPort | default (add (int $a.webdavPort) $i)) -}}
+{{- if has $port $ports -}}
+{{- fail (printf "agent.mounts[%d]: port %d is taken (adminPort or another mount)" $i $port) -}}
+{{- end -}}
+{{- $ports = append $ports $port -}}
+{{- end -}}
+{{- end -}}
 hub: {{ if $a.hub }}{{ $a.hub | quote }}{{ else if $inChartHub }}{{ include "aetherfs.hubURL" $root | quote }}{{ else }}{{ fail "agent.hub is required when this chart's hub is not enabled" }}{{ end }}
 {{- if $a.auth.caSecret }}
 caSecret: {{ $a.auth.caSecret | quote }}
