@@ -49,12 +49,21 @@ key=$( (echo "$suite minbase $packages") | sha256sum | cut -c1-16)
 base="$cache/$suite-minbase-$key"
 if [ ! -f "$base/.complete" ]; then
   echo "image-rootfs-check: debootstrap $suite (minbase + $packages) into $base"
+  # debootstrap mounts /proc in its target and leaves it there when it fails
+  # or is interrupted; the cache holds files only.
+  unmount_tmp_proc() { if mountpoint -q "$base.tmp/proc" 2>/dev/null; then umount -l "$base.tmp/proc"; fi; }
+  unmount_tmp_proc
   rm -rf --one-file-system "$base.tmp"
   t0=$(date +%s)
+  # In the background, so that a signal stops it at once.
   debootstrap --variant=minbase --include="$packages" "$suite" "$base.tmp" ${DEBOOTSTRAP_MIRROR:+"$DEBOOTSTRAP_MIRROR"} \
-    >"$cache/debootstrap.log" 2>&1 || { tail -n 30 "$cache/debootstrap.log" >&2; exit 1; }
-  # debootstrap may leave its /proc mounted; the cache holds files only.
-  if mountpoint -q "$base.tmp/proc"; then umount "$base.tmp/proc"; fi
+    >"$cache/debootstrap.log" 2>&1 &
+  deb_pid=$!
+  trap unmount_tmp_proc EXIT
+  trap 'kill "$deb_pid" 2>/dev/null; wait "$deb_pid"; exit 130' INT TERM
+  wait "$deb_pid" || { tail -n 30 "$cache/debootstrap.log" >&2; exit 1; }
+  unmount_tmp_proc
+  trap - EXIT INT TERM
   rm -rf "$base.tmp/var/cache/apt/archives/"*.deb "$base.tmp/var/lib/apt/lists/"*
   touch "$base.tmp/.complete"
   rm -rf --one-file-system "$base"
