@@ -190,6 +190,10 @@ fn an_update_fetches_only_its_chunks_links_unchanged_files_and_open_files_keep_t
     let hook = &status(&agent)["on_switch"];
     assert_eq!((hook["runs"].as_u64(), hook["failures"].as_u64()), (Some(2), Some(0)), "{hook}");
     assert_eq!(agent.metric("aetherfs_mount_switches_total"), 2.0);
+    assert_eq!(agent.metric("aetherfs_on_switch_runs_total"), 2.0);
+    assert_eq!(agent.metric("aetherfs_on_switch_failures_total"), 0.0);
+    assert_eq!(agent.metric("aetherfs_materialize_builds_total"), 3.0);
+    assert!(agent.metric("aetherfs_materialize_files_linked_total") >= 1.0);
     agent.stop();
 }
 
@@ -289,6 +293,7 @@ fn a_full_disk_or_a_read_only_filesystem_keeps_the_last_good_version_with_one_cl
     run_ok(hub.cmd().arg("push").arg(src.path()).arg("acme/full:stable"));
     let e = wait_error(&agent);
     assert!(e.contains("No space left on device"), "{e}");
+    assert_eq!(agent.metric("aetherfs_mount_failing"), 1.0);
     assert_eq!((digest(&agent), current(&dir)), (v1.clone(), v1.clone()));
     assert_eq!(std::fs::read_to_string(dir.join("current/small.txt")).unwrap(), "version 1\n");
 
@@ -299,6 +304,7 @@ fn a_full_disk_or_a_read_only_filesystem_keeps_the_last_good_version_with_one_cl
     let v3 = wait_switch(&agent, &v1);
     assert_eq!(current(&dir), v3);
     assert!(status(&agent)["last_error"].is_null());
+    assert_eq!(agent.metric("aetherfs_mount_failing"), 0.0);
     assert!(versions(&dir).iter().all(|v| !v.starts_with(".partial-")), "a failed build was left behind");
 
     // A read-only filesystem: the same, with its own error.
