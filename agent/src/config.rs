@@ -52,9 +52,17 @@ pub enum Invalid {
         #[source]
         source: FormatError,
     },
-    #[error("{what}: give at least one of fuse, nfs, webdav")]
+    #[error("{what}: give at least one of fuse, materialize, nfs, webdav")]
     NoFrontend { what: String },
-    #[error("{what}: FUSE path {} is used twice", path.display())]
+    #[error("{what}: keep_versions must be at least 1, and goes with materialize")]
+    KeepVersions { what: String },
+    #[error("{what}: {source}")]
+    OnSwitch {
+        what: String,
+        #[source]
+        source: crate::on_switch::OnSwitchInvalid,
+    },
+    #[error("{what}: path {} is used twice", path.display())]
     PathTwice { what: String, path: PathBuf },
     #[error("{what}: address {addr} is used twice")]
     AddressTwice { what: String, addr: SocketAddr },
@@ -251,6 +259,20 @@ pub struct MountConfig {
     /// FUSE: let other users read (containers running as other uids).
     #[serde(default)]
     pub allow_other: bool,
+    /// Write each version as files under this directory and point its
+    /// `current` symlink at the newest (no FUSE, no privileges).
+    pub materialize: Option<PathBuf>,
+    /// Materialize: versions kept on disk, `current` included (default 2).
+    pub keep_versions: Option<usize>,
+    /// Run after each switch.
+    pub on_switch: Option<crate::on_switch::OnSwitchConfig>,
+}
+
+impl MountConfig {
+    /// Versions a materialized mount keeps.
+    pub fn keep_versions(&self) -> usize {
+        self.keep_versions.unwrap_or(crate::materialize::DEFAULT_KEEP_VERSIONS)
+    }
 }
 
 /// A size in bytes, written as a number or with a unit: "512MiB", "10GiB", "1.5GB".
@@ -329,13 +351,19 @@ impl AgentConfig {
             if let Err(source) = m.reference.parse::<Reference>() {
                 return Err(Invalid::Reference { what, source });
             }
-            if m.fuse.is_none() && m.nfs.is_none() && m.webdav.is_none() {
+            if m.fuse.is_none() && m.materialize.is_none() && m.nfs.is_none() && m.webdav.is_none() {
                 return Err(Invalid::NoFrontend { what });
             }
-            if let Some(p) = &m.fuse
-                && !seen_paths.insert(p.clone())
-            {
-                return Err(Invalid::PathTwice { what, path: p.clone() });
+            if m.keep_versions.is_some_and(|k| k == 0 || m.materialize.is_none()) {
+                return Err(Invalid::KeepVersions { what });
+            }
+            if let Some(Err(source)) = m.on_switch.as_ref().map(|h| h.validate()) {
+                return Err(Invalid::OnSwitch { what, source });
+            }
+            for p in [&m.fuse, &m.materialize].into_iter().flatten() {
+                if !seen_paths.insert(p.clone()) {
+                    return Err(Invalid::PathTwice { what, path: p.clone() });
+                }
             }
             for a in [m.nfs, m.webdav].into_iter().flatten() {
                 if a.port() != 0 && !seen_addrs.insert(a) {
@@ -403,6 +431,20 @@ mod tests {
     }
 
     #[test]
+    fn parses_a_materialized_mount_with_a_hook() {
+        let cfg: AgentConfig = toml::from_str(
+            "[[mount]]\nref = \"acme/db:stable\"\nmaterialize = \"/data\"\nkeep_versions = 3\n\
+             [mount.on_switch]\ncommand = [\"/bin/reload\", \"--now\"]\ntimeout_secs = 5",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let m = &cfg.mounts[0];
+        assert_eq!((m.materialize.as_deref(), m.keep_versions()), (Some(Path::new("/data")), 3));
+        let hook = m.on_switch.as_ref().unwrap();
+        assert_eq!((hook.command.as_ref().unwrap()[1].as_str(), hook.timeout_secs), ("--now", 5));
+    }
+
+    #[test]
     fn refuses_bad_configs() {
         for bad in [
             "",
@@ -415,6 +457,11 @@ mod tests {
             "[auth]\ntoken_file = \"/t\"\nclient_id = \"c\"\nclient_secret_file = \"/s\"\n[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"",
             "[auth]\nclient_id = \"c\"\n[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"",
             "[auth]\npassword = \"p\"\n[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"",
+            "[[mount]]\nref = \"acme/x\"\nfuse = \"/x\"\nkeep_versions = 2",
+            "[[mount]]\nref = \"acme/x\"\nmaterialize = \"/m\"\nkeep_versions = 0",
+            "[[mount]]\nref = \"acme/x\"\nmaterialize = \"/x\"\nfuse = \"/x\"",
+            "[[mount]]\nref = \"acme/x\"\nmaterialize = \"/m\"\n[mount.on_switch]\ntimeout_secs = 5",
+            "[[mount]]\nref = \"acme/x\"\nmaterialize = \"/m\"\n[mount.on_switch]\nurl = \"ftp://x/\"",
         ] {
             let r = toml::from_str::<AgentConfig>(bad)
                 .map_err(|e| e.to_string())

@@ -15,7 +15,9 @@ use crate::admin::{Admin, AdminError, serve_admin};
 use crate::config::{AgentConfig, MountConfig};
 use crate::follow::{ResolveError, follow, poll_interval, prefetch, resolve, retry};
 use crate::frontends::{FrontendError, Tasks, start_nfs, start_webdav};
+use crate::materialize::Materializer;
 use crate::mount::Mount;
+use crate::on_switch::Hook;
 use crate::source::{HubSource, SharedSource, SourceOptions};
 
 /// Why the agent stopped or could not start.
@@ -53,6 +55,12 @@ pub enum AgentError {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{reference}: cannot materialize")]
+    Materialize {
+        reference: String,
+        #[source]
+        source: Box<crate::materialize::MaterializeError>,
     },
     #[error("a mount task failed")]
     Task(#[source] tokio::task::JoinError),
@@ -127,6 +135,14 @@ async fn run_mount(
         cfg.reference.parse().map_err(|source| AgentError::Reference { reference: cfg.reference.clone(), source })?;
     let (digest, manifest) = retry(&format!("resolving {reference}"), || resolve(&client, &reference)).await;
     let mount = Mount::new(reference.clone(), digest, &manifest, Arc::new(SharedSource(source.clone())), readahead);
+    if let Some(dir) = &cfg.materialize {
+        let m = Materializer::open(dir, cfg.keep_versions(), client.clone(), reference.name.clone())
+            .map_err(|e| AgentError::Materialize { reference: reference.to_string(), source: Box::new(e) })?;
+        mount.set_materializer(m);
+    }
+    if let Some(h) = cfg.on_switch.clone() {
+        mount.set_hook(Hook::new(h));
+    }
     admin.add(mount.clone());
 
     // Front ends serve at once; readiness waits for the prefetch.
@@ -161,6 +177,11 @@ async fn run_mount(
     }
 
     retry(&format!("prefetching {reference}"), || prefetch(&source, &manifest, cfg.prefetch)).await;
+    let manifest = Arc::new(manifest);
+    retry(&format!("writing {reference}"), || mount.materialize_initial(&manifest)).await;
+    if let Some(m) = mount.materializer() {
+        eprintln!("aetherfs agent: {reference}: materialized at {}", m.dir().join("current").display());
+    }
     mount.set_ready();
     eprintln!("aetherfs agent: {reference}@{digest} ready");
     // The tree is built; the manifest is not needed while following.

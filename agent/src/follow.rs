@@ -1,5 +1,6 @@
 //! Following a tag: long-poll the hub for a move, fetch the new manifest,
-//! prefetch what the mount's policy asks for, then [`Mount::switch_to`].
+//! prefetch what the mount's policy asks for, [`Mount::prepare`] it (a
+//! materialized mount writes it out), then [`Mount::switch_to`].
 //! Every step that needs the hub retries with one [`Backoff`].
 
 use std::sync::Arc;
@@ -125,9 +126,28 @@ pub async fn follow(client: HubClient, source: Arc<HubSource>, mount: Arc<Mount>
                 let at = format!("{}@{next}", reference.name);
                 let (manifest, _) =
                     retry(&format!("fetching {at}"), || client.get_manifest(&reference.name, &next)).await;
+                let manifest = Arc::new(manifest);
                 retry(&format!("prefetching {at}"), || prefetch(&source, &manifest, policy)).await;
-                mount.switch_to(next, &manifest, seen);
-                eprintln!("aetherfs agent: {reference}: switched {since} -> {next} in {:?}", seen.elapsed());
+                // A version that cannot be written or published is not
+                // retried as such: the next poll answers at once with
+                // whatever the tag points at by then.
+                let switched = match mount.prepare(next, &manifest).await {
+                    Ok(()) => mount.switch_to(next, &manifest, seen).await,
+                    Err(e) => Err(e),
+                };
+                match switched {
+                    Ok(()) => {
+                        eprintln!("aetherfs agent: {reference}: switched {since} -> {next} in {:?}", seen.elapsed())
+                    }
+                    Err(e) => {
+                        let wait = backoff.step();
+                        eprintln!(
+                            "aetherfs agent: {reference}: cannot switch to {next}, staying on {since}: {}; retrying in {wait:?}",
+                            aetherfs_util::one_line(&e)
+                        );
+                        tokio::time::sleep(wait).await;
+                    }
+                }
             }
             Err(e) => {
                 let wait = backoff.step();

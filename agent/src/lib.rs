@@ -9,6 +9,9 @@
 //! - [`follow`]: following a tag (long-poll → prefetch → switch) and the one
 //!   [`follow::Backoff`] every retry uses.
 //! - [`frontends`]: starting WebDAV and NFSv3 servers for a mount.
+//! - [`materialize`]: materialize mode, versions written as plain files
+//!   behind an atomically replaced `current` symlink.
+//! - [`on_switch`]: the hook run after each switch.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/v1/mounts`.
 //! - [`config`]: the agent's configuration file.
 //! - [`testing`]: fakes of the hub below the source, for tests.
@@ -20,6 +23,8 @@ pub mod config;
 pub mod daemon;
 pub mod follow;
 pub mod frontends;
+pub mod materialize;
 pub mod mount;
+pub mod on_switch;
 pub mod source;
 pub mod testing;

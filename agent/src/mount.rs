@@ -6,17 +6,23 @@
 //! theirs), record it, tell the kernel to drop what it cached of the old root
 //! (without this FUSE keeps showing the old names for up to the root's TTL),
 //! forget versions older than [`KEEP_PREVIOUS_VERSIONS`], and count the
-//! switch. Nothing else changes what a mount serves.
+//! switch; then run the mount's `on_switch` hook. A materialized mount
+//! first publishes the version (built before by [`Mount::prepare`]), so a
+//! version that cannot be published is never switched to. Nothing else
+//! changes what a mount serves.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aetherfs_format::{Digest, Manifest, Name, Reference};
 use aetherfs_mounts::fuse::{FuseError, FuseMount, FuseOptions};
 use aetherfs_mounts::{ChunkSource, DatasetFs, Version};
 use parking_lot::{Mutex, RwLock};
+
+use crate::materialize::{MaterializeError, MaterializeStatus, Materializer};
+use crate::on_switch::{Hook, HookStatus, SwitchEvent};
 
 /// Older versions kept readable for files opened before a switch.
 pub const KEEP_PREVIOUS_VERSIONS: usize = 3;
@@ -33,6 +39,11 @@ pub struct Mount {
     frontends: RwLock<Vec<String>>,
     /// The FUSE session, told about switches and unmounted at shutdown.
     fuse: Mutex<Option<FuseMount>>,
+    materializer: OnceLock<Materializer>,
+    hook: OnceLock<Hook>,
+    /// Why the last attempt to bring up or switch to a version failed;
+    /// cleared by the next success.
+    last_error: Mutex<Option<String>>,
 }
 
 /// What a mount reports about itself.
@@ -45,6 +56,11 @@ pub struct MountStatus {
     pub ready: bool,
     pub switches: u64,
     pub frontends: Vec<String>,
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub materialize: Option<MaterializeStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_switch: Option<HookStatus>,
 }
 
 impl Mount {
@@ -67,7 +83,44 @@ impl Mount {
             last_switch_micros: AtomicU64::new(0),
             frontends: RwLock::new(Vec::new()),
             fuse: Mutex::new(None),
+            materializer: OnceLock::new(),
+            hook: OnceLock::new(),
+            last_error: Mutex::new(None),
         })
+    }
+
+    /// Makes this a materialized mount (once, before it serves).
+    pub fn set_materializer(&self, m: Materializer) {
+        self.add_frontend(format!("materialize:{}", m.dir().display()));
+        let _ = self.materializer.set(m);
+    }
+
+    pub fn materializer(&self) -> Option<&Materializer> {
+        self.materializer.get()
+    }
+
+    /// Runs `hook` after each switch (set once, before following).
+    pub fn set_hook(&self, hook: Hook) {
+        let _ = self.hook.set(hook);
+    }
+
+    pub fn hook(&self) -> Option<&Hook> {
+        self.hook.get()
+    }
+
+    /// Records why bringing up or switching to a version failed (`None`: it worked).
+    pub fn record_error(&self, e: Option<&(dyn std::error::Error + 'static)>) {
+        *self.last_error.lock() = e.map(aetherfs_util::one_line);
+    }
+
+    /// Gets `next` ready to be switched to: a materialized mount writes it
+    /// out (fetching only what the current version lacks). Failures are
+    /// recorded in the status.
+    pub async fn prepare(&self, next: Digest, manifest: &Arc<Manifest>) -> Result<(), MaterializeError> {
+        let Some(m) = self.materializer() else { return Ok(()) };
+        let r = m.build(next, manifest.clone()).await.map(|_| ());
+        self.record_error(r.as_ref().err().map(|e| e as &(dyn std::error::Error + 'static)));
+        r
     }
 
     pub fn reference(&self) -> &Reference {
@@ -124,6 +177,9 @@ impl Mount {
             ready: self.is_ready(),
             switches: self.switches(),
             frontends: self.frontends.read().clone(),
+            last_error: self.last_error.lock().clone(),
+            materialize: self.materializer().map(Materializer::status),
+            on_switch: self.hook().map(Hook::status),
         }
     }
 
@@ -141,14 +197,39 @@ impl Mount {
         self.fuse.lock().take()
     }
 
+    /// A materialized mount writes and publishes the version it was made
+    /// with (at once if it is on disk from an earlier run); others have
+    /// nothing to do.
+    pub async fn materialize_initial(&self, manifest: &Arc<Manifest>) -> Result<(), MaterializeError> {
+        let Some(m) = self.materializer() else { return Ok(()) };
+        let digest = self.digest();
+        self.prepare(digest, manifest).await?;
+        let r = m.publish(&digest);
+        self.record_error(r.as_ref().err().map(|e| e as &(dyn std::error::Error + 'static)));
+        r
+    }
+
     /// Serves `next` from now on: every step of a switch (see the module
     /// doc). `seen` is when the tag move was seen; the time since then is what
     /// the metrics report as the switch's duration. Switching to the version
     /// already served changes nothing.
-    pub fn switch_to(&self, next: Digest, manifest: &Manifest, seen: std::time::Instant) {
-        if next == self.digest() {
-            return;
+    pub async fn switch_to(
+        &self,
+        next: Digest,
+        manifest: &Manifest,
+        seen: std::time::Instant,
+    ) -> Result<(), MaterializeError> {
+        let since = self.digest();
+        if next == since {
+            return Ok(());
         }
+        if let Some(m) = self.materializer()
+            && let Err(e) = m.publish(&next)
+        {
+            self.record_error(Some(&e));
+            return Err(e);
+        }
+        self.record_error(None);
         let previous = self.fs.current();
         self.fs.switch(Version::new(next, manifest));
         *self.current.write() = next;
@@ -160,6 +241,11 @@ impl Mount {
         self.fs.retain_previous(KEEP_PREVIOUS_VERSIONS);
         self.switches.fetch_add(1, Relaxed);
         self.last_switch_micros.store(seen.elapsed().as_micros() as u64, Relaxed);
+        if let Some(hook) = self.hook() {
+            let path = self.materializer().map(|m| m.path_of(&next));
+            hook.run(&SwitchEvent { reference: self.reference.to_string(), previous: since, digest: next, path }).await;
+        }
+        Ok(())
     }
 }
 
@@ -203,7 +289,7 @@ mod tests {
         let old = m.fs().lookup(ROOT, "data.txt").expect("v1 file");
         assert_eq!(read_all(m.fs(), old.ino).await, "version 1\n");
 
-        m.switch_to(vs[1].0, &vs[1].1, Instant::now());
+        m.switch_to(vs[1].0, &vs[1].1, Instant::now()).await.expect("switch");
         assert_eq!(m.digest(), vs[1].0);
         assert_eq!(m.switches(), 1);
         assert_eq!(m.status().digest, vs[1].0.to_string());
@@ -215,7 +301,7 @@ mod tests {
         assert!(m.fs().lookup(ROOT, "v1.txt").is_ok());
 
         // The same version again is no switch.
-        m.switch_to(vs[1].0, &vs[1].1, Instant::now());
+        m.switch_to(vs[1].0, &vs[1].1, Instant::now()).await.expect("switch");
         assert_eq!(m.switches(), 1);
     }
 
@@ -227,7 +313,7 @@ mod tests {
         let m = Mount::new("acme/data:latest".parse().expect("ref"), vs[0].0, &vs[0].1, source, 0);
         let first = m.fs().lookup(ROOT, "data.txt").expect("v1 file");
         for (d, manifest, _) in &vs[1..] {
-            m.switch_to(*d, manifest, Instant::now());
+            m.switch_to(*d, manifest, Instant::now()).await.expect("switch");
         }
         assert_eq!(m.switches(), (n - 1) as u64);
         assert_eq!(m.fs().versions_held(), KEEP_PREVIOUS_VERSIONS + 1);

@@ -15,5 +15,5 @@ pub mod walk;
 
 pub use client::{HubClient, hub_key};
 pub use error::ClientError;
-pub use pull::{PullEvent, PullOptions, PullReport, pull};
+pub use pull::{PullEvent, PullOptions, PullReport, pull, pull_into};
 pub use push::{Progress, PushEvent, PushOptions, PushReport, push};

@@ -16,6 +16,11 @@
 //!    and removes the temporary one.
 //! 5. Symlinks and empty directories, directory modes, then (optionally)
 //!    removal of entries the version does not have.
+//!
+//! [`pull_into`] can instead build a version in a fresh directory from a
+//! *base*: another directory (the previous version, say) is indexed in step
+//! 2, files identical there (same path, bytes and mode) are hard-linked
+//! rather than written, and the base's other chunks are copied locally.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, Permissions};
@@ -54,6 +59,9 @@ pub struct PullOptions {
     pub delete: bool,
     /// fsync each file before renaming it into place.
     pub fsync: bool,
+    /// Files get their mode without write bits (a read-only copy whose
+    /// files may be hard-linked into later versions).
+    pub read_only: bool,
 }
 
 impl Default for PullOptions {
@@ -64,6 +72,7 @@ impl Default for PullOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             delete: false,
             fsync: true,
+            read_only: false,
         }
     }
 }
@@ -101,6 +110,7 @@ pub struct PullReport {
     pub files: u64,
     pub bytes: u64,
     pub files_written: u64,
+    /// Files already right (a pull in place), or hard-linked from the base.
     pub files_unchanged: u64,
     /// Bytes received from the hub (stored form, so after compression).
     pub fetched_bytes: u64,
@@ -160,19 +170,53 @@ pub async fn pull(
     progress: Progress<PullEvent>,
 ) -> Result<PullReport, ClientError> {
     let (manifest, _) = client.get_manifest(name, digest).await?;
+    pull_into(client, name, digest, Arc::new(manifest), dir, None, opts, progress).await
+}
+
+/// Writes `manifest` (the verified manifest of `name@digest`) into `dir`.
+/// With `base`, `dir` should be new: chunks come from the files under
+/// `base` where they can, and base files identical to the version's (same
+/// path, bytes and final mode) are hard-linked, costing no write.
+#[allow(clippy::too_many_arguments)]
+pub async fn pull_into(
+    client: &HubClient,
+    name: &Name,
+    digest: &Digest,
+    manifest: Arc<Manifest>,
+    dir: &Path,
+    base: Option<&Path>,
+    opts: &PullOptions,
+    progress: Progress<PullEvent>,
+) -> Result<PullReport, ClientError> {
     let stats = manifest.stats();
     progress(PullEvent::Resolved { digest: *digest, files: stats.files, bytes: stats.bytes });
     fs::create_dir_all(dir).map_err(|e| ClientError::io(dir.display(), e))?;
-    let manifest = Arc::new(manifest);
 
     let (unchanged, local) = {
-        let (dir, manifest, progress, threads) = (dir.to_path_buf(), manifest.clone(), progress.clone(), opts.threads);
-        tokio::task::spawn_blocking(move || index_local(&dir, &manifest, threads, &progress))
-            .await
-            .map_err(|e| ClientError::Invalid(format!("index task failed: {e}")))??
+        let indexed = base.unwrap_or(dir).to_path_buf();
+        let (manifest, progress, threads, read_only) =
+            (manifest.clone(), progress.clone(), opts.threads, opts.read_only);
+        let linking = base.is_some();
+        tokio::task::spawn_blocking(move || {
+            let (unchanged, local) = index_local(&indexed, &manifest, threads, &progress)?;
+            // A hard link shares the inode, so its mode must already be right.
+            let unchanged = if linking {
+                let same_mode = |e: &&aetherfs_format::Entry| {
+                    unchanged.contains(&e.path)
+                        && fs::symlink_metadata(indexed.join(&e.path))
+                            .is_ok_and(|m| m.permissions().mode() & 0o7777 == file_mode(e.mode, read_only))
+                };
+                Arc::new(manifest.entries.iter().filter(same_mode).map(|e| e.path.clone()).collect())
+            } else {
+                unchanged
+            };
+            Ok::<_, ClientError>((unchanged, local))
+        })
+        .await
+        .map_err(|e| ClientError::Invalid(format!("index task failed: {e}")))??
     };
 
-    let (batches, fetch_bytes, reuse_bytes) = plan(&manifest, &unchanged, &local);
+    let (batches, fetch_bytes, reuse_bytes) = plan(&manifest, &unchanged, &local, opts.read_only);
     progress(PullEvent::Planned { fetch_bytes, reuse_bytes, unchanged_files: unchanged.len() as u64 });
 
     let counters = Arc::new(Counters {
@@ -187,11 +231,17 @@ pub async fn pull(
         .try_collect::<Vec<()>>()
         .await?;
 
-    let (dir2, manifest2, unchanged2, delete) = (dir.to_path_buf(), manifest.clone(), unchanged.clone(), opts.delete);
-    let (removed, extraneous) =
-        tokio::task::spawn_blocking(move || finish_tree(&dir2, &manifest2, &unchanged2, delete))
-            .await
-            .map_err(|e| ClientError::Invalid(format!("finish task failed: {e}")))??;
+    let (dir2, manifest2, unchanged2, delete, read_only) =
+        (dir.to_path_buf(), manifest.clone(), unchanged.clone(), opts.delete, opts.read_only);
+    let base = base.map(Path::to_path_buf);
+    let (removed, extraneous) = tokio::task::spawn_blocking(move || {
+        if let Some(base) = &base {
+            link_unchanged(base, &dir2, &unchanged2)?;
+        }
+        finish_tree(&dir2, &manifest2, &unchanged2, delete, read_only)
+    })
+    .await
+    .map_err(|e| ClientError::Invalid(format!("finish task failed: {e}")))??;
 
     Ok(PullReport {
         name: name.to_string(),
@@ -206,6 +256,24 @@ pub async fn pull(
         removed,
         extraneous,
     })
+}
+
+/// The mode a file is written with.
+fn file_mode(mode: u32, read_only: bool) -> u32 {
+    if read_only { mode & 0o555 } else { mode }
+}
+
+/// Hard-links each of `paths` from `base` into `dir`; where the filesystem
+/// refuses (another device, too many links), copies it instead.
+fn link_unchanged(base: &Path, dir: &Path, paths: &HashSet<String>) -> Result<(), ClientError> {
+    for p in paths {
+        prepare_parent(dir, p)?;
+        let (from, to) = (base.join(p), dir.join(p));
+        if fs::hard_link(&from, &to).is_err() {
+            fs::copy(&from, &to).map_err(|e| ClientError::io(p, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Chunks the files already in `dir`. Returns the manifest paths whose file
@@ -268,6 +336,7 @@ fn plan(
     manifest: &Manifest,
     unchanged: &HashSet<String>,
     local: &HashMap<Digest, LocalChunk>,
+    read_only: bool,
 ) -> (Vec<Batch>, u64, u64) {
     let mut batches = Vec::new();
     let (mut files, mut wants, mut seen, mut keep) = (Vec::new(), Vec::new(), HashSet::new(), HashSet::new());
@@ -307,7 +376,8 @@ fn plan(
             };
             planned.push((*c, source));
         }
-        files.push(PlannedFile { path: e.path.clone(), mode: e.mode, digest: *digest, chunks: planned });
+        let mode = file_mode(e.mode, read_only);
+        files.push(PlannedFile { path: e.path.clone(), mode, digest: *digest, chunks: planned });
         if batch_bytes >= BATCH_FETCH_BYTES || files.len() >= BATCH_MAX_FILES {
             flush(&mut files, &mut wants, &mut seen, &mut keep);
             batch_bytes = 0;
@@ -524,6 +594,7 @@ fn finish_tree(
     manifest: &Manifest,
     unchanged: &HashSet<String>,
     delete: bool,
+    read_only: bool,
 ) -> Result<(u64, u64), ClientError> {
     let io = |p: &str, e| ClientError::io(p, e);
     for e in &manifest.entries {
@@ -553,7 +624,8 @@ fn finish_tree(
                 }
             }
             EntryKind::File { .. } if unchanged.contains(&e.path) => {
-                fs::set_permissions(&dest, Permissions::from_mode(e.mode)).map_err(|err| io(&e.path, err))?;
+                let mode = Permissions::from_mode(file_mode(e.mode, read_only));
+                fs::set_permissions(&dest, mode).map_err(|err| io(&e.path, err))?;
             }
             EntryKind::File { .. } => {}
         }

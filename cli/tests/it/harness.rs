@@ -365,6 +365,85 @@ pub fn make_tree(root: &Path, big: usize) {
     );
 }
 
+/// `aetherfs agent` started from a config file; killed (and its FUSE mount
+/// lazily unmounted) on drop.
+pub struct Agent {
+    proc: Option<Proc>,
+    pub admin: String,
+    /// The FUSE mount point, checked at readiness and after stopping.
+    mnt: Option<PathBuf>,
+}
+
+impl Agent {
+    /// Starts the agent and waits for its admin endpoint; `ready` also waits for /readyz.
+    pub fn start(hub: &Hub, config: &Path, mnt: Option<&Path>, envs: &[(&str, &str)], ready: bool) -> Agent {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["agent", "--config"]).arg(config).env("AETHERFS_HUB", &hub.url).env("AETHERFS_LOG", "warn");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let (proc, lines) = start_daemon(cmd, &["admin on "]);
+        let admin = lines[0].split("admin on ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        let agent = Agent { proc: Some(proc), admin, mnt: mnt.map(Path::to_path_buf) };
+        if ready {
+            agent.wait_ready();
+        }
+        agent
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while http_get(&self.admin, "/readyz").map(|r| r.0) != Some(200) {
+            assert!(Instant::now() < deadline, "agent never became ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(m) = &self.mnt {
+            assert!(is_mounted(m));
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&self.admin, "/metrics").expect("metrics").1
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        metric(&self.metrics(), name).unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    pub fn mounts(&self) -> serde_json::Value {
+        serde_json::from_str(&http_get(&self.admin, "/v1/mounts").expect("mounts").1).expect("json")
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            assert!(terminate(p).success(), "agent exited with an error");
+        }
+        if let Some(m) = &self.mnt {
+            assert!(!is_mounted(m), "agent left its mount behind");
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.child.id())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        if let Some(m) = self.mnt.as_ref().filter(|m| is_mounted(m)) {
+            let _ = Command::new("fusermount3").arg("-uz").arg(m).status();
+        }
+    }
+}
+
 /// The audience the test OpenID provider puts in its access tokens.
 pub const AUDIENCE: &str = "urn:aetherfs";
 

@@ -11,6 +11,7 @@ mod concurrency;
 mod dedup;
 mod integrity;
 mod login;
+mod materialize;
 mod mounts;
 mod pull_semantics;
 mod roundtrip;

@@ -6,78 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{
-    BIN, Hub, Proc, assert_same_tree, http_get, is_mounted, metric, random_bytes, require, run_ok, sqlite,
-    start_daemon, terminate,
-};
-
-struct Agent {
-    proc: Option<Proc>,
-    admin: String,
-    mnt: PathBuf,
-}
-
-impl Agent {
-    /// Starts the agent and waits for its admin endpoint; `ready` also waits for /readyz.
-    fn start(hub: &Hub, config: &Path, mnt: &Path, envs: &[(&str, &str)], ready: bool) -> Agent {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["agent", "--config"]).arg(config).env("AETHERFS_HUB", &hub.url).env("AETHERFS_LOG", "warn");
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let (proc, lines) = start_daemon(cmd, &["admin on "]);
-        let admin = lines[0].split("admin on ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-        let agent = Agent { proc: Some(proc), admin, mnt: mnt.to_path_buf() };
-        if ready {
-            agent.wait_ready();
-        }
-        agent
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while http_get(&self.admin, "/readyz").map(|r| r.0) != Some(200) {
-            assert!(Instant::now() < deadline, "agent never became ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(is_mounted(&self.mnt));
-    }
-
-    fn metrics(&self) -> String {
-        http_get(&self.admin, "/metrics").expect("metrics").1
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        metric(&self.metrics(), name).unwrap_or_else(|| panic!("no metric {name}"))
-    }
-
-    fn mounts(&self) -> serde_json::Value {
-        serde_json::from_str(&http_get(&self.admin, "/v1/mounts").expect("mounts").1).expect("json")
-    }
-
-    fn stop(&mut self) {
-        if let Some(p) = self.proc.take() {
-            assert!(terminate(p).success(), "agent exited with an error");
-        }
-        assert!(!is_mounted(&self.mnt), "agent left its mount behind");
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill9();
-        if is_mounted(&self.mnt) {
-            let _ = Command::new("fusermount3").arg("-uz").arg(&self.mnt).status();
-        }
-    }
-}
+use crate::harness::{Agent, Hub, assert_same_tree, http_get, metric, random_bytes, require, run_ok, sqlite};
 
 /// A config for one FUSE mount.
 fn config(
@@ -155,14 +84,14 @@ fn a_restart_with_a_key_reuses_the_cache_and_without_one_leaves_nothing() {
     let key = key_file(work.path());
     let cfg = config(work.path(), "acme/side:v1", &mnt, "all", "1GiB", Some(&key), 10);
 
-    let mut agent = Agent::start(&hub, &cfg, &mnt, &[], true);
+    let mut agent = Agent::start(&hub, &cfg, Some(&mnt), &[], true);
     let first = agent.metric("aetherfs_fetched_bytes_total");
     assert!(first >= (4 << 20) as f64, "prefetch fetched {first}");
     assert_same_tree(src.path(), &mnt);
     agent.stop();
 
     // Same key: everything comes from the disk cache.
-    let mut agent = Agent::start(&hub, &cfg, &mnt, &[], true);
+    let mut agent = Agent::start(&hub, &cfg, Some(&mnt), &[], true);
     assert_same_tree(src.path(), &mnt);
     assert_eq!(agent.metric("aetherfs_fetched_bytes_total"), 0.0, "chunks were fetched again");
     assert!(agent.metric("aetherfs_cache_disk_hits_total") > 0.0);
@@ -170,7 +99,7 @@ fn a_restart_with_a_key_reuses_the_cache_and_without_one_leaves_nothing() {
 
     // No key: the cache starts empty, and nothing readable is left behind.
     let cfg = config(work.path(), "acme/side:v1", &mnt, "all", "1GiB", None, 10);
-    let mut agent = Agent::start(&hub, &cfg, &mnt, &[], true);
+    let mut agent = Agent::start(&hub, &cfg, Some(&mnt), &[], true);
     assert!(agent.metric("aetherfs_fetched_bytes_total") >= (4 << 20) as f64, "an ephemeral cache reused old data");
     assert_same_tree(src.path(), &mnt);
     agent.stop();
@@ -191,7 +120,7 @@ fn kill_9_while_fetching_never_breaks_the_cache() {
     let key = key_file(work.path());
     let cfg = config(work.path(), "acme/killed:v1", &mnt, "all", "1GiB", Some(&key), 10);
     for round in 0..3 {
-        let mut agent = Agent::start(&hub, &cfg, &mnt, &[], false);
+        let mut agent = Agent::start(&hub, &cfg, Some(&mnt), &[], false);
         // Wait until fetching is under way, then kill at once.
         let deadline = Instant::now() + Duration::from_secs(60);
         while metric(&agent.metrics(), "aetherfs_fetched_bytes_total").unwrap_or(0.0) == 0.0
@@ -203,7 +132,7 @@ fn kill_9_while_fetching_never_breaks_the_cache() {
         agent.kill9();
     }
     // A stale FUSE mount is left by the kills; the next start clears it.
-    let mut agent = Agent::start(&hub, &cfg, &mnt, &[], true);
+    let mut agent = Agent::start(&hub, &cfg, Some(&mnt), &[], true);
     assert_same_tree(src.path(), &mnt);
     agent.stop();
 }
@@ -220,7 +149,7 @@ fn corrupt_or_truncated_cache_entries_are_refetched() {
     let mnt = work.path().join("mnt");
     let key = key_file(work.path());
     let cfg = config(work.path(), "acme/rot:v1", &mnt, "all", "1GiB", Some(&key), 10);
-    let mut agent = Agent::start(&hub, &cfg, &mnt, &[], true);
+    let mut agent = Agent::start(&hub, &cfg, Some(&mnt), &[], true);
     agent.stop();
 
     // Flip bytes all over the cache's data files, and truncate the largest.
@@ -246,7 +175,7 @@ fn corrupt_or_truncated_cache_entries_are_refetched() {
     let len = biggest.metadata().unwrap().len();
     std::fs::OpenOptions::new().write(true).open(biggest).unwrap().set_len(len * 2 / 3).unwrap();
 
-    let mut agent = Agent::start(&hub, &cfg, &mnt, &[], true);
+    let mut agent = Agent::start(&hub, &cfg, Some(&mnt), &[], true);
     assert_same_tree(src.path(), &mnt);
     let refetched = agent.metric("aetherfs_fetched_bytes_total");
     assert!(refetched > 0.0, "corrupt entries were not refetched");
@@ -264,7 +193,7 @@ fn a_stopped_hub_bounds_uncached_reads_and_service_resumes() {
     let work = tempfile::tempdir().unwrap();
     let mnt = work.path().join("mnt");
     let cfg = config(work.path(), "acme/offline:v1", &mnt, "metadata", "1GiB", None, 2);
-    let mut agent = Agent::start(&hub, &cfg, &mnt, &[], true);
+    let mut agent = Agent::start(&hub, &cfg, Some(&mnt), &[], true);
     let cached = std::fs::read(mnt.join("data/part-0.bin")).unwrap();
     assert_eq!(cached, std::fs::read(src.path().join("data/part-0.bin")).unwrap());
 
@@ -302,7 +231,7 @@ fn a_tag_move_switches_new_opens_while_open_files_keep_their_version() {
     let work = tempfile::tempdir().unwrap();
     let mnt = work.path().join("mnt");
     let cfg = config(work.path(), "acme/chan:latest", &mnt, "all", "1GiB", None, 10);
-    let mut agent = Agent::start(&hub, &cfg, &mnt, &[], true);
+    let mut agent = Agent::start(&hub, &cfg, Some(&mnt), &[], true);
     let v1_digest = agent.mounts()["mounts"][0]["digest"].as_str().unwrap().to_string();
 
     // Readiness is watched for the whole switch.
@@ -380,7 +309,7 @@ fn a_working_set_three_times_the_cache_stays_within_the_bound() {
     let mnt = work.path().join("mnt");
     let key = key_file(work.path());
     let cfg = config(work.path(), "acme/big:v1", &mnt, "none", "16MiB", Some(&key), 10);
-    let mut agent = Agent::start(&hub, &cfg, &mnt, &[], true);
+    let mut agent = Agent::start(&hub, &cfg, Some(&mnt), &[], true);
     for round in 0..2 {
         assert_same_tree(src.path(), &mnt);
         run_ok(Command::new("sh").args(["-c", "echo 3 > /proc/sys/vm/drop_caches || true"]));
