@@ -52,6 +52,22 @@ helm template check "$out/example" --namespace geo --kube-version "$kube" >"$out
 python3 scripts/chart-manifests.py "$out/example.yaml" "$out/example-manifests"
 kubernetes-validate --strict --quiet -k "$kube" "$out/example-manifests"/*.yaml
 
+# examples/kubernetes/*: parent charts (charts/aetherfs a symlink), each
+# values file linted, rendered and validated; scripts/pod-sim.py runs them.
+echo "check-chart: examples/kubernetes charts"
+for ex in examples/kubernetes/*/; do
+  ex=${ex%/}
+  for v in "$ex"/values.yaml "$ex"/values-*.yaml; do
+    [ -e "$v" ] || continue
+    name=$(basename "$ex")-$(basename "$v" .yaml)
+    helm lint --strict --quiet --kube-version "$kube" "$ex" -f "$v" >"$out/lint.log" 2>&1 \
+      || { cat "$out/lint.log" >&2; echo "check-chart: helm lint failed on $ex with $v" >&2; exit 1; }
+    helm template check "$ex" -f "$v" --namespace geo --kube-version "$kube" >"$out/$name.yaml" 2>/dev/null
+    python3 scripts/chart-manifests.py "$out/$name.yaml" "$out/$name"
+    kubernetes-validate --strict --quiet -k "$kube" "$out/$name"/*.yaml
+  done
+done
+
 # Values that must be refused: "$1" is what the error must say.
 refuse() {
   local want=$1
