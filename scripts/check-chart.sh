@@ -22,8 +22,8 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 start=$(date +%s)
 
-echo "check-chart: hadolint Dockerfile"
-hadolint Dockerfile
+echo "check-chart: hadolint Dockerfile examples/kubernetes/*/files/Dockerfile"
+hadolint Dockerfile examples/kubernetes/*/files/Dockerfile
 
 echo "check-chart: helm lint --strict (defaults and ci/*.yaml)"
 helm lint --strict --quiet --kube-version "$kube" "$chart" >/dev/null

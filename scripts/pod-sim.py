@@ -21,7 +21,11 @@ Deployment's pod template is run as Kubernetes would:
   is mapped here (the aetherfs image -> $AETHERFS_BIN, default
   target/debug/aetherfs). A container with `command` runs that command from
   the host's PATH (python3 with the pip datasette / buenavista). Processes
-  run as the invoking user (root here), each in its own session.
+  run as the invoking user (root here), each in its own session:
+  securityContext (runAsUser 65532, read-only root) is not applied, since the
+  host's Python lives in root's home; so file ownership and modes between
+  containers of different uids are not proved here (image-rootfs-check.sh
+  proves uid 65532 reading a root sidecar's FUSE mount).
 - Network: the whole simulation re-executes itself in a private network
   namespace (unshare -n, loopback up), the pod's; ports are used as
   rendered (0.0.0.0:9100 ...) without clashing with anything on the host.
