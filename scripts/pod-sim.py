@@ -175,6 +175,12 @@ def cleanup():
         shutil.rmtree(ROOT, ignore_errors=True)
 
 
+def on_alarm(_signum, _frame):
+    log("FAIL: the run took longer than POD_SIM_TIMEOUT; cleaning up")
+    cleanup()
+    os._exit(1)
+
+
 def on_signal(signum, _frame):
     cleanup()
     sys.exit(128 + signum)
@@ -582,6 +588,10 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+    # A hung step (a psql read, a probe) cannot hang CI: the whole run has
+    # POD_SIM_TIMEOUT seconds (default 180), then everything is cleaned up.
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(int(os.environ.get("POD_SIM_TIMEOUT", "180")))
     try:
         run(args)
     except Failure as e:
