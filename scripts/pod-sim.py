@@ -11,7 +11,12 @@ Deployment's pod template is run as Kubernetes would:
 - Volumes: each one a directory ROOT/volumes/NAME (ROOT a temporary
   directory). ConfigMap volumes get the rendered ConfigMap's keys as files;
   the projected service-account token is a file the simulation rewrites
-  (atomically, like the kubelet) every few seconds; emptyDirs start empty.
+  (atomically, like the kubelet) every second; emptyDirs start empty.
+- Identity: a simulated service-account issuer (discovery and JWKS on
+  loopback) signs RS256 tokens shaped like projected ones (`kubernetes.io`
+  claim, the volume's audience, 4 s lifetime); the hub trusts it with
+  token_type "kubernetes" and no leeway, lets group
+  system:serviceaccounts:geo read demo/** and refuses anonymous reads.
 - Paths: every absolute path in a container's command, args, env values and
   the ConfigMap files it mounts is remapped through that container's
   volumeMounts: mountPath P becomes ROOT/volumes/NAME (longest mountPath
@@ -38,9 +43,10 @@ Deployment's pod template is run as Kubernetes would:
   terminationGracePeriodSeconds), then the sidecars in reverse order, each
   after its preStop exec hook.
 
-The scenario: a hub on loopback (file storage), a SQLite dataset pushed as
-demo/cities:v1 and tagged `stable`; the pod starts; the database answers a
-query; a reader (a sqlite3 connection on the consumer's path, and for the
+The scenario: a hub on loopback (file storage, that auth), a SQLite dataset
+pushed as demo/cities:v1 and tagged `stable`; the pod starts; the database
+answers a query; the sidecar's first token expires (the hub must refuse it
+and accept the rotated one); a reader (a sqlite3 connection on the consumer's path, and for the
 psql example a psql session inside BEGIN) is opened; v2 is pushed to
 `stable`; the on_switch hook must run and the database answer v2, while the
 reader opened before keeps answering v1; the pod stops with the main
@@ -48,6 +54,8 @@ container first, no mount left in /proc/self/mountinfo and no process left.
 """
 import argparse
 import atexit
+import base64
+import http.server
 import http.client
 import json
 import os
@@ -68,6 +76,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELM = os.environ.get("HELM", os.path.join(REPO, "target/tools/bin/helm"))
 AETHERFS = os.path.abspath(os.environ.get("AETHERFS_BIN", os.path.join(REPO, "target/debug/aetherfs")))
 HUB_PORT = 7070
+# The pod's identity, and its tokens: valid TOKEN_LIFETIME seconds, rotated
+# every TOKEN_ROTATE seconds; the hub allows no clock leeway, so the agent
+# must read each new token to keep following the tag.
+NAMESPACE, ACCOUNT = "geo", "cities"
+TOKEN_LIFETIME, TOKEN_ROTATE = 4, 1
 HUB = "http://127.0.0.1:%d" % HUB_PORT
 STARTED = time.monotonic()
 
@@ -97,10 +110,10 @@ def wait_for(what, check, timeout=60, interval=0.1):
     raise Failure("timed out after %ss waiting for %s (last error: %s)" % (timeout, what, last))
 
 
-def http_get(port, path, host="127.0.0.1", timeout=3):
+def http_get(port, path, host="127.0.0.1", timeout=3, headers=None):
     c = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        c.request("GET", path)
+        c.request("GET", path, headers=headers or {})
         r = c.getresponse()
         return r.status, r.read()
     finally:
@@ -275,7 +288,9 @@ class Container:
 
 
 class Pod:
-    def __init__(self, docs, root, entrypoints):
+    def __init__(self, docs, root, entrypoints, issuer):
+        self.issuer = issuer
+        self.first_token_exp = None
         self.root = root
         self.volumes_dir = os.path.join(root, "volumes")
         self.entrypoints = entrypoints
@@ -324,6 +339,7 @@ class Pod:
             elif "projected" in v:
                 for src in v["projected"]["sources"]:
                     if "serviceAccountToken" in src:
+                        self.audience = src["serviceAccountToken"].get("audience", "aetherfs")
                         self.token_path = os.path.join(d, src["serviceAccountToken"]["path"])
                         self.write_token()
                     else:
@@ -334,16 +350,19 @@ class Pod:
                 raise Failure("volume %s: kind not simulated" % v)
 
     def write_token(self):
-        # The kubelet replaces the file atomically; the content is not a real
-        # JWT (the simulated hub runs without authentication).
+        # A fresh short-lived token, replaced atomically as the kubelet does
+        # (long before expirationSeconds; here every TOKEN_ROTATE seconds).
+        token, exp = self.issuer.token(NAMESPACE, ACCOUNT, TOKEN_LIFETIME, self.audience)
         tmp = self.token_path + ".tmp"
         with open(tmp, "w") as f:
-            f.write("simulated-token-%d-%d" % (self.token_rotations, time.time_ns()))
+            f.write(token)
         os.rename(tmp, self.token_path)
+        if self.first_token_exp is None:
+            self.first_token, self.first_token_exp = token, exp
         self.token_rotations += 1
 
     def rotate_tokens(self):
-        while not self.token_stop.wait(2):
+        while not self.token_stop.wait(TOKEN_ROTATE):
             self.write_token()
 
     def monitor(self):
@@ -407,6 +426,71 @@ class Pod:
             % self.token_rotations)
 
 
+# ---------------------------------------------------------------- the issuer
+
+class Issuer:
+    """The cluster's service-account issuer, simulated: OpenID discovery and
+    JWKS on loopback, RS256 tokens shaped like projected service-account
+    tokens (`kubernetes.io` claim), which the hub checks with token_type
+    "kubernetes"."""
+
+    PORT = 7071
+
+    def __init__(self):
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.url = "http://127.0.0.1:%d" % self.PORT
+        nums = self.key.public_key().public_numbers()
+        jwk = {"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "sim",
+               "n": b64(nums.n.to_bytes((nums.n.bit_length() + 7) // 8, "big")), "e": b64(nums.e.to_bytes(3, "big"))}
+        docs = {"/.well-known/openid-configuration": {"issuer": self.url, "jwks_uri": self.url + "/keys",
+                                                       "id_token_signing_alg_values_supported": ["RS256"]},
+                "/keys": {"keys": [jwk]}}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                doc = docs.get(self.path)
+                if doc is None:
+                    self.send_error(404)
+                    return
+                body = json.dumps(doc).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.PORT), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def token(self, namespace, account, lifetime, audience="aetherfs"):
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        now = int(time.time())
+        claims = {"iss": self.url, "sub": "system:serviceaccount:%s:%s" % (namespace, account), "aud": [audience],
+                  "iat": now, "nbf": now, "exp": now + lifetime,
+                  "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": account, "uid": "sim-sa"},
+                                    "pod": {"name": "sim-0", "uid": "sim-pod"}}}
+        head = b64(json.dumps({"alg": "RS256", "kid": "sim", "typ": "JWT"}).encode())
+        body = b64(json.dumps(claims).encode())
+        sig = self.key.sign(("%s.%s" % (head, body)).encode(), padding.PKCS1v15(), hashes.SHA256())
+        return "%s.%s.%s" % (head, body, b64(sig)), claims["exp"]
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
 # ---------------------------------------------------------------- the scenario
 
 def make_dataset(d, version, rows):
@@ -422,8 +506,13 @@ def make_dataset(d, version, rows):
         f.write("cities %s\n" % version)
 
 
-def push(root, src, ref, tag):
-    subprocess.run([AETHERFS, "--hub", HUB, "--quiet", "push", src, ref, "--tag", tag], check=True,
+def push(root, issuer, src, ref, tag):
+    token, _ = issuer.token("ci", "publisher", 60)
+    path = os.path.join(root, "publisher.token")
+    with open(path, "w") as f:
+        f.write(token)
+    subprocess.run([AETHERFS, "--hub", HUB, "--token-file", path, "--quiet", "push", src, ref, "--tag", tag],
+                   check=True,
                    stdout=open(os.path.join(root, "push.log"), "ab"), stderr=subprocess.STDOUT)
 
 
@@ -482,15 +571,32 @@ def run(args):
     rendered = subprocess.run(helm, check=True, capture_output=True, text=True).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
 
+    issuer = Issuer()
+    with open(os.path.join(root, "auth.toml"), "w") as f:
+        f.write("""[[oidc]]
+issuer = "%s"
+audience = "aetherfs"
+token_type = "kubernetes"
+leeway_secs = 0
+
+[[rule]]
+datasets = "demo/**"
+read = ["group:system:serviceaccounts:%s"]
+write = ["user:system:serviceaccount:ci:publisher"]
+""" % (issuer.url, NAMESPACE))
     hub = spawn([AETHERFS, "hub", "--listen", "127.0.0.1:%d" % HUB_PORT, "--storage",
-                 "file://" + os.path.join(root, "hub-data")], dict(os.environ), os.path.join(root, "hub.log"))
+                 "file://" + os.path.join(root, "hub-data"), "--auth-config", os.path.join(root, "auth.toml")],
+                dict(os.environ), os.path.join(root, "hub.log"))
     wait_for("the hub", lambda: hub.poll() is None and http_get(HUB_PORT, "/readyz")[0] == 200)
     make_dataset(os.path.join(root, "v1"), "v1", [("Lyon", 522250), ("Porto", 231800)])
     make_dataset(os.path.join(root, "v2"), "v2", [("Lyon", 522250), ("Porto", 231800), ("Graz", 291072)])
-    push(root, os.path.join(root, "v1"), "demo/cities:v1", "stable")
+    status, _ = http_get(HUB_PORT, "/v1/datasets/demo/cities/tags/stable")
+    if status != 401:
+        raise Failure("the hub answered an anonymous read with %s" % status)
+    push(root, issuer, os.path.join(root, "v1"), "demo/cities:v1", "stable")
     log("pushed demo/cities:v1, tagged stable")
 
-    pod = Pod(docs, root, {"aetherfs": [AETHERFS]})
+    pod = Pod(docs, root, {"aetherfs": [AETHERFS]}, issuer)
     mode = re.search(r'^(fuse|materialize) = ', pod.configmaps[next(iter(
         k for k in pod.configmaps if k.endswith("-agent")))]["data"]["agent.toml"], re.M).group(1)
     log("pod %s, mode %s" % (pod.name, mode))
@@ -530,7 +636,19 @@ def run(args):
         log("psql session opened inside BEGIN: v1")
 
     before = agent_mount(pod)["digest"]
-    push(root, os.path.join(root, "v2"), "demo/cities:v2", "stable")
+    # The token the sidecar started with must have expired: the switch then
+    # proves the agent reads the rotated token file.
+    wait_for("the sidecar's first token to expire", lambda: time.time() > pod.first_token_exp + 1, timeout=30)
+    tag_path = "/v1/datasets/demo/cities/tags/stable"
+    status, _ = http_get(HUB_PORT, tag_path, headers={"Authorization": "Bearer " + pod.first_token})
+    if status != 401:
+        raise Failure("the hub answered the sidecar's expired first token with %s, expected 401" % status)
+    with open(pod.token_path) as f:
+        status, _ = http_get(HUB_PORT, tag_path, headers={"Authorization": "Bearer " + f.read()})
+    if status != 200:
+        raise Failure("the hub answered the sidecar's current token with %s, expected 200" % status)
+    log("the sidecar's first token has expired (the hub refuses it; the rotated one is accepted)")
+    push(root, issuer, os.path.join(root, "v2"), "demo/cities:v2", "stable")
     log("pushed demo/cities:v2, tagged stable")
     moved = wait_for("the switch and its on_switch hook",
                      lambda: (lambda m: m if m["digest"] != before and (m.get("on_switch") or {}).get("runs", 0) >= 1
@@ -572,6 +690,7 @@ def run(args):
     hub_clean = stop_group(hub, 10)
     if not hub_clean:
         raise Failure("the hub did not stop on SIGTERM")
+    issuer.stop()
     log("OK: %s (%s mode) in %.1fs" % (os.path.relpath(example, REPO), mode, time.monotonic() - STARTED))
 
 
