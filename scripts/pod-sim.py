@@ -597,12 +597,14 @@ write = ["user:system:serviceaccount:ci:publisher"]
     log("pushed demo/cities:v1, tagged stable")
 
     pod = Pod(docs, root, {"aetherfs": [AETHERFS]}, issuer)
-    mode = re.search(r'^(fuse|materialize) = ', pod.configmaps[next(iter(
-        k for k in pod.configmaps if k.endswith("-agent")))]["data"]["agent.toml"], re.M).group(1)
+    agent_toml = next(cm for name, cm in pod.configmaps.items() if name.endswith("-agent"))["data"]["agent.toml"]
+    mode, mount_name = re.search(r'^(fuse|materialize) = "/aetherfs/data/([^"/]+)"', agent_toml, re.M).groups()
     log("pod %s, mode %s" % (pod.name, mode))
     pod.start()
     consumer = pod.main[0]
-    data_dir = consumer.remap("/data/sqlite")
+    # The consumer's mountPath of the aetherfs-data volume, remapped.
+    data_mount = next(m["mountPath"] for m in consumer.spec["volumeMounts"] if m["name"] == "aetherfs-data")
+    data_dir = consumer.remap("%s/%s" % (data_mount, mount_name))
     db_path = os.path.join(data_dir, "current/db.sqlite" if mode == "materialize" else "db.sqlite")
 
     if "datasette" in consumer.name:
