@@ -48,7 +48,8 @@ pushed as demo/cities:v1 and tagged `stable`; the pod starts; the database
 answers a query; the sidecar's first token expires (the hub must refuse it
 and accept the rotated one); a reader (a sqlite3 connection on the consumer's path, and for the
 psql example a psql session inside BEGIN) is opened; v2 is pushed to
-`stable`; the on_switch hook must run and the database answer v2, while the
+`stable`; the on_switch hook must run and the database answer v2 (the
+sidecar's /readyz, polled every 50 ms meanwhile, never failing), while the
 reader opened before keeps answering v1; the pod stops with the main
 container first, no mount left in /proc/self/mountinfo and no process left.
 """
@@ -650,6 +651,21 @@ write = ["user:system:serviceaccount:ci:publisher"]
     if status != 200:
         raise Failure("the hub answered the sidecar's current token with %s, expected 200" % status)
     log("the sidecar's first token has expired (the hub refuses it; the rotated one is accepted)")
+    # The agent's readiness must not drop during a follow (docs/agent.md):
+    # polled every 50 ms from before the push until the database answers v2.
+    drops, watching = [], threading.Event()
+
+    def watch_readiness():
+        while not watching.wait(0.05):
+            try:
+                ok = pod.sidecars[0].probe("readinessProbe")
+            except Exception as e:  # noqa: BLE001
+                ok = e
+            if ok is not True:
+                drops.append(ok)
+
+    watcher = threading.Thread(target=watch_readiness, daemon=True)
+    watcher.start()
     push(root, issuer, os.path.join(root, "v2"), "demo/cities:v2", "stable")
     log("pushed demo/cities:v2, tagged stable")
     moved = wait_for("the switch and its on_switch hook",
@@ -663,6 +679,10 @@ write = ["user:system:serviceaccount:ci:publisher"]
     if second != "v2|3":
         raise Failure("after the move the database answered %r" % second)
     log("the database answers from the new version: %s" % second)
+    watching.set()
+    watcher.join()
+    if drops:
+        raise Failure("the sidecar's readiness dropped during the switch: %s" % drops[:3])
     if "datasette" in consumer.name:
         cmd = consumer.spec["command"]
         status, body = http_get(int(cmd[cmd.index("--listen") + 1].rsplit(":", 1)[1]), "/")
