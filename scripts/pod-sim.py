@@ -74,7 +74,8 @@ import time
 import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HELM = os.environ.get("HELM", os.path.join(REPO, "target/tools/bin/helm"))
+HELM = os.environ.get("HELM") or os.path.join(
+    os.environ.get("AETHERFS_TOOLS_DIR") or os.path.join(REPO, "target/tools"), "bin/helm")
 AETHERFS = os.path.abspath(os.environ.get("AETHERFS_BIN", os.path.join(REPO, "target/debug/aetherfs")))
 HUB_PORT = 7070
 # The pod's identity, and its tokens: valid TOKEN_LIFETIME seconds, rotated
