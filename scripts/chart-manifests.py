@@ -38,9 +38,8 @@ import yaml
 # Custom resources the chart renders, and the apiVersion each must have.
 CUSTOM = {"ServiceMonitor": "monitoring.coreos.com/v1"}
 
-# Keys of the agent's configuration (docs/agent.md). `materialize`,
-# `keep_versions` and `on_switch` are the agent's materialize mode and switch
-# hook, being added to the agent under exactly these names.
+# Keys of the agent's configuration (docs/agent.md), the materialize mode's
+# `materialize`, `keep_versions` and the `on_switch` hook included.
 AGENT_KEYS = {
     "": {"hub", "admin", "cache", "fetch", "auth", "mount"},
     "admin": {"listen"},

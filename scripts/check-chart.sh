@@ -22,8 +22,8 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 start=$(date +%s)
 
-echo "check-chart: hadolint Dockerfile"
-hadolint Dockerfile
+echo "check-chart: hadolint Dockerfile examples/kubernetes/*/files/Dockerfile"
+hadolint Dockerfile examples/kubernetes/*/files/Dockerfile
 
 echo "check-chart: helm lint --strict (defaults and ci/*.yaml)"
 helm lint --strict --quiet --kube-version "$kube" "$chart" >/dev/null
@@ -51,6 +51,22 @@ helm lint --strict --quiet --kube-version "$kube" "$out/example" >"$out/lint.log
 helm template check "$out/example" --namespace geo --kube-version "$kube" >"$out/example.yaml"
 python3 scripts/chart-manifests.py "$out/example.yaml" "$out/example-manifests"
 kubernetes-validate --strict --quiet -k "$kube" "$out/example-manifests"/*.yaml
+
+# examples/kubernetes/*: parent charts (charts/aetherfs a symlink), each
+# values file linted, rendered and validated; scripts/pod-sim.py runs them.
+echo "check-chart: examples/kubernetes charts"
+for ex in examples/kubernetes/*/; do
+  ex=${ex%/}
+  for v in "$ex"/values.yaml "$ex"/values-*.yaml; do
+    [ -e "$v" ] || continue
+    name=$(basename "$ex")-$(basename "$v" .yaml)
+    helm lint --strict --quiet --kube-version "$kube" "$ex" -f "$v" >"$out/lint.log" 2>&1 \
+      || { cat "$out/lint.log" >&2; echo "check-chart: helm lint failed on $ex with $v" >&2; exit 1; }
+    helm template check "$ex" -f "$v" --namespace geo --kube-version "$kube" >"$out/$name.yaml" 2>/dev/null
+    python3 scripts/chart-manifests.py "$out/$name.yaml" "$out/$name"
+    kubernetes-validate --strict --quiet -k "$kube" "$out/$name"/*.yaml
+  done
+done
 
 # Values that must be refused: "$1" is what the error must say.
 refuse() {

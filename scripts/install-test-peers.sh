@@ -26,6 +26,11 @@ command -v python3 >/dev/null || apt_pkgs+=(python3)
 # The image check (scripts/image-rootfs-check.sh) builds the runtime root
 # filesystem with debootstrap.
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || apt_pkgs+=(debootstrap)
+# The pod simulation (scripts/pod-sim.py, examples/kubernetes): psql, and
+# unshare/ip for the pod's network namespace.
+command -v psql >/dev/null || apt_pkgs+=(postgresql-client)
+command -v unshare >/dev/null || apt_pkgs+=(util-linux)
+command -v ip >/dev/null || apt_pkgs+=(iproute2)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   echo "installing ${apt_pkgs[*]} (apt)"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -35,6 +40,14 @@ fi
 if ! command -v moto_server >/dev/null || ! moto_server --help >/dev/null 2>&1; then
   echo "installing moto[server] (pip)"
   python3 -m pip install --quiet 'moto[server]==5.2.5'
+  command -v pyenv >/dev/null && pyenv rehash || true
+fi
+
+# The databases of examples/kubernetes, run by scripts/pod-sim.py: datasette,
+# and buenavista's Postgres wire protocol server (PyYAML reads helm's output).
+if ! command -v datasette >/dev/null || ! python3 -c 'import buenavista, yaml' 2>/dev/null; then
+  echo "installing datasette, buenavista, PyYAML (pip)"
+  python3 -m pip install --quiet 'datasette==0.65.5' 'buenavista==0.5.0' 'PyYAML>=6'
   command -v pyenv >/dev/null && pyenv rehash || true
 fi
 

@@ -7,4 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/install-test-peers.sh
 # The image definition and the Helm chart, offline (about 30 s).
 scripts/check-chart.sh
-exec cargo test --workspace --locked "$@"
+cargo test --workspace --locked "$@"
+# The examples/kubernetes pods, simulated with the binary cargo test built
+# (target/debug/aetherfs): each database in materialize and fuse mode.
+scripts/pod-sim-all.sh
