@@ -405,3 +405,51 @@ async fn unreachable_issuer_is_unavailable_not_unauthorized() {
     r.err(StatusCode::UNAUTHORIZED, "unauthorized");
     assert_eq!(t.get("/healthz", None).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn password_guessing_is_throttled_per_user_and_per_address_without_locking_out_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    for (u, pw, groups) in USERS {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        set_user(&users, u, &hash_password(pw).unwrap(), &groups).unwrap();
+    }
+    let text = format!(
+        "[basic]\nusers_file = \"users\"\nmax_failures_per_user = 3\nmax_failures_per_address = 6\n\
+         failure_window_secs = 600\n{RULES}"
+    );
+    let t = T::with_auth(Auth::from_toml(&text, dir.path()).unwrap(), dir).await;
+    let from = |ip: &str, user: &str, pw: &str| {
+        let mut req = Request::builder()
+            .uri("/v1/datasets/team-a/x/tags")
+            .header(header::AUTHORIZATION, basic(user, pw))
+            .body(Body::empty())
+            .unwrap();
+        let addr: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+        req
+    };
+    // The reader signs in from their usual address.
+    assert_ne!(t.send(from("10.0.0.1", "reader", "pw-reader")).await.status, StatusCode::UNAUTHORIZED);
+    // Someone guesses the reader's password from another address.
+    for _ in 0..3 {
+        t.send(from("10.6.6.6", "reader", "guess")).await.err(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let r = t.send(from("10.6.6.6", "reader", "pw-reader")).await;
+    let msg = r.err(StatusCode::TOO_MANY_REQUESTS, "too_many_failures");
+    let retry: u64 = r.header(header::RETRY_AFTER).parse().unwrap();
+    assert!((1..=600).contains(&retry), "{retry} {msg}");
+    // Also from a third, fresh address: the user's limit holds there.
+    t.send(from("10.7.7.7", "reader", "pw-reader")).await.err(StatusCode::TOO_MANY_REQUESTS, "too_many_failures");
+    // The real user, from the address they signed in from, is not locked out.
+    assert_ne!(t.send(from("10.0.0.1", "reader", "pw-reader")).await.status, StatusCode::TOO_MANY_REQUESTS);
+    // Other users from the guessing address still get a real answer, until
+    // that address reaches its own limit across user names.
+    for i in 0..3 {
+        t.send(from("10.6.6.6", &format!("u{i}"), "x")).await.err(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    t.send(from("10.6.6.6", "writer-a", "pw-writer-a")).await.err(StatusCode::TOO_MANY_REQUESTS, "too_many_failures");
+    assert_ne!(t.send(from("10.0.0.2", "writer-a", "pw-writer-a")).await.status, StatusCode::TOO_MANY_REQUESTS);
+    let metrics = t.get("/metrics", None).await.text();
+    assert!(metrics.contains("aetherfs_hub_auth_failures_total{outcome=\"throttled\"} 3"), "{metrics}");
+}
