@@ -103,8 +103,6 @@ pub(crate) enum Need {
     Listing,
     /// A permission on one dataset (the raw name from the path).
     Dataset(String, Permission),
-    /// A permission on at least one dataset (shared content-addressed storage).
-    Somewhere(Permission),
     /// Paths that route nowhere: any authenticated caller (they get 404).
     Authenticated,
 }
@@ -299,7 +297,6 @@ fn refusal(hub: &Hub, e: &Enforced, need: &Need, who: Option<&Identity>) -> Opti
         Need::Metrics => e.metrics == MetricsAccess::Public || who.is_some(),
         Need::Listing => who.is_some() || policy.allows_somewhere(None, Permission::Read),
         Need::Dataset(name, p) => policy.allows(who, *p, name),
-        Need::Somewhere(p) => policy.allows_somewhere(who, *p),
         Need::Authenticated => who.is_some(),
     };
     if allowed {
@@ -307,7 +304,6 @@ fn refusal(hub: &Hub, e: &Enforced, need: &Need, who: Option<&Identity>) -> Opti
     }
     let what = match need {
         Need::Dataset(name, p) => format!("{p} dataset {name}"),
-        Need::Somewhere(p) => format!("{p} any dataset"),
         _ => "use this endpoint".to_string(),
     };
     Some(match who {

@@ -221,7 +221,7 @@ async fn oidc_access_tokens_from_a_real_provider() {
     let (url, body) = set_v2("team-a/x", &digests[0]);
     let a = call(reqwest::Method::PUT, &url, Some(&bearer(&reader)), Some(body)).await;
     assert_eq!((a.status, &a.body["error"]["code"]), (403, &json!("forbidden")), "{}", a.body);
-    let pack = format!("{}/v1/packs/{}", hub.url, digests[0]);
+    let pack = format!("{}/v1/datasets/team-a/x/packs/{}", hub.url, digests[0]);
     assert_eq!(call(reqwest::Method::PUT, &pack, Some(&bearer(&reader)), Some(json!({}))).await.status, 403);
     let tag_b = format!("{}/v1/datasets/team-b/y/tags/v1", hub.url);
     assert_eq!(call(reqwest::Method::GET, &tag_b, Some(&bearer(&reader)), None).await.status, 403);
