@@ -622,21 +622,26 @@ def chunk_loc(c: dict) -> tuple[str, int, int, str]:
     return loc["pack"], int(loc["offset"]), int(loc["stored_len"]), str(loc.get("compression", "?"))
 
 
-def pack_sizes(hub: Hub, packs: list[str]) -> dict:
+def pack_url(hub: Hub, dataset: str, pack: str) -> str:
+    # Packs are read through a dataset that may read them.
+    return f"{hub.url}/v1/datasets/{dataset}/packs/{pack}"
+
+
+def pack_sizes(hub: Hub, dataset: str, packs: list[str]) -> dict:
     out = {}
     for p in packs:
-        req = urllib.request.Request(f"{hub.url}/v1/packs/{p}", method="HEAD")
+        req = urllib.request.Request(pack_url(hub, dataset, p), method="HEAD")
         with urllib.request.urlopen(req, timeout=10) as r:
             out[p] = int(r.headers["Content-Length"])
     return out
 
 
-def curl_packs(hub: Hub, packs: list[str], parallel: int = 0) -> list[str]:
+def curl_packs(hub: Hub, dataset: str, packs: list[str], parallel: int = 0) -> list[str]:
     cmd = ["curl", "-sS", "--fail", "-w", "%{size_download}\\n"]
     if parallel:
         cmd += ["--parallel", "--parallel-max", str(parallel)]
     for p in packs:
-        cmd += ["-o", "/dev/null", f"{hub.url}/v1/packs/{p}"]
+        cmd += ["-o", "/dev/null", pack_url(hub, dataset, p)]
     return cmd
 
 
@@ -719,7 +724,7 @@ def bench() -> dict:
     chunks = ent.get("chunks") or ent.get("kind", {}).get("chunks") or []
     locs = [chunk_loc(c) for c in chunks]
     packs = list(dict.fromkeys(p for p, *_ in locs))
-    psize = pack_sizes(hub, packs)
+    psize = pack_sizes(hub, DS_BIG, packs)
     stored = sum(n for _, _, n, _ in locs)
     comp = sorted({c for *_, c in locs})
     nchunks = len({c["digest"] for c in chunks})
@@ -751,9 +756,9 @@ def bench() -> dict:
             r = S["afs_cold"].add(check_dd(timed(f"agent cold read (empty cache) {tag}", dd(afs_file), cold=True,
                                                  watch={"agent": ag.pid, "hub": hub.pid}, agent=ag), size))
             r.extra["disk_cache_after"] = wait_disk_cache(ag, nchunks)
-            S["curl_seq"].add(check_curl(timed(f"curl packs, sequential {tag}", curl_packs(hub, packs), cold=True,
+            S["curl_seq"].add(check_curl(timed(f"curl packs, sequential {tag}", curl_packs(hub, DS_BIG, packs), cold=True,
                                                watch={"hub": hub.pid}), all_packs_bytes))
-            S["curl_par8"].add(check_curl(timed(f"curl packs, 8 parallel {tag}", curl_packs(hub, packs, 8),
+            S["curl_par8"].add(check_curl(timed(f"curl packs, 8 parallel {tag}", curl_packs(hub, DS_BIG, packs, 8),
                                                 cold=True, watch={"hub": hub.pid}), all_packs_bytes))
         # 2. warm from the encrypted disk cache: restart (same key: the memory tier is empty).
         for i in range(RUNS):

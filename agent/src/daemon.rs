@@ -18,7 +18,7 @@ use crate::frontends::{FrontendError, Tasks, start_nfs, start_webdav};
 use crate::materialize::Materializer;
 use crate::mount::Mount;
 use crate::on_switch::Hook;
-use crate::source::{HubSource, SharedSource, SourceOptions};
+use crate::source::{HubPacks, HubSource, SharedSource, SourceOptions};
 
 /// Why the agent stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -82,8 +82,9 @@ pub async fn run(
         .await
         .map_err(AgentError::Task)?
         .map_err(|source| AgentError::Cache { dir, source })?;
+    let packs = HubPacks::new(client.clone());
     let source = HubSource::new(
-        Arc::new(client.clone()),
+        packs.clone(),
         Some(Arc::new(disk)),
         &SourceOptions {
             memory_bytes: cfg.cache.memory_size.0,
@@ -100,8 +101,8 @@ pub async fn run(
     let readahead = cfg.fetch.readahead.0;
     let mut tasks = tokio::task::JoinSet::new();
     for m in cfg.mounts {
-        let (client, source, admin) = (client.clone(), source.clone(), admin.clone());
-        tasks.spawn(async move { run_mount(client, source, admin, m, poll, readahead).await });
+        let (packs, source, admin) = (packs.clone(), source.clone(), admin.clone());
+        tasks.spawn(async move { run_mount(packs, source, admin, m, poll, readahead).await });
     }
     let result = tokio::select! {
         _ = shutdown => Ok(()),
@@ -124,7 +125,7 @@ pub async fn run(
 
 /// Brings one mount up, then follows its tag (for ever, unless it fails).
 async fn run_mount(
-    client: HubClient,
+    packs: Arc<HubPacks>,
     source: Arc<HubSource>,
     admin: Arc<Admin>,
     cfg: MountConfig,
@@ -133,7 +134,8 @@ async fn run_mount(
 ) -> Result<(), AgentError> {
     let reference: Reference =
         cfg.reference.parse().map_err(|source| AgentError::Reference { reference: cfg.reference.clone(), source })?;
-    let (digest, manifest) = retry(&format!("resolving {reference}"), || resolve(&client, &reference)).await;
+    let client = packs.client().clone();
+    let (digest, manifest) = retry(&format!("resolving {reference}"), || resolve(&packs, &reference)).await;
     let mount = Mount::new(reference.clone(), digest, &manifest, Arc::new(SharedSource(source.clone())), readahead);
     if let Some(dir) = &cfg.materialize {
         let m = Materializer::open(dir, cfg.keep_versions(), client.clone(), reference.name.clone())
@@ -190,7 +192,7 @@ async fn run_mount(
     if !mount.follows_tag() {
         return std::future::pending().await;
     }
-    follow(client, source, mount, cfg.prefetch, poll).await;
+    follow(packs, source, mount, cfg.prefetch, poll).await;
     Ok(())
 }
 
@@ -206,8 +208,9 @@ pub async fn open_one(
     opts: &SourceOptions,
     readahead: u64,
 ) -> Result<(Arc<HubSource>, Arc<Mount>), ResolveError> {
-    let (digest, manifest) = resolve(client, reference).await?;
-    let source = HubSource::new(Arc::new(client.clone()), None, opts);
+    let packs = HubPacks::new(client.clone());
+    let (digest, manifest) = resolve(&packs, reference).await?;
+    let source = HubSource::new(packs, None, opts);
     let mount = Mount::new(reference.clone(), digest, &manifest, Arc::new(SharedSource(source.clone())), readahead);
     mount.set_ready();
     Ok((source, mount))

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aetherfs_format::{ChunkRef, Digest, Manifest, Reference};
-use aetherfs_hub_client::{ClientError, HubClient};
+use aetherfs_hub_client::ClientError;
 use aetherfs_mounts::SourceError;
 
 use crate::config::Prefetch;
 use crate::mount::Mount;
-use crate::source::HubSource;
+use crate::source::{HubPacks, HubSource};
 
 /// Exponential backoff from 250 ms to 30 s, reset on success.
 #[derive(Debug, Clone)]
@@ -83,8 +83,10 @@ pub enum ResolveError {
     },
 }
 
-/// Resolves a reference and fetches its verified manifest.
-pub async fn resolve(client: &HubClient, reference: &Reference) -> Result<(Digest, Manifest), ResolveError> {
+/// Resolves a reference and fetches its verified manifest; its packs are
+/// then read through its dataset.
+pub async fn resolve(packs: &HubPacks, reference: &Reference) -> Result<(Digest, Manifest), ResolveError> {
+    let client = packs.client();
     let digest = client
         .resolve(reference)
         .await
@@ -93,6 +95,7 @@ pub async fn resolve(client: &HubClient, reference: &Reference) -> Result<(Diges
         .get_manifest(&reference.name, &digest)
         .await
         .map_err(|source| ResolveError::Manifest { reference: reference.clone(), digest, source })?;
+    packs.register(&reference.name, &manifest);
     Ok((digest, manifest))
 }
 
@@ -109,10 +112,11 @@ pub async fn prefetch(source: &Arc<HubSource>, manifest: &Manifest, policy: Pref
 
 /// Follows `mount`'s tag for ever: each move is fetched, prefetched and
 /// switched to. Returns at once for a mount by digest.
-pub async fn follow(client: HubClient, source: Arc<HubSource>, mount: Arc<Mount>, policy: Prefetch, poll: Duration) {
+pub async fn follow(packs: Arc<HubPacks>, source: Arc<HubSource>, mount: Arc<Mount>, policy: Prefetch, poll: Duration) {
     if !mount.follows_tag() {
         return;
     }
+    let client = packs.client();
     let reference = mount.reference().clone();
     let tag = reference.tag_or_latest();
     let mut backoff = Backoff::new();
@@ -126,6 +130,7 @@ pub async fn follow(client: HubClient, source: Arc<HubSource>, mount: Arc<Mount>
                 let at = format!("{}@{next}", reference.name);
                 let (manifest, _) =
                     retry(&format!("fetching {at}"), || client.get_manifest(&reference.name, &next)).await;
+                packs.register(&reference.name, &manifest);
                 let manifest = Arc::new(manifest);
                 retry(&format!("prefetching {at}"), || prefetch(&source, &manifest, policy)).await;
                 // A version that cannot be written or published is not
@@ -137,7 +142,11 @@ pub async fn follow(client: HubClient, source: Arc<HubSource>, mount: Arc<Mount>
                 };
                 match switched {
                     Ok(()) => {
-                        eprintln!("aetherfs agent: {reference}: switched {since} -> {next} in {:?}", seen.elapsed())
+                        // The switch's own time, without the on_switch hook's run.
+                        eprintln!(
+                            "aetherfs agent: {reference}: switched {since} -> {next} in {:?}",
+                            mount.last_switch()
+                        )
                     }
                     Err(e) => {
                         let wait = backoff.step();

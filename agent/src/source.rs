@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aetherfs_format::pack::decode_chunk;
-use aetherfs_format::{ChunkRef, Digest};
+use aetherfs_format::{ChunkRef, Digest, Manifest, Name};
 use aetherfs_hub_client::HubClient;
 use aetherfs_hub_client::fetch::{ChunkWant, RangeRead, coalesce};
 use aetherfs_mounts::{ChunkSource, SourceError};
@@ -78,9 +78,41 @@ pub trait PackReader: Send + Sync {
     fn read_pack_range(&self, pack: Digest, offset: u64, len: u64) -> BoxFuture<'_, Result<Bytes, PackError>>;
 }
 
-impl PackReader for HubClient {
+/// The hub as a [`PackReader`]. The hub serves a pack only through a
+/// dataset allowed to read it, so each pack is read through the dataset whose
+/// version uses it: [`HubPacks::register`] records that for every manifest
+/// before its chunks are read.
+pub struct HubPacks {
+    client: HubClient,
+    datasets: parking_lot::RwLock<HashMap<Digest, Name>>,
+}
+
+impl HubPacks {
+    pub fn new(client: HubClient) -> Arc<Self> {
+        Arc::new(Self { client, datasets: parking_lot::RwLock::new(HashMap::new()) })
+    }
+
+    pub fn client(&self) -> &HubClient {
+        &self.client
+    }
+
+    /// Reads the packs `manifest` (a version of `name`) uses through `name`.
+    pub fn register(&self, name: &Name, manifest: &Manifest) {
+        let mut d = self.datasets.write();
+        for c in manifest.unique_chunks().into_values() {
+            d.entry(c.location.pack).or_insert_with(|| name.clone());
+        }
+    }
+}
+
+impl PackReader for HubPacks {
     fn read_pack_range(&self, pack: Digest, offset: u64, len: u64) -> BoxFuture<'_, Result<Bytes, PackError>> {
-        async move { HubClient::read_pack_range(self, &pack, offset, len).await.map_err(PackError::from) }.boxed()
+        async move {
+            let name = self.datasets.read().get(&pack).cloned();
+            let name = name.ok_or_else(|| PackError::from(format!("pack {pack} is used by no dataset served here")))?;
+            self.client.read_pack_range(&name, &pack, offset, len).await.map_err(PackError::from)
+        }
+        .boxed()
     }
 }
 
@@ -111,7 +143,7 @@ pub struct HubSource {
 }
 
 impl HubSource {
-    /// A source reading through `client` (a `HubClient`: `Arc::new(client)`).
+    /// A source reading through `client` (the hub: a [`HubPacks`]).
     pub fn new(client: Arc<dyn PackReader>, disk: Option<Arc<dyn ChunkCache>>, opts: &SourceOptions) -> Arc<Self> {
         let memory = moka::future::Cache::builder()
             .max_capacity(opts.memory_bytes)

@@ -128,7 +128,7 @@ pub struct TagHistory {
     pub records: Vec<TagRecord>,
 }
 
-/// `POST /v1/chunks/missing`.
+/// `POST /v1/datasets/{name}/chunks/missing`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MissingChunksRequest {
@@ -150,7 +150,7 @@ pub struct MissingChunksResponse {
     pub present: Vec<PresentChunk>,
 }
 
-/// `PUT /v1/packs/{digest}`.
+/// `PUT /v1/datasets/{name}/packs/{digest}`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PackStored {
     pub pack: Digest,

@@ -300,12 +300,13 @@ impl HubClient {
         self.json(|| self.http.put(url.clone()).header(header::CONTENT_TYPE, MANIFEST_TYPE).body(bytes.clone())).await
     }
 
-    /// Which of `digests` the hub lacks, and where the others live. Batched.
-    pub async fn missing_chunks(&self, digests: &[Digest]) -> Result<MissingChunksResponse, ClientError> {
+    /// Which of `digests` a push into `name` must upload, and where the others
+    /// live (in packs this caller may read). Batched.
+    pub async fn missing_chunks(&self, name: &Name, digests: &[Digest]) -> Result<MissingChunksResponse, ClientError> {
         let mut out = MissingChunksResponse { missing: Vec::new(), present: Vec::new() };
         for batch in digests.chunks(MISSING_QUERY_MAX) {
             let body = MissingChunksRequest { digests: batch.to_vec() };
-            let url = self.url("v1/chunks/missing");
+            let url = self.url(&Self::dataset_path(name, "chunks/missing"));
             let r: MissingChunksResponse = self.json(|| self.http.post(url.clone()).json(&body)).await?;
             out.missing.extend(r.missing);
             out.present.extend(r.present);
@@ -313,21 +314,28 @@ impl HubClient {
         Ok(out)
     }
 
-    /// Uploads a pack named by the digest of its bytes.
-    pub async fn put_pack(&self, digest: &Digest, bytes: Bytes) -> Result<PackStored, ClientError> {
-        let url = self.url(&format!("v1/packs/{digest}"));
+    /// Uploads a pack named by the digest of its bytes into `name`.
+    pub async fn put_pack(&self, name: &Name, digest: &Digest, bytes: Bytes) -> Result<PackStored, ClientError> {
+        let url = self.url(&Self::dataset_path(name, &format!("packs/{digest}")));
         self.json(|| {
             self.http.request(Method::PUT, url.clone()).header(header::CONTENT_TYPE, PACK_TYPE).body(bytes.clone())
         })
         .await
     }
 
-    /// Reads `len` bytes of a pack at `offset` with one HTTP range request.
-    pub async fn read_pack_range(&self, pack: &Digest, offset: u64, len: u64) -> Result<Bytes, ClientError> {
+    /// Reads `len` bytes of a pack at `offset`, through dataset `name`, with
+    /// one HTTP range request.
+    pub async fn read_pack_range(
+        &self,
+        name: &Name,
+        pack: &Digest,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, ClientError> {
         if len == 0 {
             return Ok(Bytes::new());
         }
-        let url = self.url(&format!("v1/packs/{pack}"));
+        let url = self.url(&Self::dataset_path(name, &format!("packs/{pack}")));
         let range = format!("bytes={}-{}", offset, offset + len - 1);
         let resp = self.send(|| self.http.get(url.clone()).header(header::RANGE, range.clone())).await?;
         if resp.status() != StatusCode::PARTIAL_CONTENT {
@@ -347,8 +355,14 @@ impl HubClient {
     }
 
     /// Reads one chunk's stored bytes and returns its verified plaintext.
-    pub async fn read_chunk(&self, digest: &Digest, len: u32, loc: &ChunkLocation) -> Result<Vec<u8>, ClientError> {
-        let stored = self.read_pack_range(&loc.pack, loc.offset, loc.stored_len.into()).await?;
+    pub async fn read_chunk(
+        &self,
+        name: &Name,
+        digest: &Digest,
+        len: u32,
+        loc: &ChunkLocation,
+    ) -> Result<Vec<u8>, ClientError> {
+        let stored = self.read_pack_range(name, &loc.pack, loc.offset, loc.stored_len.into()).await?;
         Ok(aetherfs_format::pack::decode_chunk(&stored, len, loc.compression, digest)?)
     }
 }

@@ -226,7 +226,7 @@ pub async fn pull_into(
         written: AtomicU64::new(0),
     });
     stream::iter(batches)
-        .map(|b| run_batch(client, dir, b, opts, counters.clone(), progress.clone()))
+        .map(|b| run_batch(client, name, dir, b, opts, counters.clone(), progress.clone()))
         .buffer_unordered(opts.batches.max(1))
         .try_collect::<Vec<()>>()
         .await?;
@@ -389,6 +389,7 @@ fn plan(
 
 async fn run_batch(
     client: &HubClient,
+    name: &Name,
     dir: &Path,
     batch: Batch,
     opts: &PullOptions,
@@ -399,13 +400,13 @@ async fn run_batch(
     let (tx, rx) = mpsc::channel::<Result<(RangeRead, Bytes), ClientError>>(lookahead);
     let ranges = batch.ranges.clone();
     let fetcher = {
-        let (client, counters, progress) = (client.clone(), counters.clone(), progress.clone());
+        let (client, counters, progress, name) = (client.clone(), counters.clone(), progress.clone(), name.clone());
         async move {
             let mut s = stream::iter(ranges)
                 .map(|r| {
-                    let client = client.clone();
+                    let (client, name) = (client.clone(), name.clone());
                     async move {
-                        let data = client.read_pack_range(&r.pack, r.offset, r.len).await?;
+                        let data = client.read_pack_range(&name, &r.pack, r.offset, r.len).await?;
                         Ok::<_, ClientError>((r, data))
                     }
                 })
@@ -424,10 +425,10 @@ async fn run_batch(
         }
     };
     let writer = {
-        let (dir, client, fsync) = (dir.to_path_buf(), client.clone(), opts.fsync);
+        let (dir, client, fsync, name) = (dir.to_path_buf(), client.clone(), opts.fsync, name.clone());
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let mut w = BatchWriter { rx, current: None, kept: HashMap::new(), handle, client };
+            let mut w = BatchWriter { rx, current: None, kept: HashMap::new(), handle, client, name };
             w.write_all(&dir, batch.files, &batch.keep, fsync, &counters, &progress)
         })
     };
@@ -442,6 +443,8 @@ struct BatchWriter {
     kept: HashMap<Digest, Arc<Vec<u8>>>,
     handle: tokio::runtime::Handle,
     client: HubClient,
+    /// The dataset packs are read through.
+    name: Name,
 }
 
 impl BatchWriter {
@@ -538,7 +541,7 @@ impl BatchWriter {
     }
 
     fn fetch_one(&self, c: &ChunkRef, path: &str) -> Result<Vec<u8>, ClientError> {
-        self.handle.block_on(self.client.read_chunk(&c.digest, c.len, &c.location)).map_err(|e| match e {
+        self.handle.block_on(self.client.read_chunk(&self.name, &c.digest, c.len, &c.location)).map_err(|e| match e {
             ClientError::Format(_) => {
                 ClientError::Integrity { path: path.to_string(), what: "chunk", digest: c.digest }
             }

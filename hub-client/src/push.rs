@@ -141,7 +141,7 @@ pub async fn push(
             }
         }
     }
-    let answer = client.missing_chunks(&unique).await?;
+    let answer = client.missing_chunks(name, &unique).await?;
     let mut locations: HashMap<Digest, ChunkLocation> = answer.present.iter().map(|p| (p.digest, p.location)).collect();
     let missing: HashSet<Digest> = answer.missing.iter().copied().collect();
 
@@ -184,7 +184,7 @@ pub async fn push(
                     locations: pack.entries.iter().map(|e| (e.digest, e.location(pack.digest))).collect(),
                     stored,
                 };
-                client.put_pack(&pack.digest, Bytes::from(pack.bytes)).await?;
+                client.put_pack(name, &pack.digest, Bytes::from(pack.bytes)).await?;
                 progress(PushEvent::PackUploaded { plain: pack.plain_bytes, stored });
                 Ok::<_, ClientError>(summary)
             }

@@ -26,6 +26,7 @@ mod basic;
 mod config;
 mod oidc;
 mod policy;
+mod throttle;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -102,8 +103,6 @@ pub(crate) enum Need {
     Listing,
     /// A permission on one dataset (the raw name from the path).
     Dataset(String, Permission),
-    /// A permission on at least one dataset (shared content-addressed storage).
-    Somewhere(Permission),
     /// Paths that route nowhere: any authenticated caller (they get 404).
     Authenticated,
 }
@@ -161,7 +160,7 @@ impl Auth {
     fn build(text: &str, base_dir: &Path, file: Option<&Path>) -> Result<Auth, AuthError> {
         let file = file.map(Path::to_path_buf);
         let cfg = Config::parse(text, base_dir).map_err(|source| AuthError::Config { file: file.clone(), source })?;
-        let basic = cfg.users_file.as_deref().map(basic::Basic::load).transpose()?;
+        let basic = cfg.users_file.as_deref().map(|f| basic::Basic::load(f, cfg.basic_limits)).transpose()?;
         let oidc = Oidc::new(cfg.issuers).map_err(|source| AuthError::Issuer { file: file.clone(), source })?;
         let source = file.map_or_else(|| "inline configuration".to_string(), |f| f.display().to_string());
         let enforced = Enforced { source, metrics: cfg.metrics, oidc, basic, policy: Policy::new(cfg.rules) };
@@ -214,6 +213,8 @@ enum Refusal {
     Unauthorized { presented: bool, reason: String },
     /// 503: an issuer's keys cannot be fetched.
     Unavailable(String),
+    /// 429: too many failed sign-ins; retry after this long.
+    Throttled(std::time::Duration),
 }
 
 /// Maps a request's method and raw path to what it requires.
@@ -238,7 +239,8 @@ pub(crate) async fn enforce(State(guard): State<Guard>, mut req: Request, next: 
         return next.run(req).await;
     }
     let presented = authorization(req.headers());
-    let identity = match authenticate(&e, presented).await {
+    let addr = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let identity = match authenticate(&e, presented, addr).await {
         Ok(id) => id,
         Err(Refusal::Unauthorized { presented, reason }) => {
             count(&hub, "invalid_credentials");
@@ -248,6 +250,17 @@ pub(crate) async fn enforce(State(guard): State<Guard>, mut req: Request, next: 
         Err(Refusal::Unavailable(reason)) => {
             count(&hub, "keys_unavailable");
             return AppError::new(StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable", reason).into_response();
+        }
+        Err(Refusal::Throttled(wait)) => {
+            count(&hub, "throttled");
+            let secs = wait.as_secs().max(1);
+            return AppError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!("too many failed sign-ins; retry in {secs} s"),
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
+            .into_response();
         }
     };
     if let Some(refused) = refusal(&hub, &e, &need, identity.as_ref()) {
@@ -284,7 +297,6 @@ fn refusal(hub: &Hub, e: &Enforced, need: &Need, who: Option<&Identity>) -> Opti
         Need::Metrics => e.metrics == MetricsAccess::Public || who.is_some(),
         Need::Listing => who.is_some() || policy.allows_somewhere(None, Permission::Read),
         Need::Dataset(name, p) => policy.allows(who, *p, name),
-        Need::Somewhere(p) => policy.allows_somewhere(who, *p),
         Need::Authenticated => who.is_some(),
     };
     if allowed {
@@ -292,7 +304,6 @@ fn refusal(hub: &Hub, e: &Enforced, need: &Need, who: Option<&Identity>) -> Opti
     }
     let what = match need {
         Need::Dataset(name, p) => format!("{p} dataset {name}"),
-        Need::Somewhere(p) => format!("{p} any dataset"),
         _ => "use this endpoint".to_string(),
     };
     Some(match who {
@@ -308,7 +319,11 @@ fn refusal(hub: &Hub, e: &Enforced, need: &Need, who: Option<&Identity>) -> Opti
     })
 }
 
-async fn authenticate(e: &Enforced, header: Result<Option<String>, Refusal>) -> Result<Option<Identity>, Refusal> {
+async fn authenticate(
+    e: &Enforced,
+    header: Result<Option<String>, Refusal>,
+    addr: Option<std::net::IpAddr>,
+) -> Result<Option<Identity>, Refusal> {
     let bad = |reason: &str| Refusal::Unauthorized { presented: true, reason: reason.to_string() };
     let Some(value) = header? else { return Ok(None) };
     let value = value.as_str();
@@ -326,10 +341,11 @@ async fn authenticate(e: &Enforced, header: Result<Option<String>, Refusal>) -> 
     }
     if scheme.eq_ignore_ascii_case("basic") {
         let Some(b) = &e.basic else { return Err(bad("this hub does not accept basic auth")) };
-        return match b.check(rest).await {
+        return match b.check(rest, addr).await {
             Ok(id) => Ok(Some(id)),
             Err(basic::BasicError::Malformed) => Err(bad("malformed basic credentials")),
             Err(basic::BasicError::Wrong) => Err(bad("wrong user name or password")),
+            Err(basic::BasicError::Throttled(wait)) => Err(Refusal::Throttled(wait)),
         };
     }
     Err(bad("unsupported authorization scheme: use Bearer or Basic"))

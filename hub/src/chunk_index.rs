@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use aetherfs_format::api::PresentChunk;
 use aetherfs_format::pack::{PackEntry, decode_index};
-use aetherfs_format::{ChunkLocation, ChunkRef, Compression, Digest};
+use aetherfs_format::{ChunkLocation, ChunkRef, Compression, Digest, Name};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use parking_lot::{Mutex, RwLock};
@@ -79,6 +79,8 @@ struct State {
     packs: HashMap<Digest, Option<u64>>,
     /// Indexes that failed to decode: logged once, not re-read on every rescan.
     bad: HashSet<Digest>,
+    /// The datasets that may read each pack (`packs/<hex>.links/<name>`).
+    links: HashMap<Digest, Vec<Name>>,
 }
 
 impl ChunkIndex {
@@ -159,6 +161,21 @@ impl ChunkIndex {
         self.shared.pack_indexes.lock().insert(pack, Arc::new(set));
     }
 
+    /// Whether `name` may read `pack`, as far as this replica knows.
+    pub fn is_linked(&self, pack: &Digest, name: &Name) -> bool {
+        self.shared.state.read().links.get(pack).is_some_and(|l| l.contains(name))
+    }
+
+    /// Whether some dataset that `can_read` accepts may read `pack`.
+    pub fn visible(&self, pack: &Digest, can_read: &(dyn Fn(&Name) -> bool + Sync)) -> bool {
+        self.shared.state.read().links.get(pack).is_some_and(|l| l.iter().any(can_read))
+    }
+
+    /// Lets `name` read `pack` (the link object is already stored).
+    pub fn add_link(&self, pack: Digest, name: Name) {
+        add_link(&mut self.shared.state.write().links, pack, name);
+    }
+
     pub fn has_pack(&self, pack: &Digest) -> bool {
         self.shared.state.read().packs.contains_key(pack)
     }
@@ -231,7 +248,9 @@ async fn scan(shared: &Shared) -> Result<usize, object_store::Error> {
     let mut sizes = HashMap::new();
     let mut indexes = Vec::new();
     for meta in &listing {
-        if let Some(d) = storage::parse_pack(&meta.location) {
+        if let Some((pack, name)) = storage::parse_pack_link(&meta.location) {
+            add_link(&mut shared.state.write().links, pack, name);
+        } else if let Some(d) = storage::parse_pack(&meta.location) {
             sizes.insert(d, meta.size);
         } else if let Some(d) = storage::parse_pack_index(&meta.location) {
             indexes.push(d);
@@ -264,6 +283,13 @@ async fn scan(shared: &Shared) -> Result<usize, object_store::Error> {
         }
     }
     Ok(added)
+}
+
+fn add_link(links: &mut HashMap<Digest, Vec<Name>>, pack: Digest, name: Name) {
+    let l = links.entry(pack).or_default();
+    if !l.contains(&name) {
+        l.push(name);
+    }
 }
 
 fn insert(shared: &Shared, pack: Digest, size: Option<u64>, entries: &[PackEntry]) {

@@ -14,7 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request};
 use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, any, get, post};
+use axum::routing::{MethodRouter, any, get};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
@@ -30,9 +30,6 @@ pub(crate) struct RouteSpec {
     pub methods: &'static [&'static str],
 }
 
-/// Largest JSON body of a missing-chunks query: `MISSING_QUERY_MAX` digests
-/// take about 3.7 MB written compactly.
-const MISSING_BODY_MAX: usize = 8 << 20;
 /// Largest other JSON body (a tag move).
 const SMALL_BODY_MAX: usize = 64 << 10;
 
@@ -58,12 +55,7 @@ pub(crate) fn build(hub: Hub) -> (Router, Vec<RouteSpec>) {
         .route(spec("/readyz", &["GET"]), get(ops::readyz))
         .route(spec("/metrics", &["GET"]), get(ops::metrics))
         .route(spec("/openapi.json", &["GET"]), get(ops::openapi))
-        .route(spec("/v1/datasets", &["GET"]), get(datasets::list))
-        .route(
-            spec("/v1/chunks/missing", &["POST"]),
-            post(chunks::missing).layer(DefaultBodyLimit::max(MISSING_BODY_MAX)),
-        )
-        .route(spec("/v1/packs/{digest}", &["GET", "HEAD", "PUT"]), get(packs::get).put(packs::put));
+        .route(spec("/v1/datasets", &["GET"]), get(datasets::list));
     // Dataset names contain '/', so one wildcard route takes everything below
     // /v1/datasets/ and the dispatcher parses from the right (as the Docker
     // registry does); its sub-routes are listed in `datasets::ROUTES`.
@@ -90,17 +82,12 @@ pub(crate) fn need(method: &Method, path: &str) -> Need {
         "/healthz" | "/readyz" | "/openapi.json" => return Need::Open,
         "/metrics" => return Need::Metrics,
         "/v1/datasets" => return Need::Listing,
-        // Tells which chunks exist anywhere: writers need it to push.
-        "/v1/chunks/missing" => return Need::Somewhere(Permission::Write),
         _ => {}
-    }
-    if path.strip_prefix("/v1/packs/").is_some() {
-        // Packs are shared by every dataset whose chunks they hold.
-        return Need::Somewhere(if *method == Method::PUT { Permission::Write } else { Permission::Read });
     }
     if let Some(name) = path.strip_prefix("/v1/datasets/").and_then(datasets::dataset_in_path) {
         let p = match *method {
-            Method::PUT => Permission::Write,
+            // Uploads, publishes, tag moves, and the missing-chunks query of a push.
+            Method::PUT | Method::POST => Permission::Write,
             Method::DELETE => Permission::Admin,
             _ => Permission::Read,
         };
@@ -220,11 +207,14 @@ mod tests {
         }
         assert_eq!(n(Method::GET, "/metrics"), Need::Metrics);
         assert_eq!(n(Method::GET, "/v1/datasets"), Need::Listing);
-        assert_eq!(n(Method::POST, "/v1/chunks/missing"), Need::Somewhere(Write));
-        assert_eq!(n(Method::PUT, "/v1/packs/blake3:00"), Need::Somewhere(Write));
-        assert_eq!(n(Method::GET, "/v1/packs/blake3:00"), Need::Somewhere(Read));
-        assert_eq!(n(Method::HEAD, "/v1/packs/blake3:00"), Need::Somewhere(Read));
         let ds = |name: &str, p| Need::Dataset(name.to_string(), p);
+        assert_eq!(n(Method::POST, "/v1/datasets/a/b/chunks/missing"), ds("a/b", Write));
+        assert_eq!(n(Method::PUT, "/v1/datasets/a/packs/blake3:00"), ds("a", Write));
+        assert_eq!(n(Method::GET, "/v1/datasets/a/packs/blake3:00"), ds("a", Read));
+        assert_eq!(n(Method::HEAD, "/v1/datasets/a/packs/blake3:00"), ds("a", Read));
+        for gone in ["/v1/packs/blake3:00", "/v1/chunks/missing"] {
+            assert_eq!(n(Method::GET, gone), Need::Authenticated, "{gone}");
+        }
         assert_eq!(n(Method::GET, "/v1/datasets/a/b/tags"), ds("a/b", Read));
         assert_eq!(n(Method::GET, "/v1/datasets/a/tags/t/history"), ds("a", Read));
         assert_eq!(n(Method::PUT, "/v1/datasets/a/b/tags/latest"), ds("a/b", Write));

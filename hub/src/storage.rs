@@ -7,6 +7,7 @@
 //! ```text
 //! packs/<hex>.pack                                   pack bytes
 //! packs/<hex>.idx                                    its index, written after the pack
+//! packs/<hex>.links/<name…>                          empty: dataset <name> may read the pack
 //! datasets/<name…>/_manifests/<hex>                  manifest bytes
 //! datasets/<name…>/_tags/<tag>/<seq, 20 digits>      one TagRecord per move, create-if-absent
 //! datasets/<name…>/_tags/<tag>/head                  hint: the latest seq (plain overwrite)
@@ -99,6 +100,7 @@ pub(crate) const TAGS_DIR: &str = "_tags";
 const HEAD_HINT: &str = "head";
 const PACK_EXT: &str = ".pack";
 const INDEX_EXT: &str = ".idx";
+const LINKS_EXT: &str = ".links";
 /// Width of a tag record's sequence number: `u64::MAX` has 20 digits, so
 /// lexicographic order is numeric order.
 const SEQ_WIDTH: usize = 20;
@@ -119,6 +121,24 @@ pub(crate) fn pack_index(d: &Digest) -> Path {
 pub(crate) fn parse_pack_index(key: &Path) -> Option<Digest> {
     let file = key.filename()?;
     Digest::from_hex(file.strip_suffix(INDEX_EXT)?).ok()
+}
+
+/// `packs/<hex>.links/<name…>`: an empty object saying that dataset `name`
+/// may read the pack (it uploaded it, or published a version into it).
+pub(crate) fn pack_link(pack: &Digest, name: &Name) -> Path {
+    let dir = format!("{}{LINKS_EXT}", pack.hex());
+    Path::from_iter([PACKS, dir.as_str()].into_iter().chain(name.segments()))
+}
+
+/// The pack and dataset a [`pack_link`] key names.
+pub(crate) fn parse_pack_link(key: &Path) -> Option<(Digest, Name)> {
+    let parts: Vec<_> = key.parts().collect();
+    if parts.len() < 3 || parts[0].as_ref() != PACKS {
+        return None;
+    }
+    let pack = Digest::from_hex(parts[1].as_ref().strip_suffix(LINKS_EXT)?).ok()?;
+    let name = parts[2..].iter().map(|p| p.as_ref()).collect::<Vec<_>>().join("/").parse().ok()?;
+    Some((pack, name))
 }
 
 /// The pack a `packs/<hex>.pack` key names.

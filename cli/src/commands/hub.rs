@@ -61,7 +61,11 @@ pub async fn run(a: HubArgs) -> Result<()> {
             tls.spawn_reloader(aetherfs_hub::tls::RELOAD_EVERY);
             aetherfs_hub::tls::serve(listener, hub.router(), &tls, shutdown_signal()).await?;
         }
-        None => axum::serve(listener, hub.router()).with_graceful_shutdown(shutdown_signal()).await?,
+        None => {
+            // The peer address feeds the per-address limit on failed sign-ins.
+            let app = hub.router().into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?
+        }
     }
     eprintln!("aetherfs hub: stopped");
     Ok(())

@@ -221,7 +221,7 @@ async fn oidc_access_tokens_from_a_real_provider() {
     let (url, body) = set_v2("team-a/x", &digests[0]);
     let a = call(reqwest::Method::PUT, &url, Some(&bearer(&reader)), Some(body)).await;
     assert_eq!((a.status, &a.body["error"]["code"]), (403, &json!("forbidden")), "{}", a.body);
-    let pack = format!("{}/v1/packs/{}", hub.url, digests[0]);
+    let pack = format!("{}/v1/datasets/team-a/x/packs/{}", hub.url, digests[0]);
     assert_eq!(call(reqwest::Method::PUT, &pack, Some(&bearer(&reader)), Some(json!({}))).await.status, 403);
     let tag_b = format!("{}/v1/datasets/team-b/y/tags/v1", hub.url);
     assert_eq!(call(reqwest::Method::GET, &tag_b, Some(&bearer(&reader)), None).await.status, 403);
@@ -415,6 +415,37 @@ async fn basic_auth_with_a_users_file() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(call(reqwest::Method::GET, &tag, Some(&basic("correct horse battery")), None).await.status, 401);
+}
+
+/// Over a real socket the hub sees the client's address: once an address
+/// reaches its failure limit, even a right password from it gets 429 with
+/// Retry-After (the user's own limit does not apply to an address the user
+/// signed in from, so only the address limit can refuse here).
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_sign_ins_are_limited_per_client_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    aetherfs_hub::auth::set_user(&users, "alice", &aetherfs_hub::auth::hash_password("pw").unwrap(), &[]).unwrap();
+    let storage = format!("file://{}", dir.path().join("hub").display());
+    seed(&storage, &["team-a/x"]);
+    let config = write_config(
+        dir.path(),
+        "[basic]\nusers_file = \"users\"\nmax_failures_per_address = 3\nfailure_window_secs = 600\n\
+         [[rule]]\ndatasets = \"team-a/*\"\nread = [\"user:alice\"]\n",
+    );
+    let hub = AuthHub::start(&storage, &["--auth-config", &config]);
+    let tag = format!("{}/v1/datasets/team-a/x/tags/v1", hub.url);
+    let basic = |pw: &str| aetherfs_hub::auth::basic_authorization("alice", pw);
+    assert_eq!(call(reqwest::Method::GET, &tag, Some(&basic("pw")), None).await.status, 200);
+    for _ in 0..3 {
+        assert_eq!(call(reqwest::Method::GET, &tag, Some(&basic("guess")), None).await.status, 401);
+    }
+    let r = reqwest::Client::new().get(&tag).header("authorization", basic("pw")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=600).contains(&retry), "{retry}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_failures");
 }
 
 // ------------------------------------------------------------------ HTTPS

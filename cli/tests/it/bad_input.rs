@@ -89,13 +89,13 @@ async fn hostile_requests_get_clear_4xx_and_store_nothing() {
         (http.get(format!("{}/v1/datasets/Bad_Name/tags", hub.url)), 400, "invalid_name"),
         (http.get(format!("{}/v1/datasets/acme/x/tags/-bad", hub.url)), 400, "invalid_tag"),
         (http.get(format!("{}/v1/datasets/acme/x/manifests/blake3:zz", hub.url)), 400, "invalid_digest"),
-        (http.get(format!("{}/v1/packs/sha256:00", hub.url)), 400, "invalid_digest"),
+        (http.get(format!("{}/v1/datasets/acme/x/packs/sha256:00", hub.url)), 400, "invalid_digest"),
         (
             http.get(format!("{}/v1/datasets/acme/x/manifests/{}", hub.url, Digest::of(b"none"))),
             404,
             "manifest_not_found",
         ),
-        (http.get(format!("{}/v1/packs/{}", hub.url, Digest::of(b"none"))), 404, "pack_not_found"),
+        (http.get(format!("{}/v1/datasets/acme/x/packs/{}", hub.url, Digest::of(b"none"))), 404, "pack_not_found"),
         (http.get(format!("{}/v1/datasets/acme/x/tags/latest", hub.url)), 404, "tag_not_found"),
         (
             http.put(format!("{}/v1/datasets/acme/x/tags/latest", hub.url))
@@ -111,7 +111,8 @@ async fn hostile_requests_get_clear_4xx_and_store_nothing() {
             "invalid_json",
         ),
         (
-            http.post(format!("{}/v1/chunks/missing", hub.url)).json(&serde_json::json!({"digests": ["blake3:nope"]})),
+            http.post(format!("{}/v1/datasets/acme/x/chunks/missing", hub.url))
+                .json(&serde_json::json!({"digests": ["blake3:nope"]})),
             400,
             "invalid_json",
         ),
@@ -127,7 +128,7 @@ async fn hostile_requests_get_clear_4xx_and_store_nothing() {
 
     // An oversized pack is refused before it is stored.
     let big = vec![0u8; 129 << 20];
-    let r = http.put(format!("{}/v1/packs/{}", hub.url, Digest::of(&big))).body(big).send().await;
+    let r = http.put(format!("{}/v1/datasets/acme/x/packs/{}", hub.url, Digest::of(&big))).body(big).send().await;
     if let Ok(r) = r {
         assert_eq!(r.status(), 413);
     }

@@ -72,7 +72,7 @@ async fn concurrent_compare_and_swap_loses_no_update() {
     hub.restart();
     let client = hub.client();
     assert_eq!(check(client.tag_history(&name, &tag).await.unwrap()), last);
-    let missing = client.missing_chunks(&[Digest::of(b"x")]).await.unwrap();
+    let missing = client.missing_chunks(&name, &[Digest::of(b"x")]).await.unwrap();
     assert!(missing.missing.is_empty(), "chunk index rebuilt from storage");
     let dst = tempfile::tempdir().unwrap();
     run_ok(hub.cmd().args(["pull", "acme/cas:channel"]).arg(dst.path()));

@@ -61,11 +61,16 @@ async fn a_pack_that_does_not_match_its_chunks_is_refused_on_upload() {
     let mut pack = b.finish().bytes;
     pack[500] ^= 1;
     let digest = Digest::of(&pack); // the pack's name matches; its chunk does not
-    let resp = reqwest::Client::new().put(format!("{}/v1/packs/{digest}", hub.url)).body(pack).send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .put(format!("{}/v1/datasets/acme/x/packs/{digest}", hub.url))
+        .body(pack)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_pack", "{body}");
     assert!(packs(data.path()).is_empty(), "nothing may be stored");
-    let missing = hub.client().missing_chunks(&[Digest::of(&chunk)]).await.unwrap();
+    let missing = hub.client().missing_chunks(&"acme/x".parse().unwrap(), &[Digest::of(&chunk)]).await.unwrap();
     assert_eq!(missing.missing.len(), 1);
 }

@@ -16,7 +16,8 @@
 //! a changed password or file ends it. Unknown users are checked against a
 //! dummy hash so they take as long as wrong passwords. At most
 //! [`CONCURRENT_HASHES`] hashes run at once. Failures are counted and logged
-//! at most once per [`FAILURE_LOG_EVERY`].
+//! at most once per [`FAILURE_LOG_EVERY`]. Guessing is slowed by a
+//! [`Throttle`] (per user and per client address) checked before any hash.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -33,6 +34,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::AuthError;
 use super::policy::{BASIC_ISSUER, Identity};
+use super::throttle::{FailureLimits, Throttle};
 
 /// How long a verified (user, password) pair is trusted without rehashing.
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
@@ -85,6 +87,7 @@ pub(crate) struct Basic {
     dummy: String,
     hashing: tokio::sync::Semaphore,
     failures: Mutex<Failures>,
+    throttle: Throttle,
 }
 
 /// Why basic credentials were refused.
@@ -92,10 +95,12 @@ pub(crate) struct Basic {
 pub(crate) enum BasicError {
     Malformed,
     Wrong,
+    /// Too many failures for this user or from this address: retry after this long.
+    Throttled(Duration),
 }
 
 impl Basic {
-    pub fn load(path: &Path) -> Result<Basic, AuthError> {
+    pub fn load(path: &Path, limits: FailureLimits) -> Result<Basic, AuthError> {
         let (by_name, st) = read_users(path)?;
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
@@ -110,6 +115,7 @@ impl Basic {
             dummy,
             hashing: tokio::sync::Semaphore::new(CONCURRENT_HASHES),
             failures: Mutex::new(Failures::default()),
+            throttle: Throttle::new(limits),
         })
     }
 
@@ -146,13 +152,14 @@ impl Basic {
         }
     }
 
-    /// Checks an `Authorization: Basic` value (without the scheme).
-    pub async fn check(&self, encoded: &str) -> Result<Identity, BasicError> {
+    /// Checks an `Authorization: Basic` value (without the scheme) sent from `addr`.
+    pub async fn check(&self, encoded: &str, addr: Option<std::net::IpAddr>) -> Result<Identity, BasicError> {
         use base64::Engine;
         let decoded =
             base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| BasicError::Malformed)?;
         let text = String::from_utf8(decoded).map_err(|_| BasicError::Malformed)?;
         let (name, password) = text.split_once(':').ok_or(BasicError::Malformed)?;
+        self.throttle.check(name, addr, Instant::now()).map_err(BasicError::Throttled)?;
         self.reload_if_changed();
         let user = self.users.lock().by_name.get(name).cloned();
         let stored = user.as_ref().map_or(self.dummy.as_str(), |u| u.hash.as_str());
@@ -177,10 +184,12 @@ impl Basic {
                     }
                     v.insert(fingerprint, Instant::now());
                 }
+                self.throttle.succeeded(name, addr, Instant::now());
                 Ok(Identity { subject: name.to_string(), issuer: BASIC_ISSUER.to_string(), groups: u.groups })
             }
             _ => {
                 self.failed(name);
+                self.throttle.failed(name, addr, Instant::now());
                 Err(BasicError::Wrong)
             }
         }
@@ -377,33 +386,33 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("meta").mode() & 0o777;
         assert_eq!(mode, 0o600);
 
-        let basic = Basic::load(&path).expect("load");
+        let basic = Basic::load(&path, FailureLimits::default()).expect("load");
         assert_eq!(basic.user_count(), 2);
-        let id = basic.check(&basic_header("alice", "correct horse")).await.expect("alice");
+        let id = basic.check(&basic_header("alice", "correct horse"), None).await.expect("alice");
         assert_eq!(
             (id.subject.as_str(), id.issuer.as_str(), id.groups),
             ("alice", BASIC_ISSUER, vec!["team-a".into()])
         );
         // Remembered: the second check needs no hash and gives the same answer.
-        assert!(basic.check(&basic_header("alice", "correct horse")).await.is_ok());
-        assert_eq!(basic.check(&basic_header("alice", "wrong")).await, Err(BasicError::Wrong));
-        assert_eq!(basic.check(&basic_header("carol", "x")).await, Err(BasicError::Wrong));
-        assert_eq!(basic.check("!!!").await, Err(BasicError::Malformed));
+        assert!(basic.check(&basic_header("alice", "correct horse"), None).await.is_ok());
+        assert_eq!(basic.check(&basic_header("alice", "wrong"), None).await, Err(BasicError::Wrong));
+        assert_eq!(basic.check(&basic_header("carol", "x"), None).await, Err(BasicError::Wrong));
+        assert_eq!(basic.check("!!!", None).await, Err(BasicError::Malformed));
         assert_eq!(
-            basic.check(&base64::engine::general_purpose::STANDARD.encode("nocolon")).await,
+            basic.check(&base64::engine::general_purpose::STANDARD.encode("nocolon"), None).await,
             Err(BasicError::Malformed)
         );
 
         // A changed password takes effect on reload, and ends the remembered check.
         set_user(&path, "alice", &hash_password("new").expect("hash"), &[]).expect("set");
         basic.users.lock().checked_at -= RECHECK_EVERY;
-        assert_eq!(basic.check(&basic_header("alice", "correct horse")).await, Err(BasicError::Wrong));
-        assert!(basic.check(&basic_header("alice", "new")).await.is_ok());
+        assert_eq!(basic.check(&basic_header("alice", "correct horse"), None).await, Err(BasicError::Wrong));
+        assert!(basic.check(&basic_header("alice", "new"), None).await.is_ok());
 
         // A broken file keeps the previous users.
         std::fs::write(&path, "alice:plaintext\n").expect("write");
         basic.users.lock().checked_at -= RECHECK_EVERY;
-        assert!(basic.check(&basic_header("alice", "new")).await.is_ok());
+        assert!(basic.check(&basic_header("alice", "new"), None).await.is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use super::policy::{Grantee, GranteeError, Pattern, PatternError, Rule};
+use super::throttle::FailureLimits;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -87,6 +88,11 @@ impl TokenType {
 #[serde(deny_unknown_fields)]
 pub(crate) struct BasicFile {
     pub users_file: PathBuf,
+    /// Failed sign-ins per user name in a window before attempts get 429.
+    pub max_failures_per_user: Option<u32>,
+    /// Failed sign-ins per client address in a window before attempts get 429.
+    pub max_failures_per_address: Option<u32>,
+    pub failure_window_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +136,7 @@ pub(crate) struct Config {
     pub metrics: MetricsAccess,
     pub issuers: Vec<IssuerConfig>,
     pub users_file: Option<PathBuf>,
+    pub basic_limits: FailureLimits,
     pub rules: Vec<Rule>,
 }
 
@@ -157,6 +164,10 @@ pub enum ConfigError {
         #[source]
         source: RuleError,
     },
+    #[error(
+        "[basic]: max_failures_per_user and max_failures_per_address must be at least 1, failure_window_secs from 1 to 86400"
+    )]
+    BasicLimits,
 }
 
 /// Why one `[[oidc]]` section is refused.
@@ -230,13 +241,28 @@ impl Config {
             }
             issuers.push(c);
         }
+        let defaults = FailureLimits::default();
+        let basic_limits = match &file.basic {
+            None => defaults,
+            Some(b) => {
+                let l = FailureLimits {
+                    per_user: b.max_failures_per_user.unwrap_or(defaults.per_user),
+                    per_address: b.max_failures_per_address.unwrap_or(defaults.per_address),
+                    window: b.failure_window_secs.map_or(defaults.window, Duration::from_secs),
+                };
+                if l.per_user == 0 || l.per_address == 0 || !(1..=86_400).contains(&l.window.as_secs()) {
+                    return Err(ConfigError::BasicLimits);
+                }
+                l
+            }
+        };
         let users_file = file.basic.map(|b| resolve(b.users_file));
         let known_issuers: Vec<&str> = issuers.iter().map(|i| i.issuer.as_str()).collect();
         let mut rules = Vec::new();
         for (i, r) in file.rules.into_iter().enumerate() {
             rules.push(rule(r, &known_issuers).map_err(|source| ConfigError::Rule { index: i + 1, source })?);
         }
-        Ok(Config { metrics: file.metrics, issuers, users_file, rules })
+        Ok(Config { metrics: file.metrics, issuers, users_file, basic_limits, rules })
     }
 }
 

@@ -1,22 +1,43 @@
-//! `POST /v1/chunks/missing`: which of these chunks does the hub lack?
+//! `POST /v1/datasets/{name}/chunks/missing`: which of these chunks must a
+//! push into `name` upload?
+//!
+//! A chunk counts as present only in a pack the caller may read through some
+//! dataset (the target included): a caller learns nothing of what other
+//! tenants store, and a chunk it cannot prove it may read is reported missing
+//! and simply uploaded again.
 
 use std::collections::HashSet;
 
-use aetherfs_format::Digest;
 use aetherfs_format::api::{MISSING_QUERY_MAX, MissingChunksRequest, MissingChunksResponse};
+use aetherfs_format::{Digest, Name};
 use axum::Json;
-use axum::extract::State;
-use axum::response::Response;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
 
-use super::{AppJson, respond};
+use super::read_body;
 use crate::Hub;
+use crate::auth::{Caller, Permission};
 use crate::error::AppError;
 
-pub(crate) async fn missing(State(hub): State<Hub>, AppJson(req): AppJson<MissingChunksRequest>) -> Response {
-    respond(query(&hub, req).await)
+/// Largest query body: 50,000 digests as JSON strings, with room to spare.
+const MISSING_BODY_MAX: usize = 8 << 20;
+
+pub(crate) async fn missing(hub: &Hub, name: Name, req: Request) -> Result<Response, AppError> {
+    let caller = req.extensions().get::<Caller>().cloned();
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, &parts.headers, MISSING_BODY_MAX, "query").await?;
+    let q: MissingChunksRequest =
+        serde_json::from_slice(&body).map_err(|e| AppError::bad_request("invalid_json", e.to_string()))?;
+    // Open hubs (no access control) let everyone read everything.
+    let can_read = |n: &Name| *n == name || caller.as_ref().is_none_or(|c| c.can(Permission::Read, n.as_str()));
+    Ok(query(hub, q, &can_read).await?.into_response())
 }
 
-async fn query(hub: &Hub, req: MissingChunksRequest) -> Result<Json<MissingChunksResponse>, AppError> {
+async fn query(
+    hub: &Hub,
+    req: MissingChunksRequest,
+    can_read: &(dyn Fn(&Name) -> bool + Sync),
+) -> Result<Json<MissingChunksResponse>, AppError> {
     if req.digests.len() > MISSING_QUERY_MAX {
         return Err(AppError::too_large(format!(
             "{} digests in one query; at most {MISSING_QUERY_MAX} are allowed",
@@ -28,13 +49,16 @@ async fn query(hub: &Hub, req: MissingChunksRequest) -> Result<Json<MissingChunk
     let digests: Vec<Digest> = req.digests.into_iter().filter(|d| seen.insert(*d)).collect();
     let chunks = &hub.inner.chunks;
     chunks.wait_ready().await?;
-    let (mut present, mut missing) = chunks.lookup(&digests);
+    let (mut present, missing) = chunks.lookup(&digests);
     if !missing.is_empty() {
         // Another replica may have stored them since we last looked.
         chunks.rescan_if_due().await?;
-        let (found, still) = chunks.lookup(&missing);
-        present.extend(found);
-        missing = still;
+        present.extend(chunks.lookup(&missing).0);
     }
+    // What the caller may not read is, to the caller, not there: the answer
+    // keeps the query's order, so it shows no trace of what was hidden.
+    present.retain(|p| chunks.visible(&p.location.pack, can_read));
+    let shown: HashSet<Digest> = present.iter().map(|p| p.digest).collect();
+    let missing: Vec<Digest> = digests.into_iter().filter(|d| !shown.contains(d)).collect();
     Ok(Json(MissingChunksResponse { missing, present }))
 }

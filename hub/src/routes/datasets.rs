@@ -23,7 +23,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::{AppJson, RouteSpec, manifests, principal, query};
+use super::{AppJson, RouteSpec, chunks, manifests, packs, principal, query};
 use crate::Hub;
 use crate::auth::{Caller, Permission};
 use crate::error::{AppError, StorageContext};
@@ -36,6 +36,8 @@ const TAG: &str = "/v1/datasets/{name}/tags/{tag}";
 const HISTORY: &str = "/v1/datasets/{name}/tags/{tag}/history";
 const MANIFEST: &str = "/v1/datasets/{name}/manifests/{digest}";
 const MANIFESTS: &str = "/v1/datasets/{name}/manifests";
+const PACK: &str = "/v1/datasets/{name}/packs/{digest}";
+const MISSING: &str = "/v1/datasets/{name}/chunks/missing";
 
 /// The routes [`dispatch`] serves.
 pub(crate) const ROUTES: &[RouteSpec] = &[
@@ -44,6 +46,8 @@ pub(crate) const ROUTES: &[RouteSpec] = &[
     RouteSpec { path: HISTORY, methods: &["GET"] },
     RouteSpec { path: MANIFEST, methods: &["GET", "HEAD", "PUT", "DELETE"] },
     RouteSpec { path: MANIFESTS, methods: &["GET"] },
+    RouteSpec { path: PACK, methods: &["GET", "HEAD", "PUT"] },
+    RouteSpec { path: MISSING, methods: &["POST"] },
 ];
 
 /// Longest long-poll, in seconds.
@@ -58,6 +62,8 @@ enum Shape<'a> {
     History { name: &'a str, tag: &'a str },
     Manifest { name: &'a str, digest: &'a str },
     Manifests { name: &'a str },
+    Pack { name: &'a str, digest: &'a str },
+    Missing { name: &'a str },
 }
 
 impl Shape<'_> {
@@ -68,6 +74,8 @@ impl Shape<'_> {
             Shape::History { .. } => HISTORY,
             Shape::Manifest { .. } => MANIFEST,
             Shape::Manifests { .. } => MANIFESTS,
+            Shape::Pack { .. } => PACK,
+            Shape::Missing { .. } => MISSING,
         }
     }
 }
@@ -96,6 +104,12 @@ fn shape(rest: &str) -> Option<Shape<'_>> {
     if n >= 2 && segs[n - 1] == "manifests" {
         return Some(Shape::Manifests { name: name(1)? });
     }
+    if n >= 3 && segs[n - 2] == "packs" {
+        return Some(Shape::Pack { name: name(2)?, digest: segs[n - 1] });
+    }
+    if n >= 3 && segs[n - 2] == "chunks" && segs[n - 1] == "missing" {
+        return Some(Shape::Missing { name: name(2)? });
+    }
     None
 }
 
@@ -107,7 +121,9 @@ pub(crate) fn dataset_in_path(rest: &str) -> Option<&str> {
         | Shape::Tag { name, .. }
         | Shape::History { name, .. }
         | Shape::Manifest { name, .. }
-        | Shape::Manifests { name } => name,
+        | Shape::Manifests { name }
+        | Shape::Pack { name, .. }
+        | Shape::Missing { name } => name,
     })
 }
 
@@ -171,6 +187,17 @@ async fn handle(hub: &Hub, shape: Shape<'_>, req: Request) -> Result<Response, A
         Shape::Manifests { name } => {
             let name: Name = parse(name, "invalid_name")?;
             list_versions(hub, name).await
+        }
+        Shape::Pack { name, digest } => {
+            let name: Name = parse(name, "invalid_name")?;
+            match method {
+                Method::PUT => packs::put(hub, name, digest, req).await,
+                _ => packs::get(hub, name, digest, req).await,
+            }
+        }
+        Shape::Missing { name } => {
+            let name: Name = parse(name, "invalid_name")?;
+            chunks::missing(hub, name, req).await
         }
     }
 }
@@ -385,7 +412,8 @@ mod tests {
                 Shape::Tags { name } => vec![name],
                 Shape::Tag { name, tag } | Shape::History { name, tag } => vec![name, tag],
                 Shape::Manifest { name, digest } => vec![name, digest],
-                Shape::Manifests { name } => vec![name],
+                Shape::Manifests { name } | Shape::Missing { name } => vec![name],
+                Shape::Pack { name, digest } => vec![name, digest],
             };
             (t, v)
         })
@@ -400,6 +428,8 @@ mod tests {
         assert_eq!(parts("a/b/c/manifests/xyz"), Some((MANIFEST, vec!["a/b/c", "xyz"])));
         assert_eq!(parts("a/b/manifests"), Some((MANIFESTS, vec!["a/b"])));
         assert_eq!(parts("manifests"), None);
+        assert_eq!(parts("a/b/packs/xyz"), Some((PACK, vec!["a/b", "xyz"])));
+        assert_eq!(parts("a/chunks/missing"), Some((MISSING, vec!["a"])));
         assert_eq!(parts("tags/tags"), Some((TAGS, vec!["tags"])));
         assert_eq!(parts("tags"), None);
         assert_eq!(parts("/tags"), None);

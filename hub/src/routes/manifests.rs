@@ -19,8 +19,9 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 
-use super::{blocking, read_body};
+use super::{blocking, packs, read_body};
 use crate::Hub;
+use crate::auth::{Caller, Permission};
 use crate::chunk_index::{EntryKey, ref_key};
 use crate::error::{AppError, StorageContext};
 use crate::storage::{self, get_bytes};
@@ -95,6 +96,7 @@ pub(crate) async fn get(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
 
 /// Publishes a manifest; see the module docs for the checks.
 pub(crate) async fn put(hub: &Hub, name: Name, digest: Digest, req: Request) -> Result<Response, AppError> {
+    let caller = req.extensions().get::<Caller>().cloned();
     let (parts, body) = req.into_parts();
     let body = read_body(body, &parts.headers, hub.inner.opts.max_manifest_bytes, "manifest").await?;
     let (stats, refs, body) = blocking("checking a manifest", move || {
@@ -129,7 +131,28 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
         Err(e) => return Err(AppError::storage("looking up a manifest", e)),
     }
 
-    let missing = missing_refs(hub, refs).await?;
+    // Only packs this dataset may read count; one the caller may read through
+    // another dataset is linked here (a cross-dataset mount). Any other pack is,
+    // to this caller, not there, whether or not it exists.
+    let can_read = |n: &Name| *n == name || caller.as_ref().is_none_or(|c| c.can(Permission::Read, n.as_str()));
+    let mut refs = refs;
+    let mut unreadable = Vec::new();
+    for pack in refs.keys().copied().collect::<Vec<_>>() {
+        if packs::is_linked(hub, &pack, &name).await? {
+            continue;
+        }
+        if hub.inner.chunks.visible(&pack, &can_read) {
+            packs::link(hub, pack, &name).await?;
+        } else if let Some(keys) = refs.remove(&pack) {
+            unreadable.extend(keys.into_iter().map(|k| k.0));
+        }
+    }
+    let mut missing = missing_refs(hub, refs).await?;
+    if !unreadable.is_empty() {
+        missing.extend(unreadable);
+        missing.sort_unstable();
+        missing.dedup();
+    }
     if !missing.is_empty() {
         let shown: Vec<String> = missing.iter().take(MISSING_SHOWN).map(|d| d.to_string()).collect();
         let more = missing.len().saturating_sub(MISSING_SHOWN);

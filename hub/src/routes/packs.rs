@@ -1,4 +1,11 @@
-//! `PUT|GET|HEAD /v1/packs/{digest}`.
+//! `PUT|GET|HEAD /v1/datasets/{name}/packs/{digest}`.
+//!
+//! Packs are stored once (`packs/<hex>`) whatever dataset uploads them, but
+//! read through a dataset: a dataset may read a pack only once it is linked
+//! to it (`packs/<hex>.links/<name>`), which uploading the pack into it does,
+//! and publishing a version into it that uses a pack the publisher may read
+//! through another dataset. A pack that is not linked answers exactly as one
+//! that does not exist.
 //!
 //! An upload is bounded while it is read, hashed, and verified chunk by chunk
 //! (off the async workers) before a byte is stored. The pack is written
@@ -8,19 +15,20 @@
 
 use std::ops::Range;
 
+use aetherfs_format::Name;
 use aetherfs_format::api::PackStored;
 use aetherfs_format::pack::verify_pack;
 use aetherfs_format::{Digest, FormatError};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header::{self, HeaderValue};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use object_store::{GetOptions, GetRange, ObjectStoreExt, PutPayload};
 
-use super::{blocking, read_body, respond};
+use super::{blocking, read_body};
 use crate::Hub;
 use crate::error::AppError;
 use crate::storage;
@@ -33,18 +41,38 @@ fn pack_not_found(d: &Digest) -> AppError {
     AppError::not_found("pack_not_found", format!("pack {d} is not stored"))
 }
 
-/// `PUT /v1/packs/{digest}`.
-pub(crate) async fn put(State(hub): State<Hub>, req: Request) -> Response {
-    let digest = digest_in_path(&req);
-    respond(store_pack(&hub, &digest, req).await)
+/// Makes `pack` readable through `name` (idempotent).
+pub(crate) async fn link(hub: &Hub, pack: Digest, name: &Name) -> Result<(), AppError> {
+    if hub.inner.chunks.is_linked(&pack, name) {
+        return Ok(());
+    }
+    hub.inner
+        .store
+        .put(&storage::pack_link(&pack, name), PutPayload::default())
+        .await
+        .map_err(|e| AppError::storage("linking a pack", e))?;
+    hub.inner.chunks.add_link(pack, name.clone());
+    Ok(())
 }
 
-/// The `{digest}` segment, taken raw so a malformed one gets our own error.
-fn digest_in_path(req: &Request) -> String {
-    req.uri().path().strip_prefix("/v1/packs/").unwrap_or_default().to_string()
+/// Whether `name` may read `pack`; asks the store when this replica does not
+/// know (another replica made the link).
+pub(crate) async fn is_linked(hub: &Hub, pack: &Digest, name: &Name) -> Result<bool, AppError> {
+    if hub.inner.chunks.is_linked(pack, name) {
+        return Ok(true);
+    }
+    match hub.inner.store.head(&storage::pack_link(pack, name)).await {
+        Ok(_) => {
+            hub.inner.chunks.add_link(*pack, name.clone());
+            Ok(true)
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(AppError::storage("looking up a pack link", e)),
+    }
 }
 
-async fn store_pack(hub: &Hub, digest: &str, req: Request) -> Result<Response, AppError> {
+/// `PUT …/packs/{digest}`: stores the pack (once) and links it to `name`.
+pub(crate) async fn put(hub: &Hub, name: Name, digest: &str, req: Request) -> Result<Response, AppError> {
     let digest = parse_digest(digest)?;
     // Each upload holds up to max_pack_bytes in memory: bound how many run at once.
     let _permit = hub.inner.uploads.acquire().await.map_err(|e| AppError::internal("waiting to upload", e))?;
@@ -76,6 +104,8 @@ async fn store_pack(hub: &Hub, digest: &str, req: Request) -> Result<Response, A
         };
     if already {
         hub.inner.chunks.add_pack(digest, size, &entries);
+        // The uploader sent every byte: it may read the pack from now on.
+        link(hub, digest, &name).await?;
         return Ok((StatusCode::OK, Json(stored(false))).into_response());
     }
 
@@ -91,6 +121,7 @@ async fn store_pack(hub: &Hub, digest: &str, req: Request) -> Result<Response, A
         .await
         .map_err(|e| AppError::storage("storing a pack index", e))?;
     hub.inner.chunks.add_pack(digest, size, &entries);
+    link(hub, digest, &name).await?;
     let m = &hub.inner.metrics;
     m.packs_stored.inc();
     m.pack_bytes_received.inc_by(size);
@@ -101,13 +132,16 @@ async fn store_pack(hub: &Hub, digest: &str, req: Request) -> Result<Response, A
 /// Largest read answered from one buffer rather than streamed.
 const BUFFERED_READ_MAX: u64 = 32 << 20;
 
-/// `GET|HEAD /v1/packs/{digest}`, whole or one `Range`.
-pub(crate) async fn get(State(hub): State<Hub>, req: Request) -> Response {
-    respond(read_pack(&hub, &digest_in_path(&req), req.method(), req.headers()).await)
+/// `GET|HEAD …/packs/{digest}`, whole or one `Range`, if linked to `name`.
+pub(crate) async fn get(hub: &Hub, name: Name, digest: &str, req: Request) -> Result<Response, AppError> {
+    let digest = parse_digest(digest)?;
+    if !is_linked(hub, &digest, &name).await? {
+        return Err(pack_not_found(&digest));
+    }
+    read_pack(hub, digest, req.method(), req.headers()).await
 }
 
-async fn read_pack(hub: &Hub, digest: &str, method: &Method, headers: &HeaderMap) -> Result<Response, AppError> {
-    let digest = parse_digest(digest)?;
+async fn read_pack(hub: &Hub, digest: Digest, method: &Method, headers: &HeaderMap) -> Result<Response, AppError> {
     let key = storage::pack(&digest);
     let store = &hub.inner.store;
     let head = method == Method::HEAD;

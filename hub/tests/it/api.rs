@@ -87,7 +87,7 @@ impl TestHub {
     }
 
     async fn put_pack(&self, pack: &BuiltPack) -> Resp {
-        self.call(Method::PUT, &format!("/v1/packs/{}", pack.digest), &[], pack.bytes.clone()).await
+        self.call(Method::PUT, &format!("/v1/datasets/acme/geoip/packs/{}", pack.digest), &[], pack.bytes.clone()).await
     }
 
     async fn put_manifest(&self, name: &str, bytes: &[u8]) -> Resp {
@@ -104,7 +104,7 @@ impl TestHub {
     }
 
     async fn missing(&self, digests: &[Digest]) -> Value {
-        let r = self.json(Method::POST, "/v1/chunks/missing", &json!({ "digests": digests })).await;
+        let r = self.json(Method::POST, "/v1/datasets/acme/geoip/chunks/missing", &json!({ "digests": digests })).await;
         r.ok()
     }
 
@@ -358,7 +358,7 @@ async fn round_trip(h: TestHub) {
         "aetherfs_hub_chunks_indexed 6",
         "aetherfs_hub_long_polls_waiting 0",
         "aetherfs_hub_http_requests_total{route=\"/v1/datasets/{name}/tags/{tag}\",method=\"PUT\",status=\"200\"}",
-        "aetherfs_hub_http_requests_total{route=\"/v1/packs/{digest}\",method=\"PUT\",status=\"201\"} 1",
+        "aetherfs_hub_http_requests_total{route=\"/v1/datasets/{name}/packs/{digest}\",method=\"PUT\",status=\"201\"} 1",
         "aetherfs_hub_http_request_duration_seconds_bucket",
     ] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
@@ -405,17 +405,17 @@ async fn corrupt_chunk_is_refused(h: TestHub) {
     bytes[raw.offset as usize + 10] ^= 0x40;
     // The URL digest matches the bytes sent: only the chunk check can catch it.
     let digest = Digest::of(&bytes);
-    let r = h.call(Method::PUT, &format!("/v1/packs/{digest}"), &[], bytes).await;
+    let r = h.call(Method::PUT, &format!("/v1/datasets/acme/geoip/packs/{digest}"), &[], bytes).await;
     let msg = r.err(StatusCode::BAD_REQUEST, "invalid_pack");
     assert!(msg.contains(&raw.digest.to_string()), "{msg}");
     assert!(h.keys().await.is_empty(), "something was stored: {:?}", h.keys().await);
     let v = h.missing(&[raw.digest]).await;
     assert_eq!(v["missing"], json!([raw.digest]));
-    h.get(&format!("/v1/packs/{digest}")).await.err(StatusCode::NOT_FOUND, "pack_not_found");
+    h.get(&format!("/v1/datasets/acme/geoip/packs/{digest}")).await.err(StatusCode::NOT_FOUND, "pack_not_found");
 
     // A truncated pack is refused the same way.
     let cut = &pack.bytes[..pack.bytes.len() - 3];
-    let r = h.call(Method::PUT, &format!("/v1/packs/{}", Digest::of(cut)), &[], cut.to_vec()).await;
+    let r = h.call(Method::PUT, &format!("/v1/datasets/acme/geoip/packs/{}", Digest::of(cut)), &[], cut.to_vec()).await;
     r.err(StatusCode::BAD_REQUEST, "invalid_pack");
     assert!(h.keys().await.is_empty());
 }
@@ -431,7 +431,7 @@ async fn pack_digest_mismatch_and_size_limit() {
     let h = TestHub::over(store, HubOptions { max_pack_bytes: 4096, ..HubOptions::default() }).await;
     let small = build_pack(&[b"tiny chunk".to_vec()]);
     let other = Digest::of(b"other");
-    let r = h.call(Method::PUT, &format!("/v1/packs/{other}"), &[], small.bytes.clone()).await;
+    let r = h.call(Method::PUT, &format!("/v1/datasets/acme/geoip/packs/{other}"), &[], small.bytes.clone()).await;
     r.err(StatusCode::BAD_REQUEST, "digest_mismatch");
 
     let big = build_pack(&[random_bytes(3, 6000)]);
@@ -442,13 +442,18 @@ async fn pack_digest_mismatch_and_size_limit() {
     );
     let req = Request::builder()
         .method(Method::PUT)
-        .uri(format!("/v1/packs/{}", big.digest))
+        .uri(format!("/v1/datasets/acme/geoip/packs/{}", big.digest))
         .body(Body::from_stream(stream))
         .expect("request");
     h.send(req).await.err(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
     // A lying Content-Length is refused up front.
     let r = h
-        .call(Method::PUT, &format!("/v1/packs/{}", small.digest), &[("content-length", "999999999")], Body::empty())
+        .call(
+            Method::PUT,
+            &format!("/v1/datasets/acme/geoip/packs/{}", small.digest),
+            &[("content-length", "999999999")],
+            Body::empty(),
+        )
         .await;
     r.err(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
     assert!(h.keys().await.is_empty());
@@ -536,23 +541,33 @@ async fn bad_input_gets_clear_errors() {
         (Method::GET, "/v1/datasets/acme/tags/x/history".into(), StatusCode::NOT_FOUND, "tag_not_found"),
         (Method::GET, "/v1/datasets/acme/manifests/sha256:00".into(), bad, "invalid_digest"),
         (Method::GET, format!("/v1/datasets/acme/manifests/{}", d.hex()), bad, "invalid_digest"),
-        (Method::GET, "/v1/packs/blake3:xyz".into(), bad, "invalid_digest"),
-        (Method::PUT, "/v1/packs/nope".into(), bad, "invalid_digest"),
+        (Method::GET, "/v1/datasets/acme/geoip/packs/blake3:xyz".into(), bad, "invalid_digest"),
+        (Method::PUT, "/v1/datasets/acme/geoip/packs/nope".into(), bad, "invalid_digest"),
         (Method::GET, "/v1/datasets/acme/tags/latest?since=nope&wait=1".into(), bad, "invalid_digest"),
         (Method::GET, format!("/v1/datasets/acme/tags/latest?since={d}&wait=soon"), bad, "invalid_query"),
         (Method::DELETE, "/v1/datasets/acme/tags/latest?expected=x".into(), bad, "invalid_digest"),
         (Method::GET, format!("/v1/datasets/acme/manifests/{d}"), StatusCode::NOT_FOUND, "manifest_not_found"),
-        (Method::HEAD, format!("/v1/packs/{d}"), StatusCode::NOT_FOUND, ""),
-        (Method::GET, format!("/v1/packs/{d}"), StatusCode::NOT_FOUND, "pack_not_found"),
+        (Method::HEAD, format!("/v1/datasets/acme/geoip/packs/{d}"), StatusCode::NOT_FOUND, ""),
+        (Method::GET, format!("/v1/datasets/acme/geoip/packs/{d}"), StatusCode::NOT_FOUND, "pack_not_found"),
         (Method::GET, "/v1/datasets/acme/tags/latest".into(), StatusCode::NOT_FOUND, "tag_not_found"),
         (Method::GET, "/v1/datasets/acme/tags".into(), StatusCode::NOT_FOUND, "dataset_not_found"),
         (Method::GET, "/v1/nothing".into(), StatusCode::NOT_FOUND, "not_found"),
         (Method::GET, "/v1/datasets/acme".into(), StatusCode::NOT_FOUND, "not_found"),
         (Method::GET, "/v1/datasets/acme/tags/x/y".into(), StatusCode::NOT_FOUND, "not_found"),
-        (Method::DELETE, format!("/v1/packs/{d}"), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (
+            Method::DELETE,
+            format!("/v1/datasets/acme/geoip/packs/{d}"),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
         (Method::POST, "/v1/datasets/acme/tags/x".into(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         (Method::PUT, "/v1/datasets/acme/tags".into(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-        (Method::GET, "/v1/chunks/missing".into(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (
+            Method::GET,
+            "/v1/datasets/acme/geoip/chunks/missing".into(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
     ];
     for (method, uri, status, code) in cases {
         let r = h.call(method.clone(), &uri, &[], Body::empty()).await;
@@ -573,10 +588,12 @@ async fn bad_input_gets_clear_errors() {
     h.call(Method::PUT, tag_uri, &[], format!(r#"{{"digest":"{d}"}}"#))
         .await
         .err(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
-    h.call(Method::POST, "/v1/chunks/missing", &ct, r#"{"digests":["blake3:00"]}"#)
+    h.call(Method::POST, "/v1/datasets/acme/geoip/chunks/missing", &ct, r#"{"digests":["blake3:00"]}"#)
         .await
         .err(StatusCode::BAD_REQUEST, "invalid_json");
-    h.call(Method::POST, "/v1/chunks/missing", &ct, "[]").await.err(StatusCode::BAD_REQUEST, "invalid_json");
+    h.call(Method::POST, "/v1/datasets/acme/geoip/chunks/missing", &ct, "[]")
+        .await
+        .err(StatusCode::BAD_REQUEST, "invalid_json");
 
     // Too many digests in one query.
     let many: Vec<Digest> = (0..aetherfs_format::api::MISSING_QUERY_MAX as u32 + 1)
@@ -588,9 +605,9 @@ async fn bad_input_gets_clear_errors() {
             })
         })
         .collect();
-    let r = h.json(Method::POST, "/v1/chunks/missing", &json!({ "digests": many })).await;
+    let r = h.json(Method::POST, "/v1/datasets/acme/geoip/chunks/missing", &json!({ "digests": many })).await;
     r.err(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
-    let r = h.json(Method::POST, "/v1/chunks/missing", &json!({ "digests": many[..50_000] })).await;
+    let r = h.json(Method::POST, "/v1/datasets/acme/geoip/chunks/missing", &json!({ "digests": many[..50_000] })).await;
     assert_eq!(r.ok()["missing"].as_array().map(Vec::len), Some(50_000));
 
     // Nothing above was stored.
@@ -605,7 +622,7 @@ async fn pack_ranges() {
     let h = TestHub::memory().await;
     let pack = build_pack(&file_chunks(5));
     assert_eq!(h.put_pack(&pack).await.status, StatusCode::CREATED);
-    let uri = format!("/v1/packs/{}", pack.digest);
+    let uri = format!("/v1/datasets/acme/geoip/packs/{}", pack.digest);
     let len = pack.bytes.len();
     let range = |r: &str| {
         let uri = uri.clone();
@@ -779,7 +796,7 @@ async fn restart_rebuilds_everything_from_the_directory() {
     let v = h.get("/v1/datasets").await.ok();
     assert_eq!(v, json!({ "datasets": [{ "name": name, "tags": ["latest"] }] }));
     // The pack reads back, and re-uploading it is a no-op.
-    assert_eq!(&h.get(&format!("/v1/packs/{}", pack.digest)).await.body[..], &pack.bytes[..]);
+    assert_eq!(&h.get(&format!("/v1/datasets/acme/geoip/packs/{}", pack.digest)).await.body[..], &pack.bytes[..]);
     assert_eq!(h.put_pack(&pack).await.value()["created"], false);
     // The next move continues the history.
     let m2 = empty_manifest("after restart");
@@ -991,7 +1008,7 @@ async fn served_over_a_real_socket() {
         let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
         (String::from_utf8_lossy(&buf[..split]).to_lowercase(), buf[split..].to_vec())
     };
-    let path = format!("/v1/packs/{}", pack.digest);
+    let path = format!("/v1/datasets/acme/geoip/packs/{}", pack.digest);
     let len = pack.bytes.len();
 
     let (head, body) = raw(format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).await;

@@ -106,20 +106,11 @@ impl T {
         let mut b = PackBuilder::new();
         b.add(Digest::of(&chunk), &chunk, true);
         let pack = b.finish();
-        let r = self.call(Method::PUT, &format!("/v1/packs/{}", pack.digest), Some(user), pack.bytes.clone()).await;
+        let r = self
+            .call(Method::PUT, &format!("/v1/datasets/{name}/packs/{}", pack.digest), Some(user), pack.bytes.clone())
+            .await;
         r.ok();
-        let e = &pack.entries[0];
-        let mut m = Manifest::new(ChunkParams::default());
-        m.entries.push(Entry {
-            path: "data.bin".into(),
-            mode: 0o644,
-            kind: EntryKind::File {
-                size: chunk.len() as u64,
-                digest: Digest::of(&chunk),
-                chunks: vec![ChunkRef { digest: e.digest, len: e.len, location: e.location(pack.digest) }],
-            },
-        });
-        let bytes = m.encode().unwrap();
+        let bytes = one_chunk_manifest(&pack, "data.bin");
         let digest = Digest::of(&bytes);
         self.call(Method::PUT, &format!("/v1/datasets/{name}/manifests/{digest}"), Some(user), bytes).await.ok();
         self.set_tag(name, "v1", &digest, Some(user)).await.ok();
@@ -133,6 +124,22 @@ impl T {
 }
 
 /// The documented routes and methods, from the hub's own /openapi.json.
+/// The manifest of one file made of the first chunk of `pack`.
+fn one_chunk_manifest(pack: &BuiltPack, path: &str) -> Vec<u8> {
+    let e = &pack.entries[0];
+    let mut m = Manifest::new(ChunkParams::default());
+    m.entries.push(Entry {
+        path: path.into(),
+        mode: 0o644,
+        kind: EntryKind::File {
+            size: u64::from(e.len),
+            digest: e.digest,
+            chunks: vec![ChunkRef { digest: e.digest, len: e.len, location: e.location(pack.digest) }],
+        },
+    });
+    m.encode().unwrap()
+}
+
 async fn documented_routes(t: &T) -> Vec<(String, Method)> {
     let doc = t.get("/openapi.json", None).await.ok();
     let mut out = Vec::new();
@@ -200,7 +207,7 @@ async fn rules_grant_exactly_what_they_say() {
     t.publish("public/z", "admin", 3).await;
     let tag_a = "/v1/datasets/team-a/x/tags/v1";
     let tag_b = "/v1/datasets/team-b/y/tags/v1";
-    let pack_url = format!("/v1/packs/{}", pack_a.digest);
+    let pack_url = format!("/v1/datasets/team-a/x/packs/{}", pack_a.digest);
 
     // The admin's moves are recorded as theirs.
     assert_eq!(t.get(tag_a, Some("admin")).await.ok()["by"], "admin");
@@ -212,7 +219,7 @@ async fn rules_grant_exactly_what_they_say() {
     let msg = t.set_tag("team-a/x", "v2", &a1, Some("reader")).await.err(StatusCode::FORBIDDEN, "forbidden");
     assert_eq!(msg, "reader may not write dataset team-a/x");
     t.call(Method::PUT, &pack_url, Some("reader"), pack_a.bytes.clone()).await.err(StatusCode::FORBIDDEN, "forbidden");
-    t.call(Method::POST, "/v1/chunks/missing", Some("reader"), json!({"digests": []}).to_string())
+    t.call(Method::POST, "/v1/datasets/team-a/x/chunks/missing", Some("reader"), json!({"digests": []}).to_string())
         .await
         .err(StatusCode::FORBIDDEN, "forbidden");
     let manifest_a = format!("/v1/datasets/team-a/x/manifests/{a1}");
@@ -308,7 +315,7 @@ async fn no_rule_means_deny() {
     };
     let r = t.send(as_alice(Method::GET, "/v1/datasets/a/tags/latest").unwrap()).await;
     r.err(StatusCode::FORBIDDEN, "forbidden");
-    let r = t.send(as_alice(Method::GET, &format!("/v1/packs/{}", Digest::of(b"x"))).unwrap()).await;
+    let r = t.send(as_alice(Method::GET, &format!("/v1/datasets/a/packs/{}", Digest::of(b"x"))).unwrap()).await;
     r.err(StatusCode::FORBIDDEN, "forbidden");
     assert_eq!(t.get("/v1/datasets/a/tags/latest", None).await.status, StatusCode::UNAUTHORIZED);
     // Anonymous may read nothing at all: the listing asks for credentials.
@@ -404,4 +411,121 @@ async fn unreachable_issuer_is_unavailable_not_unauthorized() {
         .await;
     r.err(StatusCode::UNAUTHORIZED, "unauthorized");
     assert_eq!(t.get("/healthz", None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn password_guessing_is_throttled_per_user_and_per_address_without_locking_out_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    for (u, pw, groups) in USERS {
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        set_user(&users, u, &hash_password(pw).unwrap(), &groups).unwrap();
+    }
+    let text = format!(
+        "[basic]\nusers_file = \"users\"\nmax_failures_per_user = 3\nmax_failures_per_address = 6\n\
+         failure_window_secs = 600\n{RULES}"
+    );
+    let t = T::with_auth(Auth::from_toml(&text, dir.path()).unwrap(), dir).await;
+    let from = |ip: &str, user: &str, pw: &str| {
+        let mut req = Request::builder()
+            .uri("/v1/datasets/team-a/x/tags")
+            .header(header::AUTHORIZATION, basic(user, pw))
+            .body(Body::empty())
+            .unwrap();
+        let addr: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+        req
+    };
+    // The reader signs in from their usual address.
+    assert_ne!(t.send(from("10.0.0.1", "reader", "pw-reader")).await.status, StatusCode::UNAUTHORIZED);
+    // Someone guesses the reader's password from another address.
+    for _ in 0..3 {
+        t.send(from("10.6.6.6", "reader", "guess")).await.err(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let r = t.send(from("10.6.6.6", "reader", "pw-reader")).await;
+    let msg = r.err(StatusCode::TOO_MANY_REQUESTS, "too_many_failures");
+    let retry: u64 = r.header(header::RETRY_AFTER).parse().unwrap();
+    assert!((1..=600).contains(&retry), "{retry} {msg}");
+    // Also from a third, fresh address: the user's limit holds there.
+    t.send(from("10.7.7.7", "reader", "pw-reader")).await.err(StatusCode::TOO_MANY_REQUESTS, "too_many_failures");
+    // The real user, from the address they signed in from, is not locked out.
+    assert_ne!(t.send(from("10.0.0.1", "reader", "pw-reader")).await.status, StatusCode::TOO_MANY_REQUESTS);
+    // Other users from the guessing address still get a real answer, until
+    // that address reaches its own limit across user names.
+    for i in 0..3 {
+        t.send(from("10.6.6.6", &format!("u{i}"), "x")).await.err(StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    t.send(from("10.6.6.6", "writer-a", "pw-writer-a")).await.err(StatusCode::TOO_MANY_REQUESTS, "too_many_failures");
+    assert_ne!(t.send(from("10.0.0.2", "writer-a", "pw-writer-a")).await.status, StatusCode::TOO_MANY_REQUESTS);
+    let metrics = t.get("/metrics", None).await.text();
+    assert!(metrics.contains("aetherfs_hub_auth_failures_total{outcome=\"throttled\"} 3"), "{metrics}");
+}
+
+/// The issue's reproduction, step by step: a writer of team-a learns nothing
+/// of team-b's chunks, cannot read its pack, and cannot publish a version
+/// that points into it; what team-b stores answers exactly as what does not
+/// exist. Dedup still works across datasets the caller may read.
+#[tokio::test]
+async fn no_byte_crosses_from_one_tenant_to_another() {
+    let hub = T::new("").await;
+    let t = &hub;
+    let (pack_b, _) = t.publish("team-b/y", "writer-b", 7).await;
+    let chunk_b = pack_b.entries[0].digest;
+    let nowhere = Digest::of(b"never stored");
+    let missing = move |user: &'static str, digests: Vec<Digest>| {
+        let body = json!({ "digests": digests }).to_string();
+        async move { t.call(Method::POST, "/v1/datasets/team-a/x/chunks/missing", Some(user), body).await.ok() }
+    };
+
+    // 1. The existence query: team-b's chunk looks exactly like one never stored.
+    let v = missing("writer-a", vec![chunk_b, nowhere]).await;
+    assert_eq!(v, json!({ "missing": [chunk_b, nowhere], "present": [] }));
+
+    // 2. Reading the pack through team-a: the same 404 as a pack that does not exist.
+    let stolen = t.get(&format!("/v1/datasets/team-a/x/packs/{}", pack_b.digest), Some("writer-a")).await;
+    let absent = t.get(&format!("/v1/datasets/team-a/x/packs/{nowhere}"), Some("writer-a")).await;
+    assert_eq!(stolen.status, StatusCode::NOT_FOUND);
+    assert_eq!(stolen.value()["error"]["code"], absent.value()["error"]["code"]);
+    let shape = |r: &Resp, d: &Digest| r.value()["error"]["message"].as_str().unwrap().replace(&d.to_string(), "D");
+    assert_eq!(shape(&stolen, &pack_b.digest), shape(&absent, &nowhere));
+    let via_a = format!("/v1/datasets/team-a/x/packs/{}", pack_b.digest);
+    for user in ["writer-a", "reader"] {
+        let r = t.call(Method::HEAD, &via_a, Some(user), Body::empty()).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{user}");
+    }
+    // And through team-b itself the pack is refused by the rules.
+    t.get(&format!("/v1/datasets/team-b/y/packs/{}", pack_b.digest), Some("writer-a"))
+        .await
+        .err(StatusCode::FORBIDDEN, "forbidden");
+
+    // 3. A hand-made manifest in team-a pointing into team-b's pack is refused
+    // as if the chunk did not exist; nothing is published or tagged.
+    let bytes = one_chunk_manifest(&pack_b, "secrets.bin");
+    let d = Digest::of(&bytes);
+    let uri = format!("/v1/datasets/team-a/x/manifests/{d}");
+    let msg = t
+        .call(Method::PUT, &uri, Some("writer-a"), bytes.clone())
+        .await
+        .err(StatusCode::UNPROCESSABLE_ENTITY, "missing_chunks");
+    assert!(msg.contains(&chunk_b.to_string()), "{msg}");
+    t.get(&uri, Some("reader")).await.err(StatusCode::NOT_FOUND, "manifest_not_found");
+    t.set_tag("team-a/x", "stolen", &d, Some("writer-a")).await.err(StatusCode::NOT_FOUND, "manifest_not_found");
+
+    // Uploading the same bytes into team-a proves possession: then it dedups there.
+    let put = t.call(Method::PUT, &via_a, Some("writer-a"), pack_b.bytes.clone()).await;
+    assert_eq!(put.value()["created"], false, "stored once");
+    assert_eq!(missing("writer-a", vec![chunk_b]).await["missing"], json!([]));
+    t.call(Method::PUT, &uri, Some("writer-a"), bytes.clone()).await.ok();
+
+    // Someone who may read team-b gets dedup against it when pushing into team-a,
+    // and publishing there makes the pack readable through team-a.
+    let (pack_c, _) = t.publish("team-b/y", "writer-b", 8).await;
+    let v = missing("admin", vec![pack_c.entries[0].digest]).await;
+    assert_eq!(v["present"][0]["pack"], pack_c.digest.to_string(), "{v}");
+    let pack_c_via_a = format!("/v1/datasets/team-a/x/packs/{}", pack_c.digest);
+    t.get(&pack_c_via_a, Some("reader")).await.err(StatusCode::NOT_FOUND, "pack_not_found");
+    let shared = one_chunk_manifest(&pack_c, "shared.bin");
+    let uri = format!("/v1/datasets/team-a/x/manifests/{}", Digest::of(&shared));
+    t.call(Method::PUT, &uri, Some("admin"), shared).await.ok();
+    assert_eq!(t.get(&pack_c_via_a, Some("reader")).await.status, StatusCode::OK);
 }
