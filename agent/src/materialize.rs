@@ -73,6 +73,7 @@ struct BuildStats {
     reused_bytes: AtomicU64,
     files_written: AtomicU64,
     files_linked: AtomicU64,
+    files_cloned: AtomicU64,
 }
 
 /// What a materialized mount reports.
@@ -90,6 +91,9 @@ pub struct MaterializeStatus {
     pub files_written: u64,
     /// Unchanged files hard-linked from the previous version (no write).
     pub files_linked: u64,
+    /// Changed files cloned from the previous version (a reflink where the
+    /// filesystem can, else an in-kernel copy) and patched where they differ.
+    pub files_cloned: u64,
 }
 
 impl Materializer {
@@ -123,6 +127,7 @@ impl Materializer {
             reused_bytes: s.reused_bytes.load(Relaxed),
             files_written: s.files_written.load(Relaxed),
             files_linked: s.files_linked.load(Relaxed),
+            files_cloned: s.files_cloned.load(Relaxed),
         }
     }
 
@@ -186,6 +191,7 @@ impl Materializer {
         s.reused_bytes.fetch_add(report.reused_bytes, Relaxed);
         s.files_written.fetch_add(report.files_written, Relaxed);
         s.files_linked.fetch_add(report.files_unchanged, Relaxed);
+        s.files_cloned.fetch_add(report.files_cloned, Relaxed);
         Ok(report)
     }
 

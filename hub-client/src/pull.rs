@@ -17,6 +17,11 @@
 //! 5. Symlinks and empty directories, directory modes, then (optionally)
 //!    removal of entries the version does not have.
 //!
+//! A changed file whose chunks mostly sit where they were in the old file at
+//! its path (a database updated in place) is cloned from that file (a
+//! reflink where the filesystem shares extents, else `copy_file_range`) and
+//! patched where chunks differ, then re-read whole to verify it.
+//!
 //! [`pull_into`] can instead build a version in a fresh directory from a
 //! *base*: another directory (the previous version, say) is indexed in step
 //! 2, files identical there (same path, bytes and mode) are hard-linked
@@ -117,6 +122,9 @@ pub struct PullReport {
     pub range_requests: u64,
     /// Plaintext bytes copied from files already in the directory.
     pub reused_bytes: u64,
+    /// Changed files made by cloning the old file at their path (a reflink
+    /// where the filesystem can) and patching the chunks that differ.
+    pub files_cloned: u64,
     pub removed: u64,
     /// Entries in the directory that the version does not have, left in place.
     pub extraneous: u64,
@@ -137,12 +145,19 @@ enum Source {
     /// Fetched earlier in this batch.
     Again,
     Local(LocalChunk),
+    /// Already at this offset of the file the new one is cloned from.
+    InPlace,
 }
 
 struct PlannedFile {
     path: String,
     mode: u32,
     digest: Digest,
+    size: u64,
+    /// The older file at this path, cloned (reflink where the filesystem
+    /// can, else copied in the kernel) and patched where chunks differ,
+    /// when most of its chunks are where the new file wants them.
+    clone_from: Option<PathBuf>,
     chunks: Vec<(ChunkRef, Source)>,
 }
 
@@ -158,6 +173,7 @@ struct Counters {
     requests: AtomicU64,
     reused: AtomicU64,
     written: AtomicU64,
+    cloned: AtomicU64,
 }
 
 /// Pulls `name@digest` into `dir`.
@@ -216,7 +232,7 @@ pub async fn pull_into(
         .map_err(|e| ClientError::Invalid(format!("index task failed: {e}")))??
     };
 
-    let (batches, fetch_bytes, reuse_bytes) = plan(&manifest, &unchanged, &local, opts.read_only);
+    let (batches, fetch_bytes, reuse_bytes) = plan(&manifest, &unchanged, &local, base.unwrap_or(dir), opts.read_only);
     progress(PullEvent::Planned { fetch_bytes, reuse_bytes, unchanged_files: unchanged.len() as u64 });
 
     let counters = Arc::new(Counters {
@@ -224,6 +240,7 @@ pub async fn pull_into(
         requests: AtomicU64::new(0),
         reused: AtomicU64::new(0),
         written: AtomicU64::new(0),
+        cloned: AtomicU64::new(0),
     });
     stream::iter(batches)
         .map(|b| run_batch(client, name, dir, b, opts, counters.clone(), progress.clone()))
@@ -253,6 +270,7 @@ pub async fn pull_into(
         fetched_bytes: counters.fetched.load(Ordering::Relaxed),
         range_requests: counters.requests.load(Ordering::Relaxed),
         reused_bytes: counters.reused.load(Ordering::Relaxed),
+        files_cloned: counters.cloned.load(Ordering::Relaxed),
         removed,
         extraneous,
     })
@@ -336,6 +354,7 @@ fn plan(
     manifest: &Manifest,
     unchanged: &HashSet<String>,
     local: &HashMap<Digest, LocalChunk>,
+    indexed: &Path,
     read_only: bool,
 ) -> (Vec<Batch>, u64, u64) {
     let mut batches = Vec::new();
@@ -355,13 +374,29 @@ fn plan(
         seen.clear();
     };
     for e in &manifest.entries {
-        let EntryKind::File { digest, chunks, .. } = &e.kind else { continue };
+        let EntryKind::File { digest, chunks, size } = &e.kind else { continue };
         if unchanged.contains(&e.path) {
             continue;
         }
+        // Chunks already at their offset in the old file of the same path.
+        let old = indexed.join(&e.path);
+        let mut offset = 0u64;
+        let in_place: Vec<bool> = chunks
+            .iter()
+            .map(|c| {
+                let here = local.get(&c.digest).is_some_and(|l| l.offset == offset && l.path == old);
+                offset += u64::from(c.len);
+                here
+            })
+            .collect();
+        let in_place_bytes: u64 = chunks.iter().zip(&in_place).filter(|x| *x.1).map(|x| u64::from(x.0.len)).sum();
+        let clone = *size > 0 && in_place_bytes * 2 >= *size;
         let mut planned = Vec::with_capacity(chunks.len());
-        for c in chunks {
-            let source = if let Some(l) = local.get(&c.digest) {
+        for (c, here) in chunks.iter().zip(in_place) {
+            let source = if clone && here {
+                reuse_bytes += u64::from(c.len);
+                Source::InPlace
+            } else if let Some(l) = local.get(&c.digest) {
                 reuse_bytes += u64::from(c.len);
                 Source::Local(l.clone())
             } else if seen.contains(&c.digest) {
@@ -377,7 +412,15 @@ fn plan(
             planned.push((*c, source));
         }
         let mode = file_mode(e.mode, read_only);
-        files.push(PlannedFile { path: e.path.clone(), mode, digest: *digest, chunks: planned });
+        let clone_from = clone.then_some(old);
+        files.push(PlannedFile {
+            path: e.path.clone(),
+            mode,
+            digest: *digest,
+            size: *size,
+            clone_from,
+            chunks: planned,
+        });
         if batch_bytes >= BATCH_FETCH_BYTES || files.len() >= BATCH_MAX_FILES {
             flush(&mut files, &mut wants, &mut seen, &mut keep);
             batch_bytes = 0;
@@ -436,6 +479,17 @@ async fn run_batch(
     written.map_err(|e| ClientError::Invalid(format!("writer task failed: {e}")))?
 }
 
+enum RebuildError {
+    Io(std::io::Error),
+    Client(ClientError),
+}
+
+impl From<ClientError> for RebuildError {
+    fn from(e: ClientError) -> Self {
+        RebuildError::Client(e)
+    }
+}
+
 struct BatchWriter {
     rx: mpsc::Receiver<Result<(RangeRead, Bytes), ClientError>>,
     /// The range being consumed, and how many of its chunks are used.
@@ -477,10 +531,24 @@ impl BatchWriter {
         let parent = prepare_parent(dir, &f.path)?;
         let io = |e| ClientError::io(&f.path, e);
         let tmp = tempfile::Builder::new().prefix(TMP_PREFIX).tempfile_in(&parent).map_err(io)?;
+        let cloned = match &f.clone_from {
+            Some(from) => clone_file(from, tmp.as_file(), f.size).map_err(io)?,
+            None => false,
+        };
+        if cloned {
+            counters.cloned.fetch_add(1, Ordering::Relaxed);
+        }
         let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
         let mut hasher = Hasher::new();
+        let mut offset = 0u64;
         for (c, source) in &f.chunks {
+            let at = offset;
+            offset += u64::from(c.len);
             let plain: Arc<Vec<u8>> = match source {
+                Source::InPlace if cloned => {
+                    counters.reused.fetch_add(u64::from(c.len), Ordering::Relaxed);
+                    continue;
+                }
                 Source::Remote => {
                     let p = Arc::new(self.next_remote(c, &f.path)?);
                     if keep.contains(&c.digest) {
@@ -492,18 +560,38 @@ impl BatchWriter {
                     Some(p) => p.clone(),
                     None => Arc::new(self.fetch_one(c, &f.path)?),
                 },
+                // The clone failed: read the chunk from the old file like any local one.
+                Source::InPlace => {
+                    let l = LocalChunk { path: f.clone_from.clone().unwrap_or_default(), offset: at };
+                    Arc::new(self.read_local(&l, c, &f.path)?)
+                }
                 Source::Local(l) => {
                     let p = Arc::new(self.read_local(l, c, &f.path)?);
                     counters.reused.fetch_add(u64::from(c.len), Ordering::Relaxed);
                     p
                 }
             };
-            hasher.update(&plain);
-            out.write_all(&plain).map_err(io)?;
+            if cloned {
+                // Patch the clone where it differs.
+                tmp.as_file().write_all_at(&plain, at).map_err(io)?;
+            } else {
+                hasher.update(&plain);
+                out.write_all(&plain).map_err(io)?;
+            }
         }
         out.flush().map_err(io)?;
         drop(out);
-        if hasher.finalize() != f.digest {
+        // A clone's unchanged bytes were never read: verify the whole file, and
+        // if the old file was not what its index said, build it chunk by chunk.
+        let mut digest = if cloned { hash_file(tmp.as_file()).map_err(io)? } else { hasher.finalize() };
+        if cloned && digest != f.digest {
+            tracing::warn!(path = %f.path, "the file cloned from differs from its index; rebuilding from chunks");
+            digest = self.rebuild(tmp.as_file(), f).map_err(|e| match e {
+                RebuildError::Io(e) => io(e),
+                RebuildError::Client(e) => e,
+            })?;
+        }
+        if digest != f.digest {
             return Err(ClientError::Integrity { path: f.path.clone(), what: "file", digest: f.digest });
         }
         tmp.as_file().set_permissions(Permissions::from_mode(f.mode)).map_err(io)?;
@@ -515,6 +603,31 @@ impl BatchWriter {
         }
         tmp.persist(&dest).map_err(|e| io(e.error))?;
         Ok(())
+    }
+
+    /// Writes `f` into `out` from scratch, every chunk verified (read from
+    /// disk where it checks out, else fetched); returns the file's digest.
+    fn rebuild(&self, out: &File, f: &PlannedFile) -> Result<Digest, RebuildError> {
+        out.set_len(0).map_err(RebuildError::Io)?;
+        let mut hasher = Hasher::new();
+        let mut offset = 0u64;
+        for (c, source) in &f.chunks {
+            let plain = match source {
+                Source::InPlace => {
+                    let l = LocalChunk { path: f.clone_from.clone().unwrap_or_default(), offset };
+                    self.read_local(&l, c, &f.path)?
+                }
+                Source::Local(l) => self.read_local(l, c, &f.path)?,
+                Source::Remote | Source::Again => match self.kept.get(&c.digest) {
+                    Some(p) => p.to_vec(),
+                    None => self.fetch_one(c, &f.path)?,
+                },
+            };
+            out.write_all_at(&plain, offset).map_err(RebuildError::Io)?;
+            hasher.update(&plain);
+            offset += u64::from(c.len);
+        }
+        Ok(hasher.finalize())
     }
 
     /// The next chunk from the range stream, verified.
@@ -558,6 +671,49 @@ impl BatchWriter {
             return Ok(buf);
         }
         self.fetch_one(c, path)
+    }
+}
+
+/// Makes `to` a copy of `from` cut or extended to `size` bytes: a reflink
+/// where the filesystem shares extents (btrfs, XFS), else a copy inside the
+/// kernel. `false` when `from` cannot be read (the caller builds the file
+/// from chunks instead).
+fn clone_file(from: &Path, to: &File, size: u64) -> std::io::Result<bool> {
+    let Ok(src) = File::open(from) else { return Ok(false) };
+    if rustix::fs::ioctl_ficlone(to, &src).is_err() {
+        let len = src.metadata()?.len();
+        let mut done = 0u64;
+        while done < len {
+            let (mut off_in, mut off_out) = (done, done);
+            let want = usize::try_from(len - done).unwrap_or(usize::MAX).min(1 << 30);
+            match rustix::fs::copy_file_range(&src, Some(&mut off_in), to, Some(&mut off_out), want) {
+                Ok(0) => break,
+                Ok(n) => done += n as u64,
+                // No copy_file_range here (or across these filesystems): copy in user space.
+                Err(_) if done == 0 => {
+                    std::io::copy(&mut &src, &mut &*to)?;
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    to.set_len(size)?;
+    Ok(true)
+}
+
+/// The BLAKE3 of a whole file, read from its start.
+fn hash_file(f: &File) -> std::io::Result<Digest> {
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = f.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok(hasher.finalize());
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
     }
 }
 

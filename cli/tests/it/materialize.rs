@@ -165,6 +165,8 @@ fn an_update_fetches_only_its_chunks_links_unchanged_files_and_open_files_keep_t
     // The unchanged file is the same inode: hard-linked, not written.
     assert_eq!(std::fs::metadata(dir.join("current/lookup/big.bin")).unwrap().ino(), big_inode);
     assert!(second["files_linked"].as_u64().unwrap() >= 1, "{second}");
+    // The changed database was cloned from v1's copy and patched, not rewritten.
+    assert_eq!(second["files_cloned"].as_u64(), Some(1), "{second}");
     assert_eq!(sqlite(&dir.join("current/db.sqlite"), "SELECT count(*) FROM t;").trim(), "60000");
 
     // v3; v1 is then beyond keep_versions = 2 and deleted.
@@ -181,7 +183,13 @@ fn an_update_fetches_only_its_chunks_links_unchanged_files_and_open_files_keep_t
     assert_eq!(old, "version 1\n", "an open file lost its bytes");
     assert_eq!(std::fs::read_to_string(dir.join("current/small.txt")).unwrap(), "version 3\n");
 
-    // The hook ran once per switch, after the flip, told where the version is.
+    // The hook ran once per switch, after the flip, told where the version is
+    // (the mount serves v3 before its hook has finished: wait for the record).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&agent)["on_switch"]["runs"].as_u64() != Some(2) {
+        assert!(Instant::now() < deadline, "the hook did not run twice: {}", status(&agent));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let runs = std::fs::read_to_string(&marker).unwrap();
     let lines: Vec<&str> = runs.lines().collect();
     assert_eq!(lines.len(), 2, "{runs}");
