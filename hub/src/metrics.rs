@@ -136,10 +136,27 @@ impl Metrics {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RouteTemplate(pub &'static str);
 
-/// Counts and times every request.
+/// The method as a label: one of a fixed set, so clients cannot grow the
+/// metrics (and the hub's memory) by sending made-up methods.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// Counts and times every request. Every label comes from a fixed set: the
+/// route templates, [`method_label`], and the status code.
 pub(crate) async fn track(State(hub): State<Hub>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_string();
+    let method = method_label(req.method()).to_string();
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
     let res = next.run(req).await;
     let route = res

@@ -1033,3 +1033,22 @@ async fn served_over_a_real_socket() {
     assert_eq!(v["error"]["code"], "not_found");
     server.abort();
 }
+
+/// Made-up methods and paths cannot grow the metrics: every label value comes
+/// from a fixed set.
+#[tokio::test]
+async fn metric_labels_stay_bounded_under_made_up_methods_and_paths() {
+    let h = TestHub::memory().await;
+    let before = h.get("/metrics").await.text().len();
+    for i in 0..200 {
+        let method = Method::from_bytes(format!("X{}{i}", "Y".repeat(5_000)).as_bytes()).unwrap();
+        h.call(method, &format!("/nowhere/{i}/{}", "z".repeat(2_000)), &[], Body::empty()).await;
+        let method = Method::from_bytes(format!("Q{i}").as_bytes()).unwrap();
+        h.call(method, "/v1/datasets", &[], Body::empty()).await;
+    }
+    let text = h.get("/metrics").await.text();
+    assert!(text.contains("method=\"other\""), "{text}");
+    assert!(!text.contains("YYYY") && !text.contains("zzzz") && !text.contains("Q1"), "a label as sent");
+    // A handful of new series (route × method × status), not hundreds.
+    assert!(text.len() < before + 8_000, "metrics grew from {before} to {} bytes", text.len());
+}
