@@ -246,6 +246,13 @@ pub struct HubArgs {
     /// Largest pack upload accepted, in MiB.
     #[arg(long, default_value_t = 128)]
     pub max_pack_mib: usize,
+    /// Connections served at once; more wait until one closes.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// A request head (the first, or the next one on a kept-alive connection)
+    /// that takes longer than this many seconds closes the connection.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_secs: u64,
     /// Auth configuration (TOML): OIDC issuers, a basic-auth users file and
     /// access rules; see docs/security.md. Without it every request is allowed.
     #[arg(long, env = "AETHERFS_AUTH_CONFIG")]

@@ -32,6 +32,7 @@ mod chunk_index;
 mod error;
 mod metrics;
 mod routes;
+pub mod serve;
 mod storage;
 mod tags;
 pub mod tls;

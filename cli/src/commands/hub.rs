@@ -1,6 +1,7 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 
+use aetherfs_hub::serve::{ConnectionLimits, serve};
 use aetherfs_hub::tls::{Tls, TlsFiles};
 use aetherfs_hub::{Auth, Hub, HubOptions};
 use anyhow::{Context, Result, bail};
@@ -56,17 +57,14 @@ pub async fn run(a: HubArgs) -> Result<()> {
             );
         }
     }
-    match tls {
-        Some(tls) => {
-            tls.spawn_reloader(aetherfs_hub::tls::RELOAD_EVERY);
-            aetherfs_hub::tls::serve(listener, hub.router(), &tls, shutdown_signal()).await?;
-        }
-        None => {
-            // The peer address feeds the per-address limit on failed sign-ins.
-            let app = hub.router().into_make_service_with_connect_info::<std::net::SocketAddr>();
-            axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?
-        }
+    if let Some(tls) = &tls {
+        tls.spawn_reloader(aetherfs_hub::tls::RELOAD_EVERY);
     }
+    let limits = ConnectionLimits {
+        max_connections: a.max_connections,
+        header_read_timeout: std::time::Duration::from_secs(a.header_timeout_secs),
+    };
+    serve(listener, hub.router(), tls.as_ref(), limits, shutdown_signal()).await?;
     eprintln!("aetherfs hub: stopped");
     Ok(())
 }

@@ -162,3 +162,33 @@ fn the_cli_rejects_malformed_references_with_one_line() {
     let out = run_err(hub.cmd().args(["push", "/nonexistent/dir", "acme/x"]));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir"));
 }
+
+/// Slowloris: a request head that never completes, or an idle kept-alive
+/// connection, is closed after the header timeout; the hub keeps serving.
+#[test]
+fn half_sent_requests_and_idle_connections_are_closed() {
+    use std::io::{Read, Write};
+    let data = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", data.path().display());
+    let hub = crate::harness::AuthHub::start(&storage, &["--header-timeout-secs", "1", "--max-connections", "64"]);
+    let addr = hub.url.trim_start_matches("http://").to_string();
+    let closed_by_hub = |mut s: std::net::TcpStream| {
+        // Far longer than the timeout, only so a broken hub fails the test instead of hanging it.
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    };
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n").unwrap();
+    assert!(closed_by_hub(half), "a half-sent request stayed open");
+    let idle = std::net::TcpStream::connect(&addr).unwrap();
+    assert!(closed_by_hub(idle), "an idle connection stayed open");
+    assert_eq!(crate::harness::http_status(&hub.url, "/healthz"), Some(200));
+}
