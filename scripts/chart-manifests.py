@@ -42,7 +42,7 @@ CUSTOM = {"ServiceMonitor": "monitoring.coreos.com/v1"}
 # `materialize`, `keep_versions` and the `on_switch` hook included.
 AGENT_KEYS = {
     "": {"hub", "admin", "cache", "fetch", "auth", "mount"},
-    "admin": {"listen"},
+    "admin": {"listen", "token_file"},
     "cache": {"dir", "max_size", "memory_size", "key_file"},
     "fetch": {"timeout_secs", "concurrency", "readahead", "poll_secs"},
     "auth": {"token_file", "client_id", "client_secret_file", "issuer", "audience", "scope", "ca_file"},

@@ -81,12 +81,48 @@ impl Admin {
     }
 }
 
-/// Serves `/healthz`, `/readyz`, `/metrics` and `/v1/mounts`.
-pub async fn serve_admin(addr: SocketAddr, admin: Arc<Admin>) -> Result<SocketAddr, AdminError> {
+/// Guards `/metrics` and `/v1/mounts` (references, digests, front-end
+/// addresses) with a bearer token read from a file; the probes stay open.
+/// The file is read again on every guarded request, so a rotated token
+/// works at once.
+#[derive(Clone, Debug)]
+pub struct AdminToken(pub std::path::PathBuf);
+
+impl AdminToken {
+    fn allows(&self, headers: &axum::http::HeaderMap) -> bool {
+        let Ok(expected) = std::fs::read_to_string(&self.0) else { return false };
+        let expected = expected.trim();
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match presented {
+            // Equal length first, then every byte, so the time taken does not tell how much matched.
+            Some(p) if !expected.is_empty() && p.len() == expected.len() => {
+                p.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Serves `/healthz`, `/readyz`, `/metrics` and `/v1/mounts`; with `token`,
+/// the last two need `Authorization: Bearer <token>`.
+pub async fn serve_admin(
+    addr: SocketAddr,
+    admin: Arc<Admin>,
+    token: Option<AdminToken>,
+) -> Result<SocketAddr, AdminError> {
     use axum::http::StatusCode;
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| AdminError { addr, source })?;
     let local = listener.local_addr().map_err(|source| AdminError { addr, source })?;
+    if token.is_none() && !local.ip().is_loopback() {
+        eprintln!(
+            "aetherfs: WARNING: admin endpoint on {local} without a token: anyone who reaches it reads /metrics and /v1/mounts (set admin.token_file)"
+        );
+    }
     let (a1, a2, a3) = (admin.clone(), admin.clone(), admin);
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -111,7 +147,23 @@ pub async fn serve_admin(addr: SocketAddr, admin: Arc<Admin>) -> Result<SocketAd
                 let views: Vec<_> = a3.mounts().iter().map(|m| m.status()).collect();
                 axum::Json(serde_json::json!({ "mounts": views }))
             }),
-        );
+        )
+        .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let token = token.clone();
+            async move {
+                use axum::response::IntoResponse;
+                let open = matches!(req.uri().path(), "/healthz" | "/readyz");
+                match &token {
+                    Some(t) if !open && !t.allows(req.headers()) => (
+                        StatusCode::UNAUTHORIZED,
+                        [(axum::http::header::WWW_AUTHENTICATE, "Bearer realm=\"aetherfs-admin\"")],
+                        "a bearer token is required\n",
+                    )
+                        .into_response(),
+                    _ => next.run(req).await,
+                }
+            }
+        }));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin server failed");

@@ -150,11 +150,14 @@ impl AuthConfig {
 pub struct AdminConfig {
     #[serde(default = "default_admin")]
     pub listen: SocketAddr,
+    /// File holding a bearer token that `/metrics` and `/v1/mounts` require
+    /// (the probes stay open); read again on every request.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: default_admin() }
+        Self { listen: default_admin(), token_file: None }
     }
 }
 

@@ -94,7 +94,8 @@ pub async fn run(
     );
 
     let admin = Arc::new(Admin::new(source.clone(), cfg.mounts.len()));
-    let admin_addr = serve_admin(cfg.admin.listen, admin.clone()).await?;
+    let token = cfg.admin.token_file.clone().map(crate::admin::AdminToken);
+    let admin_addr = serve_admin(cfg.admin.listen, admin.clone(), token).await?;
     eprintln!("aetherfs agent: admin on http://{admin_addr} (hub {})", client.base_url());
 
     let poll = poll_interval(cfg.fetch.poll_secs);

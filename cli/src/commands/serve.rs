@@ -17,7 +17,7 @@ pub async fn run(g: &GlobalArgs, a: ServeArgs) -> Result<()> {
     let (source, served) = open_one(&client, &reference, &a.cache.source_options(), a.cache.readahead_bytes()).await?;
     eprintln!("aetherfs serve: {}@{}", served.name(), served.digest());
     if let Some(addr) = a.admin {
-        let local = serve_admin(addr, Admin::with(source, served.clone())).await?;
+        let local = serve_admin(addr, Admin::with(source, served.clone()), None).await?;
         eprintln!("aetherfs serve: admin on http://{local}");
     }
     let export = a.export.unwrap_or_else(|| default_export(served.reference()));

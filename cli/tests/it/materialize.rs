@@ -325,3 +325,51 @@ fn a_full_disk_or_a_read_only_filesystem_keeps_the_last_good_version_with_one_cl
     assert_eq!(std::fs::read_to_string(dir.join("current/small.txt")).unwrap(), "version 3\n");
     drop(agent);
 }
+
+/// `GET path` on the admin endpoint with an optional bearer token; the status.
+fn admin_status(admin: &str, path: &str, token: Option<&str>) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin.trim_start_matches("http://")).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn an_admin_token_guards_mounts_and_metrics_but_not_the_probes() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&format!("file://{}", data.path().display()));
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("a.txt"), b"a\n").unwrap();
+    run_ok(hub.cmd().arg("push").arg(src.path()).arg("acme/guarded:v1"));
+    let work = tempfile::tempdir().unwrap();
+    let token = work.path().join("admin-token");
+    std::fs::write(&token, "first-secret\n").unwrap();
+    let cfg = work.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n[cache]\ndir = {:?}\n\
+             [[mount]]\nref = \"acme/guarded:v1\"\nmaterialize = {:?}\n",
+            token.display().to_string(),
+            work.path().join("cache").display().to_string(),
+            work.path().join("data").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start(&hub, &cfg, None, &[], true);
+    assert_eq!(admin_status(&agent.admin, "/readyz", None), 200);
+    assert_eq!(admin_status(&agent.admin, "/healthz", None), 200);
+    for path in ["/v1/mounts", "/metrics"] {
+        assert_eq!(admin_status(&agent.admin, path, None), 401, "{path}");
+        assert_eq!(admin_status(&agent.admin, path, Some("wrong")), 401, "{path}");
+        assert_eq!(admin_status(&agent.admin, path, Some("first-secret")), 200, "{path}");
+    }
+    // A rotated token works at once; the old one no longer does.
+    std::fs::write(&token, "second-secret\n").unwrap();
+    assert_eq!(admin_status(&agent.admin, "/v1/mounts", Some("second-secret")), 200);
+    assert_eq!(admin_status(&agent.admin, "/v1/mounts", Some("first-secret")), 401);
+    drop(agent);
+}
