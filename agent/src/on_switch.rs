@@ -43,16 +43,19 @@ pub enum OnSwitchInvalid {
 impl OnSwitchConfig {
     pub fn validate(&self) -> Result<(), OnSwitchInvalid> {
         match (&self.command, &self.url) {
-            (Some(c), None) if c.first().is_none_or(|p| p.is_empty()) => Err(OnSwitchInvalid::EmptyCommand),
-            (None, Some(u)) if reqwest::Url::parse(u).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) => {
-                Err(OnSwitchInvalid::Url)
+            (Some(argv), None) if argv.first().is_none_or(|p| p.is_empty()) => {
+                return Err(OnSwitchInvalid::EmptyCommand);
             }
-            (Some(_), None) | (None, Some(_)) if !(1..=3600).contains(&self.timeout_secs) => {
-                Err(OnSwitchInvalid::Timeout)
+            (None, Some(url)) if !reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) => {
+                return Err(OnSwitchInvalid::Url);
             }
-            (Some(_), None) | (None, Some(_)) => Ok(()),
-            _ => Err(OnSwitchInvalid::OneOf),
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => return Err(OnSwitchInvalid::OneOf),
         }
+        if !(1..=3600).contains(&self.timeout_secs) {
+            return Err(OnSwitchInvalid::Timeout);
+        }
+        Ok(())
     }
 }
 

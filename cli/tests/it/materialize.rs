@@ -11,16 +11,19 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Agent, Hub, random_bytes, require, run_ok, sqlite};
 
-/// An agent config with one materialized mount of `reference` at `dir`.
-fn config(work: &Path, reference: &str, dir: &Path, hook: Option<&Path>) -> PathBuf {
+/// An agent config with one materialized mount of `reference` at `dir`; with
+/// `hook`, an on_switch command appending to that file; with `admin_token`,
+/// the admin endpoint's token file.
+fn config(work: &Path, reference: &str, dir: &Path, hook: Option<&Path>, admin_token: Option<&Path>) -> PathBuf {
     let hook = hook
         .map(|marker| {
             let script = format!("echo \"$AETHERFS_DIGEST $AETHERFS_PATH\" >> {}", marker.display());
             format!("[mount.on_switch]\ncommand = [\"sh\", \"-c\", {script:?}]\n")
         })
         .unwrap_or_default();
+    let token = admin_token.map(|t| format!("token_file = {:?}\n", t.display().to_string())).unwrap_or_default();
     let text = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{token}\
          [cache]\ndir = {:?}\nmax_size = \"64MiB\"\nmemory_size = \"1MiB\"\n\
          [fetch]\npoll_secs = 5\n\
          [[mount]]\nref = {reference:?}\nmaterialize = {:?}\nkeep_versions = 2\n{hook}",
@@ -136,7 +139,7 @@ fn an_update_fetches_only_its_chunks_links_unchanged_files_and_open_files_keep_t
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("data");
     let marker = work.path().join("switches");
-    let cfg = config(work.path(), "acme/mat:stable", &dir, Some(&marker));
+    let cfg = config(work.path(), "acme/mat:stable", &dir, Some(&marker), None);
     let mut agent = Agent::start(&hub, &cfg, None, &[], true);
     let v1 = digest(&agent);
     assert_eq!(current(&dir), v1);
@@ -217,7 +220,7 @@ fn a_kill_9_while_writing_leaves_current_complete_and_the_next_start_cleans_up()
 
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("data");
-    let cfg = config(work.path(), "acme/killed:stable", &dir, None);
+    let cfg = config(work.path(), "acme/killed:stable", &dir, None, None);
     let mut agent = Agent::start(&hub, &cfg, None, &[], true);
     let v1 = digest(&agent);
 
@@ -292,7 +295,7 @@ fn a_full_disk_or_a_read_only_filesystem_keeps_the_last_good_version_with_one_cl
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("data");
     let _fs = Tmpfs::mount(&dir, "8m");
-    let cfg = config(work.path(), "acme/full:stable", &dir, None);
+    let cfg = config(work.path(), "acme/full:stable", &dir, None, None);
     let agent = Agent::start(&hub, &cfg, None, &[], true);
     let v1 = digest(&agent);
 
@@ -347,18 +350,7 @@ fn an_admin_token_guards_mounts_and_metrics_but_not_the_probes() {
     let work = tempfile::tempdir().unwrap();
     let token = work.path().join("admin-token");
     std::fs::write(&token, "first-secret\n").unwrap();
-    let cfg = work.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n[cache]\ndir = {:?}\n\
-             [[mount]]\nref = \"acme/guarded:v1\"\nmaterialize = {:?}\n",
-            token.display().to_string(),
-            work.path().join("cache").display().to_string(),
-            work.path().join("data").display().to_string(),
-        ),
-    )
-    .unwrap();
+    let cfg = config(work.path(), "acme/guarded:v1", &work.path().join("data"), None, Some(&token));
     let agent = Agent::start(&hub, &cfg, None, &[], true);
     assert_eq!(admin_status(&agent.admin, "/readyz", None), 200);
     assert_eq!(admin_status(&agent.admin, "/healthz", None), 200);
