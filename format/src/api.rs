@@ -168,3 +168,110 @@ pub struct ManifestStored {
     pub stats: ManifestStats,
     pub created: bool,
 }
+
+/// `POST /v1/gc`: run garbage collection (admin on every dataset).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    /// Report what would be removed; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Overrides the configured grace period for fresh uploads, untagged new
+    /// versions and moved packs (tests use 0).
+    #[serde(default)]
+    pub grace_secs: Option<u64>,
+}
+
+/// A version garbage collection removes (or would remove).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GcVersion {
+    pub name: Name,
+    pub digest: Digest,
+    /// The rule that decided, e.g. `rule 1 (team-a/**)` or `default`.
+    pub rule: String,
+    /// Why nothing keeps it.
+    pub reason: String,
+    /// Readers whose lease on it has expired (they may still be reading).
+    #[serde(default)]
+    pub readers: Vec<String>,
+}
+
+/// A version only readers' leases keep.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GcHeld {
+    pub name: Name,
+    pub digest: Digest,
+    pub readers: Vec<String>,
+}
+
+/// Space per dataset after collection (or as it would be).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GcDataset {
+    pub name: Name,
+    pub versions_kept: u64,
+    pub versions_removed: u64,
+    /// Stored bytes of the distinct chunks its kept versions reference.
+    pub live_bytes: u64,
+    /// Readers' leases in force.
+    pub leases_held: u64,
+}
+
+/// What a collection did (or, with `dry_run`, would do).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GcReport {
+    pub dry_run: bool,
+    pub grace_secs: u64,
+    pub versions_removed: Vec<GcVersion>,
+    pub held_by_leases: Vec<GcHeld>,
+    /// Packs deleted: nothing live in them, or their live chunks were moved.
+    pub packs_deleted: u64,
+    pub bytes_deleted: u64,
+    /// Packs whose live chunks were copied into new packs this run.
+    pub packs_rewritten: u64,
+    pub packs_written: u64,
+    pub bytes_written: u64,
+    /// Packs whose chunks moved but which are kept for the grace period
+    /// (readers holding the old placement); a later run deletes them.
+    pub packs_waiting: u64,
+    /// Packs a concurrent publish started using; kept.
+    pub packs_rescued: u64,
+    pub stored_bytes_before: u64,
+    pub stored_bytes_after: u64,
+    /// Stored bytes of every chunk some kept version references.
+    pub live_bytes: u64,
+    pub datasets: Vec<GcDataset>,
+    pub duration_ms: u64,
+}
+
+/// `PUT /v1/datasets/{name}/leases/{reader}`: the versions of `name` a
+/// reader is serving. Sent again before the lease runs out.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub versions: Vec<Digest>,
+}
+
+/// A stored lease, as the hub answers it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Lease {
+    pub name: Name,
+    pub reader: String,
+    pub versions: Vec<Digest>,
+    /// RFC 3339, UTC.
+    pub renewed_at: String,
+    /// Unix seconds after which the lease no longer protects its versions.
+    pub expires_unix: u64,
+    /// How long a lease lasts; renew well within it.
+    pub lease_secs: u64,
+}
+
+/// Most versions one lease may name.
+pub const LEASE_VERSIONS_MAX: usize = 64;
+
+/// Whether `s` may name a reader: 1–128 of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
+pub fn valid_reader(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with(['.', '-'])
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}

@@ -3,6 +3,7 @@
 //! - [`Name`], [`Tag`], [`Reference`], [`Digest`]: parsed and validated in one place.
 //! - [`chunker`]: FastCDC 2020 content-defined chunking, pinned by golden vectors.
 //! - [`Manifest`]: the compact, versioned description of one immutable version.
+//! - [`Placement`]: where a version's chunks are stored (rewritable; not part of its digest).
 //! - [`pack`]: the unit of storage, many chunks plus an index.
 //! - [`api`]: JSON bodies shared by the hub and its client.
 
@@ -17,12 +18,14 @@ pub mod manifest;
 mod name;
 pub mod pack;
 mod path;
+pub mod placement;
 
 pub use chunker::{ChunkInfo, ChunkParams, Chunker, FileChunks, chunk_reader};
 pub use digest::{Digest, Hasher};
 pub use manifest::{ChunkLocation, ChunkRef, Compression, Entry, EntryKind, Manifest, ManifestStats};
 pub use name::{Name, Reference, Tag};
 pub use path::{ancestors, validate_path};
+pub use placement::Placement;
 
 /// Everything that can be wrong with data handed to this crate.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -47,6 +50,8 @@ pub enum FormatError {
     UnsupportedVersion { what: &'static str, version: u16 },
     #[error("{what} larger than {max} bytes")]
     TooLarge { what: &'static str, max: usize },
+    #[error("{} chunk(s) have no stored location, first {}", .0.len(), .0.first().map(|d| d.to_string()).unwrap_or_default())]
+    Unplaced(Vec<Digest>),
     #[error("chunk {digest} does not match its digest")]
     ChunkMismatch { digest: Digest },
 }

@@ -1,20 +1,26 @@
-//! The manifest: the immutable description of one version.
+//! The manifest: what one version is, and nothing about where it is stored.
 //!
-//! Binary encoding, version 1 (all integers LEB128 varints unless noted):
+//! Binary encoding, version 2 (all integers LEB128 varints unless noted):
 //!
 //! ```text
 //! magic "AFSM" | version u16 LE | chunker: algorithm u8 (1 = FastCDC 2020), min, avg, max
 //! annotations: count, (key str, value str)*
-//! packs: count, digest[32]*                    -- referenced by index below
 //! entries: count, entry*                       -- strictly sorted by path bytes
 //!   entry: kind u8 (0 file, 1 dir, 2 symlink), path str, mode
-//!     file:    size, digest[32], chunk count, (digest[32], len, pack index, offset, stored_len, compression u8)*
+//!     file:    size, digest[32], chunk count, (digest[32], len)*
 //!     symlink: target str
 //! ```
 //!
-//! The manifest's digest is the BLAKE3 of these exact bytes. Decoding
-//! validates everything (paths, sizes, sort order, conflicts), so a decoded
-//! manifest is safe to materialize.
+//! The manifest's digest is the BLAKE3 of these exact bytes: a version's
+//! identity is its paths, modes and chunk digests. Where each chunk's stored
+//! bytes live is a separate object, the [`Placement`], which garbage
+//! collection may rewrite when it moves chunks between packs without ever
+//! changing a version's digest. In memory a [`Manifest`] carries both (each
+//! [`ChunkRef`] has its location): [`Manifest::decode`] joins the two objects
+//! and checks that they agree.
+//!
+//! Decoding validates everything (paths, sizes, sort order, conflicts), so a
+//! decoded manifest is safe to materialize.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -25,9 +31,10 @@ use crate::chunker::{ChunkParams, MAX_CHUNK_SIZE};
 use crate::codec::{Reader, put_str, put_varint};
 use crate::digest::Digest;
 use crate::path::{PATH_MAX, ancestors, validate_path};
+use crate::placement::Placement;
 
 const MAGIC: &[u8; 4] = b"AFSM";
-pub const MANIFEST_VERSION: u16 = 1;
+pub const MANIFEST_VERSION: u16 = 2;
 /// Largest manifest accepted anywhere (about 5M chunks).
 pub const MANIFEST_MAX_BYTES: usize = 256 << 20;
 const ALGO_FASTCDC2020: u8 = 1;
@@ -107,6 +114,14 @@ pub struct Manifest {
     /// Sorted by path bytes, unique. Directories are listed only when empty
     /// (or to carry a mode); parents of files are implied.
     pub entries: Vec<Entry>,
+}
+
+/// A valid manifest not yet placed: its totals and its distinct chunks
+/// (digest, plaintext length) in the order they first appear.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unplaced {
+    pub stats: ManifestStats,
+    pub chunks: Vec<(Digest, u32)>,
 }
 
 /// Totals of a manifest, for listings.
@@ -227,21 +242,10 @@ impl Manifest {
         Ok(())
     }
 
-    /// The canonical bytes; their digest is the manifest's digest.
+    /// The canonical bytes of what the version is (no placement); their
+    /// digest is the version's digest.
     pub fn encode(&self) -> Result<Vec<u8>, FormatError> {
         self.validate()?;
-        let mut packs: Vec<Digest> = Vec::new();
-        let mut pack_index: HashMap<Digest, u64> = HashMap::new();
-        for e in &self.entries {
-            if let EntryKind::File { chunks, .. } = &e.kind {
-                for c in chunks {
-                    pack_index.entry(c.location.pack).or_insert_with(|| {
-                        packs.push(c.location.pack);
-                        packs.len() as u64 - 1
-                    });
-                }
-            }
-        }
         let mut out = Vec::with_capacity(64 + self.entries.len() * 64);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
@@ -253,10 +257,6 @@ impl Manifest {
         for (k, v) in &self.annotations {
             put_str(&mut out, k);
             put_str(&mut out, v);
-        }
-        put_varint(&mut out, packs.len() as u64);
-        for p in &packs {
-            out.extend_from_slice(p.as_bytes());
         }
         put_varint(&mut out, self.entries.len() as u64);
         for e in &self.entries {
@@ -276,10 +276,6 @@ impl Manifest {
                     for c in chunks {
                         out.extend_from_slice(c.digest.as_bytes());
                         put_varint(&mut out, c.len.into());
-                        put_varint(&mut out, pack_index[&c.location.pack]);
-                        put_varint(&mut out, c.location.offset);
-                        put_varint(&mut out, c.location.stored_len.into());
-                        out.push(c.location.compression.code());
                     }
                 }
                 EntryKind::Dir => {}
@@ -292,8 +288,44 @@ impl Manifest {
         Ok(out)
     }
 
-    /// Parses and validates manifest bytes from any source.
-    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+    /// Parses and validates a manifest and its placement from any source:
+    /// every chunk must be placed, and the placement must name nothing else.
+    pub fn decode(bytes: &[u8], placement: &Placement) -> Result<Self, FormatError> {
+        let m = Self::decode_placed_by(bytes, |d, _| placement.locate(d))?;
+        let unique = m.unique_chunks().len();
+        if unique != placement.len() {
+            return Err(FormatError::InvalidManifest(format!(
+                "the placement names {} chunks, the manifest {unique}",
+                placement.len()
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Parses and validates manifest bytes without a placement: what a hub
+    /// needs to place a version it is asked to publish.
+    pub fn decode_unplaced(bytes: &[u8]) -> Result<Unplaced, FormatError> {
+        let m = Self::decode_placed_by(bytes, |d, len| {
+            // A stand-in that never leaves this function.
+            Some(ChunkLocation { pack: *d, offset: 0, stored_len: len, compression: Compression::None })
+        })?;
+        let mut seen = HashSet::new();
+        let mut chunks = Vec::new();
+        for e in &m.entries {
+            if let EntryKind::File { chunks: cs, .. } = &e.kind {
+                chunks.extend(cs.iter().filter(|c| seen.insert(c.digest)).map(|c| (c.digest, c.len)));
+            }
+        }
+        Ok(Unplaced { stats: m.stats(), chunks })
+    }
+
+    /// Parses and validates manifest bytes, asking `locate` where each chunk
+    /// (digest, plaintext length) is stored. Chunks it cannot place are all
+    /// reported at once, in [`FormatError::Unplaced`].
+    pub fn decode_placed_by(
+        bytes: &[u8],
+        mut locate: impl FnMut(&Digest, u32) -> Option<ChunkLocation>,
+    ) -> Result<Self, FormatError> {
         if bytes.len() > MANIFEST_MAX_BYTES {
             return Err(FormatError::TooLarge { what: "manifest", max: MANIFEST_MAX_BYTES });
         }
@@ -327,14 +359,10 @@ impl Manifest {
                 return Err(r.err("duplicate annotation"));
             }
         }
-        let n = r.count(32, "pack")?;
-        let mut packs = Vec::with_capacity(n);
-        for _ in 0..n {
-            packs.push(r.digest()?);
-        }
         let n = r.count(3, "entry")?;
         let mut entries = Vec::with_capacity(n);
         let max_chunk = u64::from(MAX_CHUNK_SIZE);
+        let mut unplaced: Vec<Digest> = Vec::new();
         for _ in 0..n {
             let kind = r.u8()?;
             let path = r.str(PATH_MAX, "path")?.to_string();
@@ -343,22 +371,18 @@ impl Manifest {
                 0 => {
                     let size = r.varint()?;
                     let digest = r.digest()?;
-                    let count = r.count(37, "chunk")?;
+                    let count = r.count(33, "chunk")?;
                     let mut chunks = Vec::with_capacity(count);
                     for _ in 0..count {
                         let digest = r.digest()?;
                         let len = r.varint_max(max_chunk, "chunk length")? as u32;
-                        let p = r.varint()?;
-                        let pack = *packs.get(p as usize).ok_or_else(|| r.err("pack index out of range"))?;
-                        let offset = r.varint()?;
-                        let stored_len = r.varint_max(max_stored_len(MAX_CHUNK_SIZE).into(), "stored length")? as u32;
-                        let compression =
-                            Compression::from_code(r.u8()?).ok_or_else(|| r.err("unknown compression"))?;
-                        chunks.push(ChunkRef {
-                            digest,
-                            len,
-                            location: ChunkLocation { pack, offset, stored_len, compression },
+                        let location = locate(&digest, len).unwrap_or_else(|| {
+                            // Stands in only so the rest still gets validated; an
+                            // unplaced manifest is never returned.
+                            unplaced.push(digest);
+                            ChunkLocation { pack: digest, offset: 0, stored_len: len, compression: Compression::None }
                         });
+                        chunks.push(ChunkRef { digest, len, location });
                     }
                     EntryKind::File { size, digest, chunks }
                 }
@@ -371,6 +395,11 @@ impl Manifest {
         r.finish()?;
         let m = Manifest { chunking, annotations, entries };
         m.validate()?;
+        if !unplaced.is_empty() {
+            unplaced.sort_unstable();
+            unplaced.dedup();
+            return Err(FormatError::Unplaced(unplaced));
+        }
         Ok(m)
     }
 
@@ -391,7 +420,7 @@ impl Manifest {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Manifest {
@@ -425,7 +454,8 @@ mod tests {
     fn round_trips() {
         let m = sample();
         let bytes = m.encode().unwrap();
-        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        let placement = Placement::of(&m, Digest::of(&bytes));
+        assert_eq!(Manifest::decode(&bytes, &placement).unwrap(), m);
         assert_eq!(m.encode().unwrap(), bytes, "encoding is deterministic");
         let json = m.to_json(&Digest::of(&bytes), true);
         assert_eq!(json["stats"]["files"], 2);
@@ -466,15 +496,17 @@ mod tests {
 
     #[test]
     fn decoding_truncated_or_mutated_bytes_never_panics() {
-        let bytes = sample().encode().unwrap();
+        let m = sample();
+        let bytes = m.encode().unwrap();
+        let placement = Placement::of(&m, Digest::of(&bytes));
         for cut in 0..bytes.len() {
-            assert!(Manifest::decode(&bytes[..cut]).is_err());
+            assert!(Manifest::decode(&bytes[..cut], &placement).is_err());
         }
         for i in 0..bytes.len() {
             for bit in 0..8 {
                 let mut b = bytes.clone();
                 b[i] ^= 1 << bit;
-                let _ = Manifest::decode(&b);
+                let _ = Manifest::decode(&b, &placement);
             }
         }
     }
@@ -482,10 +514,13 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            let mut b = b"AFSM\x01\x00\x01".to_vec();
+            let mut b = b"AFSM\x02\x00\x01".to_vec();
             b.extend_from_slice(&data);
-            let _ = Manifest::decode(&b);
-            let _ = Manifest::decode(&data);
+            let anywhere = |d: &Digest, len: u32| {
+                Some(ChunkLocation { pack: *d, offset: 0, stored_len: len, compression: Compression::None })
+            };
+            let _ = Manifest::decode_placed_by(&b, anywhere);
+            let _ = Manifest::decode_placed_by(&data, anywhere);
         }
     }
 }

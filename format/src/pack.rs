@@ -106,6 +106,15 @@ impl PackBuilder {
         self.plain_bytes += plain.len() as u64;
     }
 
+    /// Adds a chunk already in its stored form (copied from another pack).
+    /// The caller vouches for it; [`verify_pack`] checks the finished pack.
+    pub fn add_stored(&mut self, digest: Digest, stored: &[u8], len: u32, compression: Compression) {
+        let offset = self.buf.len() as u64;
+        self.buf.extend_from_slice(stored);
+        self.entries.push(PackEntry { digest, offset, stored_len: stored.len() as u32, len, compression });
+        self.plain_bytes += u64::from(len);
+    }
+
     pub fn finish(mut self) -> BuiltPack {
         let index_offset = self.buf.len() as u64;
         let index = encode_index(&self.entries);

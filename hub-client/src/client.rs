@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aetherfs_format::api::{
+    GcReport, GcRequest, Lease, LeaseRequest,
     DatasetList, ErrorBody, Expected, MISSING_QUERY_MAX, ManifestStored, MissingChunksRequest, MissingChunksResponse,
     PackStored, SetTagRequest, TagHistory, TagList, TagRecord, VersionList,
 };
 use aetherfs_format::manifest::MANIFEST_MAX_BYTES;
-use aetherfs_format::{ChunkLocation, Digest, Manifest, Name, Reference, Tag};
+use aetherfs_format::placement::PLACEMENT_MAX_BYTES;
+use aetherfs_format::{ChunkLocation, Digest, Manifest, Name, Placement, Reference, Tag};
 use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::HeaderValue;
@@ -21,6 +23,7 @@ use crate::error::ClientError;
 use crate::tls::{self, Trust};
 
 const MANIFEST_TYPE: &str = "application/vnd.aetherfs.manifest.v1";
+const PLACEMENT_TYPE: &str = "application/vnd.aetherfs.placement.v1";
 const PACK_TYPE: &str = "application/vnd.aetherfs.pack.v1";
 const RETRIES: u32 = 4;
 
@@ -276,7 +279,9 @@ impl HubClient {
         rec.digest.ok_or_else(|| ClientError::Invalid(format!("tag {reference} was deleted")))
     }
 
-    /// Fetches a manifest and verifies it against its digest before parsing.
+    /// Fetches a manifest, verified against its digest, and its placement,
+    /// and joins them. The bytes returned are the manifest's (what the digest
+    /// covers).
     pub async fn get_manifest(&self, name: &Name, digest: &Digest) -> Result<(Manifest, Bytes), ClientError> {
         let url = self.url(&Self::dataset_path(name, &format!("manifests/{digest}")));
         let resp = self.send(|| self.http.get(url.clone()).header(header::ACCEPT, MANIFEST_TYPE)).await?;
@@ -284,8 +289,44 @@ impl HubClient {
         if Digest::of(&bytes) != *digest {
             return Err(ClientError::Integrity { path: format!("{name}@{digest}"), what: "manifest", digest: *digest });
         }
-        let manifest = Manifest::decode(&bytes)?;
+        let placement = self.get_placement(name, digest).await?;
+        let manifest = Manifest::decode(&bytes, &placement)?;
         Ok((manifest, bytes))
+    }
+
+    /// Where a version's chunks are stored now (garbage collection may move
+    /// them; the manifest never changes).
+    pub async fn get_placement(&self, name: &Name, digest: &Digest) -> Result<Placement, ClientError> {
+        let url = self.url(&Self::dataset_path(name, &format!("manifests/{digest}/placement")));
+        let resp = self.send(|| self.http.get(url.clone()).header(header::ACCEPT, PLACEMENT_TYPE)).await?;
+        let bytes = read_bounded(resp, PLACEMENT_MAX_BYTES).await?;
+        let placement = Placement::decode(&bytes)?;
+        if placement.manifest != *digest {
+            return Err(ClientError::Invalid(format!(
+                "the hub sent the placement of {} for {name}@{digest}",
+                placement.manifest
+            )));
+        }
+        Ok(placement)
+    }
+
+    /// Runs garbage collection on the hub (admin on every dataset). Waits for
+    /// it to finish, however long that takes.
+    pub async fn gc(&self, req: &GcRequest) -> Result<GcReport, ClientError> {
+        let url = self.url("v1/gc");
+        // A collection of a large store takes long: no read timeout, and no
+        // resend (a second run would wait for the first's lock).
+        let resp = self
+            .send_once(&|| self.http.post(url.clone()).json(req).timeout(Duration::from_secs(24 * 3600)))
+            .await?;
+        Ok(resp.json().await?)
+    }
+
+    /// Tells the hub which versions of `name` this reader serves.
+    pub async fn put_lease(&self, name: &Name, reader: &str, versions: &[Digest]) -> Result<Lease, ClientError> {
+        let url = self.url(&Self::dataset_path(name, &format!("leases/{reader}")));
+        let body = LeaseRequest { versions: versions.to_vec() };
+        self.json(|| self.http.put(url.clone()).json(&body)).await
     }
 
     /// The manifest rendered as JSON by the hub.

@@ -2,14 +2,16 @@
 //!
 //! 1. Walk the tree (no symlinks followed) and chunk + hash every file on
 //!    all cores (FastCDC 2020, BLAKE3 per chunk and per file).
-//! 2. Ask the hub which chunk digests it lacks; it answers with the location
-//!    of the ones it has, so the manifest can point at them.
+//! 2. Ask the hub which chunk digests it lacks (among the packs this caller
+//!    may read).
 //! 3. Re-read only the missing chunks (from the page cache, usually), pack
 //!    them into ~32 MiB packs, compressing each chunk where that pays, and
 //!    upload several packs at once. Each chunk is re-hashed as it is packed,
 //!    so a file edited during the push fails it instead of storing garbage.
-//! 4. Publish the manifest (the hub refuses it unless every chunk exists),
-//!    then move the tags.
+//! 4. Publish the manifest (what the version is; the hub places its chunks
+//!    and refuses it unless every chunk is stored), then move the tags. A
+//!    publish refused because garbage collection removed a pack meanwhile
+//!    goes back to step 2, a bounded number of times.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -131,7 +133,10 @@ pub async fn push(
 
     let hashed = hash_files(dir, files, opts, progress.clone()).await?;
 
-    // Which chunks does the hub lack?
+    // Which chunks does the hub lack? Upload them, then publish. A publish
+    // refused with `missing_chunks` (garbage collection removed a pack we
+    // were counting on between our query and the publish) starts over from
+    // the query; the hub then reports those chunks missing and we upload them.
     let mut unique: Vec<Digest> = Vec::new();
     let mut seen = HashSet::new();
     for f in &hashed {
@@ -141,7 +146,70 @@ pub async fn push(
             }
         }
     }
-    let answer = client.missing_chunks(name, &unique).await?;
+    let mut uploads = Uploads::default();
+    let mut annotations = opts.annotations.clone();
+    annotations.entry("created".into()).or_insert_with(now_rfc3339);
+    let mut attempt = 0;
+    let (stored, manifest_bytes, chunk_count, bytes) = loop {
+        attempt += 1;
+        let locations = upload_missing(client, dir, name, &hashed, &unique, opts, &progress, &mut uploads).await?;
+        let (manifest, chunk_count, bytes) = build_manifest(&entries, &hashed, &locations, opts, &annotations)?;
+        let encoded = Bytes::from(manifest.encode()?);
+        let manifest_bytes = encoded.len() as u64;
+        match client.put_manifest(name, encoded).await {
+            Ok(stored) => break (stored, manifest_bytes, chunk_count, bytes),
+            Err(ClientError::Api { status: 422, code, message }) if code == "missing_chunks" && attempt < PUBLISH_ATTEMPTS => {
+                tracing::info!(attempt, %message, "publish refused for missing chunks; uploading them again");
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    progress(PushEvent::Published { digest: stored.digest });
+    for tag in tags {
+        client.set_tag(name, tag, stored.digest, None).await?;
+        progress(PushEvent::Tagged { tag: tag.clone() });
+    }
+    Ok(PushReport {
+        name: name.clone(),
+        digest: stored.digest,
+        tags: tags.to_vec(),
+        files: hashed.len() as u64,
+        bytes,
+        chunks: chunk_count,
+        new_chunks: uploads.chunks,
+        new_bytes: uploads.plain_bytes,
+        packs_uploaded: uploads.packs,
+        uploaded_bytes: uploads.stored_bytes,
+        manifest_bytes,
+    })
+}
+
+/// Publishes refused for missing chunks that are retried.
+const PUBLISH_ATTEMPTS: usize = 3;
+
+/// What a push uploaded, over all its attempts.
+#[derive(Default)]
+struct Uploads {
+    chunks: u64,
+    plain_bytes: u64,
+    packs: u64,
+    stored_bytes: u64,
+}
+
+/// Asks which of `unique` the hub lacks, uploads those in packs, and returns
+/// where every chunk is.
+#[allow(clippy::too_many_arguments)]
+async fn upload_missing(
+    client: &HubClient,
+    dir: &Path,
+    name: &Name,
+    hashed: &[HashedFile],
+    unique: &[Digest],
+    opts: &PushOptions,
+    progress: &Progress<PushEvent>,
+    uploads: &mut Uploads,
+) -> Result<HashMap<Digest, ChunkLocation>, ClientError> {
+    let answer = client.missing_chunks(name, unique).await?;
     let mut locations: HashMap<Digest, ChunkLocation> = answer.present.iter().map(|p| (p.digest, p.location)).collect();
     let missing: HashSet<Digest> = answer.missing.iter().copied().collect();
 
@@ -192,20 +260,30 @@ pub async fn push(
         .buffer_unordered(opts.uploads.max(1))
         .try_collect()
         .await?;
-    let uploaded_bytes = built.iter().map(|b| b.stored).sum();
-    let packs_uploaded = built.len() as u64;
+    uploads.chunks += planned.len() as u64;
+    uploads.plain_bytes += missing_bytes;
+    uploads.packs += built.len() as u64;
+    uploads.stored_bytes += built.iter().map(|b| b.stored).sum::<u64>();
     for b in built {
         locations.extend(b.locations);
     }
+    Ok(locations)
+}
 
-    // The manifest.
+/// The manifest of the walked tree, with the chunk counts and bytes.
+fn build_manifest(
+    entries: &[LocalEntry],
+    hashed: &[HashedFile],
+    locations: &HashMap<Digest, ChunkLocation>,
+    opts: &PushOptions,
+    annotations: &BTreeMap<String, String>,
+) -> Result<(Manifest, u64, u64), ClientError> {
     let mut manifest = Manifest::new(opts.chunking);
-    manifest.annotations = opts.annotations.clone();
-    manifest.annotations.entry("created".into()).or_insert_with(now_rfc3339);
+    manifest.annotations = annotations.clone();
     let mut chunk_count = 0u64;
     let mut bytes = 0u64;
     let mut by_path: HashMap<&str, &HashedFile> = hashed.iter().map(|f| (f.entry.path.as_str(), f)).collect();
-    for e in &entries {
+    for e in entries {
         let kind = match &e.kind {
             LocalKind::File { .. } => {
                 let Some(f) = by_path.remove(e.path.as_str()) else { continue };
@@ -230,27 +308,7 @@ pub async fn push(
         manifest.entries.push(Entry { path: e.path.clone(), mode, kind });
     }
     manifest.sort();
-    let encoded = Bytes::from(manifest.encode()?);
-    let manifest_bytes = encoded.len() as u64;
-    let stored = client.put_manifest(name, encoded).await?;
-    progress(PushEvent::Published { digest: stored.digest });
-    for tag in tags {
-        client.set_tag(name, tag, stored.digest, None).await?;
-        progress(PushEvent::Tagged { tag: tag.clone() });
-    }
-    Ok(PushReport {
-        name: name.clone(),
-        digest: stored.digest,
-        tags: tags.to_vec(),
-        files: hashed.len() as u64,
-        bytes,
-        chunks: chunk_count,
-        new_chunks: planned.len() as u64,
-        new_bytes: missing_bytes,
-        packs_uploaded,
-        uploaded_bytes,
-        manifest_bytes,
-    })
+    Ok((manifest, chunk_count, bytes))
 }
 
 struct PackItem {

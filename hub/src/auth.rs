@@ -25,7 +25,7 @@
 mod basic;
 mod config;
 mod oidc;
-mod policy;
+pub(crate) mod policy;
 mod throttle;
 
 use std::fmt;
@@ -103,6 +103,9 @@ pub(crate) enum Need {
     Listing,
     /// A permission on one dataset (the raw name from the path).
     Dataset(String, Permission),
+    /// Hub-wide operations (garbage collection): the permission on every
+    /// dataset, granted by a rule for the pattern `**`.
+    Everywhere(Permission),
     /// Paths that route nowhere: any authenticated caller (they get 404).
     Authenticated,
 }
@@ -297,6 +300,7 @@ fn refusal(hub: &Hub, e: &Enforced, need: &Need, who: Option<&Identity>) -> Opti
         Need::Metrics => e.metrics == MetricsAccess::Public || who.is_some(),
         Need::Listing => who.is_some() || policy.allows_somewhere(None, Permission::Read),
         Need::Dataset(name, p) => policy.allows(who, *p, name),
+        Need::Everywhere(p) => policy.allows_everywhere(who, *p),
         Need::Authenticated => who.is_some(),
     };
     if allowed {
@@ -304,6 +308,7 @@ fn refusal(hub: &Hub, e: &Enforced, need: &Need, who: Option<&Identity>) -> Opti
     }
     let what = match need {
         Need::Dataset(name, p) => format!("{p} dataset {name}"),
+        Need::Everywhere(p) => format!("{p} every dataset (a rule for \"**\")"),
         _ => "use this endpoint".to_string(),
     };
     Some(match who {

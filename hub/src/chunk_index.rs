@@ -12,10 +12,13 @@
 //! yet known, at most once every [`RESCAN_INTERVAL`], so a burst of queries
 //! costs one listing.
 //!
-//! Publishing a manifest does not trust this map: it checks each chunk
-//! reference against the referenced pack's own index ([`ChunkIndex::pack_entries`],
-//! cached in a small LRU), so a manifest can only point at bytes that are
-//! really where it says.
+//! A chunk may be stored in several packs (two datasets that cannot read each
+//! other's packs each upload it), so the map keeps every location; queries
+//! take the first one the caller may read. Publishing places a version's
+//! chunks from this map and then checks, against the store, that every pack
+//! it chose still exists and is not being collected (see gc.rs): the map is a
+//! cache, the store is the truth. Packs garbage collection removes, or that a
+//! publish finds gone, are forgotten at once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,10 +27,10 @@ use std::time::{Duration, Instant};
 
 use aetherfs_format::api::PresentChunk;
 use aetherfs_format::pack::{PackEntry, decode_index};
-use aetherfs_format::{ChunkLocation, ChunkRef, Compression, Digest, Name};
+use aetherfs_format::{ChunkLocation, Digest, Name};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
@@ -38,24 +41,9 @@ use crate::storage;
 const LOAD_PARALLELISM: usize = 16;
 /// Least time between two rescans of the pack listing.
 pub(crate) const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
-/// Parsed pack indexes kept for publish checks.
-const PACK_INDEX_CACHE: usize = 1024;
 /// Longest a request waits for the initial load before answering 503.
 const READY_WAIT: Duration = Duration::from_secs(30);
 const RETRY_MAX: Duration = Duration::from_secs(30);
-
-/// Everything that identifies a chunk's place in a pack; a manifest's chunk
-/// reference must match a pack index entry on all of it.
-pub(crate) type EntryKey = (Digest, u64, u32, u32, Compression);
-pub(crate) type PackEntrySet = HashSet<EntryKey>;
-
-pub(crate) fn entry_key(e: &PackEntry) -> EntryKey {
-    (e.digest, e.offset, e.stored_len, e.len, e.compression)
-}
-
-pub(crate) fn ref_key(c: &ChunkRef) -> EntryKey {
-    (c.digest, c.location.offset, c.location.stored_len, c.len, c.location.compression)
-}
 
 #[derive(Clone)]
 pub(crate) struct ChunkIndex {
@@ -68,19 +56,52 @@ struct Shared {
     ready: watch::Sender<bool>,
     started: AtomicBool,
     last_rescan: tokio::sync::Mutex<Option<Instant>>,
-    pack_indexes: Mutex<Lru>,
     gauge: Gauge,
+}
+
+/// Where one chunk is stored: usually one place, rarely more.
+struct Located {
+    len: u32,
+    at: ChunkLocation,
+    also: Option<Box<Vec<ChunkLocation>>>,
+}
+
+impl Located {
+    fn all(&self) -> impl Iterator<Item = &ChunkLocation> {
+        std::iter::once(&self.at).chain(self.also.iter().flat_map(|v| v.iter()))
+    }
+
+    fn add(&mut self, l: ChunkLocation) {
+        if self.all().any(|x| x.pack == l.pack) {
+            return;
+        }
+        self.also.get_or_insert_with(Default::default).push(l);
+    }
+
+    /// Drops the locations in `gone`; `false` when none is left.
+    fn forget(&mut self, gone: &HashSet<Digest>) -> bool {
+        let mut left: Vec<ChunkLocation> = self.all().filter(|l| !gone.contains(&l.pack)).copied().collect();
+        if left.is_empty() {
+            return false;
+        }
+        self.at = left.remove(0);
+        self.also = (!left.is_empty()).then(|| Box::new(left));
+        true
+    }
 }
 
 #[derive(Default)]
 struct State {
-    chunks: HashMap<Digest, (u32, ChunkLocation)>,
+    chunks: HashMap<Digest, Located>,
     /// Every indexed pack, with its size when the listing or upload told us.
     packs: HashMap<Digest, Option<u64>>,
     /// Indexes that failed to decode: logged once, not re-read on every rescan.
     bad: HashSet<Digest>,
     /// The datasets that may read each pack (`packs/<hex>.links/<name>`).
     links: HashMap<Digest, Vec<Name>>,
+    /// Packs garbage collection is removing (`gc/condemned/<hex>`): never
+    /// offered to a push or a publish.
+    condemned: HashSet<Digest>,
 }
 
 impl ChunkIndex {
@@ -93,7 +114,6 @@ impl ChunkIndex {
                 ready,
                 started: AtomicBool::new(false),
                 last_rescan: tokio::sync::Mutex::new(None),
-                pack_indexes: Mutex::new(Lru::default()),
                 gauge,
             }),
         }
@@ -124,18 +144,48 @@ impl ChunkIndex {
         }
     }
 
-    /// Splits `digests` into the present ones (with their location) and the missing ones.
-    pub fn lookup(&self, digests: &[Digest]) -> (Vec<PresentChunk>, Vec<Digest>) {
+    /// Splits `digests` into the present ones (at their first location in a
+    /// pack that `usable` accepts) and the missing ones.
+    pub fn lookup(&self, digests: &[Digest], usable: &dyn Fn(&Digest) -> bool) -> (Vec<PresentChunk>, Vec<Digest>) {
         let state = self.shared.state.read();
+        let usable = |p: &Digest| !state.condemned.contains(p) && usable(p);
         let mut present = Vec::new();
         let mut missing = Vec::new();
         for d in digests {
-            match state.chunks.get(d) {
-                Some(&(len, location)) => present.push(PresentChunk { digest: *d, len, location }),
+            match state.chunks.get(d).and_then(|c| c.all().find(|l| usable(&l.pack)).map(|l| (c.len, *l))) {
+                Some((len, location)) => present.push(PresentChunk { digest: *d, len, location }),
                 None => missing.push(*d),
             }
         }
         (present, missing)
+    }
+
+    /// Where a chunk of `len` bytes is stored in a pack that `usable` accepts.
+    pub fn locate(&self, digest: &Digest, len: u32, usable: &dyn Fn(&Digest) -> bool) -> Option<ChunkLocation> {
+        let state = self.shared.state.read();
+        let c = state.chunks.get(digest).filter(|c| c.len == len)?;
+        c.all().find(|l| !state.condemned.contains(&l.pack) && usable(&l.pack)).copied()
+    }
+
+    /// Replaces the set of packs being collected, as just listed from the store.
+    pub fn set_condemned(&self, condemned: HashSet<Digest>) {
+        self.shared.state.write().condemned = condemned;
+    }
+
+
+    /// Forgets packs that are gone (or going): their chunks are located
+    /// elsewhere or reported missing from now on.
+    pub fn forget_packs(&self, gone: &HashSet<Digest>) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut state = self.shared.state.write();
+        state.chunks.retain(|_, c| c.forget(gone));
+        for p in gone {
+            state.packs.remove(p);
+            state.links.remove(p);
+        }
+        self.shared.gauge.set(state.chunks.len() as i64);
     }
 
     /// Reads indexes other replicas added since the last scan, unless a scan
@@ -157,8 +207,6 @@ impl ChunkIndex {
     /// Records a pack this replica just stored.
     pub fn add_pack(&self, pack: Digest, size: u64, entries: &[PackEntry]) {
         insert(&self.shared, pack, Some(size), entries);
-        let set: PackEntrySet = entries.iter().map(entry_key).collect();
-        self.shared.pack_indexes.lock().insert(pack, Arc::new(set));
     }
 
     /// Whether `name` may read `pack`, as far as this replica knows.
@@ -183,29 +231,6 @@ impl ChunkIndex {
     /// The size of an indexed pack, when known.
     pub fn pack_size(&self, pack: &Digest) -> Option<u64> {
         self.shared.state.read().packs.get(pack).copied().flatten()
-    }
-
-    /// The entries of one pack's index, read from `packs/<hex>.idx`
-    /// (cached). `None` when the pack is not stored (or its index is corrupt).
-    pub async fn pack_entries(&self, pack: &Digest) -> Result<Option<Arc<PackEntrySet>>, AppError> {
-        if let Some(set) = self.shared.pack_indexes.lock().get(pack) {
-            return Ok(Some(set));
-        }
-        let bytes = match storage::get_bytes(&*self.shared.store, &storage::pack_index(pack)).await {
-            Ok(Some(b)) => b,
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(AppError::storage("reading a pack index", e)),
-        };
-        let entries = match decode_index(&bytes, None) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(pack = %pack, error = %e, "stored pack index is corrupt");
-                return Ok(None);
-            }
-        };
-        let set = Arc::new(entries.iter().map(entry_key).collect::<PackEntrySet>());
-        self.shared.pack_indexes.lock().insert(*pack, set.clone());
-        Ok(Some(set))
     }
 }
 
@@ -295,7 +320,13 @@ fn add_link(links: &mut HashMap<Digest, Vec<Name>>, pack: Digest, name: Name) {
 fn insert(shared: &Shared, pack: Digest, size: Option<u64>, entries: &[PackEntry]) {
     let mut state = shared.state.write();
     for e in entries {
-        state.chunks.entry(e.digest).or_insert((e.len, e.location(pack)));
+        let at = e.location(pack);
+        match state.chunks.entry(e.digest) {
+            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().add(at),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Located { len: e.len, at, also: None });
+            }
+        }
     }
     let known = state.packs.entry(pack).or_insert(None);
     if size.is_some() {
@@ -305,53 +336,43 @@ fn insert(shared: &Shared, pack: Digest, size: Option<u64>, entries: &[PackEntry
     shared.gauge.set(state.chunks.len() as i64);
 }
 
-/// A small least-recently-used map of parsed pack indexes. Eviction scans the
-/// map, which is fine at this size and keeps the code obvious.
-#[derive(Default)]
-struct Lru {
-    map: HashMap<Digest, (Arc<PackEntrySet>, u64)>,
-    tick: u64,
-}
-
-impl Lru {
-    fn get(&mut self, pack: &Digest) -> Option<Arc<PackEntrySet>> {
-        self.tick += 1;
-        let tick = self.tick;
-        self.map.get_mut(pack).map(|(set, used)| {
-            *used = tick;
-            set.clone()
-        })
-    }
-
-    fn insert(&mut self, pack: Digest, set: Arc<PackEntrySet>) {
-        self.tick += 1;
-        if self.map.len() >= PACK_INDEX_CACHE
-            && !self.map.contains_key(&pack)
-            && let Some(oldest) = self.map.iter().min_by_key(|(_, (_, used))| *used).map(|(d, _)| *d)
-        {
-            self.map.remove(&oldest);
-        }
-        self.map.insert(pack, (set, self.tick));
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use aetherfs_format::Compression;
+
     use super::*;
 
+    fn at(pack: &Digest) -> ChunkLocation {
+        ChunkLocation { pack: *pack, offset: 8, stored_len: 3, compression: Compression::None }
+    }
+
     #[test]
-    fn lru_evicts_the_least_recently_used() {
-        let mut lru = Lru::default();
-        let set = Arc::new(PackEntrySet::new());
-        for i in 0..PACK_INDEX_CACHE as u32 {
-            lru.insert(Digest::of(&i.to_le_bytes()), set.clone());
-        }
-        let first = Digest::of(&0u32.to_le_bytes());
-        let second = Digest::of(&1u32.to_le_bytes());
-        assert!(lru.get(&first).is_some());
-        lru.insert(Digest::of(b"new"), set);
-        assert_eq!(lru.map.len(), PACK_INDEX_CACHE);
-        assert!(lru.get(&first).is_some(), "recently used entry was evicted");
-        assert!(lru.get(&second).is_none(), "oldest entry was kept");
+    fn a_chunk_keeps_every_location_until_its_packs_are_forgotten() {
+        let (p1, p2) = (Digest::of(b"p1"), Digest::of(b"p2"));
+        let mut c = Located { len: 3, at: at(&p1), also: None };
+        c.add(at(&p2));
+        c.add(at(&p2));
+        assert_eq!(c.all().count(), 2, "the same pack is recorded once");
+        assert!(c.forget(&HashSet::from([p1])));
+        assert_eq!(c.all().map(|l| l.pack).collect::<Vec<_>>(), vec![p2]);
+        assert!(!c.forget(&HashSet::from([p2])), "no location left");
+    }
+
+    #[tokio::test]
+    async fn lookups_skip_packs_the_caller_cannot_use_or_that_are_condemned() {
+        let index = ChunkIndex::new(Arc::new(object_store::memory::InMemory::new()), Gauge::default());
+        let (p1, p2) = (Digest::of(b"p1"), Digest::of(b"p2"));
+        let d = Digest::of(b"chunk");
+        let e = PackEntry { digest: d, offset: 8, stored_len: 3, len: 3, compression: Compression::None };
+        index.add_pack(p1, 100, std::slice::from_ref(&e));
+        index.add_pack(p2, 100, std::slice::from_ref(&e));
+        assert_eq!(index.locate(&d, 3, &|p| *p == p2).map(|l| l.pack), Some(p2));
+        assert_eq!(index.locate(&d, 4, &|_| true), None, "a length mismatch is no match");
+        index.set_condemned(HashSet::from([p1]));
+        assert_eq!(index.locate(&d, 3, &|_| true).map(|l| l.pack), Some(p2));
+        let (present, missing) = index.lookup(&[d], &|p| *p == p1);
+        assert!(present.is_empty() && missing == vec![d], "a condemned pack was offered");
+        index.forget_packs(&HashSet::from([p2]));
+        assert_eq!(index.locate(&d, 3, &|_| true), None);
     }
 }

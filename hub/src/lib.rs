@@ -3,6 +3,8 @@
 //! - `auth`: authentication and access control on every request
 //! - `chunk_index`: in-memory index of which pack holds each chunk
 //! - `error`: `HubError` (opening a hub) and `AppError` (HTTP error bodies)
+//! - `gc`: garbage collection (retention, mark, repack, sweep) and its handshake with publishes
+//! - `lifecycle`: the retention and garbage-collection configuration
 //! - `metrics`: Prometheus metrics and the request-tracking layer
 //! - `routes`: the router and one handler file per resource
 //! - `storage`: opening the object store and its key layout
@@ -30,6 +32,8 @@
 pub mod auth;
 mod chunk_index;
 mod error;
+mod gc;
+pub mod lifecycle;
 mod metrics;
 mod routes;
 pub mod serve;
@@ -46,6 +50,7 @@ use tokio::sync::Semaphore;
 
 pub use auth::Auth;
 pub use error::HubError;
+pub use lifecycle::{Lifecycle, LifecycleError};
 
 /// Pack uploads verified at once; each holds up to `max_pack_bytes` in memory.
 const CONCURRENT_UPLOADS: usize = 8;
@@ -62,6 +67,8 @@ pub struct HubOptions {
     pub max_manifest_bytes: usize,
     /// Authentication and access control; [`Auth::open`] (the default) allows everything.
     pub auth: Auth,
+    /// Retention rules and garbage-collection settings.
+    pub lifecycle: Lifecycle,
 }
 
 impl Default for HubOptions {
@@ -71,6 +78,7 @@ impl Default for HubOptions {
             max_pack_bytes: PACK_MAX_BYTES,
             max_manifest_bytes: MANIFEST_MAX_BYTES,
             auth: Auth::open(),
+            lifecycle: Lifecycle::default(),
         }
     }
 }
@@ -127,6 +135,9 @@ impl Hub {
             }),
         };
         hub.inner.chunks.start();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            gc::spawn_schedule(&hub);
+        }
         hub
     }
 

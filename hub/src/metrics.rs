@@ -30,6 +30,19 @@ pub(crate) const VERSIONS_DELETED: &str = "aetherfs_hub_versions_deleted";
 pub(crate) const CHUNKS_INDEXED: &str = "aetherfs_hub_chunks_indexed";
 pub(crate) const LONG_POLLS_WAITING: &str = "aetherfs_hub_long_polls_waiting";
 pub(crate) const AUTH_FAILURES: &str = "aetherfs_hub_auth_failures";
+pub(crate) const GC_RUNS: &str = "aetherfs_hub_gc_runs";
+pub(crate) const GC_DURATION: &str = "aetherfs_hub_gc_last_duration";
+pub(crate) const GC_LAST_SUCCESS: &str = "aetherfs_hub_gc_last_success_timestamp";
+pub(crate) const GC_VERSIONS_REMOVED: &str = "aetherfs_hub_gc_versions_removed";
+pub(crate) const GC_PACKS_DELETED: &str = "aetherfs_hub_gc_packs_deleted";
+pub(crate) const GC_PACKS_WRITTEN: &str = "aetherfs_hub_gc_packs_written";
+pub(crate) const GC_BYTES_DELETED: &str = "aetherfs_hub_gc_deleted";
+pub(crate) const GC_BYTES_WRITTEN: &str = "aetherfs_hub_gc_written";
+pub(crate) const STORED_BYTES: &str = "aetherfs_hub_stored";
+pub(crate) const LIVE_BYTES: &str = "aetherfs_hub_live";
+pub(crate) const DATASET_LIVE_BYTES: &str = "aetherfs_hub_dataset_live";
+pub(crate) const LEASES_HELD: &str = "aetherfs_hub_leases_held";
+pub(crate) const LEASE_RENEWALS: &str = "aetherfs_hub_lease_renewals";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct HttpLabels {
@@ -50,6 +63,17 @@ pub(crate) struct AuthLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabels {
+    /// `ok`, `failed`, or `skipped` (another collection held the lock).
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DatasetLabels {
+    pub dataset: String,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 pub(crate) struct Metrics {
@@ -65,6 +89,19 @@ pub(crate) struct Metrics {
     pub chunks_indexed: Gauge,
     pub long_polls_waiting: Gauge,
     pub auth_failures: Family<AuthLabels, Counter>,
+    pub gc_runs: Family<OutcomeLabels, Counter>,
+    pub gc_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub gc_last_success: Gauge,
+    pub gc_versions_removed: Counter,
+    pub gc_packs_deleted: Counter,
+    pub gc_packs_written: Counter,
+    pub gc_bytes_deleted: Counter,
+    pub gc_bytes_written: Counter,
+    pub stored_bytes: Gauge,
+    pub live_bytes: Gauge,
+    pub dataset_live_bytes: Family<DatasetLabels, Gauge>,
+    pub leases_held: Family<DatasetLabels, Gauge>,
+    pub lease_renewals: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -88,6 +125,19 @@ impl Metrics {
             chunks_indexed: Gauge::default(),
             long_polls_waiting: Gauge::default(),
             auth_failures: Family::default(),
+            gc_runs: Family::default(),
+            gc_duration: Gauge::default(),
+            gc_last_success: Gauge::default(),
+            gc_versions_removed: Counter::default(),
+            gc_packs_deleted: Counter::default(),
+            gc_packs_written: Counter::default(),
+            gc_bytes_deleted: Counter::default(),
+            gc_bytes_written: Counter::default(),
+            stored_bytes: Gauge::default(),
+            live_bytes: Gauge::default(),
+            dataset_live_bytes: Family::default(),
+            leases_held: Family::default(),
+            lease_renewals: Counter::default(),
         };
         let mut r = Registry::default();
         r.register(HTTP_REQUESTS, "HTTP requests by route template, method and status", m.http_requests.clone());
@@ -120,7 +170,71 @@ impl Metrics {
             "Requests refused by authentication or access control, by outcome",
             m.auth_failures.clone(),
         );
+        r.register(GC_RUNS, "Garbage collections run by this replica, by outcome", m.gc_runs.clone());
+        r.register_with_unit(GC_DURATION, "Duration of the last garbage collection", Unit::Seconds, m.gc_duration.clone());
+        r.register_with_unit(
+            GC_LAST_SUCCESS,
+            "When the last garbage collection finished successfully (unix time)",
+            Unit::Seconds,
+            m.gc_last_success.clone(),
+        );
+        r.register(GC_VERSIONS_REMOVED, "Versions removed by garbage collection", m.gc_versions_removed.clone());
+        r.register(GC_PACKS_DELETED, "Packs deleted by garbage collection", m.gc_packs_deleted.clone());
+        r.register(GC_PACKS_WRITTEN, "Packs written by garbage collection (live chunks moved)", m.gc_packs_written.clone());
+        r.register_with_unit(GC_BYTES_DELETED, "Pack bytes deleted by garbage collection", Unit::Bytes, m.gc_bytes_deleted.clone());
+        r.register_with_unit(
+            GC_BYTES_WRITTEN,
+            "Pack bytes written by garbage collection (live chunks moved)",
+            Unit::Bytes,
+            m.gc_bytes_written.clone(),
+        );
+        r.register_with_unit(STORED_BYTES, "Pack bytes stored, as of the last collection", Unit::Bytes, m.stored_bytes.clone());
+        r.register_with_unit(
+            LIVE_BYTES,
+            "Stored bytes of chunks some kept version references, as of the last collection",
+            Unit::Bytes,
+            m.live_bytes.clone(),
+        );
+        r.register_with_unit(
+            DATASET_LIVE_BYTES,
+            "Stored bytes of the chunks a dataset's kept versions reference, as of the last collection",
+            Unit::Bytes,
+            m.dataset_live_bytes.clone(),
+        );
+        r.register(LEASES_HELD, "Readers' leases in force per dataset, as of the last collection", m.leases_held.clone());
+        r.register(LEASE_RENEWALS, "Lease heartbeats received by this replica", m.lease_renewals.clone());
         Self { registry: r, ..m }
+    }
+
+    /// Records a finished collection (dry runs count as runs, change no totals).
+    pub fn record_gc(&self, res: &Result<aetherfs_format::api::GcReport, crate::error::AppError>) {
+        let outcome = match res {
+            Ok(_) => "ok",
+            Err(e) if e.status == axum::http::StatusCode::CONFLICT => "skipped",
+            Err(_) => "failed",
+        };
+        self.gc_runs.get_or_create(&OutcomeLabels { outcome }).inc();
+        let Ok(r) = res else { return };
+        self.gc_duration.set(r.duration_ms as f64 / 1000.0);
+        if r.dry_run {
+            return;
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.gc_last_success.set(now as i64);
+        self.gc_versions_removed.inc_by(r.versions_removed.len() as u64);
+        self.gc_packs_deleted.inc_by(r.packs_deleted);
+        self.gc_packs_written.inc_by(r.packs_written);
+        self.gc_bytes_deleted.inc_by(r.bytes_deleted);
+        self.gc_bytes_written.inc_by(r.bytes_written);
+        self.stored_bytes.set(r.stored_bytes_after as i64);
+        self.live_bytes.set(r.live_bytes as i64);
+        self.dataset_live_bytes.clear();
+        self.leases_held.clear();
+        for d in &r.datasets {
+            let labels = DatasetLabels { dataset: d.name.to_string() };
+            self.dataset_live_bytes.get_or_create(&labels).set(d.live_bytes as i64);
+            self.leases_held.get_or_create(&labels).set(d.leases_held as i64);
+        }
     }
 
     /// The Prometheus/OpenMetrics text exposition.

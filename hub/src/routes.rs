@@ -3,6 +3,8 @@
 
 mod chunks;
 mod datasets;
+mod gc;
+mod leases;
 mod manifests;
 mod ops;
 mod packs;
@@ -55,7 +57,8 @@ pub(crate) fn build(hub: Hub) -> (Router, Vec<RouteSpec>) {
         .route(spec("/readyz", &["GET"]), get(ops::readyz))
         .route(spec("/metrics", &["GET"]), get(ops::metrics))
         .route(spec("/openapi.json", &["GET"]), get(ops::openapi))
-        .route(spec("/v1/datasets", &["GET"]), get(datasets::list));
+        .route(spec("/v1/datasets", &["GET"]), get(datasets::list))
+        .route(spec("/v1/gc", &["POST"]), axum::routing::post(gc::run));
     // Dataset names contain '/', so one wildcard route takes everything below
     // /v1/datasets/ and the dispatcher parses from the right (as the Docker
     // registry does); its sub-routes are listed in `datasets::ROUTES`.
@@ -82,10 +85,14 @@ pub(crate) fn need(method: &Method, path: &str) -> Need {
         "/healthz" | "/readyz" | "/openapi.json" => return Need::Open,
         "/metrics" => return Need::Metrics,
         "/v1/datasets" => return Need::Listing,
+        "/v1/gc" => return Need::Everywhere(Permission::Admin),
         _ => {}
     }
     if let Some(name) = path.strip_prefix("/v1/datasets/").and_then(datasets::dataset_in_path) {
+        let lease = datasets::is_lease_path(path);
         let p = match *method {
+            // A reader protects what it reads with a lease.
+            Method::PUT if lease => Permission::Read,
             // Uploads, publishes, tag moves, and the missing-chunks query of a push.
             Method::PUT | Method::POST => Permission::Write,
             Method::DELETE => Permission::Admin,
@@ -193,6 +200,7 @@ mod tests {
 
     fn instantiate(path: &str) -> String {
         path.replace("{name}", "acme/geoip")
+            .replace("{reader}", "pod-1")
             .replace("{tag}", "latest")
             .replace("{digest}", &Digest::of(b"x").to_string())
     }
@@ -207,6 +215,7 @@ mod tests {
         }
         assert_eq!(n(Method::GET, "/metrics"), Need::Metrics);
         assert_eq!(n(Method::GET, "/v1/datasets"), Need::Listing);
+        assert_eq!(n(Method::POST, "/v1/gc"), Need::Everywhere(Admin));
         let ds = |name: &str, p| Need::Dataset(name.to_string(), p);
         assert_eq!(n(Method::POST, "/v1/datasets/a/b/chunks/missing"), ds("a/b", Write));
         assert_eq!(n(Method::PUT, "/v1/datasets/a/packs/blake3:00"), ds("a", Write));
@@ -221,6 +230,8 @@ mod tests {
         assert_eq!(n(Method::DELETE, "/v1/datasets/a/b/tags/latest"), ds("a/b", Admin));
         assert_eq!(n(Method::HEAD, "/v1/datasets/a/manifests/x"), ds("a", Read));
         assert_eq!(n(Method::PUT, "/v1/datasets/a/manifests/x"), ds("a", Write));
+        assert_eq!(n(Method::GET, "/v1/datasets/a/b/manifests/x/placement"), ds("a/b", Read));
+        assert_eq!(n(Method::PUT, "/v1/datasets/a/b/leases/pod-1"), ds("a/b", Read));
         // Encoded separators stay encoded: the name fails validation later, never matches a/b.
         assert_eq!(n(Method::GET, "/v1/datasets/a%2Fb/tags"), ds("a%2Fb", Read));
         for nowhere in ["/v1/datasets/a", "/v1/datasets/", "/v1", "/healthz/x", "/metrics/", "/v1/datasets/tags"] {

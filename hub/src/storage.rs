@@ -8,9 +8,15 @@
 //! packs/<hex>.pack                                   pack bytes
 //! packs/<hex>.idx                                    its index, written after the pack
 //! packs/<hex>.links/<name…>                          empty: dataset <name> may read the pack
-//! datasets/<name…>/_manifests/<hex>                  manifest bytes
+//! datasets/<name…>/_manifests/<hex>                  manifest bytes (what the version is)
+//! datasets/<name…>/_placements/<hex>                 its placement (where its chunks are; GC rewrites it)
+//! datasets/<name…>/_pending/<hex>                    a publish in progress: the placement it will write
+//! datasets/<name…>/_leases/<reader>                  JSON: versions a reader serves, until when
+//! datasets/<name…>/_doomed/<hex>                     empty: the version is being removed
 //! datasets/<name…>/_tags/<tag>/<seq, 20 digits>      one TagRecord per move, create-if-absent
 //! datasets/<name…>/_tags/<tag>/head                  hint: the latest seq (plain overwrite)
+//! gc/condemned/<hex>                                 pack being collected: no publish may use it
+//! gc/lock                                            JSON: the collection running, until when
 //! ```
 //!
 //! Name segments start with `[a-z0-9]`, so `_manifests` and `_tags` can never
@@ -97,6 +103,12 @@ pub(crate) const PACKS: &str = "packs";
 const DATASETS: &str = "datasets";
 pub(crate) const MANIFESTS_DIR: &str = "_manifests";
 pub(crate) const TAGS_DIR: &str = "_tags";
+pub(crate) const PLACEMENTS_DIR: &str = "_placements";
+pub(crate) const PENDING_DIR: &str = "_pending";
+pub(crate) const LEASES_DIR: &str = "_leases";
+pub(crate) const DOOMED_DIR: &str = "_doomed";
+const GC: &str = "gc";
+const CONDEMNED: &str = "condemned";
 const HEAD_HINT: &str = "head";
 const PACK_EXT: &str = ".pack";
 const INDEX_EXT: &str = ".idx";
@@ -164,13 +176,52 @@ pub(crate) fn manifest(name: &Name, d: &Digest) -> Path {
     dataset_child(name, [MANIFESTS_DIR, hex.as_str()])
 }
 
+pub(crate) fn placement(name: &Name, d: &Digest) -> Path {
+    let hex = d.hex();
+    dataset_child(name, [PLACEMENTS_DIR, hex.as_str()])
+}
+
+pub(crate) fn pending(name: &Name, d: &Digest) -> Path {
+    let hex = d.hex();
+    dataset_child(name, [PENDING_DIR, hex.as_str()])
+}
+
+pub(crate) fn doomed(name: &Name, d: &Digest) -> Path {
+    let hex = d.hex();
+    dataset_child(name, [DOOMED_DIR, hex.as_str()])
+}
+
+/// `datasets/<name…>/_leases/<reader>`; `reader` is validated by the caller.
+pub(crate) fn lease(name: &Name, reader: &str) -> Path {
+    dataset_child(name, [LEASES_DIR, reader])
+}
+
+pub(crate) fn condemned(pack: &Digest) -> Path {
+    let hex = pack.hex();
+    Path::from_iter([GC, CONDEMNED, hex.as_str()])
+}
+
+pub(crate) fn condemned_dir() -> Path {
+    Path::from_iter([GC, CONDEMNED])
+}
+
+pub(crate) fn gc_lock() -> Path {
+    Path::from_iter([GC, "lock"])
+}
+
+/// The digest a key ends with (`…/<hex>`), for manifests, placements,
+/// pending publishes and condemned packs alike.
+pub(crate) fn parse_hex_key(key: &Path) -> Option<Digest> {
+    Digest::from_hex(key.filename()?).ok()
+}
+
 pub(crate) fn manifests_dir(name: &Name) -> Path {
     dataset_child(name, [MANIFESTS_DIR])
 }
 
 /// The version a `datasets/<name…>/_manifests/<hex>` key holds.
 pub(crate) fn parse_manifest(key: &Path) -> Option<Digest> {
-    Digest::from_hex(key.filename()?).ok()
+    parse_hex_key(key)
 }
 
 pub(crate) fn tags_dir(name: &Name) -> Path {
@@ -239,6 +290,10 @@ mod tests {
         assert_eq!(parse_pack(&pack(&d)), Some(d));
         assert_eq!(parse_pack_index(&pack(&d)), None);
         assert_eq!(manifest(&name, &d).as_ref(), format!("datasets/acme/geoip/_manifests/{}", d.hex()));
+        assert_eq!(placement(&name, &d).as_ref(), format!("datasets/acme/geoip/_placements/{}", d.hex()));
+        assert_eq!(pending(&name, &d).as_ref(), format!("datasets/acme/geoip/_pending/{}", d.hex()));
+        assert_eq!(condemned(&d).as_ref(), format!("gc/condemned/{}", d.hex()));
+        assert_eq!(parse_hex_key(&condemned(&d)), Some(d));
         assert_eq!(tag_record(&name, &tag, 7).as_ref(), "datasets/acme/geoip/_tags/latest/00000000000000000007");
         assert_eq!(parse_seq(&tag_record(&name, &tag, u64::MAX)), Some(u64::MAX));
         assert_eq!(parse_seq(&tag_head(&name, &tag)), None);

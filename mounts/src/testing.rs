@@ -149,7 +149,8 @@ pub fn version_of_dir(dir: &Path) -> std::io::Result<(Version, MemorySource, Man
     }
     manifest.sort();
     let bytes = manifest.encode().map_err(std::io::Error::other)?;
-    let manifest = Manifest::decode(&bytes).map_err(std::io::Error::other)?;
+    let placement = aetherfs_format::Placement::of(&manifest, Digest::of(&bytes));
+    let manifest = Manifest::decode(&bytes, &placement).map_err(std::io::Error::other)?;
     Ok((Version::new(Digest::of(&bytes), &manifest), source, manifest))
 }
 

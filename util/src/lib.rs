@@ -5,6 +5,8 @@
 //!   one-line errors the command line prints.
 //! - [`pseudo_random`]: deterministic test bytes, the one generator every
 //!   test uses (the chunker's golden vectors are computed over it).
+//! - [`parse_duration`] / [`format_duration`]: `90s`, `10m`, `1h30m`, `7d`, as
+//!   flags and configuration files write them.
 
 use std::error::Error;
 
@@ -87,5 +89,88 @@ mod tests {
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+}
+
+/// Why a duration did not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurationError(pub String);
+
+impl std::fmt::Display for DurationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid duration {:?}: use a number with a unit, e.g. 0s, 90s, 10m, 1h30m, 7d", self.0)
+    }
+}
+
+impl Error for DurationError {}
+
+/// Parses `0`, `90s`, `10m`, `1h30m`, `7d`, `2w` (units s, m, h, d, w; a
+/// bare number only for zero). At most 100 years.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, DurationError> {
+    let err = || DurationError(s.to_string());
+    let t = s.trim();
+    if t == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    if t.is_empty() {
+        return Err(err());
+    }
+    let mut total: u64 = 0;
+    let mut num: Option<u64> = None;
+    for c in t.chars() {
+        if let Some(d) = c.to_digit(10) {
+            num = Some(num.unwrap_or(0).checked_mul(10).and_then(|n| n.checked_add(u64::from(d))).ok_or_else(err)?);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(err()),
+        };
+        let n = num.take().ok_or_else(err)?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(err)?;
+    }
+    if num.is_some() || total > 100 * 365 * 86_400 {
+        return Err(err());
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
+/// The shortest form [`parse_duration`] reads back: `1h30m`, `7d`, `0s`.
+pub fn format_duration(d: std::time::Duration) -> String {
+    let mut secs = d.as_secs();
+    if secs == 0 {
+        return "0s".to_string();
+    }
+    let mut out = String::new();
+    for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= len {
+            out.push_str(&format!("{}{unit}", secs / len));
+            secs %= len;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_print() {
+        for (s, secs) in [("0", 0), ("0s", 0), ("90s", 90), ("10m", 600), ("1h30m", 5400), ("7d", 604_800), ("2w", 1_209_600)]
+        {
+            assert_eq!(parse_duration(s), Ok(std::time::Duration::from_secs(secs)), "{s}");
+        }
+        for bad in ["", "5", "h", "1x", "1h5", "-1s", "99999999999999999999d", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+        for secs in [0, 59, 90, 3600, 5400, 90_061] {
+            let d = std::time::Duration::from_secs(secs);
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
     }
 }

@@ -173,6 +173,11 @@ impl Pattern {
         Ok(Pattern { text: s.to_string(), segments })
     }
 
+    /// `**`: every dataset.
+    pub fn is_everything(&self) -> bool {
+        matches!(self.segments.as_slice(), [Segment::Any])
+    }
+
     pub fn matches(&self, name: &str) -> bool {
         let parts: Vec<&str> = name.split('/').collect();
         match_segments(&self.segments, &parts)
@@ -269,6 +274,15 @@ impl Policy {
 
     pub fn allows(&self, who: Option<&Identity>, need: Permission, name: &str) -> bool {
         self.permission(who, name).is_some_and(|p| p >= need)
+    }
+
+    /// Whether `who` holds `need` on every dataset: a rule for `**` grants it.
+    pub fn allows_everywhere(&self, who: Option<&Identity>, need: Permission) -> bool {
+        self.rules
+            .iter()
+            .filter(|r| r.patterns.iter().any(Pattern::is_everything))
+            .filter_map(|r| r.grants(who))
+            .any(|p| p >= need)
     }
 
     /// Whether `who` holds `need` on at least one dataset pattern.

@@ -49,15 +49,15 @@ async fn query(
     let digests: Vec<Digest> = req.digests.into_iter().filter(|d| seen.insert(*d)).collect();
     let chunks = &hub.inner.chunks;
     chunks.wait_ready().await?;
-    let (mut present, missing) = chunks.lookup(&digests);
+    // What the caller may not read is, to the caller, not there: the answer
+    // keeps the query's order, so it shows no trace of what was hidden.
+    let usable = |p: &Digest| chunks.visible(p, can_read);
+    let (mut present, missing) = chunks.lookup(&digests, &usable);
     if !missing.is_empty() {
         // Another replica may have stored them since we last looked.
         chunks.rescan_if_due().await?;
-        present.extend(chunks.lookup(&missing).0);
+        present.extend(chunks.lookup(&missing, &usable).0);
     }
-    // What the caller may not read is, to the caller, not there: the answer
-    // keeps the query's order, so it shows no trace of what was hidden.
-    present.retain(|p| chunks.visible(&p.location.pack, can_read));
     let shown: HashSet<Digest> = present.iter().map(|p| p.digest).collect();
     let missing: Vec<Digest> = digests.into_iter().filter(|d| !shown.contains(d)).collect();
     Ok(Json(MissingChunksResponse { missing, present }))

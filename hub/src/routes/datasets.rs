@@ -23,7 +23,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::{AppJson, RouteSpec, chunks, manifests, packs, principal, query};
+use super::{AppJson, RouteSpec, chunks, leases, manifests, packs, principal, query};
 use crate::Hub;
 use crate::auth::{Caller, Permission};
 use crate::error::{AppError, StorageContext};
@@ -36,6 +36,8 @@ const TAG: &str = "/v1/datasets/{name}/tags/{tag}";
 const HISTORY: &str = "/v1/datasets/{name}/tags/{tag}/history";
 const MANIFEST: &str = "/v1/datasets/{name}/manifests/{digest}";
 const MANIFESTS: &str = "/v1/datasets/{name}/manifests";
+const PLACEMENT: &str = "/v1/datasets/{name}/manifests/{digest}/placement";
+const LEASE: &str = "/v1/datasets/{name}/leases/{reader}";
 const PACK: &str = "/v1/datasets/{name}/packs/{digest}";
 const MISSING: &str = "/v1/datasets/{name}/chunks/missing";
 
@@ -46,6 +48,8 @@ pub(crate) const ROUTES: &[RouteSpec] = &[
     RouteSpec { path: HISTORY, methods: &["GET"] },
     RouteSpec { path: MANIFEST, methods: &["GET", "HEAD", "PUT", "DELETE"] },
     RouteSpec { path: MANIFESTS, methods: &["GET"] },
+    RouteSpec { path: PLACEMENT, methods: &["GET"] },
+    RouteSpec { path: LEASE, methods: &["PUT"] },
     RouteSpec { path: PACK, methods: &["GET", "HEAD", "PUT"] },
     RouteSpec { path: MISSING, methods: &["POST"] },
 ];
@@ -62,6 +66,8 @@ enum Shape<'a> {
     History { name: &'a str, tag: &'a str },
     Manifest { name: &'a str, digest: &'a str },
     Manifests { name: &'a str },
+    Placement { name: &'a str, digest: &'a str },
+    Lease { name: &'a str, reader: &'a str },
     Pack { name: &'a str, digest: &'a str },
     Missing { name: &'a str },
 }
@@ -74,6 +80,8 @@ impl Shape<'_> {
             Shape::History { .. } => HISTORY,
             Shape::Manifest { .. } => MANIFEST,
             Shape::Manifests { .. } => MANIFESTS,
+            Shape::Placement { .. } => PLACEMENT,
+            Shape::Lease { .. } => LEASE,
             Shape::Pack { .. } => PACK,
             Shape::Missing { .. } => MISSING,
         }
@@ -97,6 +105,12 @@ fn shape(rest: &str) -> Option<Shape<'_>> {
     }
     if n >= 2 && segs[n - 1] == "tags" {
         return Some(Shape::Tags { name: name(1)? });
+    }
+    if n >= 4 && segs[n - 3] == "manifests" && segs[n - 1] == "placement" {
+        return Some(Shape::Placement { name: name(3)?, digest: segs[n - 2] });
+    }
+    if n >= 3 && segs[n - 2] == "leases" {
+        return Some(Shape::Lease { name: name(2)?, reader: segs[n - 1] });
     }
     if n >= 3 && segs[n - 2] == "manifests" {
         return Some(Shape::Manifest { name: name(2)?, digest: segs[n - 1] });
@@ -122,9 +136,17 @@ pub(crate) fn dataset_in_path(rest: &str) -> Option<&str> {
         | Shape::History { name, .. }
         | Shape::Manifest { name, .. }
         | Shape::Manifests { name }
+        | Shape::Placement { name, .. }
+        | Shape::Lease { name, .. }
         | Shape::Pack { name, .. }
         | Shape::Missing { name } => name,
     })
+}
+
+/// Whether a path below `/v1/` is a lease (`…/leases/{reader}`), which a
+/// reader may write.
+pub(crate) fn is_lease_path(path: &str) -> bool {
+    path.strip_prefix("/v1/datasets/").and_then(shape).is_some_and(|s| matches!(s, Shape::Lease { .. }))
 }
 
 fn parse<T: FromStr<Err = FormatError>>(s: &str, code: &'static str) -> Result<T, AppError> {
@@ -187,6 +209,15 @@ async fn handle(hub: &Hub, shape: Shape<'_>, req: Request) -> Result<Response, A
         Shape::Manifests { name } => {
             let name: Name = parse(name, "invalid_name")?;
             list_versions(hub, name).await
+        }
+        Shape::Placement { name, digest } => {
+            let name: Name = parse(name, "invalid_name")?;
+            let digest: Digest = parse(digest, "invalid_digest")?;
+            manifests::get_placement(hub, name, digest, req).await
+        }
+        Shape::Lease { name, reader } => {
+            let name: Name = parse(name, "invalid_name")?;
+            leases::put(hub, name, reader, req).await
         }
         Shape::Pack { name, digest } => {
             let name: Name = parse(name, "invalid_name")?;
@@ -313,11 +344,38 @@ async fn set_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Respon
         Err(e) => return Err(AppError::storage("looking up a manifest", e)),
     }
     let applied = hub.inner.tags.apply(&name, &tag, Move::Set(body.digest), body.expected, &by).await?;
+    if applied.moved && being_removed(hub, &name, &body.digest).await? {
+        // The tag move's half of the handshake in gc::remove_versions: the
+        // version went (or is going) away while the tag moved. Put the tag
+        // back, so no tag ever points at a removed version.
+        let record = &applied.record;
+        let back = record.previous.map_or(Move::Delete, Move::Set);
+        let expected = Some(Expected::Digest(body.digest));
+        if let Err(e) = hub.inner.tags.apply(&name, &tag, back, expected, &by).await {
+            tracing::warn!(%name, %tag, error = %e.message, "could not undo a tag move onto a removed version");
+        }
+        return Err(AppError::conflict(
+            "version_removed",
+            format!("{name}@{} was removed while the tag moved; the tag was left where it was", body.digest),
+        ));
+    }
     if applied.moved {
         hub.inner.metrics.tag_moves.inc();
         tracing::info!(%name, %tag, digest = %body.digest, %by, "tag moved");
     }
     Ok(Json(applied.record).into_response())
+}
+
+/// Whether a version is marked for removal or already gone.
+async fn being_removed(hub: &Hub, name: &Name, digest: &Digest) -> Result<bool, AppError> {
+    let exists = |key: object_store::path::Path| async move {
+        match hub.inner.store.head(&key).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(AppError::storage("looking up a version", e)),
+        }
+    };
+    Ok(exists(storage::doomed(name, digest)).await? || !exists(storage::manifest(name, digest)).await?)
 }
 
 /// `DELETE …/tags/{tag}[?expected=DIGEST]`: appends a deletion record.
@@ -384,7 +442,9 @@ async fn delete_version(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
             format!("{name}@{digest} is tagged {}: remove or move those tags first", holding.join(", ")),
         ));
     }
-    hub.inner.store.delete(&key).await.ctx("deleting a manifest")?;
+    if crate::gc::remove_versions(hub, &name, &[digest]).await?.is_empty() {
+        return Err(AppError::conflict("version_tagged", format!("{name}@{digest} was tagged meanwhile; it stays")));
+    }
     hub.inner.metrics.versions_deleted.inc();
     tracing::info!(%name, %digest, %by, "version deleted");
     Ok(axum::http::StatusCode::NO_CONTENT.into_response())
@@ -413,7 +473,8 @@ mod tests {
                 Shape::Tag { name, tag } | Shape::History { name, tag } => vec![name, tag],
                 Shape::Manifest { name, digest } => vec![name, digest],
                 Shape::Manifests { name } | Shape::Missing { name } => vec![name],
-                Shape::Pack { name, digest } => vec![name, digest],
+                Shape::Pack { name, digest } | Shape::Placement { name, digest } => vec![name, digest],
+                Shape::Lease { name, reader } => vec![name, reader],
             };
             (t, v)
         })
@@ -430,6 +491,8 @@ mod tests {
         assert_eq!(parts("manifests"), None);
         assert_eq!(parts("a/b/packs/xyz"), Some((PACK, vec!["a/b", "xyz"])));
         assert_eq!(parts("a/chunks/missing"), Some((MISSING, vec!["a"])));
+        assert_eq!(parts("a/b/manifests/xyz/placement"), Some((PLACEMENT, vec!["a/b", "xyz"])));
+        assert_eq!(parts("a/leases/pod-1"), Some((LEASE, vec!["a", "pod-1"])));
         assert_eq!(parts("tags/tags"), Some((TAGS, vec!["tags"])));
         assert_eq!(parts("tags"), None);
         assert_eq!(parts("/tags"), None);

@@ -1,16 +1,23 @@
-//! `GET|HEAD|PUT /v1/datasets/{name}/manifests/{digest}`.
+//! `GET|HEAD|PUT /v1/datasets/{name}/manifests/{digest}` and
+//! `GET …/manifests/{digest}/placement`.
 //!
-//! Publishing checks, in order, before anything is stored: the size bound
+//! A client publishes only what a version is (its manifest); the hub places
+//! it. Publishing checks, in order, before anything is stored: the size bound
 //! (while reading), the digest of the exact bytes, a full decode (paths,
-//! sizes, order, conflicts), and every chunk reference against the index of
-//! the pack it names, on digest, offset, stored length, length and
-//! compression. A manifest that is published can therefore be read back
-//! completely.
+//! sizes, order, conflicts); then it finds every chunk in a pack this dataset
+//! may read (linking packs the caller may read through another dataset), and
+//! refuses with `missing_chunks` whatever it cannot find, so the client
+//! uploads it. Against garbage collection it then runs its half of the
+//! handshake described in gc.rs: it records the publish as pending, and only
+//! if none of the packs it chose is condemned or gone does it store the
+//! placement and then the manifest. A published version can therefore always
+//! be read back completely.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use aetherfs_format::api::ManifestStored;
-use aetherfs_format::{Digest, EntryKind, Manifest, Name};
+use aetherfs_format::placement::PlacedChunk;
+use aetherfs_format::{Digest, Manifest, Name, Placement};
 use axum::Json;
 use axum::extract::Request;
 use axum::http::header::{self, HeaderValue};
@@ -22,13 +29,14 @@ use object_store::{ObjectStoreExt, PutPayload};
 use super::{blocking, packs, read_body};
 use crate::Hub;
 use crate::auth::{Caller, Permission};
-use crate::chunk_index::{EntryKey, ref_key};
 use crate::error::{AppError, StorageContext};
+use crate::gc;
 use crate::storage::{self, get_bytes};
 
 pub(crate) const MANIFEST_CONTENT_TYPE: &str = "application/vnd.aetherfs.manifest.v1";
-/// Pack indexes read at once while checking a manifest's chunk references.
-const CHECK_PARALLELISM: usize = 8;
+pub(crate) const PLACEMENT_CONTENT_TYPE: &str = "application/vnd.aetherfs.placement.v1";
+/// Packs looked up at once while checking a publish.
+const CHECK_PARALLELISM: usize = 16;
 /// Missing chunks named in a refusal message.
 const MISSING_SHOWN: usize = 10;
 
@@ -84,8 +92,12 @@ pub(crate) async fn get(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
         .ctx("reading a manifest")?
         .ok_or_else(|| manifest_not_found(&name, &digest))?;
     if json {
+        let placement = read_placement(hub, &name, &digest).await?;
         let value = blocking("rendering a manifest", move || {
-            let m = Manifest::decode(&bytes).map_err(|e| AppError::internal("decoding a stored manifest", e))?;
+            let placement =
+                Placement::decode(&placement).map_err(|e| AppError::internal("decoding a stored placement", e))?;
+            let m = Manifest::decode(&bytes, &placement)
+                .map_err(|e| AppError::internal("decoding a stored manifest", e))?;
             Ok(m.to_json(&digest, true))
         })
         .await?;
@@ -94,12 +106,36 @@ pub(crate) async fn get(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
     Ok((cache, [(header::CONTENT_TYPE, HeaderValue::from_static(MANIFEST_CONTENT_TYPE))], bytes).into_response())
 }
 
+async fn read_placement(hub: &Hub, name: &Name, digest: &Digest) -> Result<bytes::Bytes, AppError> {
+    get_bytes(&*hub.inner.store, &storage::placement(name, digest))
+        .await
+        .ctx("reading a placement")?
+        .ok_or_else(|| manifest_not_found(name, digest))
+}
+
+/// `GET …/manifests/{digest}/placement`: where the version's chunks are.
+/// Unlike the manifest it may change (garbage collection moves chunks), so
+/// it is served for revalidation, with the digest of its bytes as ETag.
+pub(crate) async fn get_placement(hub: &Hub, name: Name, digest: Digest, req: Request) -> Result<Response, AppError> {
+    let bytes = read_placement(hub, &name, &digest).await?;
+    let tag = etag(&Digest::of(&bytes));
+    let headers = [
+        (header::ETAG, tag.clone()),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (header::CONTENT_TYPE, HeaderValue::from_static(PLACEMENT_CONTENT_TYPE)),
+    ];
+    if not_modified(req.headers(), &tag) {
+        return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
+    }
+    Ok((headers, bytes).into_response())
+}
+
 /// Publishes a manifest; see the module docs for the checks.
 pub(crate) async fn put(hub: &Hub, name: Name, digest: Digest, req: Request) -> Result<Response, AppError> {
     let caller = req.extensions().get::<Caller>().cloned();
     let (parts, body) = req.into_parts();
     let body = read_body(body, &parts.headers, hub.inner.opts.max_manifest_bytes, "manifest").await?;
-    let (stats, refs, body) = blocking("checking a manifest", move || {
+    let (unplaced, body) = blocking("checking a manifest", move || {
         let actual = Digest::of(&body);
         if actual != digest {
             return Err(AppError::bad_request(
@@ -107,19 +143,12 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
                 format!("the body's digest is {actual}, the URL says {digest}"),
             ));
         }
-        let m = Manifest::decode(&body).map_err(|e| AppError::bad_request("invalid_manifest", e.to_string()))?;
-        // Every distinct reference, grouped by the pack it points into.
-        let mut refs: HashMap<Digest, HashSet<EntryKey>> = HashMap::new();
-        for e in &m.entries {
-            if let EntryKind::File { chunks, .. } = &e.kind {
-                for c in chunks {
-                    refs.entry(c.location.pack).or_default().insert(ref_key(c));
-                }
-            }
-        }
-        Ok((m.stats(), refs, body))
+        let u = Manifest::decode_unplaced(&body)
+            .map_err(|e| AppError::bad_request("invalid_manifest", e.to_string()))?;
+        Ok((u, body))
     })
     .await?;
+    let stats = unplaced.stats;
 
     let key = storage::manifest(&name, &digest);
     match hub.inner.store.head(&key).await {
@@ -134,66 +163,111 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
     // Only packs this dataset may read count; one the caller may read through
     // another dataset is linked here (a cross-dataset mount). Any other pack is,
     // to this caller, not there, whether or not it exists.
+    let chunks = &hub.inner.chunks;
+    chunks.wait_ready().await?;
     let can_read = |n: &Name| *n == name || caller.as_ref().is_none_or(|c| c.can(Permission::Read, n.as_str()));
-    let mut refs = refs;
-    let mut unreadable = Vec::new();
-    for pack in refs.keys().copied().collect::<Vec<_>>() {
-        if packs::is_linked(hub, &pack, &name).await? {
-            continue;
+    let usable = |p: &Digest| chunks.is_linked(p, &name) || chunks.visible(p, &can_read);
+    let place = |todo: &[(Digest, u32)], placed: &mut Vec<PlacedChunk>| -> Vec<(Digest, u32)> {
+        let mut missing = Vec::new();
+        for &(digest, len) in todo {
+            match chunks.locate(&digest, len, &usable) {
+                Some(location) => placed.push(PlacedChunk { digest, len, location }),
+                None => missing.push((digest, len)),
+            }
         }
-        if hub.inner.chunks.visible(&pack, &can_read) {
-            packs::link(hub, pack, &name).await?;
-        } else if let Some(keys) = refs.remove(&pack) {
-            unreadable.extend(keys.into_iter().map(|k| k.0));
-        }
-    }
-    let mut missing = missing_refs(hub, refs).await?;
-    if !unreadable.is_empty() {
-        missing.extend(unreadable);
-        missing.sort_unstable();
-        missing.dedup();
+        missing
+    };
+    let mut placed = Vec::with_capacity(unplaced.chunks.len());
+    let mut missing = place(&unplaced.chunks, &mut placed);
+    if !missing.is_empty() {
+        // Another replica may have stored them since we last looked.
+        chunks.rescan_if_due().await?;
+        missing = place(&missing, &mut placed);
     }
     if !missing.is_empty() {
-        let shown: Vec<String> = missing.iter().take(MISSING_SHOWN).map(|d| d.to_string()).collect();
-        let more = missing.len().saturating_sub(MISSING_SHOWN);
-        let tail = if more > 0 { format!(" and {more} more") } else { String::new() };
-        return Err(AppError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "missing_chunks",
-            format!(
-                "{} chunk(s) are not stored where the manifest says; upload their packs first: {}{tail}",
-                missing.len(),
-                shown.join(", ")
-            ),
-        ));
+        let digests: Vec<Digest> = missing.iter().map(|m| m.0).collect();
+        return Err(missing_chunks(&digests, "are not stored in a pack this dataset may read; upload them first"));
+    }
+    let placement = Placement::new(digest, placed);
+    let packs = placement.packs();
+    for pack in &packs {
+        packs::link(hub, *pack, &name).await?;
     }
 
-    hub.inner.store.put(&key, PutPayload::from(body)).await.ctx("storing a manifest")?;
+    // The publish's half of the handshake with garbage collection (gc.rs):
+    // announce, then look for condemned or vanished packs.
+    let encoded = bytes::Bytes::from(placement.encode());
+    let pending = storage::pending(&name, &digest);
+    let store = &hub.inner.store;
+    store.put(&pending, PutPayload::from(encoded.clone())).await.ctx("recording a publish")?;
+    let gone = match unusable_packs(hub, &packs).await {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = store.delete(&pending).await;
+            return Err(e);
+        }
+    };
+    if !gone.is_empty() {
+        let _ = store.delete(&pending).await;
+        let lost: Vec<Digest> =
+            placement.chunks().iter().filter(|c| gone.contains(&c.location.pack)).map(|c| c.digest).collect();
+        tracing::info!(%name, %digest, packs = gone.len(), chunks = lost.len(), "publish refused: packs were collected");
+        return Err(missing_chunks(
+            &lost,
+            "were in packs garbage collection has just removed; upload them again (the client does this itself)",
+        ));
+    }
+    let stored_all = async {
+        store.put(&storage::placement(&name, &digest), PutPayload::from(encoded)).await.ctx("storing a placement")?;
+        store.put(&key, PutPayload::from(body)).await.ctx("storing a manifest")
+    };
+    let res = stored_all.await;
+    // Stored or not, the publish is over; a leftover record only delays
+    // collection until it expires.
+    let _ = store.delete(&pending).await;
+    res?;
     hub.inner.metrics.manifests_published.inc();
     tracing::info!(%name, %digest, files = stats.files, bytes = stats.bytes, "manifest published");
     let stored = ManifestStored { name, digest, stats, created: true };
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
 
-/// The chunks (sorted, distinct) whose reference matches no entry of the
-/// referenced pack's index, or whose pack is not stored at all.
-async fn missing_refs(hub: &Hub, refs: HashMap<Digest, HashSet<EntryKey>>) -> Result<Vec<Digest>, AppError> {
-    let chunks = &hub.inner.chunks;
-    let mut checks = futures::stream::iter(refs)
-        .map(|(pack, keys)| async move {
-            let entries = chunks.pack_entries(&pack).await?;
-            let missing: Vec<Digest> = match entries {
-                Some(set) => keys.iter().filter(|k| !set.contains(k)).map(|k| k.0).collect(),
-                None => keys.iter().map(|k| k.0).collect(),
-            };
-            Ok::<_, AppError>(missing)
+fn missing_chunks(missing: &[Digest], why: &str) -> AppError {
+    let shown: Vec<String> = missing.iter().take(MISSING_SHOWN).map(|d| d.to_string()).collect();
+    let more = missing.len().saturating_sub(MISSING_SHOWN);
+    let tail = if more > 0 { format!(" and {more} more") } else { String::new() };
+    AppError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "missing_chunks",
+        format!("{} chunk(s) {why}: {}{tail}", missing.len(), shown.join(", ")),
+    )
+}
+
+/// Which of `packs` a publish may not use: condemned by garbage collection,
+/// or no longer stored. Both are forgotten by the chunk index, so the
+/// client's next missing-chunks query reports their chunks missing.
+async fn unusable_packs(hub: &Hub, packs: &std::collections::BTreeSet<Digest>) -> Result<HashSet<Digest>, AppError> {
+    let condemned = gc::condemned_packs(&*hub.inner.store).await?;
+    let mut gone: HashSet<Digest> = packs.iter().filter(|p| condemned.contains(p)).copied().collect();
+    hub.inner.chunks.set_condemned(condemned);
+    let store = &hub.inner.store;
+    let to_check: Vec<Digest> = packs.iter().filter(|p| !gone.contains(p)).copied().collect();
+    let mut heads = futures::stream::iter(to_check)
+        .map(|p| async move {
+            match store.head(&storage::pack_index(&p)).await {
+                Ok(_) => Ok(None),
+                Err(object_store::Error::NotFound { .. }) => Ok(Some(p)),
+                Err(e) => Err(AppError::storage("looking up a pack", e)),
+            }
         })
         .buffer_unordered(CHECK_PARALLELISM);
-    let mut missing = Vec::new();
-    while let Some(m) = checks.next().await {
-        missing.extend(m?);
+    let mut vanished = HashSet::new();
+    while let Some(r) = heads.next().await {
+        if let Some(p) = r? {
+            vanished.insert(p);
+        }
     }
-    missing.sort_unstable();
-    missing.dedup();
-    Ok(missing)
+    hub.inner.chunks.forget_packs(&vanished);
+    gone.extend(vanished);
+    Ok(gone)
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aetherfs_format::pack::{BuiltPack, PackBuilder};
-use aetherfs_format::{ChunkParams, ChunkRef, Digest, Entry, EntryKind, Manifest};
+use aetherfs_format::{ChunkLocation, ChunkParams, ChunkRef, Compression, Digest, Entry, EntryKind, Manifest};
 use aetherfs_hub::{Hub, HubOptions};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -181,14 +181,13 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 /// client would write `../x`.
 fn raw_manifest(paths: &[&str]) -> Vec<u8> {
     let mut out = b"AFSM".to_vec();
-    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
     out.push(1);
     let p = ChunkParams::default();
     for v in [p.min, p.avg, p.max] {
         put_varint(&mut out, v.into());
     }
     put_varint(&mut out, 0); // annotations
-    put_varint(&mut out, 0); // packs
     put_varint(&mut out, paths.len() as u64);
     for path in paths {
         out.push(0);
@@ -475,11 +474,17 @@ async fn manifests_are_checked_before_anything_is_stored() {
     assert!(msg.contains(&Digest::of(&chunks[0]).to_string()), "{msg}");
     assert!(h.keys().await.is_empty());
 
-    // The pack is stored, but the manifest lies about where a chunk is.
+    // The pack is stored, but the manifest lies about a chunk's length: no
+    // stored chunk is that, so it is missing.
     assert_eq!(h.put_pack(&pack).await.status, StatusCode::CREATED);
-    let mut m = Manifest::decode(&good).expect("decode");
-    if let EntryKind::File { chunks, .. } = &mut m.entries[0].kind {
-        chunks[1].location.offset += 1;
+    let mut m = Manifest::decode_placed_by(&good, |d, len| {
+        Some(ChunkLocation { pack: *d, offset: 0, stored_len: len, compression: Compression::None })
+    })
+    .expect("decode");
+    if let EntryKind::File { chunks, size, .. } = &mut m.entries[0].kind {
+        chunks[1].len -= 1;
+        chunks[1].location.stored_len -= 1;
+        *size -= 1;
     }
     let lying = m.encode().expect("still well-formed");
     let msg = h.put_manifest(name, &lying).await.err(StatusCode::UNPROCESSABLE_ENTITY, "missing_chunks");
@@ -492,7 +497,7 @@ async fn manifests_are_checked_before_anything_is_stored() {
     h.call(Method::PUT, &uri, &[], good.clone()).await.err(StatusCode::BAD_REQUEST, "digest_mismatch");
 
     // Hostile paths and duplicates, and garbage.
-    assert!(Manifest::decode(&raw_manifest(&["a", "b"])).is_ok(), "the raw encoder is right");
+    assert!(Manifest::decode_unplaced(&raw_manifest(&["a", "b"])).is_ok(), "the raw encoder is right");
     for (paths, why) in [
         (&["../x"][..], "'..' segment"),
         (&["/etc/passwd"][..], "absolute path"),

@@ -1,0 +1,50 @@
+//! `PUT /v1/datasets/{name}/leases/{reader}`: a reader (an agent) says which
+//! versions of `name` it serves. Garbage collection keeps every version a
+//! lease in force names, whatever retention says; `gc --dry-run` lists them
+//! with their readers. Needs only read permission: whoever may read a
+//! version may protect it while reading.
+
+use aetherfs_format::api::{LEASE_VERSIONS_MAX, Lease, LeaseRequest, valid_reader};
+use aetherfs_format::Name;
+use axum::Json;
+use axum::extract::{FromRequest, Request};
+use axum::response::{IntoResponse, Response};
+use object_store::{ObjectStoreExt, PutPayload};
+
+use super::AppJson;
+use crate::Hub;
+use crate::error::{AppError, StorageContext};
+use crate::storage;
+
+pub(crate) async fn put(hub: &Hub, name: Name, reader: &str, req: Request) -> Result<Response, AppError> {
+    if !valid_reader(reader) {
+        return Err(AppError::bad_request(
+            "invalid_reader",
+            "a reader id is 1-128 of [A-Za-z0-9._-], not starting with '.' or '-'",
+        ));
+    }
+    let AppJson(body) = AppJson::<LeaseRequest>::from_request(req, &()).await?;
+    if body.versions.len() > LEASE_VERSIONS_MAX {
+        return Err(AppError::bad_request(
+            "too_many_versions",
+            format!("a lease names at most {LEASE_VERSIONS_MAX} versions"),
+        ));
+    }
+    let mut versions = body.versions;
+    versions.sort();
+    versions.dedup();
+    let now = time::OffsetDateTime::now_utc();
+    let lease_secs = hub.inner.opts.lifecycle.gc.lease.as_secs();
+    let lease = Lease {
+        name: name.clone(),
+        reader: reader.to_string(),
+        versions,
+        renewed_at: crate::tags::rfc3339(now),
+        expires_unix: u64::try_from(now.unix_timestamp()).unwrap_or(0) + lease_secs,
+        lease_secs,
+    };
+    let bytes = serde_json::to_vec(&lease).map_err(|e| AppError::internal("encoding a lease", e))?;
+    hub.inner.store.put(&storage::lease(&name, reader), PutPayload::from(bytes)).await.ctx("storing a lease")?;
+    hub.inner.metrics.lease_renewals.inc();
+    Ok(Json(lease).into_response())
+}
