@@ -42,6 +42,8 @@ pub enum Invalid {
     NoMounts,
     #[error("fetch.timeout_secs and fetch.concurrency must be at least 1")]
     ZeroFetch,
+    #[error("reader {0:?}: use 1-128 of [A-Za-z0-9._-], not starting with '.' or '-'")]
+    Reader(String),
     #[error("auth: give token_file or client_id, not both")]
     TokenAndClient,
     #[error("auth: client_id and client_secret_file go together")]
@@ -100,6 +102,9 @@ pub enum Prefetch {
 pub struct AgentConfig {
     /// Hub URL (overridden by `--hub` / `AETHERFS_HUB`).
     pub hub: Option<String>,
+    /// How this agent names itself in its leases on the hub (which versions
+    /// it serves); default: the host name and a random suffix.
+    pub reader: Option<String>,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
@@ -325,6 +330,29 @@ impl<'de> Deserialize<'de> for Size {
 }
 
 impl AgentConfig {
+    /// The reader id of this agent's leases: the configured one, or the host
+    /// name (made valid) with a random suffix, so two agents on one host differ.
+    pub fn reader_id(&self) -> String {
+        if let Some(r) = &self.reader {
+            return r.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .unwrap_or_default();
+        let mut id: String = host
+            .trim()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '-' })
+            .take(100)
+            .collect();
+        id = id.trim_start_matches(['.', '-']).to_string();
+        if id.is_empty() {
+            id = "agent".to_string();
+        }
+        format!("{id}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+    }
+
     /// Reads and checks a config file: every problem is reported with the
     /// file's name.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
@@ -347,6 +375,11 @@ impl AgentConfig {
         let mut seen_addrs = HashSet::new();
         if self.fetch.timeout_secs == 0 || self.fetch.concurrency == 0 {
             return Err(Invalid::ZeroFetch);
+        }
+        if let Some(r) = &self.reader
+            && !aetherfs_format::api::valid_reader(r)
+        {
+            return Err(Invalid::Reader(r.clone()));
         }
         self.auth.validate()?;
         for (i, m) in self.mounts.iter().enumerate() {

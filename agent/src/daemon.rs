@@ -98,6 +98,8 @@ pub async fn run(
     let admin_addr = serve_admin(cfg.admin.listen, admin.clone(), token).await?;
     eprintln!("aetherfs agent: admin on http://{admin_addr} (hub {})", client.base_url());
 
+    let reader = cfg.reader_id();
+    let leases = tokio::spawn(crate::lease::heartbeat(client.clone(), admin.clone(), reader));
     let poll = poll_interval(cfg.fetch.poll_secs);
     let readahead = cfg.fetch.readahead.0;
     let mut tasks = tokio::task::JoinSet::new();
@@ -111,6 +113,7 @@ pub async fn run(
     };
     eprintln!("aetherfs agent: stopping");
     tasks.abort_all();
+    leases.abort();
     for m in admin.mounts() {
         if let Some(f) = m.take_fuse() {
             let path = f.mountpoint().display().to_string();

@@ -95,7 +95,7 @@ pub async fn resolve(packs: &HubPacks, reference: &Reference) -> Result<(Digest,
         .get_manifest(&reference.name, &digest)
         .await
         .map_err(|source| ResolveError::Manifest { reference: reference.clone(), digest, source })?;
-    packs.register(&reference.name, &manifest);
+    packs.register(&reference.name, &digest, &manifest);
     Ok((digest, manifest))
 }
 
@@ -130,7 +130,7 @@ pub async fn follow(packs: Arc<HubPacks>, source: Arc<HubSource>, mount: Arc<Mou
                 let at = format!("{}@{next}", reference.name);
                 let (manifest, _) =
                     retry(&format!("fetching {at}"), || client.get_manifest(&reference.name, &next)).await;
-                packs.register(&reference.name, &manifest);
+                packs.register(&reference.name, &next, &manifest);
                 let manifest = Arc::new(manifest);
                 retry(&format!("prefetching {at}"), || prefetch(&source, &manifest, policy)).await;
                 // A version that cannot be written or published is not

@@ -12,6 +12,7 @@
 //! - [`materialize`]: materialize mode, versions written as plain files
 //!   behind an atomically replaced `current` symlink.
 //! - [`on_switch`]: the hook run after each switch.
+//! - [`lease`]: reader leases, renewed on the hub for the versions served.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/v1/mounts`.
 //! - [`config`]: the agent's configuration file.
 //! - [`testing`]: fakes of the hub below the source, for tests.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod daemon;
 pub mod follow;
 pub mod frontends;
+pub mod lease;
 pub mod materialize;
 pub mod mount;
 pub mod on_switch;

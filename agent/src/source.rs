@@ -13,6 +13,11 @@
 //!   flight.
 //! - Chunks the filesystem expects next (sequential reads) ride along in the
 //!   same requests and are loaded in the background.
+//! - Garbage collection may move chunks into new packs; a version's
+//!   manifest never changes, only its placement. A range read that finds its
+//!   pack gone asks the [`PackReader`] where the chunks went (the hub client
+//!   refetches the placements of the versions using that pack), and reads
+//!   each chunk from its new place from then on.
 //! - Every fetched chunk is decompressed and verified against its digest
 //!   before it enters either tier; a fetch slower than the timeout fails the
 //!   read with EIO instead of hanging the reader, and the next read tries
@@ -24,8 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aetherfs_format::pack::decode_chunk;
-use aetherfs_format::{ChunkRef, Digest, Manifest, Name};
-use aetherfs_hub_client::HubClient;
+use aetherfs_format::{ChunkLocation, ChunkRef, Digest, Manifest, Name};
+use aetherfs_hub_client::{ClientError, HubClient};
 use aetherfs_hub_client::fetch::{ChunkWant, RangeRead, coalesce};
 use aetherfs_mounts::{ChunkSource, SourceError};
 use bytes::Bytes;
@@ -76,6 +81,17 @@ pub type PackError = Box<dyn std::error::Error + Send + Sync>;
 pub trait PackReader: Send + Sync {
     /// `len` bytes of `pack` at `offset`, exactly as stored.
     fn read_pack_range(&self, pack: Digest, offset: u64, len: u64) -> BoxFuture<'_, Result<Bytes, PackError>>;
+
+    /// Whether `e` says the pack no longer exists (garbage collection moved
+    /// its chunks), rather than that the hub failed.
+    fn is_gone(&self, _e: &PackError) -> bool {
+        false
+    }
+
+    /// Where the chunks of the versions that used `pack` are now, by chunk digest.
+    fn relocate(&self, _pack: Digest) -> BoxFuture<'_, Result<HashMap<Digest, ChunkLocation>, PackError>> {
+        async { Ok(HashMap::new()) }.boxed()
+    }
 }
 
 /// The hub as a [`PackReader`]. The hub serves a pack only through a
@@ -85,22 +101,34 @@ pub trait PackReader: Send + Sync {
 pub struct HubPacks {
     client: HubClient,
     datasets: parking_lot::RwLock<HashMap<Digest, Name>>,
+    /// The versions (dataset, digest) that use each pack, to find where
+    /// their chunks went when the pack is gone.
+    users: parking_lot::RwLock<HashMap<Digest, Vec<(Name, Digest)>>>,
 }
 
 impl HubPacks {
     pub fn new(client: HubClient) -> Arc<Self> {
-        Arc::new(Self { client, datasets: parking_lot::RwLock::new(HashMap::new()) })
+        Arc::new(Self { client, datasets: Default::default(), users: Default::default() })
     }
 
     pub fn client(&self) -> &HubClient {
         &self.client
     }
 
-    /// Reads the packs `manifest` (a version of `name`) uses through `name`.
-    pub fn register(&self, name: &Name, manifest: &Manifest) {
-        let mut d = self.datasets.write();
-        for c in manifest.unique_chunks().into_values() {
-            d.entry(c.location.pack).or_insert_with(|| name.clone());
+    /// Reads the packs `manifest` (version `digest` of `name`) uses through `name`.
+    pub fn register(&self, name: &Name, digest: &Digest, manifest: &Manifest) {
+        let packs: HashSet<Digest> = manifest.unique_chunks().into_values().map(|c| c.location.pack).collect();
+        self.add_packs(name, digest, packs);
+    }
+
+    fn add_packs(&self, name: &Name, digest: &Digest, packs: impl IntoIterator<Item = Digest>) {
+        let (mut d, mut u) = (self.datasets.write(), self.users.write());
+        for p in packs {
+            d.entry(p).or_insert_with(|| name.clone());
+            let users = u.entry(p).or_default();
+            if !users.iter().any(|(n, v)| n == name && v == digest) {
+                users.push((name.clone(), *digest));
+            }
         }
     }
 }
@@ -111,6 +139,25 @@ impl PackReader for HubPacks {
             let name = self.datasets.read().get(&pack).cloned();
             let name = name.ok_or_else(|| PackError::from(format!("pack {pack} is used by no dataset served here")))?;
             self.client.read_pack_range(&name, &pack, offset, len).await.map_err(PackError::from)
+        }
+        .boxed()
+    }
+
+    fn is_gone(&self, e: &PackError) -> bool {
+        matches!(e.downcast_ref::<ClientError>(), Some(ClientError::Api { status: 404, code, .. }) if code == "pack_not_found")
+    }
+
+    fn relocate(&self, pack: Digest) -> BoxFuture<'_, Result<HashMap<Digest, ChunkLocation>, PackError>> {
+        async move {
+            let users = self.users.read().get(&pack).cloned().unwrap_or_default();
+            let mut moved = HashMap::new();
+            for (name, version) in users {
+                let placement = self.client.get_placement(&name, &version).await.map_err(PackError::from)?;
+                self.add_packs(&name, &version, placement.packs());
+                moved.extend(placement.chunks().iter().map(|c| (c.digest, c.location)));
+            }
+            tracing::info!(%pack, chunks = moved.len(), "a pack was collected; read its chunks from where they moved");
+            Ok(moved)
         }
         .boxed()
     }
@@ -139,7 +186,17 @@ pub struct HubSource {
     disk: Option<Arc<dyn ChunkCache>>,
     timeout: Duration,
     permits: Arc<Semaphore>,
+    /// Packs found gone, and where their chunks are now.
+    relocated: Arc<Relocated>,
     pub stats: Arc<SourceStats>,
+}
+
+#[derive(Default)]
+struct Relocated {
+    gone: parking_lot::RwLock<HashSet<Digest>>,
+    to: parking_lot::RwLock<HashMap<Digest, ChunkLocation>>,
+    /// One relocation at a time: the second caller finds the first one's answer.
+    busy: tokio::sync::Mutex<()>,
 }
 
 impl HubSource {
@@ -156,8 +213,29 @@ impl HubSource {
             disk,
             timeout: opts.timeout,
             permits: Arc::new(Semaphore::new(opts.concurrency.max(1))),
+            relocated: Arc::default(),
             stats: Arc::default(),
         })
+    }
+
+    /// Where to read a chunk: its placement, unless its pack is gone and we
+    /// learned where the chunk went.
+    fn want(&self, c: &ChunkRef) -> ChunkWant {
+        let mut location = c.location;
+        if self.relocated.gone.read().contains(&location.pack)
+            && let Some(to) = self.relocated.to.read().get(&c.digest)
+        {
+            location = *to;
+        }
+        ChunkWant { digest: c.digest, len: c.len, location }
+    }
+
+    /// After a read found `pack` gone: learns where its chunks went.
+    async fn relocate(&self, pack: Digest) -> Result<(), SourceError> {
+        let _one = self.relocated.busy.lock().await;
+        let moved = self.client.relocate(pack).await.map_err(SourceError::unavailable)?;
+        self.relocated.to.write().extend(moved);
+        Ok(())
     }
 
     /// Bytes held in the memory tier.
@@ -176,8 +254,8 @@ impl HubSource {
     /// One range request, bounded by the semaphore and the timeout. Lazy:
     /// it runs only if some load polls it.
     fn range_future(&self, range: &RangeRead) -> RangeFuture {
-        let (client, stats, timeout, permits) =
-            (self.client.clone(), self.stats.clone(), self.timeout, self.permits.clone());
+        let (client, stats, timeout, permits, relocated) =
+            (self.client.clone(), self.stats.clone(), self.timeout, self.permits.clone(), self.relocated.clone());
         let (pack, offset, len) = (range.pack, range.offset, range.len);
         async move {
             let started = Instant::now();
@@ -185,7 +263,15 @@ impl HubSource {
             // waits longer than that in total.
             let r = tokio::time::timeout(timeout, async {
                 let _permit = permits.acquire().await.map_err(|_| SourceError::ShuttingDown)?;
-                client.read_pack_range(pack, offset, len).await.map_err(SourceError::unavailable)
+                match client.read_pack_range(pack, offset, len).await {
+                    Ok(b) => Ok(b),
+                    Err(e) => {
+                        if client.is_gone(&e) {
+                            relocated.gone.write().insert(pack);
+                        }
+                        Err(SourceError::unavailable(e))
+                    }
+                }
             })
             .await;
             stats.range_requests.fetch_add(1, Ordering::Relaxed);
@@ -239,7 +325,7 @@ impl HubSource {
                 if let Some(f) = in_flight.get(&c.digest) {
                     fetches.insert(c.digest, f.clone());
                 } else if claimed.insert(c.digest) {
-                    remote.push(ChunkWant { digest: c.digest, len: c.len, location: c.location });
+                    remote.push(self.want(c));
                 }
             }
             for r in coalesce(remote) {
@@ -264,28 +350,37 @@ impl HubSource {
                         if let Some(b) = this.read_disk(&c).await {
                             return Ok(b);
                         }
+                        let alone = |w: ChunkWant| RangeRead {
+                            pack: w.location.pack,
+                            offset: w.location.offset,
+                            len: u64::from(w.location.stored_len),
+                            chunks: vec![w],
+                        };
                         let (fut, r) = match fetch {
                             Some(f) => f,
                             // Cached, on disk or in flight when planned, but not
                             // there now: fetch it alone.
                             None => {
-                                let w = ChunkWant { digest: c.digest, len: c.len, location: c.location };
-                                let r = RangeRead {
-                                    pack: w.location.pack,
-                                    offset: w.location.offset,
-                                    len: u64::from(w.location.stored_len),
-                                    chunks: vec![w],
-                                };
+                                let r = alone(this.want(&c));
                                 (this.range_future(&r), r)
                             }
                         };
-                        let data = fut.await?;
+                        let (data, r) = match fut.await {
+                            Ok(data) => (data, r),
+                            // Its pack was collected: once more, from where it went.
+                            Err(e) if this.relocated.gone.read().contains(&r.pack) => {
+                                this.relocate(r.pack).await?;
+                                let w = this.want(&c);
+                                if w.location.pack == r.pack {
+                                    return Err(e);
+                                }
+                                let r = alone(w);
+                                (this.range_future(&r).await?, r)
+                            }
+                            Err(e) => return Err(e),
+                        };
                         this.stats.misses.fetch_add(1, Ordering::Relaxed);
-                        let w = r.chunks.iter().find(|w| w.digest == c.digest).copied().unwrap_or(ChunkWant {
-                            digest: c.digest,
-                            len: c.len,
-                            location: c.location,
-                        });
+                        let w = r.chunks.iter().find(|w| w.digest == c.digest).copied().unwrap_or_else(|| this.want(&c));
                         this.decode_and_keep(&data, &r, &w)
                     };
                     memory.try_get_with(c.digest, init).await.map_err(|e: Arc<SourceError>| (*e).clone())
@@ -313,7 +408,7 @@ impl HubSource {
         let mut todo: Vec<ChunkWant> = chunks
             .iter()
             .filter(|c| !self.on_disk(&c.digest) && (self.disk.is_some() || !self.memory.contains_key(&c.digest)))
-            .map(|c| ChunkWant { digest: c.digest, len: c.len, location: c.location })
+            .map(|c| self.want(c))
             .collect();
         // In pack order, so neighbours coalesce into few large range reads.
         todo.sort_by_key(|w| (w.location.pack, w.location.offset));

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aetherfs_format::pack::PackBuilder;
-use aetherfs_format::{ChunkRef, Digest};
+use aetherfs_format::{ChunkLocation, ChunkRef, Digest};
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -40,6 +40,8 @@ pub struct RangeRequest {
 #[derive(Default)]
 pub struct MemoryPacks {
     packs: Mutex<HashMap<Digest, Bytes>>,
+    /// Where [`MemoryPacks::collect`] moved chunks.
+    moved: Mutex<HashMap<Digest, ChunkLocation>>,
     log: Mutex<Vec<RangeRequest>>,
     requests: AtomicU64,
     bytes_served: AtomicU64,
@@ -65,6 +67,26 @@ impl MemoryPacks {
             .collect();
         self.packs.lock().insert(built.digest, Bytes::from(built.bytes));
         refs
+    }
+
+    /// What garbage collection does to a pack: copies its chunks into a new
+    /// pack (in reverse order, so it is a different pack) and deletes the old
+    /// one. Returns the chunks' new refs, in the order of `plain`.
+    pub fn collect(&self, old: &[ChunkRef], plain: &[Vec<u8>]) -> Vec<ChunkRef> {
+        let reversed: Vec<Vec<u8>> = plain.iter().rev().cloned().collect();
+        let mut new = self.add_pack(&reversed, false);
+        new.reverse();
+        let mut moved = self.moved.lock();
+        for c in &new {
+            moved.insert(c.digest, c.location);
+        }
+        let mut packs = self.packs.lock();
+        for c in old {
+            if c.location.pack != new[0].location.pack {
+                packs.remove(&c.location.pack);
+            }
+        }
+        new
     }
 
     /// Range requests served or refused.
@@ -105,6 +127,14 @@ impl PackReader for MemoryPacks {
             self.bytes_served.fetch_add(b.len() as u64, Ordering::Relaxed);
         }
         futures::future::ready(r.map_err(PackError::from)).boxed()
+    }
+
+    fn is_gone(&self, e: &PackError) -> bool {
+        matches!(e.downcast_ref::<FakeError>(), Some(FakeError::NoPack(_)))
+    }
+
+    fn relocate(&self, _pack: Digest) -> BoxFuture<'_, Result<HashMap<Digest, ChunkLocation>, PackError>> {
+        futures::future::ready(Ok(self.moved.lock().clone())).boxed()
     }
 }
 

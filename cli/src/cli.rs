@@ -85,6 +85,17 @@ pub enum Command {
     /// Delete a version no tag points at (NAME@DIGEST), or a whole dataset
     /// (NAME --all: its tags, then its versions). Needs the admin permission.
     Rm(RmArgs),
+    /// Collect garbage on the hub: remove the versions no tag, retention rule
+    /// or reader's lease keeps, then reclaim their space. Needs admin on every
+    /// dataset. Try --dry-run first.
+    #[command(long_about = "Collect garbage on the hub.\n\n\
+A version is kept while a tag points at it, while the hub's retention rule for its dataset keeps it \
+(the last N of each tag's history, or younger than a duration; see docs/operations.md), while it is \
+younger than the grace period, or while a reader (an agent) holds a lease on it. Every other version \
+is removed, then packs with nothing live are deleted and mostly dead packs are rewritten (their live \
+chunks copied into new packs): version digests never change.\n\n\
+--dry-run lists, per rule, what would be removed and which readers hold what.")]
+    Gc(GcArgs),
     /// List datasets, a dataset's tags (NAME), or a tag's history (NAME:TAG).
     Ls(LsArgs),
     /// Show a version's manifest.
@@ -257,6 +268,12 @@ pub struct HubArgs {
     /// access rules; see docs/security.md. Without it every request is allowed.
     #[arg(long, env = "AETHERFS_AUTH_CONFIG")]
     pub auth_config: Option<PathBuf>,
+    /// Lifecycle configuration (TOML): retention rules per dataset pattern and
+    /// garbage-collection settings (schedule, grace, leases); see
+    /// docs/operations.md. Without it: tagged versions are kept, collection
+    /// runs only when asked (`aetherfs gc`).
+    #[arg(long, env = "AETHERFS_LIFECYCLE", value_name = "FILE")]
+    pub lifecycle: Option<PathBuf>,
     /// PEM certificate chain: serve HTTPS (reloaded when the file changes).
     #[arg(long, env = "AETHERFS_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -363,6 +380,21 @@ pub struct RmArgs {
     /// Delete the whole dataset: every tag (their histories stay readable), then every version.
     #[arg(long)]
     pub all: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Show what would be removed and reclaimed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Override the hub's grace period for fresh uploads, untagged new
+    /// versions and moved packs (e.g. 0s, 10m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub grace: Option<std::time::Duration>,
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    aetherfs_util::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Args, Debug)]

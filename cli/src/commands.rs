@@ -9,6 +9,7 @@ mod ls;
 mod mount;
 mod pull;
 mod push;
+mod gc;
 mod rm;
 mod serve;
 mod tag;
@@ -28,6 +29,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Pull(a) => pull::run(&g, a).await,
         Command::Tag(a) => tag::run(&g, a).await,
         Command::Rm(a) => rm::run(&g, a).await,
+        Command::Gc(a) => gc::run(&g, a).await,
         Command::Ls(a) => ls::run(&g, a).await,
         Command::Inspect(a) => inspect::run(&g, a).await,
         Command::Mount(a) => mount::run(&g, a).await,

@@ -33,6 +33,14 @@ impl Bar {
         self.0.set_position(0);
     }
 
+    /// Starts a phase of unknown length: a spinner with the elapsed time.
+    pub fn spin(&self, msg: &str) {
+        let style = ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        self.0.set_style(style);
+        self.0.set_message(msg.to_string());
+    }
+
     pub fn inc(&self, n: u64) {
         self.0.inc(n);
     }

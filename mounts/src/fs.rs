@@ -185,6 +185,15 @@ impl DatasetFs {
         before - v.by_gen.len()
     }
 
+    /// The digests of every version held (open files may still read them).
+    pub fn held_digests(&self) -> Vec<Digest> {
+        let v = self.versions.read().unwrap_or_else(|p| p.into_inner());
+        let mut d: Vec<Digest> = v.by_gen.values().map(|v| v.digest).collect();
+        d.sort();
+        d.dedup();
+        d
+    }
+
     /// Versions held (the current one and older ones still readable).
     pub fn versions_held(&self) -> usize {
         self.versions.read().unwrap_or_else(|p| p.into_inner()).by_gen.len()

@@ -236,3 +236,21 @@ async fn metrics_scrape_parses_and_counts_reads() {
     }
     assert_eq!(after.lines().last(), Some("# EOF"));
 }
+
+#[tokio::test]
+async fn reads_follow_chunks_that_garbage_collection_moved() {
+    let packs = MemoryPacks::new();
+    let data = chunks(4, 9);
+    let old = packs.add_pack(&data, true);
+    let s = source(packs.clone(), None);
+    assert_eq!(read_one(&s, &old[0]).await.expect("read"), data[0]);
+    // The pack is rewritten and deleted while the mount still holds the old placement.
+    let new = packs.collect(&old, &data);
+    for (i, c) in old.iter().enumerate().skip(1) {
+        assert_eq!(read_one(&s, c).await.expect("read after the move"), data[i], "chunk {i}");
+    }
+    let log = packs.log();
+    assert!(log.iter().any(|r| r.pack == new[1].location.pack), "never read the new pack: {log:?}");
+    let to_old_after = log.iter().skip(1).filter(|r| r.pack == old[0].location.pack).count();
+    assert_eq!(to_old_after, 1, "the gone pack was asked more than once: {log:?}");
+}

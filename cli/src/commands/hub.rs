@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use aetherfs_hub::serve::{ConnectionLimits, serve};
 use aetherfs_hub::tls::{Tls, TlsFiles};
-use aetherfs_hub::{Auth, Hub, HubOptions};
+use aetherfs_hub::{Auth, Hub, HubOptions, Lifecycle};
 use anyhow::{Context, Result, bail};
 
 use crate::cli::{HubAction, HubArgs, PasswdArgs};
@@ -30,8 +30,17 @@ pub async fn run(a: HubArgs) -> Result<()> {
             format!("file://{}", dir.display())
         }
     };
-    let opts =
-        HubOptions { storage, max_pack_bytes: a.max_pack_mib << 20, auth: auth.clone(), ..HubOptions::default() };
+    let lifecycle = match &a.lifecycle {
+        Some(path) => Lifecycle::load(path).with_context(|| format!("cannot load the lifecycle configuration {}", path.display()))?,
+        None => Lifecycle::default(),
+    };
+    let opts = HubOptions {
+        storage,
+        max_pack_bytes: a.max_pack_mib << 20,
+        auth: auth.clone(),
+        lifecycle,
+        ..HubOptions::default()
+    };
     let hub = Hub::open(opts).await.context("cannot open the hub's storage")?;
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
