@@ -1,10 +1,20 @@
 //! What the hub's tests share: one request through the router in process,
-//! and the answer with the assertions every test makes on it.
+//! the answer with the assertions every test makes on it, a hub under test,
+//! and test data (packs and manifests built with the real encoders).
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aetherfs_format::pack::{BuiltPack, PackBuilder};
+use aetherfs_format::{ChunkParams, ChunkRef, Digest, Entry, EntryKind, Manifest};
+use aetherfs_hub::{Hub, HubOptions};
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Request, StatusCode, header};
-use serde_json::Value;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use futures::TryStreamExt;
+use object_store::ObjectStore;
+use object_store::memory::InMemory;
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 /// Sends `req` through `router` and reads the whole answer.
@@ -57,4 +67,152 @@ impl Resp {
             .map(|v| v.to_str().unwrap_or_default().to_string())
             .collect()
     }
+}
+
+// ---------------------------------------------------------------- harness
+
+pub struct TestHub {
+    pub hub: Hub,
+    pub router: Router,
+    pub store: Arc<dyn ObjectStore>,
+}
+
+impl TestHub {
+    pub async fn over(store: Arc<dyn ObjectStore>, opts: HubOptions) -> Self {
+        let hub = Hub::from_store(store.clone(), opts);
+        let router = hub.router();
+        let t = Self { hub, router, store };
+        t.wait_ready().await;
+        t
+    }
+
+    pub async fn memory() -> Self {
+        Self::over(Arc::new(InMemory::new()), HubOptions::default()).await
+    }
+
+    pub async fn dir(dir: &std::path::Path) -> Self {
+        let opts = HubOptions { storage: format!("file://{}", dir.display()), ..HubOptions::default() };
+        let hub = Hub::open(opts).await.expect("open file hub");
+        assert!(hub.storage_description().starts_with("file:///"));
+        let router = hub.router();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).expect("local store"));
+        let t = Self { hub, router, store };
+        t.wait_ready().await;
+        t
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.get("/readyz").await;
+            if r.status == StatusCode::OK {
+                return;
+            }
+            assert!(Instant::now() < deadline, "hub never became ready: {}", r.text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Resp {
+        send(&self.router, req).await
+    }
+
+    pub async fn call(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: impl Into<Body>) -> Resp {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.send(b.body(body.into()).expect("request")).await
+    }
+
+    pub async fn get(&self, uri: &str) -> Resp {
+        self.call(Method::GET, uri, &[], Body::empty()).await
+    }
+
+    pub async fn json(&self, method: Method, uri: &str, body: &Value) -> Resp {
+        self.call(method, uri, &[("content-type", "application/json")], body.to_string()).await
+    }
+
+    pub async fn put_pack(&self, pack: &BuiltPack) -> Resp {
+        self.call(Method::PUT, &format!("/v1/datasets/acme/geoip/packs/{}", pack.digest), &[], pack.bytes.clone()).await
+    }
+
+    pub async fn put_manifest(&self, name: &str, bytes: &[u8]) -> Resp {
+        let uri = format!("/v1/datasets/{name}/manifests/{}", Digest::of(bytes));
+        self.call(Method::PUT, &uri, &[], bytes.to_vec()).await
+    }
+
+    pub async fn set_tag(&self, name: &str, tag: &str, digest: &Digest, expected: Option<&str>) -> Resp {
+        let mut body = json!({ "digest": digest });
+        if let Some(e) = expected {
+            body["expected"] = json!(e);
+        }
+        self.json(Method::PUT, &format!("/v1/datasets/{name}/tags/{tag}"), &body).await
+    }
+
+    pub async fn missing(&self, digests: &[Digest]) -> Value {
+        let r = self.json(Method::POST, "/v1/datasets/acme/geoip/chunks/missing", &json!({ "digests": digests })).await;
+        r.ok()
+    }
+
+    /// Every key in the store.
+    pub async fn keys(&self) -> Vec<String> {
+        let metas: Vec<object_store::ObjectMeta> = self.store.list(None).try_collect().await.expect("list");
+        metas.into_iter().map(|m| m.location.to_string()).collect()
+    }
+}
+
+// ------------------------------------------------------------- test data
+
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    aetherfs_util::pseudo_random(len, seed)
+}
+
+/// A file's chunks, distinct for each seed: two random (stored raw), one
+/// repetitive (stored zstd).
+pub fn file_chunks(seed: u64) -> Vec<Vec<u8>> {
+    let mut repetitive = vec![b'z'; 5000];
+    repetitive[..8].copy_from_slice(&seed.to_le_bytes());
+    vec![random_bytes(seed * 2, 3000), repetitive, random_bytes(seed * 2 + 1, 1234)]
+}
+
+pub fn build_pack(chunks: &[Vec<u8>]) -> BuiltPack {
+    let mut b = PackBuilder::new();
+    for c in chunks {
+        b.add(Digest::of(c), c, true);
+    }
+    b.finish()
+}
+
+/// One file per `(path, chunks)`, every chunk found in `pack`.
+pub fn manifest(files: &[(&str, &[Vec<u8>])], pack: &BuiltPack, note: &str) -> Vec<u8> {
+    let mut m = Manifest::new(ChunkParams::default());
+    m.annotations.insert("note".into(), note.into());
+    for (path, chunks) in files {
+        let refs: Vec<ChunkRef> = chunks
+            .iter()
+            .map(|c| {
+                let d = Digest::of(c);
+                let e = pack.entries.iter().find(|e| e.digest == d).expect("chunk in pack");
+                ChunkRef { digest: d, len: e.len, location: e.location(pack.digest) }
+            })
+            .collect();
+        let whole: Vec<u8> = chunks.concat();
+        m.entries.push(Entry {
+            path: path.to_string(),
+            mode: 0o644,
+            kind: EntryKind::File { size: whole.len() as u64, digest: Digest::of(&whole), chunks: refs },
+        });
+    }
+    m.sort();
+    m.encode().expect("valid manifest")
+}
+
+/// A manifest with no chunks, made distinct by its annotation.
+pub fn empty_manifest(note: &str) -> Vec<u8> {
+    let mut m = Manifest::new(ChunkParams::default());
+    m.annotations.insert("note".into(), note.into());
+    m.entries.push(Entry { path: "empty".into(), mode: 0o755, kind: EntryKind::Dir });
+    m.encode().expect("valid manifest")
 }

@@ -6,4 +6,5 @@
 
 mod api;
 mod auth;
+mod gc;
 mod harness;
