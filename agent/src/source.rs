@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use aetherfs_format::pack::decode_chunk;
 use aetherfs_format::{ChunkLocation, ChunkRef, Digest, Manifest, Name};
-use aetherfs_hub_client::{ClientError, HubClient};
 use aetherfs_hub_client::fetch::{ChunkWant, RangeRead, coalesce};
+use aetherfs_hub_client::{ClientError, HubClient};
 use aetherfs_mounts::{ChunkSource, SourceError};
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
@@ -380,7 +380,8 @@ impl HubSource {
                             Err(e) => return Err(e),
                         };
                         this.stats.misses.fetch_add(1, Ordering::Relaxed);
-                        let w = r.chunks.iter().find(|w| w.digest == c.digest).copied().unwrap_or_else(|| this.want(&c));
+                        let w =
+                            r.chunks.iter().find(|w| w.digest == c.digest).copied().unwrap_or_else(|| this.want(&c));
                         this.decode_and_keep(&data, &r, &w)
                     };
                     memory.try_get_with(c.digest, init).await.map_err(|e: Arc<SourceError>| (*e).clone())

@@ -2,6 +2,7 @@
 
 mod agent;
 mod demo;
+mod gc;
 mod hub;
 mod inspect;
 mod login;
@@ -9,7 +10,6 @@ mod ls;
 mod mount;
 mod pull;
 mod push;
-mod gc;
 mod rm;
 mod serve;
 mod tag;

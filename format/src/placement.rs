@@ -58,7 +58,11 @@ impl Placement {
     pub fn of(manifest: &Manifest, digest: Digest) -> Self {
         Self::new(
             digest,
-            manifest.unique_chunks().into_values().map(|c| PlacedChunk { digest: c.digest, len: c.len, location: c.location }),
+            manifest.unique_chunks().into_values().map(|c| PlacedChunk {
+                digest: c.digest,
+                len: c.len,
+                location: c.location,
+            }),
         )
     }
 

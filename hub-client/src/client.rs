@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aetherfs_format::api::{
-    GcReport, GcRequest, Lease, LeaseRequest,
-    DatasetList, ErrorBody, Expected, MISSING_QUERY_MAX, ManifestStored, MissingChunksRequest, MissingChunksResponse,
-    PackStored, SetTagRequest, TagHistory, TagList, TagRecord, VersionList,
+    DatasetList, ErrorBody, Expected, GcReport, GcRequest, Lease, LeaseRequest, MISSING_QUERY_MAX, ManifestStored,
+    MissingChunksRequest, MissingChunksResponse, PackStored, SetTagRequest, TagHistory, TagList, TagRecord,
+    VersionList,
 };
 use aetherfs_format::manifest::MANIFEST_MAX_BYTES;
 use aetherfs_format::placement::PLACEMENT_MAX_BYTES;
@@ -316,9 +316,8 @@ impl HubClient {
         let url = self.url("v1/gc");
         // A collection of a large store takes long: no read timeout, and no
         // resend (a second run would wait for the first's lock).
-        let resp = self
-            .send_once(&|| self.http.post(url.clone()).json(req).timeout(Duration::from_secs(24 * 3600)))
-            .await?;
+        let resp =
+            self.send_once(&|| self.http.post(url.clone()).json(req).timeout(Duration::from_secs(24 * 3600))).await?;
         Ok(resp.json().await?)
     }
 

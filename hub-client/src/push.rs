@@ -158,7 +158,9 @@ pub async fn push(
         let manifest_bytes = encoded.len() as u64;
         match client.put_manifest(name, encoded).await {
             Ok(stored) => break (stored, manifest_bytes, chunk_count, bytes),
-            Err(ClientError::Api { status: 422, code, message }) if code == "missing_chunks" && attempt < PUBLISH_ATTEMPTS => {
+            Err(ClientError::Api { status: 422, code, message })
+                if code == "missing_chunks" && attempt < PUBLISH_ATTEMPTS =>
+            {
                 tracing::info!(attempt, %message, "publish refused for missing chunks; uploading them again");
             }
             Err(e) => return Err(e),
@@ -185,7 +187,7 @@ pub async fn push(
 }
 
 /// Publishes refused for missing chunks that are retried.
-const PUBLISH_ATTEMPTS: usize = 3;
+const PUBLISH_ATTEMPTS: usize = 5;
 
 /// What a push uploaded, over all its attempts.
 #[derive(Default)]

@@ -63,7 +63,8 @@ struct Shared {
 struct Located {
     len: u32,
     at: ChunkLocation,
-    also: Option<Box<Vec<ChunkLocation>>>,
+    /// Rare, so a boxed slice (two words) rather than a `Vec` (three).
+    also: Option<Box<[ChunkLocation]>>,
 }
 
 impl Located {
@@ -75,7 +76,9 @@ impl Located {
         if self.all().any(|x| x.pack == l.pack) {
             return;
         }
-        self.also.get_or_insert_with(Default::default).push(l);
+        let mut more: Vec<ChunkLocation> = self.also.take().map(Vec::from).unwrap_or_default();
+        more.push(l);
+        self.also = Some(more.into_boxed_slice());
     }
 
     /// Drops the locations in `gone`; `false` when none is left.
@@ -85,7 +88,7 @@ impl Located {
             return false;
         }
         self.at = left.remove(0);
-        self.also = (!left.is_empty()).then(|| Box::new(left));
+        self.also = (!left.is_empty()).then(|| left.into_boxed_slice());
         true
     }
 }
@@ -171,7 +174,6 @@ impl ChunkIndex {
     pub fn set_condemned(&self, condemned: HashSet<Digest>) {
         self.shared.state.write().condemned = condemned;
     }
-
 
     /// Forgets packs that are gone (or going): their chunks are located
     /// elsewhere or reported missing from now on.

@@ -59,8 +59,6 @@ use crate::storage::{self, get_bytes};
 /// A pending publish (or a placement without its manifest) older than this
 /// is a publish that crashed: it no longer keeps anything alive.
 pub(crate) const PENDING_MAX_AGE: Duration = Duration::from_secs(3600);
-/// The lock's lifetime; the holder renews it every third of that.
-const LOCK_TTL: Duration = Duration::from_secs(60);
 /// Objects read at once.
 const PARALLELISM: usize = 16;
 /// Plaintext bytes per pack written by a rewrite.
@@ -70,8 +68,23 @@ const COALESCE_GAP: u64 = 1 << 20;
 /// Leases expired longer than this are deleted.
 const LEASE_KEEP: Duration = Duration::from_secs(7 * 86_400);
 
+/// Where a test may make the hub die mid-collection: with
+/// `AETHERFS_TEST_GC_CRASH_AT=<point>` in its environment, the hub aborts
+/// there, as a kill -9 would stop it. The points: `removed-versions`,
+/// `wrote-pack`, `rewrote-placement`, `condemned`, `deleted-pack`.
+fn crash_point(point: &str) {
+    if std::env::var("AETHERFS_TEST_GC_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("aetherfs hub: crashing at gc point {point} (AETHERFS_TEST_GC_CRASH_AT)");
+        std::process::abort();
+    }
+}
+
 fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn age(meta_modified: i64, now: u64) -> Duration {
@@ -82,10 +95,7 @@ fn age(meta_modified: i64, now: u64) -> Duration {
 pub(crate) async fn condemned(store: &dyn ObjectStore) -> Result<HashMap<Digest, i64>, AppError> {
     let metas: Vec<ObjectMeta> =
         store.list(Some(&storage::condemned_dir())).try_collect().await.ctx("listing condemned packs")?;
-    Ok(metas
-        .iter()
-        .filter_map(|m| Some((storage::parse_hex_key(&m.location)?, m.last_modified.timestamp())))
-        .collect())
+    Ok(metas.iter().filter_map(|m| Some((storage::parse_hex_key(&m.location)?, m.last_modified.timestamp()))).collect())
 }
 
 pub(crate) async fn condemned_packs(store: &dyn ObjectStore) -> Result<HashSet<Digest>, AppError> {
@@ -100,7 +110,8 @@ fn gc_running(why: String) -> AppError {
 struct Lock {
     store: Arc<dyn ObjectStore>,
     owner: String,
-    /// Unix seconds of the last successful renewal.
+    ttl: Duration,
+    /// Unix milliseconds of the last successful renewal.
     renewed: Arc<AtomicU64>,
     renewer: tokio::task::JoinHandle<()>,
 }
@@ -112,20 +123,19 @@ struct LockBody {
 }
 
 impl Lock {
-    async fn acquire(store: Arc<dyn ObjectStore>) -> Result<Lock, AppError> {
+    async fn acquire(store: Arc<dyn ObjectStore>, ttl: Duration) -> Result<Lock, AppError> {
         let owner = format!("{:016x}", rand::random::<u64>());
         let body = |owner: &str| {
-            serde_json::to_vec(&LockBody { owner: owner.to_string(), expires_unix: now_unix() + LOCK_TTL.as_secs() })
+            serde_json::to_vec(&LockBody { owner: owner.to_string(), expires_unix: now_unix() + ttl.as_secs() })
                 .unwrap_or_default()
         };
         for _ in 0..2 {
-            let put =
-                store.put_opts(&storage::gc_lock(), PutPayload::from(body(&owner)), PutMode::Create.into()).await;
+            let put = store.put_opts(&storage::gc_lock(), PutPayload::from(body(&owner)), PutMode::Create.into()).await;
             match put {
                 Ok(_) => {
-                    let renewed = Arc::new(AtomicU64::new(now_unix()));
-                    let renewer = tokio::spawn(renew(store.clone(), owner.clone(), renewed.clone()));
-                    return Ok(Lock { store, owner, renewed, renewer });
+                    let renewed = Arc::new(AtomicU64::new(now_millis()));
+                    let renewer = tokio::spawn(renew(store.clone(), owner.clone(), renewed.clone(), ttl));
+                    return Ok(Lock { store, owner, ttl, renewed, renewer });
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => {
                     let held = get_bytes(&*store, &storage::gc_lock()).await.ctx("reading the gc lock")?;
@@ -154,9 +164,9 @@ impl Lock {
     /// Fails unless the lock was renewed recently enough that no one else
     /// can have broken it: checked before every destructive step.
     fn check(&self) -> Result<(), AppError> {
-        let since = now_unix().saturating_sub(self.renewed.load(Ordering::SeqCst));
-        if since * 2 >= LOCK_TTL.as_secs() {
-            return Err(gc_running(format!("lost the gc lock (not renewed for {since} s); stopping")));
+        let since = now_millis().saturating_sub(self.renewed.load(Ordering::SeqCst));
+        if since * 2 >= self.ttl.as_millis() as u64 {
+            return Err(gc_running(format!("lost the gc lock (not renewed for {since} ms); stopping")));
         }
         Ok(())
     }
@@ -171,19 +181,19 @@ impl Lock {
     }
 }
 
-async fn renew(store: Arc<dyn ObjectStore>, owner: String, renewed: Arc<AtomicU64>) {
+async fn renew(store: Arc<dyn ObjectStore>, owner: String, renewed: Arc<AtomicU64>, ttl: Duration) {
     loop {
-        tokio::time::sleep(LOCK_TTL / 3).await;
+        tokio::time::sleep(ttl / 3).await;
         // Renew only a lock that is still ours.
         let ours = matches!(get_bytes(&*store, &storage::gc_lock()).await, Ok(Some(b))
             if serde_json::from_slice::<LockBody>(&b).is_ok_and(|h| h.owner == owner));
         if !ours {
             return;
         }
-        let body = LockBody { owner: owner.clone(), expires_unix: now_unix() + LOCK_TTL.as_secs() };
+        let body = LockBody { owner: owner.clone(), expires_unix: now_unix() + ttl.as_secs() };
         let Ok(bytes) = serde_json::to_vec(&body) else { return };
         if store.put(&storage::gc_lock(), PutPayload::from(bytes)).await.is_ok() {
-            renewed.store(now_unix(), Ordering::SeqCst);
+            renewed.store(now_millis(), Ordering::SeqCst);
         }
     }
 }
@@ -535,7 +545,7 @@ pub(crate) async fn run(hub: &Hub, req: GcRequest) -> Result<GcReport, AppError>
     let settings = &hub.inner.opts.lifecycle.gc;
     let grace = req.grace_secs.map_or(settings.grace, Duration::from_secs);
     let store = hub.inner.store.clone();
-    let lock = if req.dry_run { None } else { Some(Lock::acquire(store.clone()).await?) };
+    let lock = if req.dry_run { None } else { Some(Lock::acquire(store.clone(), settings.lock_ttl).await?) };
     let res = collect(hub, &req, grace, lock.as_ref()).await;
     if let Some(l) = lock {
         l.release().await;
@@ -572,6 +582,7 @@ async fn collect(hub: &Hub, req: &GcRequest, grace: Duration, lock: Option<&Lock
             check()?;
             let digests: Vec<Digest> = d.remove.iter().map(|v| v.digest).collect();
             let removed = remove_versions(hub, name, &digests).await?;
+            crash_point("removed-versions");
             // A tag moved onto one of them meanwhile: it stays.
             keep.extend(digests.iter().filter(|d| !removed.contains(d)));
             report.versions_removed.extend(d.remove.into_iter().filter(|v| removed.contains(&v.digest)));
@@ -716,10 +727,8 @@ async fn collect(hub: &Hub, req: &GcRequest, grace: Duration, lock: Option<&Lock
             .collect();
         p.relocate(&map);
         check()?;
-        store
-            .put(&storage::placement(name, d), PutPayload::from(p.encode()))
-            .await
-            .ctx("rewriting a placement")?;
+        store.put(&storage::placement(name, d), PutPayload::from(p.encode())).await.ctx("rewriting a placement")?;
+        crash_point("rewrote-placement");
         our_placements.insert((name.clone(), *d));
     }
 
@@ -730,6 +739,7 @@ async fn collect(hub: &Hub, req: &GcRequest, grace: Duration, lock: Option<&Lock
             store.put(&storage::condemned(p), PutPayload::default()).await.ctx("condemning a pack")?;
         }
     }
+    crash_point("condemned");
     let mut all_condemned: HashSet<Digest> = condemned_before.keys().copied().collect();
     all_condemned.extend(rewritten.iter().copied());
     all_condemned.extend(delete_now.iter().copied());
@@ -758,6 +768,7 @@ async fn collect(hub: &Hub, req: &GcRequest, grace: Duration, lock: Option<&Lock
     for p in &doomed {
         check()?;
         delete_pack(&*store, p, &packs).await?;
+        crash_point("deleted-pack");
         bytes_deleted += packs.get(p).and_then(|i| i.size).unwrap_or(0);
     }
     hub.inner.chunks.forget_packs(&doomed);
@@ -784,7 +795,8 @@ async fn repack(
     let mut copied: HashSet<Digest> = HashSet::new();
     let (mut packs, mut bytes) = (0u64, 0u64);
     for src in sources {
-        let mut chunks: Vec<LiveChunk> = marked.live.get(src).map(|m| m.values().copied().collect()).unwrap_or_default();
+        let mut chunks: Vec<LiveChunk> =
+            marked.live.get(src).map(|m| m.values().copied().collect()).unwrap_or_default();
         chunks.sort_by_key(|c| c.offset);
         let data = read_ranges(&**store, src, &chunks).await?;
         for (c, stored) in chunks.iter().zip(data) {
@@ -847,6 +859,7 @@ async fn store_pack(
         }
     }
     tracing::info!(pack = %digest, chunks = entries.len(), bytes = size, "gc wrote a pack");
+    crash_point("wrote-pack");
     Ok((1, size))
 }
 
@@ -866,7 +879,10 @@ async fn read_ranges(store: &dyn ObjectStore, pack: &Digest, chunks: &[LiveChunk
         }
         let data = store.get_range(&key, start..end).await.ctx("reading a pack to rewrite")?;
         if (data.len() as u64) < end - start {
-            return Err(AppError::internal("reading a pack to rewrite", format!("pack {pack} is shorter than its index")));
+            return Err(AppError::internal(
+                "reading a pack to rewrite",
+                format!("pack {pack} is shorter than its index"),
+            ));
         }
         for c in &chunks[i..j] {
             let from = (c.offset - start) as usize;

@@ -7,6 +7,7 @@
 //! grace = "1h"          # uploads, versions and moved packs younger than this are kept
 //! max_unused = 0.10     # rewrite packs until at most this fraction of pack bytes is dead
 //! lease = "10m"         # a reader's versions are kept this long after its last heartbeat
+//! lock_ttl = "60s"      # a collection's lock outlives a killed holder by at most this
 //!
 //! [[retention]]         # the first rule whose pattern matches a dataset applies
 //! datasets = "team-a/**"
@@ -41,6 +42,8 @@ pub enum LifecycleError {
     MaxUnused(f64),
     #[error("gc.lease must be at least 30s, not {0}")]
     Lease(String),
+    #[error("gc.lock_ttl must be at least 2s, not {0}")]
+    LockTtl(String),
     #[error("retention rule {0}: keep_last must be at least 1 (tagged versions are always kept)")]
     KeepLast(usize),
 }
@@ -59,11 +62,20 @@ pub struct GcSettings {
     pub max_unused: f64,
     /// How long a reader's lease protects its versions after its last heartbeat.
     pub lease: Duration,
+    /// Lifetime of the store-wide collection lock, renewed every third of it
+    /// while a collection runs: how long a killed collector blocks the next.
+    pub lock_ttl: Duration,
 }
 
 impl Default for GcSettings {
     fn default() -> Self {
-        Self { interval: None, grace: Duration::from_secs(3600), max_unused: 0.10, lease: Duration::from_secs(600) }
+        Self {
+            interval: None,
+            grace: Duration::from_secs(3600),
+            max_unused: 0.10,
+            lease: Duration::from_secs(600),
+            lock_ttl: Duration::from_secs(60),
+        }
     }
 }
 
@@ -100,6 +112,7 @@ struct GcFile {
     grace: Option<String>,
     max_unused: Option<f64>,
     lease: Option<String>,
+    lock_ttl: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -125,11 +138,21 @@ impl Lifecycle {
         let f: File = toml::from_str(text)?;
         let d = GcSettings::default();
         let gc = GcSettings {
-            interval: f.gc.interval.as_deref().map(|s| duration("gc.interval", s)).transpose()?.filter(|d| !d.is_zero()),
+            interval: f
+                .gc
+                .interval
+                .as_deref()
+                .map(|s| duration("gc.interval", s))
+                .transpose()?
+                .filter(|d| !d.is_zero()),
             grace: f.gc.grace.as_deref().map(|s| duration("gc.grace", s)).transpose()?.unwrap_or(d.grace),
             max_unused: f.gc.max_unused.unwrap_or(d.max_unused),
             lease: f.gc.lease.as_deref().map(|s| duration("gc.lease", s)).transpose()?.unwrap_or(d.lease),
+            lock_ttl: f.gc.lock_ttl.as_deref().map(|s| duration("gc.lock_ttl", s)).transpose()?.unwrap_or(d.lock_ttl),
         };
+        if gc.lock_ttl < Duration::from_secs(2) {
+            return Err(LifecycleError::LockTtl(aetherfs_util::format_duration(gc.lock_ttl)));
+        }
         if !(0.0..=0.9).contains(&gc.max_unused) {
             return Err(LifecycleError::MaxUnused(gc.max_unused));
         }
@@ -176,7 +199,10 @@ mod tests {
         assert_eq!(l.gc.interval, Some(Duration::from_secs(86_400)));
         assert_eq!(l.gc.grace, Duration::ZERO);
         assert_eq!(l.rule_for("team-a/x").map(|(i, r)| (i, r.keep_last)), Some((1, Some(3))));
-        assert_eq!(l.rule_for("team-b").map(|(i, r)| (i, r.keep_younger_than)), Some((2, Some(Duration::from_secs(604_800)))));
+        assert_eq!(
+            l.rule_for("team-b").map(|(i, r)| (i, r.keep_younger_than)),
+            Some((2, Some(Duration::from_secs(604_800))))
+        );
         assert_eq!(Lifecycle::default().gc, GcSettings::default());
     }
 
@@ -186,6 +212,7 @@ mod tests {
             ("[gc]\ngrace = \"soon\"", "gc.grace"),
             ("[gc]\nmax_unused = 2.0", "max_unused"),
             ("[gc]\nlease = \"5s\"", "gc.lease"),
+            ("[gc]\nlock_ttl = \"1s\"", "gc.lock_ttl"),
             ("[gc]\nunknown = 1", "unknown"),
             ("[[retention]]\ndatasets = \"Team\"", "retention rule 1"),
             ("[[retention]]\ndatasets = \"a\"\nkeep_last = 0", "keep_last"),

@@ -171,7 +171,12 @@ impl Metrics {
             m.auth_failures.clone(),
         );
         r.register(GC_RUNS, "Garbage collections run by this replica, by outcome", m.gc_runs.clone());
-        r.register_with_unit(GC_DURATION, "Duration of the last garbage collection", Unit::Seconds, m.gc_duration.clone());
+        r.register_with_unit(
+            GC_DURATION,
+            "Duration of the last garbage collection",
+            Unit::Seconds,
+            m.gc_duration.clone(),
+        );
         r.register_with_unit(
             GC_LAST_SUCCESS,
             "When the last garbage collection finished successfully (unix time)",
@@ -180,15 +185,29 @@ impl Metrics {
         );
         r.register(GC_VERSIONS_REMOVED, "Versions removed by garbage collection", m.gc_versions_removed.clone());
         r.register(GC_PACKS_DELETED, "Packs deleted by garbage collection", m.gc_packs_deleted.clone());
-        r.register(GC_PACKS_WRITTEN, "Packs written by garbage collection (live chunks moved)", m.gc_packs_written.clone());
-        r.register_with_unit(GC_BYTES_DELETED, "Pack bytes deleted by garbage collection", Unit::Bytes, m.gc_bytes_deleted.clone());
+        r.register(
+            GC_PACKS_WRITTEN,
+            "Packs written by garbage collection (live chunks moved)",
+            m.gc_packs_written.clone(),
+        );
+        r.register_with_unit(
+            GC_BYTES_DELETED,
+            "Pack bytes deleted by garbage collection",
+            Unit::Bytes,
+            m.gc_bytes_deleted.clone(),
+        );
         r.register_with_unit(
             GC_BYTES_WRITTEN,
             "Pack bytes written by garbage collection (live chunks moved)",
             Unit::Bytes,
             m.gc_bytes_written.clone(),
         );
-        r.register_with_unit(STORED_BYTES, "Pack bytes stored, as of the last collection", Unit::Bytes, m.stored_bytes.clone());
+        r.register_with_unit(
+            STORED_BYTES,
+            "Pack bytes stored, as of the last collection",
+            Unit::Bytes,
+            m.stored_bytes.clone(),
+        );
         r.register_with_unit(
             LIVE_BYTES,
             "Stored bytes of chunks some kept version references, as of the last collection",
@@ -201,7 +220,11 @@ impl Metrics {
             Unit::Bytes,
             m.dataset_live_bytes.clone(),
         );
-        r.register(LEASES_HELD, "Readers' leases in force per dataset, as of the last collection", m.leases_held.clone());
+        r.register(
+            LEASES_HELD,
+            "Readers' leases in force per dataset, as of the last collection",
+            m.leases_held.clone(),
+        );
         r.register(LEASE_RENEWALS, "Lease heartbeats received by this replica", m.lease_renewals.clone());
         Self { registry: r, ..m }
     }

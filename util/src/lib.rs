@@ -161,7 +161,8 @@ mod duration_tests {
 
     #[test]
     fn durations_parse_and_print() {
-        for (s, secs) in [("0", 0), ("0s", 0), ("90s", 90), ("10m", 600), ("1h30m", 5400), ("7d", 604_800), ("2w", 1_209_600)]
+        for (s, secs) in
+            [("0", 0), ("0s", 0), ("90s", 90), ("10m", 600), ("1h30m", 5400), ("7d", 604_800), ("2w", 1_209_600)]
         {
             assert_eq!(parse_duration(s), Ok(std::time::Duration::from_secs(secs)), "{s}");
         }

@@ -31,7 +31,8 @@ pub async fn run(a: HubArgs) -> Result<()> {
         }
     };
     let lifecycle = match &a.lifecycle {
-        Some(path) => Lifecycle::load(path).with_context(|| format!("cannot load the lifecycle configuration {}", path.display()))?,
+        Some(path) => Lifecycle::load(path)
+            .with_context(|| format!("cannot load the lifecycle configuration {}", path.display()))?,
         None => Lifecycle::default(),
     };
     let opts = HubOptions {

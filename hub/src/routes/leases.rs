@@ -4,8 +4,8 @@
 //! with their readers. Needs only read permission: whoever may read a
 //! version may protect it while reading.
 
-use aetherfs_format::api::{LEASE_VERSIONS_MAX, Lease, LeaseRequest, valid_reader};
 use aetherfs_format::Name;
+use aetherfs_format::api::{LEASE_VERSIONS_MAX, Lease, LeaseRequest, valid_reader};
 use axum::Json;
 use axum::extract::{FromRequest, Request};
 use axum::response::{IntoResponse, Response};

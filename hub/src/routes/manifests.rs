@@ -143,8 +143,8 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
                 format!("the body's digest is {actual}, the URL says {digest}"),
             ));
         }
-        let u = Manifest::decode_unplaced(&body)
-            .map_err(|e| AppError::bad_request("invalid_manifest", e.to_string()))?;
+        let u =
+            Manifest::decode_unplaced(&body).map_err(|e| AppError::bad_request("invalid_manifest", e.to_string()))?;
         Ok((u, body))
     })
     .await?;
