@@ -486,8 +486,10 @@ class Hub:
     `listening on` line, readiness by polling GET /readyz. Its pid goes to
     `pidfile` so the shell wrapper's trap can kill it if the driver dies."""
 
-    def __init__(self, bin_: Path, data: Path, log_path: Path, pidfile: Path | None = None):
+    def __init__(self, bin_: Path, data: Path, log_path: Path, pidfile: Path | None = None,
+                 extra_args: list[str] | None = None):
         self.bin, self.data, self.log_path, self.pidfile = bin_, data, log_path, pidfile
+        self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen | None = None
         self.url: str | None = None
 
@@ -499,7 +501,7 @@ class Hub:
         self.data.mkdir(parents=True, exist_ok=True)
         self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [str(self.bin), "hub", "--listen", "127.0.0.1:0", "--storage", f"file://{self.data}"],
+            [str(self.bin), "hub", "--listen", "127.0.0.1:0", "--storage", f"file://{self.data}", *self.extra_args],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.PIPE, text=True)
         if self.pidfile:
             self.pidfile.write_text(str(self.proc.pid))
