@@ -41,7 +41,7 @@ CUSTOM = {"ServiceMonitor": "monitoring.coreos.com/v1"}
 # Keys of the agent's configuration (docs/agent.md), the materialize mode's
 # `materialize`, `keep_versions` and the `on_switch` hook included.
 AGENT_KEYS = {
-    "": {"hub", "admin", "cache", "fetch", "auth", "mount"},
+    "": {"hub", "reader", "admin", "cache", "fetch", "auth", "mount"},
     "admin": {"listen", "token_file"},
     "cache": {"dir", "max_size", "memory_size", "key_file"},
     "fetch": {"timeout_secs", "concurrency", "readahead", "poll_secs"},
@@ -49,6 +49,12 @@ AGENT_KEYS = {
     "mount": {"ref", "fuse", "nfs", "export", "webdav", "prefetch", "allow_other",
               "materialize", "keep_versions", "on_switch"},
     "mount.on_switch": {"command", "url", "timeout_secs"},
+}
+# Keys of the hub's --lifecycle file (docs/operations.md).
+HUB_LIFECYCLE_KEYS = {
+    "": {"gc", "retention"},
+    "gc": {"interval", "grace", "max_unused", "lease", "lock_ttl"},
+    "retention": {"datasets", "keep_last", "keep_younger_than"},
 }
 # Keys of the hub's --auth-config file (docs/security.md).
 HUB_AUTH_KEYS = {
@@ -84,7 +90,7 @@ def check_toml(doc, where):
         except tomllib.TOMLDecodeError as e:
             problems.append(f"{where} {name}: not TOML: {e}")
             continue
-        allowed = AGENT_KEYS if name == "agent.toml" else HUB_AUTH_KEYS
+        allowed = {"agent.toml": AGENT_KEYS, "lifecycle.toml": HUB_LIFECYCLE_KEYS}.get(name, HUB_AUTH_KEYS)
         problems += check_keys(parsed, allowed, f"{where} {name}")
         if name == "agent.toml":
             for i, m in enumerate(parsed.get("mount", [])):

@@ -156,7 +156,8 @@ print(*(x.getsockname()[1] for x in s))')
   --set hub.enabled=true --set hub.port="$hub_port" --set hub.auth.enabled=true \
   --set hub.auth.basic.existingSecret=users --set hub.auth.kubernetes.enabled=true \
   --set hub.auth.kubernetes.inClusterDiscovery=false \
-  --set-json 'hub.auth.rules=[{"datasets":["check/**","aetherfs-test/**"],"read":["anonymous"],"write":["user:basic#ci"]}]' \
+  --set-json 'hub.auth.rules=[{"datasets":["check/**","aetherfs-test/**"],"read":["anonymous"],"write":["user:basic#ci"]},{"datasets":"**","admin":["user:basic#ci"]}]' \
+  --set hub.lifecycle.enabled=true --set-json 'hub.lifecycle.retention=[{"datasets":"check/**","keepLast":2}]' \
   --set agent.hub="http://127.0.0.1:$hub_port" --set agent.adminPort="$admin_port" \
   --set agent.webdavPort="$webdav_port" --set agent.cache.keySecret=key --set agent.auth.serviceAccountToken=false \
   --set-json 'agent.mounts=[{"name":"check","ref":"check/rootfs:latest","prefetch":"all"}]' \
@@ -190,6 +191,15 @@ mapfile -t -d '' test_env <"$work/pods/push-pull.env"
 as_user env "${test_env[@]}" AETHERFS_HUB="$hub" AETHERFS_TOKEN_FILE= AETHERFS_USER=ci AETHERFS_PASSWORD="$password" \
   "${test_argv[@]}" >"$work/helm-test.log" 2>&1 || { cat "$work/helm-test.log" >&2; exit 1; }
 grep "^pushed and pulled" "$work/helm-test.log"
+
+# The rendered lifecycle is in force: the admin's dry run names its rule.
+as_user env AETHERFS_USER=ci AETHERFS_PASSWORD="$password" \
+  aetherfs --hub "$hub" --quiet push /home/aetherfs/src check/rootfs:v0 --annotation run=old
+as_user env AETHERFS_USER=ci AETHERFS_PASSWORD="$password" \
+  aetherfs --hub "$hub" tag rm check/rootfs:v0 2>/dev/null || true
+as_user env AETHERFS_USER=ci AETHERFS_PASSWORD="$password" \
+  aetherfs --hub "$hub" gc --dry-run --json >"$work/gc.json"
+python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["dry_run"] and r["datasets"], r' "$work/gc.json"
 
 mapfile -t -d '' agent_argv <"$work/pods/aetherfs-agent.argv"
 spawn_as_user "$work/agent.log" env AETHERFS_ADMIN="127.0.0.1:$admin_port" "${agent_argv[@]}"

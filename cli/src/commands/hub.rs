@@ -35,6 +35,14 @@ pub async fn run(a: HubArgs) -> Result<()> {
             .with_context(|| format!("cannot load the lifecycle configuration {}", path.display()))?,
         None => Lifecycle::default(),
     };
+    let gc = &lifecycle.gc;
+    eprintln!(
+        "aetherfs hub: gc {}, grace {}, {} retention rule(s)",
+        gc.interval
+            .map_or_else(|| "on request only".to_string(), |i| format!("every {}", aetherfs_util::format_duration(i))),
+        aetherfs_util::format_duration(gc.grace),
+        lifecycle.retention.len()
+    );
     let opts = HubOptions {
         storage,
         max_pack_bytes: a.max_pack_mib << 20,

@@ -373,20 +373,7 @@ async fn kubernetes_service_account_tokens() {
 async fn basic_auth_with_a_users_file() {
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users");
-    let passwd = |pw: &str| {
-        let mut child = Command::new(BIN)
-            .args(["hub", "passwd"])
-            .arg(&users)
-            .args(["alice", "--group", "team-a"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(format!("{pw}\n").as_bytes()).unwrap();
-        assert!(child.wait().unwrap().success());
-    };
+    let passwd = |pw: &str| add_user(&users, "alice", "team-a", pw);
     passwd("correct horse battery");
     let text = std::fs::read_to_string(&users).unwrap();
     assert!(text.contains("alice:$argon2id$") && text.trim_end().ends_with(":team-a"), "{text}");
@@ -415,6 +402,89 @@ async fn basic_auth_with_a_users_file() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(call(reqwest::Method::GET, &tag, Some(&basic("correct horse battery")), None).await.status, 401);
+}
+
+/// Adds a basic-auth user to a users file through `aetherfs hub passwd`.
+fn add_user(users: &Path, user: &str, group: &str, password: &str) {
+    let mut child = Command::new(BIN)
+        .args(["hub", "passwd"])
+        .arg(users)
+        .args([user, "--group", group])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// A tenant's agent reads its own datasets and leases only them; garbage
+/// collection needs admin on every dataset, and its report is where an
+/// operator of the whole hub sees every tenant's leases.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_agent_reads_and_leases_its_own_and_collection_needs_admin_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    add_user(&users, "a-reader", "team-a", "pw-a");
+    add_user(&users, "root", "ops", "pw-root");
+    let storage = format!("file://{}", dir.path().join("hub").display());
+    let digests = seed(&storage, &["team-a/x", "team-b/y"]);
+    let config = write_config(
+        dir.path(),
+        "[basic]\nusers_file = \"users\"\n\
+         [[rule]]\ndatasets = \"team-a/**\"\nread = [\"group:team-a\"]\n\
+         [[rule]]\ndatasets = \"**\"\nadmin = [\"group:ops\"]\n",
+    );
+    let hub = AuthHub::start(&storage, &["--auth-config", &config]);
+    let port = crate::harness::free_port();
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "reader = \"team-a-pod\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[cache]\ndir = {:?}\n\
+             [[mount]]\nref = \"team-a/x:v1\"\nwebdav = \"127.0.0.1:{port}\"\n",
+            dir.path().join("cache").display().to_string()
+        ),
+    )
+    .unwrap();
+    let envs = [("AETHERFS_USER", "a-reader"), ("AETHERFS_PASSWORD", "pw-a")];
+    let mut agent = crate::harness::Agent::start_at(&hub.url, &agent_cfg, None, &envs, true);
+    let got =
+        Command::new(require("curl")).args(["-fsS", &format!("http://127.0.0.1:{port}/data.txt")]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "version of team-a/x #0\n");
+
+    // The same credentials may not protect (or learn of) team-b's versions.
+    let reader = aetherfs_hub::auth::basic_authorization("a-reader", "pw-a");
+    let lease_b = format!("{}/v1/datasets/team-b/y/leases/team-a-pod", hub.url);
+    let a = call(reqwest::Method::PUT, &lease_b, Some(&reader), Some(json!({ "versions": [digests[1]] }))).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a =
+        call(reqwest::Method::POST, &format!("{}/v1/gc", hub.url), Some(&reader), Some(json!({"dry_run": true}))).await;
+    assert_eq!((a.status, &a.body["error"]["code"]), (403, &json!("forbidden")), "{}", a.body);
+
+    // The operator sees the agent's lease, on team-a only.
+    let root = aetherfs_hub::auth::basic_authorization("root", "pw-root");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = call(reqwest::Method::POST, &format!("{}/v1/gc", hub.url), Some(&root), Some(json!({"dry_run": true})))
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let held: Vec<(String, u64)> = a.body["datasets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["name"].as_str().unwrap().to_string(), d["leases_held"].as_u64().unwrap()))
+            .collect();
+        if held.contains(&("team-a/x".to_string(), 1)) {
+            assert!(held.contains(&("team-b/y".to_string(), 0)), "{held:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent's lease never arrived: {held:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    agent.stop();
 }
 
 /// Over a real socket the hub sees the client's address: once an address

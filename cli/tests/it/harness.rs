@@ -377,8 +377,13 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent and waits for its admin endpoint; `ready` also waits for /readyz.
     pub fn start(hub: &Hub, config: &Path, mnt: Option<&Path>, envs: &[(&str, &str)], ready: bool) -> Agent {
+        Self::start_at(&hub.url, config, mnt, envs, ready)
+    }
+
+    /// [`Agent::start`] against a hub at `url` (an [`AuthHub`], say).
+    pub fn start_at(url: &str, config: &Path, mnt: Option<&Path>, envs: &[(&str, &str)], ready: bool) -> Agent {
         let mut cmd = Command::new(BIN);
-        cmd.args(["agent", "--config"]).arg(config).env("AETHERFS_HUB", &hub.url).env("AETHERFS_LOG", "warn");
+        cmd.args(["agent", "--config"]).arg(config).env("AETHERFS_HUB", url).env("AETHERFS_LOG", "warn");
         for (k, v) in envs {
             cmd.env(k, v);
         }
