@@ -185,8 +185,20 @@ pub async fn pull(
     opts: &PullOptions,
     progress: Progress<PullEvent>,
 ) -> Result<PullReport, ClientError> {
-    let (manifest, _) = client.get_manifest(name, digest).await?;
-    pull_into(client, name, digest, Arc::new(manifest), dir, None, opts, progress).await
+    // Garbage collection may move the version's chunks while we read them;
+    // once the old pack is gone, a fresh placement says where they went.
+    // What was written already is reused by the next attempt.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (manifest, _) = client.get_manifest(name, digest).await?;
+        match pull_into(client, name, digest, Arc::new(manifest), dir, None, opts, progress.clone()).await {
+            Err(ClientError::Api { status: 404, code, .. }) if code == "pack_not_found" && attempt < 3 => {
+                tracing::info!(%name, %digest, "a pack was collected during the pull; fetching the new placement");
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Writes `manifest` (the verified manifest of `name@digest`) into `dir`.

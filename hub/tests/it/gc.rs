@@ -126,6 +126,19 @@ async fn retention_keeps_the_last_versions_and_the_space_of_the_rest_is_reclaime
     let again = gc(&h, false).await;
     assert_eq!((again["packs_deleted"].as_u64(), again["packs_rewritten"].as_u64()), (Some(0), Some(0)), "{again}");
     assert_eq!(again["stored_bytes_after"], done["stored_bytes_after"]);
+
+    let metrics = h.get("/metrics").await.text();
+    let sample = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {metrics}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("value")
+    };
+    assert_eq!(sample("aetherfs_hub_gc_runs_total{outcome=\"ok\"}"), 3.0, "dry runs count as runs");
+    assert_eq!(sample("aetherfs_hub_gc_versions_removed_total"), 2.0);
+    assert!(sample("aetherfs_hub_gc_deleted_bytes_total") > 0.0);
+    assert_eq!(sample("aetherfs_hub_stored_bytes"), done["stored_bytes_after"].as_f64().expect("n"));
+    let live = format!("aetherfs_hub_dataset_live_bytes{{dataset=\"{NAME}\"}}");
+    assert_eq!(sample(&live), again["datasets"][0]["live_bytes"].as_f64().expect("n"));
+    assert!(sample("aetherfs_hub_gc_last_success_timestamp_seconds") > 1.7e9);
 }
 
 /// A pack holding `a`'s and `b`'s entries, for building a manifest whose
