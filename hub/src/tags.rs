@@ -18,9 +18,11 @@
 //! this replica last saw, and probe seq+1, seq+2, … with HEAD until one is
 //! missing. Without a hint they list the directory.
 //!
-//! Long-polls wait on an in-process [`Notify`] per tag, woken by moves made
-//! through this replica, and re-check storage every [`RECHECK`] for moves
-//! made by other replicas.
+//! Long-polls share one watcher per tag: a task that reads the tag's state
+//! from storage every [`RECHECK`] (and at once after a move through this
+//! replica) while anyone waits on it, and publishes it to every waiter of
+//! every connection. However many wait, one tag costs one read per
+//! [`RECHECK`]; the task ends with its last waiter.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,8 +33,7 @@ use aetherfs_format::{Digest, Name, Tag};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::sync::{Notify, watch};
 
 use crate::error::{AppError, StorageContext};
 use crate::storage::{self, get_bytes};
@@ -62,17 +63,30 @@ pub(crate) struct Applied {
     pub moved: bool,
 }
 
+/// What a tag's watcher last read: nothing yet, the state (the latest record,
+/// possibly a deletion, or none), or a storage failure.
+type Seen = Option<Result<Option<TagRecord>, ()>>;
+
+/// The watcher of one tag: waiters subscribe to `state`; `poke` asks for a
+/// read now (a move through this replica).
+struct Watcher {
+    state: watch::Sender<Seen>,
+    poke: Arc<Notify>,
+}
+
+/// Cheap to clone: every clone shares the caches and the watchers.
+#[derive(Clone)]
 pub(crate) struct TagStore {
     store: Arc<dyn ObjectStore>,
     /// The newest record this replica has seen per tag: a starting point for
     /// probing, never trusted as current without a probe.
-    seen: Mutex<HashMap<Key, TagRecord>>,
-    watchers: Mutex<HashMap<Key, Arc<Notify>>>,
+    seen: Arc<Mutex<HashMap<Key, TagRecord>>>,
+    watchers: Arc<Mutex<HashMap<Key, Watcher>>>,
 }
 
 impl TagStore {
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store, seen: Mutex::new(HashMap::new()), watchers: Mutex::new(HashMap::new()) }
+        Self { store, seen: Arc::default(), watchers: Arc::default() }
     }
 
     /// The latest record (possibly a deletion), or `None` if the tag never existed.
@@ -263,13 +277,14 @@ impl TagStore {
     }
 
     fn notify(&self, name: &Name, tag: &Tag) {
-        if let Some(n) = self.watchers.lock().get(&(name.clone(), tag.clone())) {
-            n.notify_waiters();
+        if let Some(w) = self.watchers.lock().get(&(name.clone(), tag.clone())) {
+            w.poke.notify_one();
         }
     }
 
     /// Waits until the tag's digest differs from `since` (a deletion counts as
-    /// absent) or `timeout` passes, and returns the record at that moment.
+    /// absent) or `timeout` passes, and returns the record at that moment (as
+    /// the tag's watcher last read it).
     pub async fn wait(
         &self,
         name: &Name,
@@ -277,51 +292,74 @@ impl TagStore {
         since: Expected,
         timeout: Duration,
     ) -> Result<Option<TagRecord>, AppError> {
-        let watch = self.watch(name, tag);
-        let deadline = Instant::now() + timeout;
-        loop {
-            // Register for wake-ups before reading, so a move in between is not missed.
-            let notified = watch.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let cur = self.current(name, tag).await?;
-            let digest = cur.as_ref().and_then(|r| r.digest);
-            let changed = match since {
-                Expected::Absent => digest.is_some(),
-                Expected::Digest(d) => digest != Some(d),
-            };
-            let now = Instant::now();
-            if changed || now >= deadline {
-                return Ok(cur);
+        let mut rx = self.subscribe(name, tag);
+        let moved = |seen: &Seen| match seen {
+            None => false,
+            Some(Err(())) => true,
+            Some(Ok(cur)) => {
+                let digest = cur.as_ref().and_then(|r| r.digest);
+                match since {
+                    Expected::Absent => digest.is_some(),
+                    Expected::Digest(d) => digest != Some(d),
+                }
             }
-            let nap = RECHECK.min(deadline - now);
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep(nap) => {}
-            }
+        };
+        let _ = tokio::time::timeout(timeout, rx.wait_for(moved)).await;
+        let seen = rx.borrow().clone();
+        match seen {
+            Some(Ok(cur)) => Ok(cur),
+            Some(Err(())) => Err(AppError::storage("reading a tag", "the tag's watcher could not read storage")),
+            // The wait ended before the first read.
+            None => self.current(name, tag).await,
         }
     }
 
-    fn watch(&self, name: &Name, tag: &Tag) -> Watch<'_> {
+    /// Subscribes to the tag's watcher, starting it if no one watches yet.
+    fn subscribe(&self, name: &Name, tag: &Tag) -> watch::Receiver<Seen> {
         let key = (name.clone(), tag.clone());
-        let notify = self.watchers.lock().entry(key.clone()).or_default().clone();
-        Watch { map: &self.watchers, key, notify }
+        let mut map = self.watchers.lock();
+        if let Some(w) = map.get(&key) {
+            return w.state.subscribe();
+        }
+        let (state, rx) = watch::channel(None);
+        let poke = Arc::new(Notify::new());
+        map.insert(key.clone(), Watcher { state: state.clone(), poke: poke.clone() });
+        drop(map);
+        tokio::spawn(self.clone().watch(key, state, poke));
+        rx
     }
-}
 
-/// One long-poll's registration; the map entry goes when its last waiter does.
-struct Watch<'a> {
-    map: &'a Mutex<HashMap<Key, Arc<Notify>>>,
-    key: Key,
-    notify: Arc<Notify>,
-}
-
-impl Drop for Watch<'_> {
-    fn drop(&mut self) {
-        let mut map = self.map.lock();
-        // Clones are only made under this lock: 2 means the map's and ours.
-        if Arc::strong_count(&self.notify) <= 2 {
-            map.remove(&self.key);
+    /// One tag's watcher: reads while anyone waits, then removes itself.
+    async fn watch(self, key: Key, state: watch::Sender<Seen>, poke: Arc<Notify>) {
+        loop {
+            {
+                // Under the map's lock, so no one subscribes to a watcher that is leaving.
+                let mut map = self.watchers.lock();
+                if state.receiver_count() == 0 {
+                    map.remove(&key);
+                    return;
+                }
+            }
+            let read = match self.current(&key.0, &key.1).await {
+                Ok(r) => Ok(r),
+                Err(e) => {
+                    tracing::warn!(name = %key.0, tag = %key.1, error = %e.message, "a tag watcher could not read storage");
+                    Err(())
+                }
+            };
+            // A failure reaches only waiters who have nothing better.
+            state.send_if_modified(|seen| {
+                let keep = (read.is_err() && matches!(seen, Some(Ok(_)))) || seen.as_ref() == Some(&read);
+                if !keep {
+                    *seen = Some(read);
+                }
+                !keep
+            });
+            tokio::select! {
+                _ = poke.notified() => {}
+                _ = tokio::time::sleep(RECHECK) => {}
+                _ = state.closed() => {}
+            }
         }
     }
 }

@@ -216,3 +216,114 @@ pub fn empty_manifest(note: &str) -> Vec<u8> {
     m.entries.push(Entry { path: "empty".into(), mode: 0o755, kind: EntryKind::Dir });
     m.encode().expect("valid manifest")
 }
+
+// ----------------------------------------------------------- counting store
+
+/// Requests made to a [`CountingStore`], by kind.
+#[derive(Default, Debug)]
+pub struct Requests {
+    /// GET and HEAD.
+    pub gets: std::sync::atomic::AtomicU64,
+    pub puts: std::sync::atomic::AtomicU64,
+    pub lists: std::sync::atomic::AtomicU64,
+    pub deletes: std::sync::atomic::AtomicU64,
+}
+
+impl Requests {
+    pub fn snapshot(&self) -> [u64; 4] {
+        use std::sync::atomic::Ordering::SeqCst;
+        [self.gets.load(SeqCst), self.puts.load(SeqCst), self.lists.load(SeqCst), self.deletes.load(SeqCst)]
+    }
+
+    /// Every request since `before` (a [`Requests::snapshot`]).
+    pub fn since(&self, before: [u64; 4]) -> u64 {
+        self.snapshot().iter().zip(before).map(|(n, b)| n - b).sum()
+    }
+}
+
+/// An object store that counts what is asked of the one it wraps: how the
+/// tests bound the requests a hostile client can cause.
+#[derive(Debug)]
+pub struct CountingStore {
+    pub inner: Arc<dyn ObjectStore>,
+    pub requests: Arc<Requests>,
+}
+
+impl std::fmt::Display for CountingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Counting({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for CountingStore {
+    async fn put_opts(
+        &self,
+        location: &object_store::path::Path,
+        payload: object_store::PutPayload,
+        opts: object_store::PutOptions,
+    ) -> object_store::Result<object_store::PutResult> {
+        self.requests.puts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &object_store::path::Path,
+        opts: object_store::PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+        self.requests.puts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &object_store::path::Path,
+        options: object_store::GetOptions,
+    ) -> object_store::Result<object_store::GetResult> {
+        self.requests.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>> {
+        self.requests.deletes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+        self.requests.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&object_store::path::Path>,
+    ) -> object_store::Result<object_store::ListResult> {
+        self.requests.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &object_store::path::Path,
+        to: &object_store::path::Path,
+        options: object_store::CopyOptions,
+    ) -> object_store::Result<()> {
+        self.requests.puts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// A hub over a counting in-memory store.
+pub async fn counted_hub(opts: HubOptions) -> (TestHub, Arc<Requests>) {
+    let requests = Arc::new(Requests::default());
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(CountingStore { inner: Arc::new(InMemory::new()), requests: requests.clone() });
+    (TestHub::over(store, opts).await, requests)
+}

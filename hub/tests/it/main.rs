@@ -8,3 +8,4 @@ mod api;
 mod auth;
 mod gc;
 mod harness;
+mod hostile;

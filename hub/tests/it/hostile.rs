@@ -1,0 +1,101 @@
+//! Hostile clients at a small, bounded scale: what one of them can make the
+//! hub ask of its store is bounded, whatever it sends.
+
+use std::time::Duration;
+
+use aetherfs_format::{ChunkLocation, ChunkParams, ChunkRef, Compression, Digest, Entry, EntryKind, Manifest};
+use aetherfs_hub::HubOptions;
+use axum::body::Body;
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::harness::{build_pack, counted_hub, file_chunks, manifest};
+
+fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// Finding 7: many waiters on one tag share one watcher, so the store sees
+/// one read per recheck interval however many wait; a move wakes them all.
+#[tokio::test(flavor = "multi_thread")]
+async fn long_polls_on_one_tag_share_one_watcher() {
+    let (h, requests) = counted_hub(HubOptions::default()).await;
+    const WAITERS: usize = 200;
+    let uri = "/v1/datasets/acme/geoip/tags/next?since=absent&wait=6";
+    let polls: Vec<_> = (0..WAITERS)
+        .map(|_| {
+            let router = h.router.clone();
+            tokio::spawn(async move {
+                let req = axum::http::Request::builder().uri(uri).body(Body::empty()).expect("request");
+                crate::harness::send(&router, req).await
+            })
+        })
+        .collect();
+    // Every waiter is waiting (the hub's own gauge says so).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gauge(&h.get("/metrics").await.text(), "aetherfs_hub_long_polls_waiting") < WAITERS as f64 {
+        assert!(tokio::time::Instant::now() < deadline, "the waiters never all waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = requests.snapshot();
+    // Two recheck intervals with everyone waiting.
+    tokio::time::sleep(Duration::from_millis(4100)).await;
+    let during = requests.since(before);
+    assert!(during <= 12, "{WAITERS} waiters made {during} store requests in 4 s");
+
+    // A move through this replica answers every waiter with it.
+    let chunks = file_chunks(3);
+    let pack = build_pack(&chunks);
+    assert!(h.put_pack(&pack).await.status.is_success());
+    let m = manifest(&[("f", &chunks)], &pack, "next");
+    assert!(h.put_manifest("acme/geoip", &m).await.status.is_success());
+    let digest = Digest::of(&m);
+    h.set_tag("acme/geoip", "next", &digest, None).await.ok();
+    for p in polls {
+        let r = p.await.expect("poll task");
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(r.value()["digest"], json!(digest));
+    }
+    // The watcher goes with its last waiter.
+    let metrics = h.get("/metrics").await.text();
+    assert_eq!(gauge(&metrics, "aetherfs_hub_long_polls_waiting"), 0.0);
+}
+
+/// Finding 6: a manifest naming 100,000 chunks the hub does not have costs
+/// the store no per-chunk or per-pack read: the hub places chunks from its
+/// index, and re-reads the pack listing at most once per interval.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_of_unknown_chunks_costs_the_store_nothing_per_chunk() {
+    let (h, requests) = counted_hub(HubOptions::default()).await;
+    let mut m = Manifest::new(ChunkParams::default());
+    for i in 0..100_000u32 {
+        let data = i.to_le_bytes();
+        let c = ChunkRef {
+            digest: Digest::of(&data),
+            len: 4,
+            location: ChunkLocation { pack: Digest::of(b"nowhere"), offset: 0, stored_len: 4, compression: Compression::None },
+        };
+        m.entries.push(Entry {
+            path: format!("f/{i:06}"),
+            mode: 0o644,
+            kind: EntryKind::File { size: 4, digest: Digest::of(&data), chunks: vec![c] },
+        });
+    }
+    m.sort();
+    let bytes = m.encode().expect("valid");
+    let before = requests.snapshot();
+    let r = h.put_manifest("acme/geoip", &bytes).await;
+    let msg = r.err(StatusCode::UNPROCESSABLE_ENTITY, "missing_chunks");
+    assert!(msg.starts_with("100000 chunk(s)"), "{msg}");
+    let first = requests.since(before);
+    assert!(first <= 4, "one publish of 100,000 unknown chunks made {first} store requests");
+    let again = requests.snapshot();
+    h.put_manifest("acme/geoip", &bytes).await.err(StatusCode::UNPROCESSABLE_ENTITY, "missing_chunks");
+    let second = requests.since(again);
+    assert!(second <= 2, "the second publish re-read the listing: {second} requests");
+}
