@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use aetherfs_format::api::PresentChunk;
 use aetherfs_format::pack::{PackEntry, decode_index};
+use aetherfs_format::placement::PlacedChunk;
 use aetherfs_format::{ChunkLocation, Digest, Name};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
@@ -148,14 +149,19 @@ impl ChunkIndex {
     }
 
     /// Splits `digests` into the present ones (at their first location in a
-    /// pack that `usable` accepts) and the missing ones.
-    pub fn lookup(&self, digests: &[Digest], usable: &dyn Fn(&Digest) -> bool) -> (Vec<PresentChunk>, Vec<Digest>) {
+    /// pack some dataset `can_read` accepts is linked to) and the missing ones.
+    pub fn lookup(&self, digests: &[Digest], can_read: &CanRead<'_>) -> (Vec<PresentChunk>, Vec<Digest>) {
+        // One read guard for the whole query, and no call back into `self`
+        // under it: a recursive read would deadlock behind a waiting writer.
         let state = self.shared.state.read();
-        let usable = |p: &Digest| !state.condemned.contains(p) && usable(p);
         let mut present = Vec::new();
         let mut missing = Vec::new();
         for d in digests {
-            match state.chunks.get(d).and_then(|c| c.all().find(|l| usable(&l.pack)).map(|l| (c.len, *l))) {
+            let found = state
+                .chunks
+                .get(d)
+                .and_then(|c| c.all().find(|l| usable(&state, &l.pack, can_read)).map(|l| (c.len, *l)));
+            match found {
                 Some((len, location)) => present.push(PresentChunk { digest: *d, len, location }),
                 None => missing.push(*d),
             }
@@ -163,11 +169,24 @@ impl ChunkIndex {
         (present, missing)
     }
 
-    /// Where a chunk of `len` bytes is stored in a pack that `usable` accepts.
-    pub fn locate(&self, digest: &Digest, len: u32, usable: &dyn Fn(&Digest) -> bool) -> Option<ChunkLocation> {
+    /// Places chunks (digest, plaintext length) in packs some dataset
+    /// `can_read` accepts is linked to; returns the placed ones and the rest.
+    pub fn place(&self, chunks: &[(Digest, u32)], can_read: &CanRead<'_>) -> (Vec<PlacedChunk>, Vec<(Digest, u32)>) {
         let state = self.shared.state.read();
-        let c = state.chunks.get(digest).filter(|c| c.len == len)?;
-        c.all().find(|l| !state.condemned.contains(&l.pack) && usable(&l.pack)).copied()
+        let mut placed = Vec::with_capacity(chunks.len());
+        let mut missing = Vec::new();
+        for &(digest, len) in chunks {
+            let found = state
+                .chunks
+                .get(&digest)
+                .filter(|c| c.len == len)
+                .and_then(|c| c.all().find(|l| usable(&state, &l.pack, can_read)).copied());
+            match found {
+                Some(location) => placed.push(PlacedChunk { digest, len, location }),
+                None => missing.push((digest, len)),
+            }
+        }
+        (placed, missing)
     }
 
     /// Replaces the set of packs being collected, as just listed from the store.
@@ -216,11 +235,6 @@ impl ChunkIndex {
         self.shared.state.read().links.get(pack).is_some_and(|l| l.contains(name))
     }
 
-    /// Whether some dataset that `can_read` accepts may read `pack`.
-    pub fn visible(&self, pack: &Digest, can_read: &(dyn Fn(&Name) -> bool + Sync)) -> bool {
-        self.shared.state.read().links.get(pack).is_some_and(|l| l.iter().any(can_read))
-    }
-
     /// Lets `name` read `pack` (the link object is already stored).
     pub fn add_link(&self, pack: Digest, name: Name) {
         add_link(&mut self.shared.state.write().links, pack, name);
@@ -234,6 +248,15 @@ impl ChunkIndex {
     pub fn pack_size(&self, pack: &Digest) -> Option<u64> {
         self.shared.state.read().packs.get(pack).copied().flatten()
     }
+}
+
+/// Which datasets a caller may read.
+pub(crate) type CanRead<'a> = dyn Fn(&Name) -> bool + Sync + 'a;
+
+/// A pack a query may answer with: linked to a dataset the caller may read,
+/// and not being collected.
+fn usable(state: &State, pack: &Digest, can_read: &CanRead<'_>) -> bool {
+    !state.condemned.contains(pack) && state.links.get(pack).is_some_and(|l| l.iter().any(can_read))
 }
 
 pub(crate) fn not_ready() -> AppError {
@@ -368,13 +391,18 @@ mod tests {
         let e = PackEntry { digest: d, offset: 8, stored_len: 3, len: 3, compression: Compression::None };
         index.add_pack(p1, 100, std::slice::from_ref(&e));
         index.add_pack(p2, 100, std::slice::from_ref(&e));
-        assert_eq!(index.locate(&d, 3, &|p| *p == p2).map(|l| l.pack), Some(p2));
-        assert_eq!(index.locate(&d, 4, &|_| true), None, "a length mismatch is no match");
+        let (a, b): (Name, Name) = ("team-a/x".parse().unwrap(), "team-b/y".parse().unwrap());
+        index.add_link(p1, a.clone());
+        index.add_link(p2, b.clone());
+        let locate =
+            |len, can_read: &CanRead<'_>| index.place(&[(d, len)], can_read).0.first().map(|c| c.location.pack);
+        assert_eq!(locate(3, &|n: &Name| *n == b), Some(p2));
+        assert_eq!(locate(4, &|_: &Name| true), None, "a length mismatch is no match");
         index.set_condemned(HashSet::from([p1]));
-        assert_eq!(index.locate(&d, 3, &|_| true).map(|l| l.pack), Some(p2));
-        let (present, missing) = index.lookup(&[d], &|p| *p == p1);
+        assert_eq!(locate(3, &|_: &Name| true), Some(p2));
+        let (present, missing) = index.lookup(&[d], &|n: &Name| *n == a);
         assert!(present.is_empty() && missing == vec![d], "a condemned pack was offered");
         index.forget_packs(&HashSet::from([p2]));
-        assert_eq!(index.locate(&d, 3, &|_| true), None);
+        assert_eq!(locate(3, &|_: &Name| true), None);
     }
 }

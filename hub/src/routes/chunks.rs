@@ -51,12 +51,11 @@ async fn query(
     chunks.wait_ready().await?;
     // What the caller may not read is, to the caller, not there: the answer
     // keeps the query's order, so it shows no trace of what was hidden.
-    let usable = |p: &Digest| chunks.visible(p, can_read);
-    let (mut present, missing) = chunks.lookup(&digests, &usable);
+    let (mut present, missing) = chunks.lookup(&digests, can_read);
     if !missing.is_empty() {
         // Another replica may have stored them since we last looked.
         chunks.rescan_if_due().await?;
-        present.extend(chunks.lookup(&missing, &usable).0);
+        present.extend(chunks.lookup(&missing, can_read).0);
     }
     let shown: HashSet<Digest> = present.iter().map(|p| p.digest).collect();
     let missing: Vec<Digest> = digests.into_iter().filter(|d| !shown.contains(d)).collect();

@@ -16,7 +16,6 @@
 use std::collections::HashSet;
 
 use aetherfs_format::api::ManifestStored;
-use aetherfs_format::placement::PlacedChunk;
 use aetherfs_format::{Digest, Manifest, Name, Placement};
 use axum::Json;
 use axum::extract::Request;
@@ -166,23 +165,13 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
     let chunks = &hub.inner.chunks;
     chunks.wait_ready().await?;
     let can_read = |n: &Name| *n == name || caller.as_ref().is_none_or(|c| c.can(Permission::Read, n.as_str()));
-    let usable = |p: &Digest| chunks.is_linked(p, &name) || chunks.visible(p, &can_read);
-    let place = |todo: &[(Digest, u32)], placed: &mut Vec<PlacedChunk>| -> Vec<(Digest, u32)> {
-        let mut missing = Vec::new();
-        for &(digest, len) in todo {
-            match chunks.locate(&digest, len, &usable) {
-                Some(location) => placed.push(PlacedChunk { digest, len, location }),
-                None => missing.push((digest, len)),
-            }
-        }
-        missing
-    };
-    let mut placed = Vec::with_capacity(unplaced.chunks.len());
-    let mut missing = place(&unplaced.chunks, &mut placed);
+    let (mut placed, mut missing) = chunks.place(&unplaced.chunks, &can_read);
     if !missing.is_empty() {
         // Another replica may have stored them since we last looked.
         chunks.rescan_if_due().await?;
-        missing = place(&missing, &mut placed);
+        let (more, still) = chunks.place(&missing, &can_read);
+        placed.extend(more);
+        missing = still;
     }
     if !missing.is_empty() {
         let digests: Vec<Digest> = missing.iter().map(|m| m.0).collect();
