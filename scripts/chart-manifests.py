@@ -41,7 +41,7 @@ CUSTOM = {"ServiceMonitor": "monitoring.coreos.com/v1"}
 # Keys of the agent's configuration (docs/agent.md), the materialize mode's
 # `materialize`, `keep_versions` and the `on_switch` hook included.
 AGENT_KEYS = {
-    "": {"hub", "reader", "admin", "cache", "fetch", "auth", "mount"},
+    "": {"hub", "reader", "allowed_hosts", "admin", "cache", "fetch", "auth", "mount"},
     "admin": {"listen", "token_file"},
     "cache": {"dir", "max_size", "memory_size", "key_file"},
     "fetch": {"timeout_secs", "concurrency", "readahead", "poll_secs"},

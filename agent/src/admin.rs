@@ -113,6 +113,7 @@ pub async fn serve_admin(
     addr: SocketAddr,
     admin: Arc<Admin>,
     token: Option<AdminToken>,
+    allowed_hosts: Vec<String>,
 ) -> Result<SocketAddr, AdminError> {
     use axum::http::StatusCode;
     use axum::routing::get;
@@ -163,7 +164,9 @@ pub async fn serve_admin(
                     _ => next.run(req).await,
                 }
             }
-        }));
+        }))
+        // Outermost: a rebound web page learns nothing, not even /healthz.
+        .layer(axum::middleware::from_fn_with_state(Arc::new(allowed_hosts), aetherfs_mounts::webdav::check_host));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin server failed");

@@ -105,6 +105,11 @@ pub struct AgentConfig {
     /// How this agent names itself in its leases on the hub (which versions
     /// it serves); default: the host name and a random suffix.
     pub reader: Option<String>,
+    /// Host names (besides IP addresses and `localhost`) the WebDAV front
+    /// ends and the admin endpoint answer to; other Host headers are refused
+    /// (DNS rebinding). `["*"]`: any.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]

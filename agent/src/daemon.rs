@@ -95,7 +95,8 @@ pub async fn run(
 
     let admin = Arc::new(Admin::new(source.clone(), cfg.mounts.len()));
     let token = cfg.admin.token_file.clone().map(crate::admin::AdminToken);
-    let admin_addr = serve_admin(cfg.admin.listen, admin.clone(), token).await?;
+    let allowed_hosts = cfg.allowed_hosts.clone();
+    let admin_addr = serve_admin(cfg.admin.listen, admin.clone(), token, allowed_hosts.clone()).await?;
     eprintln!("aetherfs agent: admin on http://{admin_addr} (hub {})", client.base_url());
 
     let reader = cfg.reader_id();
@@ -104,8 +105,8 @@ pub async fn run(
     let readahead = cfg.fetch.readahead.0;
     let mut tasks = tokio::task::JoinSet::new();
     for m in cfg.mounts {
-        let (packs, source, admin) = (packs.clone(), source.clone(), admin.clone());
-        tasks.spawn(async move { run_mount(packs, source, admin, m, poll, readahead).await });
+        let (packs, source, admin, hosts) = (packs.clone(), source.clone(), admin.clone(), allowed_hosts.clone());
+        tasks.spawn(async move { run_mount(packs, source, admin, m, poll, readahead, hosts).await });
     }
     let result = tokio::select! {
         _ = shutdown => Ok(()),
@@ -135,6 +136,7 @@ async fn run_mount(
     cfg: MountConfig,
     poll: std::time::Duration,
     readahead: u64,
+    allowed_hosts: Vec<String>,
 ) -> Result<(), AgentError> {
     let reference: Reference =
         cfg.reference.parse().map_err(|source| AgentError::Reference { reference: cfg.reference.clone(), source })?;
@@ -155,7 +157,8 @@ async fn run_mount(
     let frontend = |e| AgentError::Frontend { reference: reference.to_string(), source: Box::new(e) };
     let mut servers = Tasks::new();
     if let Some(addr) = cfg.webdav {
-        let url = start_webdav(&mut servers, mount.fs().clone(), addr).await.map_err(frontend)?;
+        let url =
+            start_webdav(&mut servers, mount.fs().clone(), addr, allowed_hosts.clone()).await.map_err(frontend)?;
         eprintln!("aetherfs agent: {reference}: WebDAV on {url}");
         mount.add_frontend(format!("webdav:{url}"));
     }

@@ -31,12 +31,19 @@ pub enum FrontendError {
 pub type Tasks = tokio::task::JoinSet<Result<(), FrontendError>>;
 
 /// Starts WebDAV on `addr` in `tasks`; returns its URL.
-pub async fn start_webdav(tasks: &mut Tasks, fs: Arc<DatasetFs>, addr: SocketAddr) -> Result<String, FrontendError> {
+pub async fn start_webdav(
+    tasks: &mut Tasks,
+    fs: Arc<DatasetFs>,
+    addr: SocketAddr,
+    allowed_hosts: Vec<String>,
+) -> Result<String, FrontendError> {
     let listen = |source| FrontendError::Listen { addr, source };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen)?;
     let url = format!("http://{}/", listener.local_addr().map_err(listen)?);
     tasks.spawn(async move {
-        aetherfs_mounts::webdav::serve(fs, listener, std::future::pending()).await.map_err(FrontendError::WebDav)
+        aetherfs_mounts::webdav::serve(fs, listener, allowed_hosts, std::future::pending())
+            .await
+            .map_err(FrontendError::WebDav)
     });
     Ok(url)
 }

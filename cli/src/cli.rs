@@ -200,6 +200,11 @@ pub struct MountArgs {
     /// Serve /healthz, /readyz and /metrics on this address.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
+    /// Host names (besides IP addresses and localhost) WebDAV and the admin
+    /// endpoint answer to, comma-separated; "*" for any. Other Host headers
+    /// are refused, so a web page cannot reach them by DNS rebinding.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub allowed_hosts: Vec<String>,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -221,6 +226,11 @@ pub struct ServeArgs {
     /// Serve /healthz, /readyz and /metrics on this address.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
+    /// Host names (besides IP addresses and localhost) WebDAV and the admin
+    /// endpoint answer to, comma-separated; "*" for any. Other Host headers
+    /// are refused, so a web page cannot reach them by DNS rebinding.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub allowed_hosts: Vec<String>,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -268,6 +278,11 @@ pub struct HubArgs {
     /// access rules; see docs/security.md. Without it every request is allowed.
     #[arg(long, env = "AETHERFS_AUTH_CONFIG")]
     pub auth_config: Option<PathBuf>,
+    /// Host names (besides IP addresses and localhost) a hub without
+    /// authentication answers to, comma-separated; "*" for any. Other Host
+    /// headers are refused, so a web page cannot reach it by DNS rebinding.
+    #[arg(long, env = "AETHERFS_ALLOWED_HOSTS", value_delimiter = ',', value_name = "NAMES")]
+    pub allowed_hosts: Vec<String>,
     /// Lifecycle configuration (TOML): retention rules per dataset pattern and
     /// garbage-collection settings (schedule, grace, leases); see
     /// docs/operations.md. Without it: tagged versions are kept, collection

@@ -25,6 +25,11 @@ pub fn validate_path(path: &str) -> Result<(), FormatError> {
     if path.contains('\0') {
         return Err(bad("contains NUL"));
     }
+    // Newlines, escape sequences and other controls in names break every
+    // tool that prints or parses paths; no dataset needs them.
+    if path.chars().any(char::is_control) {
+        return Err(bad("contains a control character"));
+    }
     for seg in path.split('/') {
         match seg {
             "" => return Err(bad("empty segment")),
@@ -48,14 +53,32 @@ mod tests {
 
     #[test]
     fn accepts_normal_paths() {
-        for ok in ["a", "a/b", "données/été.csv", "a b/c", ".hidden", "a/..b", "a..", "...", "x\\y"] {
+        // Bidi controls are not refused: printing quotes them (aetherfs_util::quote).
+        for ok in ["a", "a/b", "données/été.csv", "a b/c", ".hidden", "a/..b", "a..", "...", "x\\y", "rtl\u{202e}txt"]
+        {
             validate_path(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
     }
 
     #[test]
     fn rejects_escapes_and_oddities() {
-        for bad in ["", "/etc/passwd", "../x", "a/../b", "a/..", "./a", "a/./b", "a//b", "a/", "a\0b"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a/..",
+            "./a",
+            "a/./b",
+            "a//b",
+            "a/",
+            "a\0b",
+            "a\nb",
+            "a\rb",
+            "\x1b[31mred",
+            "del\x7f",
+            "c1\u{9b}31m",
+        ] {
             assert!(validate_path(bad).is_err(), "{bad:?} accepted");
         }
         assert!(validate_path(&"a".repeat(256)).is_err());

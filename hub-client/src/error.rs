@@ -18,14 +18,15 @@ pub enum ClientError {
     Api { status: u16, code: String, message: String },
     #[error(transparent)]
     Format(#[from] FormatError),
-    #[error("{path}: {source}")]
+    /// Paths are printed quoted when they hold control or bidi characters.
+    #[error("{}: {source}", aetherfs_util::quote(.path))]
     Io {
         path: String,
         #[source]
         source: std::io::Error,
     },
     /// Data from the hub or the disk did not match its digest.
-    #[error("{path}: {what} failed verification ({digest}): the stored data is corrupt")]
+    #[error("{}: {what} failed verification ({digest}): the stored data is corrupt", aetherfs_util::quote(.path))]
     Integrity { path: String, what: &'static str, digest: Digest },
     #[error("{0}")]
     Invalid(String),

@@ -63,14 +63,18 @@ fn walk_dir(dir: &Path, prefix: &str, strictness: Strictness, out: &mut Vec<Loca
         let full = entry.path();
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {
             if strictness == Strictness::Fail {
-                return Err(ClientError::Invalid(format!("{}: file name is not UTF-8", full.display())));
+                return Err(ClientError::Invalid(format!(
+                    "{}: file name is not UTF-8",
+                    aetherfs_util::quote(&full.display().to_string())
+                )));
             }
             continue;
         };
         let path = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
         if let Err(e) = validate_path(&path) {
             if strictness == Strictness::Fail {
-                return Err(ClientError::Invalid(format!("{}: {e}", full.display())));
+                // The format error already shows the path escaped.
+                return Err(ClientError::Invalid(format!("{}: {e}", aetherfs_util::quote(&dir.display().to_string()))));
             }
             continue;
         }

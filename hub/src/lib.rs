@@ -69,6 +69,10 @@ pub struct HubOptions {
     pub auth: Auth,
     /// Retention rules and garbage-collection settings.
     pub lifecycle: Lifecycle,
+    /// Host names (besides IP addresses and `localhost`) an open hub (no
+    /// authentication) answers to; other Host headers are refused, which
+    /// keeps DNS rebinding away from it. `"*"`: any.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for HubOptions {
@@ -79,6 +83,7 @@ impl Default for HubOptions {
             max_manifest_bytes: MANIFEST_MAX_BYTES,
             auth: Auth::open(),
             lifecycle: Lifecycle::default(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

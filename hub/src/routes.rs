@@ -71,6 +71,7 @@ pub(crate) fn build(hub: Hub) -> (Router, Vec<RouteSpec>) {
         .method_not_allowed_fallback(|| async { AppError::method_not_allowed() })
         // Inside the metrics layer, so refusals are counted and timed too.
         .layer(axum::middleware::from_fn_with_state(auth::Guard { hub: hub.clone(), need }, auth::enforce))
+        .layer(axum::middleware::from_fn_with_state(hub.clone(), check_host))
         .layer(axum::middleware::from_fn_with_state(hub.clone(), metrics::track))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(hub);
@@ -101,6 +102,38 @@ pub(crate) fn need(method: &Method, path: &str) -> Need {
         return Need::Dataset(name.to_string(), p);
     }
     Need::Authenticated
+}
+
+/// Refuses requests whose Host is not an address, `localhost` or an allowed
+/// name, when the hub has no authentication (DNS rebinding; see
+/// [`aetherfs_util::host_allowed`]). With authentication a rebound page has
+/// no credentials to send, so every Host is served.
+async fn check_host(
+    axum::extract::State(hub): axum::extract::State<Hub>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if hub.inner.opts.auth.is_open()
+        && let Some(host) = request_host(&req)
+        && !aetherfs_util::host_allowed(&host, &hub.inner.opts.allowed_hosts)
+    {
+        tracing::info!(host = %aetherfs_util::quote(&host), "refused a request for an unknown host");
+        return AppError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            "this hub has no authentication and answers only to its addresses, localhost and the names given with --allowed-hosts",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// The host a request names: its URI authority (HTTP/2) or its Host header.
+pub(crate) fn request_host(req: &Request) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers().get(header::HOST).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 /// `Json` whose rejections become [`AppError`]s (`invalid_json`, `too_large`, …).

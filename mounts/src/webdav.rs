@@ -53,14 +53,45 @@ const READ_BUF: usize = 256 << 10;
 /// Symlinks followed while resolving one path (Linux's limit).
 const MAX_HOPS: u32 = 40;
 
-/// The dataset as an axum router serving WebDAV at `/`.
-pub fn router(fs: Arc<DatasetFs>) -> Router {
+/// The dataset as an axum router serving WebDAV at `/`, answering only to
+/// the hosts [`check_host`] lets through (`allowed_hosts` adds names).
+pub fn router(fs: Arc<DatasetFs>, allowed_hosts: Vec<String>) -> Router {
     let dav = handler(fs);
     let serve = move |req: Request| {
         let dav = dav.clone();
         async move { dav.handle(req).await }
     };
-    Router::new().route("/", any(serve.clone())).route("/{*path}", any(serve))
+    Router::new()
+        .route("/", any(serve.clone()))
+        .route("/{*path}", any(serve))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(allowed_hosts), check_host))
+}
+
+/// Refuses (403) a request whose Host is neither an IP address, `localhost`,
+/// nor one of the allowed names: these front ends have no authentication, so
+/// a web page must not reach them through DNS rebinding
+/// ([`aetherfs_util::host_allowed`]). Requests without a Host pass (no
+/// browser sends one).
+pub async fn check_host(
+    axum::extract::State(allowed): axum::extract::State<Arc<Vec<String>>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let host = req.uri().authority().map(|a| a.as_str().to_string()).or_else(|| {
+        req.headers().get(axum::http::header::HOST).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    });
+    if let Some(h) = host
+        && !aetherfs_util::host_allowed(&h, &allowed)
+    {
+        tracing::info!(host = %aetherfs_util::quote(&h), "refused a request for an unknown host");
+        return (
+            axum::http::StatusCode::FORBIDDEN,
+            "this server answers only to its addresses, localhost and its allowed host names\n",
+        )
+            .into_response();
+    }
+    next.run(req).await
 }
 
 /// The dav-server handler, for embedding under another prefix (build your
@@ -84,10 +115,11 @@ pub fn dav_filesystem(fs: Arc<DatasetFs>) -> Box<DavFs> {
 pub async fn serve(
     fs: Arc<DatasetFs>,
     listener: tokio::net::TcpListener,
+    allowed_hosts: Vec<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     tracing::info!(addr = ?listener.local_addr().ok(), "serving WebDAV");
-    axum::serve(listener, router(fs)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(fs, allowed_hosts)).with_graceful_shutdown(shutdown).await
 }
 
 /// [`DatasetFs`] as a [`DavFileSystem`].

@@ -7,6 +7,10 @@
 //!   test uses (the chunker's golden vectors are computed over it).
 //! - [`parse_duration`] / [`format_duration`]: `90s`, `10m`, `1h30m`, `7d`, as
 //!   flags and configuration files write them.
+//! - [`host_allowed`]: the Host check that keeps DNS rebinding away from
+//!   servers without authentication.
+//! - [`quote`]: a dataset path (or any untrusted text) safe to print on a
+//!   terminal or in a log line.
 
 use std::error::Error;
 
@@ -173,5 +177,114 @@ mod duration_tests {
             let d = std::time::Duration::from_secs(secs);
             assert_eq!(parse_duration(&format_duration(d)), Ok(d));
         }
+    }
+}
+
+/// Characters that reorder or hide text on display: the Unicode bidi
+/// embeddings, overrides and isolates, and the invisible marks.
+fn is_deceptive(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// `s` as it may be printed: unchanged when it holds nothing a terminal or a
+/// reader could misread, else in double quotes with C escapes (`\n`, `\t`,
+/// `\"`, `\\`) and `\u{…}` for other control and bidi characters, as git
+/// quotes paths. A path that needed quoting never prints as another path.
+pub fn quote(s: &str) -> std::borrow::Cow<'_, str> {
+    let needs = |c: char| c.is_control() || is_deceptive(c) || c == '"' || c == '\\';
+    if !s.chars().any(needs) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() || is_deceptive(c) => out.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod quote_tests {
+    use super::quote;
+
+    #[test]
+    fn quotes_what_a_terminal_would_misread() {
+        assert_eq!(quote("data/été-日本語.csv"), "data/été-日本語.csv");
+        assert_eq!(quote("a b"), "a b");
+        assert_eq!(quote("evil\n\x1b[31mred"), "\"evil\\n\\u{001b}[31mred\"");
+        assert_eq!(quote("invoice\u{202E}fdp.exe"), "\"invoice\\u{202e}fdp.exe\"");
+        assert_eq!(quote("back\\slash\"q"), "\"back\\\\slash\\\"q\"");
+        assert_eq!(quote("cr\rlf"), "\"cr\\rlf\"");
+        // Quoting is unambiguous: a quoted path never equals a plain one.
+        assert_ne!(quote("\"x\""), "\"x\"");
+    }
+}
+
+/// Whether a request's `Host` (or `:authority`) may reach a server without
+/// authentication. A web page can make a browser send requests to a local
+/// server under the page's own host name by rebinding that name's DNS to
+/// 127.0.0.1 (DNS rebinding); the Host header still carries the page's name.
+/// So: IP literals (v4, or v6 in brackets) and `localhost` (and
+/// `*.localhost`, which resolves to loopback by definition) are accepted,
+/// as is any name in `allowed` (compared without port, case and trailing
+/// dot; `"*"` accepts every host). Anything else is refused.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let host = host.trim();
+    if host.starts_with('[') {
+        // [v6]:port — an address, not a name.
+        return host.find(']').is_some_and(|end| host[1..end].parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((n, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => n,
+        Some(_) => return false,
+        None => host,
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() {
+        return false;
+    }
+    if name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    allowed.iter().any(|a| a == "*" || a.trim_end_matches('.').eq_ignore_ascii_case(&name))
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_addresses_loopback_names_and_configured_names_pass() {
+        let none: Vec<String> = Vec::new();
+        for ok in
+            ["127.0.0.1:7070", "127.0.0.1", "10.1.2.3:80", "[::1]:7070", "localhost:7070", "LOCALHOST.", "a.localhost"]
+        {
+            assert!(host_allowed(ok, &none), "{ok} refused");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:7070",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "",
+            ":80",
+            "[::1",
+            "a:b",
+        ] {
+            assert!(!host_allowed(bad, &none), "{bad} accepted");
+        }
+        let names = vec!["hub.internal".to_string()];
+        assert!(host_allowed("HUB.internal:7070", &names));
+        assert!(!host_allowed("other.internal", &names));
+        assert!(host_allowed("anything", &["*".to_string()]));
     }
 }

@@ -61,7 +61,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     let cache = CacheArgs { cache_mib: 64, readahead_mib: 8, fetch_timeout_secs: 30 };
     let (_source, served) = open_one(&client, &reference, &cache.source_options(), cache.readahead_bytes()).await?;
     let mut tasks = Tasks::new();
-    let webdav = start_webdav(&mut tasks, served.fs().clone(), a.webdav).await?;
+    let webdav = start_webdav(&mut tasks, served.fs().clone(), a.webdav, Vec::new()).await?;
     let nfs = start_nfs(&mut tasks, served.fs().clone(), a.nfs, "geoip").await?;
     let mnt = dir.join("mnt");
     let fuse = if a.no_fuse || !fuse_usable() {

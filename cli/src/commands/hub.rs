@@ -48,6 +48,7 @@ pub async fn run(a: HubArgs) -> Result<()> {
         max_pack_bytes: a.max_pack_mib << 20,
         auth: auth.clone(),
         lifecycle,
+        allowed_hosts: a.allowed_hosts.clone(),
         ..HubOptions::default()
     };
     let hub = Hub::open(opts).await.context("cannot open the hub's storage")?;

@@ -1,4 +1,5 @@
 use aetherfs_format::EntryKind;
+use aetherfs_util::quote;
 use anyhow::{Context, Result};
 
 use crate::cli::{GlobalArgs, InspectArgs};
@@ -30,16 +31,18 @@ pub async fn run(g: &GlobalArgs, a: InspectArgs) -> Result<()> {
     let c = manifest.chunking;
     println!("  chunking: FastCDC 2020 min {} avg {} max {}", c.min, c.avg, c.max);
     for (k, v) in &manifest.annotations {
-        println!("  {k}: {v}");
+        println!("  {}: {}", quote(k), quote(v));
     }
     if a.files {
         for e in &manifest.entries {
             match &e.kind {
                 EntryKind::File { size, digest, chunks } => {
-                    println!("{:o}\t{size}\t{digest}\t{} chunks\t{}", e.mode, chunks.len(), e.path)
+                    println!("{:o}\t{size}\t{digest}\t{} chunks\t{}", e.mode, chunks.len(), quote(&e.path))
                 }
-                EntryKind::Dir => println!("{:o}\tdir\t\t\t{}/", e.mode, e.path),
-                EntryKind::Symlink { target } => println!("{:o}\tlink\t\t\t{} -> {target}", e.mode, e.path),
+                EntryKind::Dir => println!("{:o}\tdir\t\t\t{}/", e.mode, quote(&e.path)),
+                EntryKind::Symlink { target } => {
+                    println!("{:o}\tlink\t\t\t{} -> {}", e.mode, quote(&e.path), quote(target))
+                }
             }
         }
     }

@@ -16,7 +16,7 @@ pub async fn run(g: &GlobalArgs, a: MountArgs) -> Result<()> {
     }
     let (source, served) = open_one(&client, &reference, &a.cache.source_options(), a.cache.readahead_bytes()).await?;
     if let Some(addr) = a.admin {
-        let local = serve_admin(addr, Admin::with(source, served.clone()), None).await?;
+        let local = serve_admin(addr, Admin::with(source, served.clone()), None, a.allowed_hosts.clone()).await?;
         eprintln!("aetherfs mount: admin on http://{local}");
     }
     let opts = FuseOptions {

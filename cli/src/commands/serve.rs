@@ -12,18 +12,25 @@ pub async fn run(g: &GlobalArgs, a: ServeArgs) -> Result<()> {
     if a.webdav.is_none() && a.nfs.is_none() {
         bail!("nothing to serve: give --webdav ADDR and/or --nfs ADDR");
     }
+    for addr in a.webdav.iter().chain(&a.nfs) {
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "aetherfs serve: WARNING: {addr} is not loopback and these front ends have no authentication: anyone who reaches it reads the dataset"
+            );
+        }
+    }
     let reference = parse_ref(&a.reference)?;
     let client = client(g)?;
     let (source, served) = open_one(&client, &reference, &a.cache.source_options(), a.cache.readahead_bytes()).await?;
     eprintln!("aetherfs serve: {}@{}", served.name(), served.digest());
     if let Some(addr) = a.admin {
-        let local = serve_admin(addr, Admin::with(source, served.clone()), None).await?;
+        let local = serve_admin(addr, Admin::with(source, served.clone()), None, a.allowed_hosts.clone()).await?;
         eprintln!("aetherfs serve: admin on http://{local}");
     }
     let export = a.export.unwrap_or_else(|| default_export(served.reference()));
     let mut tasks = Tasks::new();
     if let Some(addr) = a.webdav {
-        let url = start_webdav(&mut tasks, served.fs().clone(), addr).await?;
+        let url = start_webdav(&mut tasks, served.fs().clone(), addr, a.allowed_hosts.clone()).await?;
         eprintln!("aetherfs serve: WebDAV on {url}");
         served.add_frontend(format!("webdav:{url}"));
     }

@@ -192,3 +192,26 @@ fn half_sent_requests_and_idle_connections_are_closed() {
     assert!(closed_by_hub(idle), "an idle connection stayed open");
     assert_eq!(crate::harness::http_status(&hub.url, "/healthz"), Some(200));
 }
+
+/// Finding 9: names that would fool a terminal. Control characters are not
+/// part of any dataset (a push names the file and stops); a right-to-left
+/// override is kept but printed quoted, so `inspect --files` never shows a
+/// name that reads as another.
+#[test]
+fn paths_that_would_fool_a_terminal_are_refused_or_printed_quoted() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&format!("file://{}", data.path().display()));
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("evil\n\x1b[31mname"), b"x").unwrap();
+    let out = run_err(hub.cmd().arg("push").arg(src.path()).arg("acme/names:v1"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("control character") && !err.contains('\x1b'), "{err}");
+
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("invoice\u{202e}fdp.exe"), b"x").unwrap();
+    crate::harness::run_ok(hub.cmd().arg("push").arg(src.path()).arg("acme/names:v2"));
+    let listing = crate::harness::run_ok(hub.cmd().args(["inspect", "--files", "acme/names:v2"]));
+    assert!(listing.contains("\"invoice\\u{202e}fdp.exe\""), "{listing}");
+    assert!(!listing.contains('\u{202e}'), "the override reached the terminal: {listing:?}");
+}

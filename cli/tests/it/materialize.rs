@@ -334,7 +334,7 @@ fn admin_status(admin: &str, path: &str, token: Option<&str>) -> u16 {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(admin.trim_start_matches("http://")).unwrap();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)

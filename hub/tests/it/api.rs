@@ -865,22 +865,22 @@ async fn served_over_a_real_socket() {
     let path = format!("/v1/datasets/acme/geoip/packs/{}", pack.digest);
     let len = pack.bytes.len();
 
-    let (head, body) = raw(format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).await;
+    let (head, body) = raw(format!("HEAD {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains(&format!("content-length: {len}\r\n")), "{head}");
     assert!(body.is_empty());
 
-    let (head, body) = raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).await;
+    let (head, body) = raw(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")).await;
     assert!(head.contains(&format!("content-length: {len}\r\n")), "{head}");
     assert_eq!(body, pack.bytes);
 
     let (head, body) =
-        raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\nRange: bytes=8-107\r\nConnection: close\r\n\r\n")).await;
+        raw(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nRange: bytes=8-107\r\nConnection: close\r\n\r\n")).await;
     assert!(head.starts_with("http/1.1 206"), "{head}");
     assert!(head.contains(&format!("content-range: bytes 8-107/{len}\r\n")), "{head}");
     assert_eq!(body, pack.bytes[8..108]);
 
-    let (head, body) = raw("GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string()).await;
+    let (head, body) = raw("GET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_string()).await;
     assert!(head.starts_with("http/1.1 404"), "{head}");
     assert!(head.contains("content-type: application/json"), "{head}");
     let v: Value = serde_json::from_slice(&body).expect("json");

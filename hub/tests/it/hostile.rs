@@ -78,7 +78,12 @@ async fn a_manifest_of_unknown_chunks_costs_the_store_nothing_per_chunk() {
         let c = ChunkRef {
             digest: Digest::of(&data),
             len: 4,
-            location: ChunkLocation { pack: Digest::of(b"nowhere"), offset: 0, stored_len: 4, compression: Compression::None },
+            location: ChunkLocation {
+                pack: Digest::of(b"nowhere"),
+                offset: 0,
+                stored_len: 4,
+                compression: Compression::None,
+            },
         };
         m.entries.push(Entry {
             path: format!("f/{i:06}"),
@@ -98,4 +103,38 @@ async fn a_manifest_of_unknown_chunks_costs_the_store_nothing_per_chunk() {
     h.put_manifest("acme/geoip", &bytes).await.err(StatusCode::UNPROCESSABLE_ENTITY, "missing_chunks");
     let second = requests.since(again);
     assert!(second <= 2, "the second publish re-read the listing: {second} requests");
+}
+
+/// Finding 5: an open hub answers only to its addresses, `localhost` and the
+/// names it is given, so a web page cannot reach it through DNS rebinding; a
+/// hub with authentication is not reachable that way without credentials.
+#[tokio::test]
+async fn an_open_hub_refuses_unknown_host_names() {
+    let get = |h: &crate::harness::TestHub, host: &'static str| {
+        let router = h.router.clone();
+        async move {
+            let req = axum::http::Request::builder()
+                .uri("/v1/datasets")
+                .header("host", host)
+                .body(Body::empty())
+                .expect("request");
+            crate::harness::send(&router, req).await
+        }
+    };
+    let opts = HubOptions { allowed_hosts: vec!["hub.internal".into()], ..HubOptions::default() };
+    let (h, _) = counted_hub(opts).await;
+    for host in ["evil.example", "evil.example:7070", "127.0.0.1.evil.example", "localhost.evil.example:80"] {
+        let msg = get(&h, host).await.err(StatusCode::FORBIDDEN, "host_not_allowed");
+        assert!(msg.contains("--allowed-hosts"), "{msg}");
+    }
+    for host in ["127.0.0.1:7070", "localhost:7070", "[::1]:7070", "hub.internal", "HUB.INTERNAL:7070"] {
+        assert_eq!(get(&h, host).await.status, StatusCode::OK, "{host}");
+    }
+    let auth = aetherfs_hub::Auth::from_toml(
+        "[[rule]]\ndatasets = \"**\"\nread = [\"anonymous\"]\n",
+        std::path::Path::new("."),
+    )
+    .expect("auth");
+    let (h, _) = counted_hub(HubOptions { auth, ..HubOptions::default() }).await;
+    assert_eq!(get(&h, "evil.example").await.status, StatusCode::OK, "a hub with access rules checks callers instead");
 }

@@ -34,7 +34,7 @@ impl Served {
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let base = format!("http://{}/", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        rt.spawn(aetherfs_mounts::webdav::serve(fs.clone(), listener, async move {
+        rt.spawn(aetherfs_mounts::webdav::serve(fs.clone(), listener, Vec::new(), async move {
             let _ = stopped.await;
         }));
         Served { base, source, fs, _stop: stop, _rt: rt }
@@ -432,4 +432,25 @@ fn symlinks_resolve_inside_the_dataset_only() {
     assert_eq!(names(""), ["/chain", "/d/", "/to-dir/", "/to-file", "/top.txt"]);
     assert_eq!(names("d/parent/"), ["/d/parent/chain", "/d/parent/d/", "/d/parent/to-file", "/d/parent/top.txt"]);
     assert_eq!(names("d/parent/d/"), ["/d/parent/d/sub/", "/d/parent/d/up-file"]);
+}
+
+/// DNS rebinding: a web page that rebinds its own name to 127.0.0.1 sends
+/// requests with that name as Host; the front end answers only to
+/// addresses and localhost (and the names it is given).
+#[test]
+fn unknown_host_names_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    sample_tree(t.path(), 10);
+    let s = Served::start(t.path());
+    for host in ["evil.example", "evil.example:80", "localhost.evil.example"] {
+        let r = curl("GET", &s.base, &[&format!("Host: {host}")]);
+        assert_eq!(r.status, 403, "{host}: {}", r.text());
+    }
+    let r = curl("PROPFIND", &s.base, &["Host: evil.example", "Depth: 1"]);
+    assert_eq!(r.status, 403);
+    for host in ["localhost:8080", "127.0.0.1"] {
+        let r = curl("GET", &s.base, &[&format!("Host: {host}")]);
+        assert_eq!(r.status, 200, "{host}");
+    }
+    assert_eq!(curl("GET", &s.base, &[]).status, 200, "curl's own Host (the address)");
 }
