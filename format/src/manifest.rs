@@ -35,8 +35,10 @@ use crate::placement::Placement;
 
 const MAGIC: &[u8; 4] = b"AFSM";
 pub const MANIFEST_VERSION: u16 = 2;
-/// Largest manifest accepted anywhere (about 5M chunks).
-pub const MANIFEST_MAX_BYTES: usize = 256 << 20;
+/// Largest manifest accepted anywhere: about 1.8M chunks (over 100 GB of
+/// data at the default chunk size), or 100,000 files in a few MiB. Every
+/// reader holds one whole in memory, so it is bounded well below a pack.
+pub const MANIFEST_MAX_BYTES: usize = 64 << 20;
 const ALGO_FASTCDC2020: u8 = 1;
 const ANNOTATIONS_MAX: usize = 64;
 const ANNOTATION_KEY_MAX: usize = 128;

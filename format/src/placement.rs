@@ -23,8 +23,9 @@ use crate::manifest::{ChunkLocation, Compression, MANIFEST_MAX_BYTES, Manifest, 
 
 const MAGIC: &[u8; 4] = b"AFPL";
 pub const PLACEMENT_VERSION: u16 = 1;
-/// Largest placement accepted anywhere: as large as the largest manifest.
-pub const PLACEMENT_MAX_BYTES: usize = MANIFEST_MAX_BYTES;
+/// Largest placement accepted anywhere: a placement entry is a little larger
+/// than a manifest's chunk entry, so the largest manifest's fits.
+pub const PLACEMENT_MAX_BYTES: usize = MANIFEST_MAX_BYTES + MANIFEST_MAX_BYTES / 2;
 
 /// One stored chunk of a version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -52,8 +52,11 @@ pub use auth::Auth;
 pub use error::HubError;
 pub use lifecycle::{Lifecycle, LifecycleError};
 
-/// Pack uploads verified at once; each holds up to `max_pack_bytes` in memory.
+/// Pack and manifest uploads read and verified at once; each holds up to
+/// `max_pack_bytes` (or `max_manifest_bytes`) in memory.
 const CONCURRENT_UPLOADS: usize = 8;
+/// JSON views of manifests rendered at once; each decodes a whole manifest.
+const CONCURRENT_JSON_VIEWS: usize = 2;
 
 /// How to open a hub.
 #[derive(Clone, Debug)]
@@ -108,6 +111,7 @@ pub(crate) struct Inner {
     pub tags: tags::TagStore,
     pub metrics: metrics::Metrics,
     pub uploads: Semaphore,
+    pub json_views: Semaphore,
 }
 
 impl Hub {
@@ -137,6 +141,7 @@ impl Hub {
                 chunks,
                 metrics,
                 uploads: Semaphore::new(CONCURRENT_UPLOADS),
+                json_views: Semaphore::new(CONCURRENT_JSON_VIEWS),
             }),
         };
         hub.inner.chunks.start();

@@ -91,13 +91,24 @@ pub(crate) async fn get(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
         .ctx("reading a manifest")?
         .ok_or_else(|| manifest_not_found(&name, &digest))?;
     if json {
+        let page = Page::of(req.uri())?;
+        // Each view decodes a whole manifest: a few at a time bound the memory.
+        let _permit = hub.inner.json_views.acquire().await.map_err(|e| AppError::internal("waiting to render", e))?;
         let placement = read_placement(hub, &name, &digest).await?;
         let value = blocking("rendering a manifest", move || {
             let placement =
                 Placement::decode(&placement).map_err(|e| AppError::internal("decoding a stored placement", e))?;
             let m = Manifest::decode(&bytes, &placement)
                 .map_err(|e| AppError::internal("decoding a stored manifest", e))?;
-            Ok(m.to_json(&digest, true))
+            let mut v = m.to_json(&digest, false);
+            let total = m.entries.len();
+            let end = page.offset.saturating_add(page.limit).min(total);
+            let entries = m.entries.get(page.offset.min(total)..end).unwrap_or_default();
+            v["entries"] = serde_json::to_value(entries).map_err(|e| AppError::internal("rendering a manifest", e))?;
+            v["total_entries"] = serde_json::json!(total);
+            v["offset"] = serde_json::json!(page.offset);
+            v["next_offset"] = if end < total { serde_json::json!(end) } else { serde_json::Value::Null };
+            Ok(v)
         })
         .await?;
         return Ok((cache, Json(value)).into_response());
@@ -129,9 +140,35 @@ pub(crate) async fn get_placement(hub: &Hub, name: Name, digest: Digest, req: Re
     Ok((headers, bytes).into_response())
 }
 
+/// Entries per page of the JSON view, unless asked for fewer.
+const PAGE_DEFAULT: usize = 1000;
+/// Most entries one page of the JSON view holds.
+const PAGE_MAX: usize = 10_000;
+
+/// `?offset=N&limit=M` of the JSON view.
+struct Page {
+    offset: usize,
+    limit: usize,
+}
+
+impl Page {
+    fn of(uri: &axum::http::Uri) -> Result<Page, AppError> {
+        let q = super::query(uri)?;
+        let num = |k: &str, default: usize| -> Result<usize, AppError> {
+            q.get(k).map_or(Ok(default), |v| {
+                v.parse()
+                    .map_err(|_| AppError::bad_request("invalid_query", format!("{k}={v:?}: expected a whole number")))
+            })
+        };
+        Ok(Page { offset: num("offset", 0)?, limit: num("limit", PAGE_DEFAULT)?.clamp(1, PAGE_MAX) })
+    }
+}
+
 /// Publishes a manifest; see the module docs for the checks.
 pub(crate) async fn put(hub: &Hub, name: Name, digest: Digest, req: Request) -> Result<Response, AppError> {
     let caller = req.extensions().get::<Caller>().cloned();
+    // Bodies held at once are bounded with the pack uploads'.
+    let _permit = hub.inner.uploads.acquire().await.map_err(|e| AppError::internal("waiting to upload", e))?;
     let (parts, body) = req.into_parts();
     let body = read_body(body, &parts.headers, hub.inner.opts.max_manifest_bytes, "manifest").await?;
     let (unplaced, body) = blocking("checking a manifest", move || {
@@ -186,6 +223,9 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
     // The publish's half of the handshake with garbage collection (gc.rs):
     // announce, then look for condemned or vanished packs.
     let encoded = bytes::Bytes::from(placement.encode());
+    if encoded.len() > aetherfs_format::placement::PLACEMENT_MAX_BYTES {
+        return Err(AppError::too_large("this version has too many chunks for one placement"));
+    }
     let pending = storage::pending(&name, &digest);
     let store = &hub.inner.store;
     store.put(&pending, PutPayload::from(encoded.clone())).await.ctx("recording a publish")?;

@@ -138,3 +138,42 @@ async fn an_open_hub_refuses_unknown_host_names() {
     let (h, _) = counted_hub(HubOptions { auth, ..HubOptions::default() }).await;
     assert_eq!(get(&h, "evil.example").await.status, StatusCode::OK, "a hub with access rules checks callers instead");
 }
+
+/// Finding 2: the JSON view of a manifest is served in pages of bounded
+/// size (and a few at a time), never rendered whole.
+#[tokio::test]
+async fn the_json_view_of_a_manifest_comes_in_bounded_pages() {
+    let (h, _) = counted_hub(HubOptions::default()).await;
+    let mut m = Manifest::new(ChunkParams::default());
+    for i in 0..12_500 {
+        m.entries.push(Entry { path: format!("d/{i:06}"), mode: 0o700, kind: EntryKind::Dir });
+    }
+    m.sort();
+    let bytes = m.encode().expect("valid");
+    assert_eq!(h.put_manifest("acme/geoip", &bytes).await.status, StatusCode::CREATED);
+    let view = |q: &'static str| {
+        let uri = format!("/v1/datasets/acme/geoip/manifests/{}{q}", Digest::of(&bytes));
+        let router = h.router.clone();
+        async move {
+            let req = axum::http::Request::builder()
+                .uri(uri)
+                .header("accept", "application/json")
+                .body(Body::empty())
+                .expect("request");
+            crate::harness::send(&router, req).await
+        }
+    };
+    let first = view("").await.ok();
+    assert_eq!(first["entries"].as_array().expect("entries").len(), 1000);
+    assert_eq!((first["total_entries"].as_u64(), first["next_offset"].as_u64()), (Some(12_500), Some(1000)));
+    assert_eq!(first["stats"]["dirs"], 12_500);
+    let last = view("?offset=12000&limit=1000").await.ok();
+    assert_eq!(last["entries"].as_array().expect("entries").len(), 500);
+    assert_eq!(last["entries"][0]["path"], "d/012000");
+    assert!(last["next_offset"].is_null());
+    let big = view("?limit=1000000").await.ok();
+    assert_eq!(big["entries"].as_array().expect("entries").len(), 10_000, "the page size is capped");
+    let past = view("?offset=99999").await.ok();
+    assert_eq!(past["entries"], json!([]));
+    view("?limit=lots").await.err(StatusCode::BAD_REQUEST, "invalid_query");
+}
