@@ -109,6 +109,9 @@ impl AdminToken {
 
 /// Serves `/healthz`, `/readyz`, `/metrics` and `/v1/mounts`; with `token`,
 /// the last two need `Authorization: Bearer <token>`.
+/// Connections the admin endpoint serves at once.
+const ADMIN_CONNECTIONS: usize = 64;
+
 pub async fn serve_admin(
     addr: SocketAddr,
     admin: Arc<Admin>,
@@ -167,8 +170,10 @@ pub async fn serve_admin(
         }))
         // Outermost: a rebound web page learns nothing, not even /healthz.
         .layer(axum::middleware::from_fn_with_state(Arc::new(allowed_hosts), aetherfs_mounts::webdav::check_host));
+    // Probes and scrapes are few: a small cap, and slow clients are dropped.
+    let limits = aetherfs_serve::ConnectionLimits { max_connections: ADMIN_CONNECTIONS, ..Default::default() };
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = aetherfs_serve::serve(listener, app, None, limits, std::future::pending()).await {
             tracing::error!(error = %e, "admin server failed");
         }
     });

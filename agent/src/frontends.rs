@@ -41,9 +41,8 @@ pub async fn start_webdav(
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen)?;
     let url = format!("http://{}/", listener.local_addr().map_err(listen)?);
     tasks.spawn(async move {
-        aetherfs_mounts::webdav::serve(fs, listener, allowed_hosts, std::future::pending())
-            .await
-            .map_err(FrontendError::WebDav)
+        let opts = aetherfs_mounts::webdav::WebDavOptions { allowed_hosts, ..Default::default() };
+        aetherfs_mounts::webdav::serve(fs, listener, opts, std::future::pending()).await.map_err(FrontendError::WebDav)
     });
     Ok(url)
 }

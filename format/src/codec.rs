@@ -28,6 +28,30 @@ impl<'a> Reader<'a> {
         Self { buf, pos: 0, what }
     }
 
+    /// A reader over an object that must be at most `max` bytes and start with
+    /// `magic` and the little-endian `version`.
+    pub(crate) fn open(
+        buf: &'a [u8],
+        what: &'static str,
+        max: usize,
+        magic: &[u8; 4],
+        version: u16,
+    ) -> Result<Self, FormatError> {
+        if buf.len() > max {
+            return Err(FormatError::TooLarge { what, max });
+        }
+        let mut r = Self::new(buf, what);
+        if r.bytes(4)? != magic {
+            return Err(r.err(format!("not an AetherFS {what} (bad magic)")));
+        }
+        let v = r.bytes(2)?;
+        let found = u16::from_le_bytes([v[0], v[1]]);
+        if found != version {
+            return Err(FormatError::UnsupportedVersion { what, version: found });
+        }
+        Ok(r)
+    }
+
     pub(crate) fn err(&self, msg: impl Into<String>) -> FormatError {
         FormatError::Corrupt { what: self.what, offset: self.pos, msg: msg.into() }
     }

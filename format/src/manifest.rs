@@ -328,18 +328,7 @@ impl Manifest {
         bytes: &[u8],
         mut locate: impl FnMut(&Digest, u32) -> Option<ChunkLocation>,
     ) -> Result<Self, FormatError> {
-        if bytes.len() > MANIFEST_MAX_BYTES {
-            return Err(FormatError::TooLarge { what: "manifest", max: MANIFEST_MAX_BYTES });
-        }
-        let mut r = Reader::new(bytes, "manifest");
-        if r.bytes(4)? != MAGIC {
-            return Err(r.err("not an AetherFS manifest (bad magic)"));
-        }
-        let v = r.bytes(2)?;
-        let version = u16::from_le_bytes([v[0], v[1]]);
-        if version != MANIFEST_VERSION {
-            return Err(FormatError::UnsupportedVersion { what: "manifest", version });
-        }
+        let mut r = Reader::open(bytes, "manifest", MANIFEST_MAX_BYTES, MAGIC, MANIFEST_VERSION)?;
         if r.u8()? != ALGO_FASTCDC2020 {
             return Err(r.err("unknown chunking algorithm"));
         }

@@ -134,18 +134,7 @@ impl Placement {
 
     /// Parses and validates placement bytes from any source.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        if bytes.len() > PLACEMENT_MAX_BYTES {
-            return Err(FormatError::TooLarge { what: "placement", max: PLACEMENT_MAX_BYTES });
-        }
-        let mut r = Reader::new(bytes, "placement");
-        if r.bytes(4)? != MAGIC {
-            return Err(r.err("not an AetherFS placement (bad magic)"));
-        }
-        let v = r.bytes(2)?;
-        let version = u16::from_le_bytes([v[0], v[1]]);
-        if version != PLACEMENT_VERSION {
-            return Err(FormatError::UnsupportedVersion { what: "placement", version });
-        }
+        let mut r = Reader::open(bytes, "placement", PLACEMENT_MAX_BYTES, MAGIC, PLACEMENT_VERSION)?;
         let manifest = r.digest()?;
         let n = r.count(32, "pack")?;
         let mut packs = Vec::with_capacity(n);

@@ -1,51 +1,15 @@
-//! The hub's one connection loop, plain HTTP or TLS: every connection is
-//! bounded in time and in number, so slow or idle clients cannot hold the
-//! hub's file descriptors.
-//!
-//! - At most `max_connections` at once: past that, the loop stops accepting
-//!   until one closes (the kernel's backlog holds the rest).
-//! - A TLS handshake must finish within [`HANDSHAKE_TIMEOUT`], and each
-//!   request head (the first, and each next one on a kept-alive connection)
-//!   within `header_read_timeout`: a half-sent request or an idle connection
-//!   is closed.
-//! - Each request carries the peer address (`ConnectInfo`), for the
-//!   per-address limit on failed sign-ins.
+//! The hub's connection loop: [`aetherfs_serve`] with the hub's TLS.
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
+pub use aetherfs_serve::{ConnectionLimits, HANDSHAKE_TIMEOUT};
 use axum::Router;
-use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tower::ServiceExt;
 
 use crate::tls::Tls;
 
-/// A TLS handshake that takes longer is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How connections are bounded.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnectionLimits {
-    pub max_connections: usize,
-    /// A request head that takes longer to arrive is dropped (slow or idle clients).
-    pub header_read_timeout: Duration,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        Self { max_connections: 4096, header_read_timeout: Duration::from_secs(30) }
-    }
-}
-
-/// Serves `router` on `listener` (over TLS with `tls`) until `shutdown`
-/// resolves, then lets in-flight requests finish.
+/// Serves `router` on `listener` (over TLS with `tls`, whose certificate
+/// reloads apply to new connections) until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -53,66 +17,5 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let acceptor = tls.map(Tls::acceptor);
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let slot = tokio::select! {
-            s = slots.clone().acquire_owned() => match s {
-                Ok(s) => s,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        // The peer address rides on each request (no per-connection router rebuild).
-        let service = TowerToHyperService::new(router.clone().map_request(
-            move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                req
-            },
-        ));
-        let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-            let served = match acceptor {
-                None => watcher.watch(http.serve_connection(TokioIo::new(tcp), service)).await,
-                Some(acceptor) => {
-                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    aetherfs_serve::serve(listener, router, tls.map(Tls::acceptor), limits, shutdown).await
 }

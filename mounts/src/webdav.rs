@@ -110,16 +110,25 @@ pub fn dav_filesystem(fs: Arc<DatasetFs>) -> Box<DavFs> {
     Box::new(DavFs { fs })
 }
 
+/// How a WebDAV server answers.
+#[derive(Clone, Debug, Default)]
+pub struct WebDavOptions {
+    /// Host names besides addresses and `localhost` (see [`check_host`]).
+    pub allowed_hosts: Vec<String>,
+    /// Connections at once and the header-read timeout (slow clients).
+    pub limits: aetherfs_serve::ConnectionLimits,
+}
+
 /// Serves [`router`] on `listener` until `shutdown` completes, then lets
 /// requests in flight finish.
 pub async fn serve(
     fs: Arc<DatasetFs>,
     listener: tokio::net::TcpListener,
-    allowed_hosts: Vec<String>,
+    opts: WebDavOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     tracing::info!(addr = ?listener.local_addr().ok(), "serving WebDAV");
-    axum::serve(listener, router(fs, allowed_hosts)).with_graceful_shutdown(shutdown).await
+    aetherfs_serve::serve(listener, router(fs, opts.allowed_hosts), None, opts.limits, shutdown).await
 }
 
 /// [`DatasetFs`] as a [`DavFileSystem`].

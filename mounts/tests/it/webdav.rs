@@ -34,7 +34,7 @@ impl Served {
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let base = format!("http://{}/", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        rt.spawn(aetherfs_mounts::webdav::serve(fs.clone(), listener, Vec::new(), async move {
+        rt.spawn(aetherfs_mounts::webdav::serve(fs.clone(), listener, Default::default(), async move {
             let _ = stopped.await;
         }));
         Served { base, source, fs, _stop: stop, _rt: rt }
@@ -453,4 +453,36 @@ fn unknown_host_names_are_refused() {
         assert_eq!(r.status, 200, "{host}");
     }
     assert_eq!(curl("GET", &s.base, &[]).status, 200, "curl's own Host (the address)");
+}
+
+/// Slowloris: a request head that never completes is dropped after the
+/// header-read timeout, as the hub does.
+#[test]
+fn a_half_sent_request_is_dropped_after_the_header_timeout() {
+    use std::io::{Read, Write};
+    let t = tempfile::tempdir().unwrap();
+    sample_tree(t.path(), 10);
+    let (fs, _source) = fs_of_dir(t.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opts = aetherfs_mounts::webdav::WebDavOptions {
+        allowed_hosts: Vec::new(),
+        limits: aetherfs_serve::ConnectionLimits { max_connections: 16, header_read_timeout: Duration::from_secs(1) },
+    };
+    rt.spawn(aetherfs_mounts::webdav::serve(fs, listener, opts, std::future::pending()));
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(15), "the half-sent request was held {waited:?}");
+    // A complete request on a new connection is still served.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    assert!(buf.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf));
 }
