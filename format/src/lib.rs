@@ -50,6 +50,8 @@ pub enum FormatError {
     UnsupportedVersion { what: &'static str, version: u16 },
     #[error("{what} larger than {max} bytes")]
     TooLarge { what: &'static str, max: usize },
+    #[error("pack holds more than {max} chunks")]
+    TooManyChunks { max: usize },
     #[error("{} chunk(s) have no stored location, first {}", .0.len(), .0.first().map(|d| d.to_string()).unwrap_or_default())]
     Unplaced(Vec<Digest>),
     #[error("chunk {digest} does not match its digest")]

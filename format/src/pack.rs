@@ -27,6 +27,11 @@ const INDEX_HEADER_LEN: usize = 10;
 const INDEX_ENTRY_LEN: usize = 49;
 /// Largest pack accepted.
 pub const PACK_MAX_BYTES: usize = 128 << 20;
+/// Most chunks one pack may hold. Every stored pack's index is loaded by
+/// every hub replica, so a pack of tiny chunks must not cost it unbounded
+/// memory: 65,536 entries are a few MiB of index. Builders close a pack
+/// when it is full ([`PackBuilder::is_full`]).
+pub const PACK_MAX_CHUNKS: usize = 65_536;
 /// Chunks are compressed only when that saves at least 1/16 of their size.
 const COMPRESS_MIN_SAVING: usize = 16;
 const ZSTD_LEVEL: i32 = 3;
@@ -84,6 +89,11 @@ impl PackBuilder {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Whether the pack holds as many chunks as a pack may.
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= PACK_MAX_CHUNKS
     }
 
     /// Adds a chunk whose digest the caller computed from `plain`.
@@ -168,6 +178,9 @@ pub fn decode_index(bytes: &[u8], data_end: Option<u64>) -> Result<Vec<PackEntry
         return Err(FormatError::UnsupportedVersion { what: "pack index", version });
     }
     let count = le_u32(&bytes[6..10]) as usize;
+    if count > PACK_MAX_CHUNKS {
+        return Err(FormatError::TooManyChunks { max: PACK_MAX_CHUNKS });
+    }
     if bytes.len() != INDEX_HEADER_LEN + count * INDEX_ENTRY_LEN {
         return Err(corrupt("index length does not match its count"));
     }
@@ -328,5 +341,28 @@ mod fuzz {
             framed.extend_from_slice(&data);
             let _ = decode_index(&framed, Some(8));
         }
+    }
+}
+
+#[cfg(test)]
+mod chunk_bound_tests {
+    use super::*;
+
+    #[test]
+    fn a_pack_of_too_many_chunks_is_refused() {
+        let mut b = PackBuilder::new();
+        for i in 0..=PACK_MAX_CHUNKS as u32 {
+            let c = i.to_le_bytes();
+            b.add(Digest::of(&c), &c, false);
+        }
+        let built = b.finish();
+        assert!(matches!(verify_pack(&built.bytes), Err(FormatError::TooManyChunks { .. })));
+        let mut b = PackBuilder::new();
+        for i in 0..PACK_MAX_CHUNKS as u32 {
+            let c = i.to_le_bytes();
+            b.add(Digest::of(&c), &c, false);
+        }
+        assert!(b.is_full());
+        assert!(verify_pack(&b.finish().bytes).is_ok(), "a full pack is valid");
     }
 }

@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use aetherfs_format::pack::{BuiltPack, PackBuilder};
+use aetherfs_format::pack::{BuiltPack, PACK_MAX_CHUNKS, PackBuilder};
 use aetherfs_format::{
     ChunkLocation, ChunkParams, ChunkRef, Digest, Entry, EntryKind, FileChunks, Manifest, Name, Tag,
 };
@@ -226,7 +226,7 @@ async fn upload_missing(
                 group.push(PackItem { file: fi, offset: c.offset, len: c.len, digest: c.digest });
                 group_bytes += c.len as usize;
                 missing_bytes += u64::from(c.len);
-                if group_bytes >= opts.pack_target {
+                if group_bytes >= opts.pack_target || group.len() >= PACK_MAX_CHUNKS {
                     groups.push(std::mem::take(&mut group));
                     group_bytes = 0;
                 }

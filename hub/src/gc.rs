@@ -806,7 +806,7 @@ async fn repack(
                 continue;
             }
             builder.add_stored(c.digest, &stored, c.len, c.compression);
-            if builder.len() >= REPACK_TARGET {
+            if builder.len() >= REPACK_TARGET || builder.is_full() {
                 let b = std::mem::take(&mut builder);
                 let (n, w) = store_pack(hub, b, links, &mut open, moved).await?;
                 packs += n;

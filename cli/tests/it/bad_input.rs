@@ -215,3 +215,26 @@ fn paths_that_would_fool_a_terminal_are_refused_or_printed_quoted() {
     assert!(listing.contains("\"invoice\\u{202e}fdp.exe\""), "{listing}");
     assert!(!listing.contains('\u{202e}'), "the override reached the terminal: {listing:?}");
 }
+
+/// A push of more tiny files than a pack may hold chunks splits them over
+/// several packs (the hub refuses bigger ones), and pulls back whole.
+#[test]
+fn a_push_of_many_tiny_files_stays_within_the_chunks_per_pack_bound() {
+    let data = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&format!("file://{}", data.path().display()));
+    let src = tempfile::tempdir().unwrap();
+    let n = aetherfs_format::pack::PACK_MAX_CHUNKS + 500;
+    for d in 0..(n / 1000 + 1) {
+        std::fs::create_dir(src.path().join(format!("d{d:03}"))).unwrap();
+    }
+    for i in 0..n {
+        std::fs::write(src.path().join(format!("d{:03}/{i:06}", i / 1000)), i.to_le_bytes()).unwrap();
+    }
+    let out = crate::harness::run_ok(hub.cmd().args(["push", "--json"]).arg(src.path()).arg("acme/tiny:v1"));
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["new_chunks"].as_u64(), Some(n as u64), "{report}");
+    assert!(report["packs_uploaded"].as_u64().unwrap() >= 2, "{report}");
+    let dst = tempfile::tempdir().unwrap();
+    crate::harness::run_ok(hub.cmd().args(["pull", "-q", "acme/tiny:v1"]).arg(dst.path().join("out")));
+    crate::harness::assert_same_tree(src.path(), &dst.path().join("out"));
+}

@@ -88,7 +88,9 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: &str, req: Request) -> Re
         }
         match verify_pack(&body) {
             Ok((range, entries)) => Ok((range, entries, body)),
-            Err(e @ FormatError::TooLarge { .. }) => Err(AppError::too_large(e.to_string())),
+            Err(e @ (FormatError::TooLarge { .. } | FormatError::TooManyChunks { .. })) => {
+                Err(AppError::too_large(e.to_string()))
+            }
             Err(e) => Err(AppError::bad_request("invalid_pack", format!("invalid pack: {e}"))),
         }
     })

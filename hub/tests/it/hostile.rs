@@ -177,3 +177,20 @@ async fn the_json_view_of_a_manifest_comes_in_bounded_pages() {
     assert_eq!(past["entries"], json!([]));
     view("?limit=lots").await.err(StatusCode::BAD_REQUEST, "invalid_query");
 }
+
+/// Finding 3: a pack of tiny chunks would cost every replica index memory
+/// at every start; a pack may hold at most `PACK_MAX_CHUNKS`.
+#[tokio::test]
+async fn a_pack_of_too_many_tiny_chunks_is_refused() {
+    use aetherfs_format::pack::{PACK_MAX_CHUNKS, PackBuilder};
+    let (h, _) = counted_hub(HubOptions::default()).await;
+    let mut b = PackBuilder::new();
+    for i in 0..=PACK_MAX_CHUNKS as u32 {
+        let c = i.to_le_bytes();
+        b.add(Digest::of(&c), &c, false);
+    }
+    let pack = b.finish();
+    let msg = h.put_pack(&pack).await.err(StatusCode::PAYLOAD_TOO_LARGE, "too_large");
+    assert!(msg.contains("more than 65536 chunks"), "{msg}");
+    assert!(h.keys().await.is_empty(), "something was stored");
+}
