@@ -73,7 +73,12 @@ pub(crate) fn build(hub: Hub) -> (Router, Vec<RouteSpec>) {
         .layer(axum::middleware::from_fn_with_state(auth::Guard { hub: hub.clone(), need }, auth::enforce))
         .layer(axum::middleware::from_fn_with_state(hub.clone(), check_host))
         .layer(axum::middleware::from_fn_with_state(hub.clone(), metrics::track))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Failures that matter are logged where they happen (AppError::storage,
+        // ::internal); a 503 from /readyz while the index loads is expected.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .with_state(hub);
     (router, b.specs)
 }
