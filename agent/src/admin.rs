@@ -81,41 +81,16 @@ impl Admin {
     }
 }
 
-/// Guards `/metrics` and `/v1/mounts` (references, digests, front-end
-/// addresses) with a bearer token read from a file; the probes stay open.
-/// The file is read again on every guarded request, so a rotated token
-/// works at once.
-#[derive(Clone, Debug)]
-pub struct AdminToken(pub std::path::PathBuf);
-
-impl AdminToken {
-    fn allows(&self, headers: &axum::http::HeaderMap) -> bool {
-        let Ok(expected) = std::fs::read_to_string(&self.0) else { return false };
-        let expected = expected.trim();
-        let presented = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match presented {
-            // Equal length first, then every byte, so the time taken does not tell how much matched.
-            Some(p) if !expected.is_empty() && p.len() == expected.len() => {
-                p.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-            }
-            _ => false,
-        }
-    }
-}
-
-/// Serves `/healthz`, `/readyz`, `/metrics` and `/v1/mounts`; with `token`,
-/// the last two need `Authorization: Bearer <token>`.
 /// Connections the admin endpoint serves at once.
 const ADMIN_CONNECTIONS: usize = 64;
 
+/// Serves `/healthz`, `/readyz`, `/metrics` and `/v1/mounts`; with `token`,
+/// the last two (references, digests, front-end addresses) need
+/// `Authorization: Bearer <token>`, while the probes stay open.
 pub async fn serve_admin(
     addr: SocketAddr,
     admin: Arc<Admin>,
-    token: Option<AdminToken>,
+    token: Option<aetherfs_access::TokenFile>,
     allowed_hosts: Vec<String>,
 ) -> Result<SocketAddr, AdminError> {
     use axum::http::StatusCode;
@@ -158,7 +133,7 @@ pub async fn serve_admin(
                 use axum::response::IntoResponse;
                 let open = matches!(req.uri().path(), "/healthz" | "/readyz");
                 match &token {
-                    Some(t) if !open && !t.allows(req.headers()) => (
+                    Some(t) if !open && !bearer(req.headers()).is_some_and(|b| t.matches(b)) => (
                         StatusCode::UNAUTHORIZED,
                         [(axum::http::header::WWW_AUTHENTICATE, "Bearer realm=\"aetherfs-admin\"")],
                         "a bearer token is required\n",
@@ -178,6 +153,13 @@ pub async fn serve_admin(
         }
     });
     Ok(local)
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 /// What `text::encode` emits.

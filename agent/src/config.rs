@@ -70,6 +70,12 @@ pub enum Invalid {
     AddressTwice { what: String, addr: SocketAddr },
     #[error("{what}: address {addr} is also the admin address")]
     AdminAddress { what: String, addr: SocketAddr },
+    #[error("{what}: {source}")]
+    Frontends {
+        what: String,
+        #[source]
+        source: crate::frontends::AccessInvalid,
+    },
 }
 
 /// A size that does not parse.
@@ -112,6 +118,9 @@ pub struct AgentConfig {
     pub allowed_hosts: Vec<String>,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Who may use the WebDAV and NFS front ends (docs/security.md).
+    #[serde(default)]
+    pub frontends: crate::frontends::FrontendAccess,
     #[serde(default)]
     pub cache: CacheConfig,
     #[serde(default)]
@@ -414,6 +423,12 @@ impl AgentConfig {
             if seen_addrs.contains(&self.admin.listen) && self.admin.listen.port() != 0 {
                 return Err(Invalid::AdminAddress { what, addr: self.admin.listen });
             }
+            if let Err(source) = self.frontends.validate(m.webdav) {
+                return Err(Invalid::Frontends { what, source });
+            }
+        }
+        if let Err(source) = self.frontends.validate([]) {
+            return Err(Invalid::Frontends { what: "[frontends]".into(), source });
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use aetherfs_mounts::fuse::{FuseError, FuseOptions, clear_stale_mount};
 use crate::admin::{Admin, AdminError, serve_admin};
 use crate::config::{AgentConfig, MountConfig};
 use crate::follow::{ResolveError, follow, poll_interval, prefetch, resolve, retry};
-use crate::frontends::{FrontendError, Tasks, start_nfs, start_webdav};
+use crate::frontends::{FrontendError, Frontends, Tasks};
 use crate::materialize::Materializer;
 use crate::mount::Mount;
 use crate::on_switch::Hook;
@@ -37,6 +37,8 @@ pub enum AgentError {
         #[source]
         source: aetherfs_format::FormatError,
     },
+    #[error("the admin token")]
+    AdminToken(#[from] aetherfs_access::AccessError),
     #[error("{reference}")]
     Frontend {
         reference: String,
@@ -94,9 +96,13 @@ pub async fn run(
     );
 
     let admin = Arc::new(Admin::new(source.clone(), cfg.mounts.len()));
-    let token = cfg.admin.token_file.clone().map(crate::admin::AdminToken);
+    let token = cfg.admin.token_file.as_deref().map(aetherfs_access::TokenFile::open).transpose()?;
     let allowed_hosts = cfg.allowed_hosts.clone();
-    let admin_addr = serve_admin(cfg.admin.listen, admin.clone(), token, allowed_hosts.clone()).await?;
+    let frontends = Arc::new(
+        Frontends::new(cfg.frontends.clone(), client.clone(), allowed_hosts.clone())
+            .map_err(|e| AgentError::Frontend { reference: "[frontends]".into(), source: Box::new(e) })?,
+    );
+    let admin_addr = serve_admin(cfg.admin.listen, admin.clone(), token, allowed_hosts).await?;
     eprintln!("aetherfs agent: admin on http://{admin_addr} (hub {})", client.base_url());
 
     let reader = cfg.reader_id();
@@ -105,8 +111,8 @@ pub async fn run(
     let readahead = cfg.fetch.readahead.0;
     let mut tasks = tokio::task::JoinSet::new();
     for m in cfg.mounts {
-        let (packs, source, admin, hosts) = (packs.clone(), source.clone(), admin.clone(), allowed_hosts.clone());
-        tasks.spawn(async move { run_mount(packs, source, admin, m, poll, readahead, hosts).await });
+        let (packs, source, admin, frontends) = (packs.clone(), source.clone(), admin.clone(), frontends.clone());
+        tasks.spawn(async move { run_mount(packs, source, admin, m, poll, readahead, frontends).await });
     }
     let result = tokio::select! {
         _ = shutdown => Ok(()),
@@ -136,7 +142,7 @@ async fn run_mount(
     cfg: MountConfig,
     poll: std::time::Duration,
     readahead: u64,
-    allowed_hosts: Vec<String>,
+    frontends: Arc<Frontends>,
 ) -> Result<(), AgentError> {
     let reference: Reference =
         cfg.reference.parse().map_err(|source| AgentError::Reference { reference: cfg.reference.clone(), source })?;
@@ -158,13 +164,13 @@ async fn run_mount(
     let mut servers = Tasks::new();
     if let Some(addr) = cfg.webdav {
         let url =
-            start_webdav(&mut servers, mount.fs().clone(), addr, allowed_hosts.clone()).await.map_err(frontend)?;
+            frontends.start_webdav(&mut servers, mount.fs().clone(), &reference.name, addr).await.map_err(frontend)?;
         eprintln!("aetherfs agent: {reference}: WebDAV on {url}");
         mount.add_frontend(format!("webdav:{url}"));
     }
     if let Some(addr) = cfg.nfs {
         let export = cfg.export.clone().unwrap_or_else(|| default_export(&reference));
-        let url = start_nfs(&mut servers, mount.fs().clone(), addr, &export).await.map_err(frontend)?;
+        let url = frontends.start_nfs(&mut servers, mount.fs().clone(), addr, &export).await.map_err(frontend)?;
         eprintln!("aetherfs agent: {reference}: NFSv3 on {url}");
         mount.add_frontend(format!("nfs:{url}"));
     }

@@ -24,6 +24,7 @@ pub mod config;
 pub mod daemon;
 pub mod follow;
 pub mod frontends;
+pub mod hub_gate;
 pub mod lease;
 pub mod materialize;
 pub mod mount;

@@ -200,6 +200,8 @@ pub struct MountArgs {
     /// Serve /healthz, /readyz and /metrics on this address.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
+    #[command(flatten)]
+    pub admin_token: AdminTokenArgs,
     /// Host names (besides IP addresses and localhost) WebDAV and the admin
     /// endpoint answer to, comma-separated; "*" for any. Other Host headers
     /// are refused, so a web page cannot reach them by DNS rebinding.
@@ -213,11 +215,14 @@ pub struct MountArgs {
 pub struct ServeArgs {
     /// NAME[:TAG][@DIGEST]; the tag defaults to `latest`.
     pub reference: String,
-    /// Serve WebDAV on this address (e.g. 127.0.0.1:8080).
+    /// Serve WebDAV on this address (e.g. 127.0.0.1:8080). Outside loopback
+    /// it needs --webdav-users, --webdav-token-file or --webdav-hub-auth
+    /// (or --allow-unauthenticated).
     #[arg(long)]
     pub webdav: Option<SocketAddr>,
-    /// Serve NFSv3 (with MOUNT on the same port) on this address (e.g. 127.0.0.1:11111).
-    /// NFS has no authentication here: keep it on loopback or a private network.
+    /// Serve NFSv3 (with MOUNT on the same port) on this address (e.g.
+    /// 127.0.0.1:11111). NFSv3 clients cannot be authenticated: they are
+    /// admitted by address (--nfs-allow).
     #[arg(long)]
     pub nfs: Option<SocketAddr>,
     /// NFS export name (default: the dataset's last name segment).
@@ -226,13 +231,73 @@ pub struct ServeArgs {
     /// Serve /healthz, /readyz and /metrics on this address.
     #[arg(long)]
     pub admin: Option<SocketAddr>,
+    #[command(flatten)]
+    pub admin_token: AdminTokenArgs,
     /// Host names (besides IP addresses and localhost) WebDAV and the admin
     /// endpoint answer to, comma-separated; "*" for any. Other Host headers
     /// are refused, so a web page cannot reach them by DNS rebinding.
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub allowed_hosts: Vec<String>,
     #[command(flatten)]
+    pub access: FrontendArgs,
+    #[command(flatten)]
     pub cache: CacheArgs,
+}
+
+/// Who may use WebDAV and NFS (docs/security.md, "Front ends").
+#[derive(Args, Debug)]
+pub struct FrontendArgs {
+    /// WebDAV basic auth against this users file (argon2id hashes; write it
+    /// with `aetherfs hub passwd FILE USER`).
+    #[arg(long, value_name = "FILE")]
+    pub webdav_users: Option<PathBuf>,
+    /// WebDAV bearer auth: clients send the one token this file holds.
+    #[arg(long, value_name = "FILE")]
+    pub webdav_token_file: Option<PathBuf>,
+    /// WebDAV clients sign in with their own hub credentials (an OIDC token
+    /// or a hub user's password), which the hub checks: a client reads the
+    /// dataset only if the hub would let it.
+    #[arg(long, conflicts_with_all = ["webdav_users", "webdav_token_file"])]
+    pub webdav_hub_auth: bool,
+    /// Serve WebDAV outside loopback to anyone who connects (a warning is printed).
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+    /// Client address ranges NFS admits, comma-separated CIDR (default:
+    /// 127.0.0.0/8,::1). AUTH_SYS identities are the client's claim, so an
+    /// address is all a server can check.
+    #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
+    pub nfs_allow: Vec<aetherfs_util::Cidr>,
+}
+
+impl FrontendArgs {
+    pub fn access(&self) -> aetherfs_agent::frontends::FrontendAccess {
+        let mut a = aetherfs_agent::frontends::FrontendAccess {
+            webdav_users_file: self.webdav_users.clone(),
+            webdav_token_file: self.webdav_token_file.clone(),
+            webdav_hub_auth: self.webdav_hub_auth,
+            allow_unauthenticated: self.allow_unauthenticated,
+            ..Default::default()
+        };
+        if !self.nfs_allow.is_empty() {
+            a.nfs_allow = self.nfs_allow.clone();
+        }
+        a
+    }
+}
+
+/// The admin endpoint's bearer token.
+#[derive(Args, Debug)]
+pub struct AdminTokenArgs {
+    /// /metrics and /v1/mounts of the admin endpoint need `Authorization:
+    /// Bearer` with the token in this file (the probes stay open).
+    #[arg(long, value_name = "FILE", requires = "admin")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl AdminTokenArgs {
+    pub fn open(&self) -> anyhow::Result<Option<aetherfs_access::TokenFile>> {
+        Ok(self.admin_token_file.as_deref().map(aetherfs_access::TokenFile::open).transpose()?)
+    }
 }
 
 #[derive(Args, Debug)]

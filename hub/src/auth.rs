@@ -7,7 +7,7 @@
 //!             authenticate (Authorization header)
 //!                 │ none            → anonymous
 //!                 │ Bearer JWT      → oidc.rs: local validation against the trusted issuers
-//!                 │ Basic           → basic.rs: argon2id users file
+//!                 │ Basic           → aetherfs-access: argon2id users file
 //!                 │ invalid         → 401 unauthorized (+ WWW-Authenticate)
 //!                 ▼
 //!             authorize (policy.rs: rules per dataset pattern)
@@ -22,11 +22,9 @@
 //! `Authorization` header: the hub behaves as it always did. With one, what
 //! no rule grants is denied. docs/security.md is the user's guide.
 
-mod basic;
 mod config;
 mod oidc;
 pub(crate) mod policy;
-mod throttle;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,11 +36,12 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-pub use basic::UsersError;
-pub use basic::{basic_authorization, hash_password, set_user};
+pub use aetherfs_access::{UsersError, basic_authorization, hash_password, set_user};
 pub use config::{AlgorithmError, ConfigError, IssuerError, RuleError};
 pub use oidc::{ClientError, IssuerSetupError};
 pub use policy::{GranteeError, Identity, PatternError, Permission};
+
+use aetherfs_access::BasicError;
 
 use crate::error::AppError;
 use crate::metrics::AuthLabels;
@@ -73,18 +72,8 @@ pub enum AuthError {
         #[source]
         source: oidc::IssuerSetupError,
     },
-    #[error("invalid users file {}: {source}", path.display())]
-    Users {
-        path: PathBuf,
-        #[source]
-        source: basic::UsersError,
-    },
-    #[error("invalid user name {0:?}: no ':', spaces or control characters")]
-    UserName(String),
-    #[error("invalid group {0:?}: no ',' or spaces")]
-    Group(String),
-    #[error("cannot hash the password: {0}")]
-    Hash(#[source] argon2::password_hash::Error),
+    #[error(transparent)]
+    Access(#[from] aetherfs_access::AccessError),
 }
 
 fn in_file(file: Option<&Path>) -> String {
@@ -120,7 +109,7 @@ struct Enforced {
     source: String,
     metrics: MetricsAccess,
     oidc: Oidc,
-    basic: Option<basic::Basic>,
+    basic: Option<aetherfs_access::UsersFile>,
     policy: Policy,
 }
 
@@ -163,7 +152,8 @@ impl Auth {
     fn build(text: &str, base_dir: &Path, file: Option<&Path>) -> Result<Auth, AuthError> {
         let file = file.map(Path::to_path_buf);
         let cfg = Config::parse(text, base_dir).map_err(|source| AuthError::Config { file: file.clone(), source })?;
-        let basic = cfg.users_file.as_deref().map(|f| basic::Basic::load(f, cfg.basic_limits)).transpose()?;
+        let basic =
+            cfg.users_file.as_deref().map(|f| aetherfs_access::UsersFile::load(f, cfg.basic_limits)).transpose()?;
         let oidc = Oidc::new(cfg.issuers).map_err(|source| AuthError::Issuer { file: file.clone(), source })?;
         let source = file.map_or_else(|| "inline configuration".to_string(), |f| f.display().to_string());
         let enforced = Enforced { source, metrics: cfg.metrics, oidc, basic, policy: Policy::new(cfg.rules) };
@@ -347,10 +337,10 @@ async fn authenticate(
     if scheme.eq_ignore_ascii_case("basic") {
         let Some(b) = &e.basic else { return Err(bad("this hub does not accept basic auth")) };
         return match b.check(rest, addr).await {
-            Ok(id) => Ok(Some(id)),
-            Err(basic::BasicError::Malformed) => Err(bad("malformed basic credentials")),
-            Err(basic::BasicError::Wrong) => Err(bad("wrong user name or password")),
-            Err(basic::BasicError::Throttled(wait)) => Err(Refusal::Throttled(wait)),
+            Ok(u) => Ok(Some(Identity { subject: u.name, issuer: policy::BASIC_ISSUER.to_string(), groups: u.groups })),
+            Err(BasicError::Malformed) => Err(bad("malformed basic credentials")),
+            Err(BasicError::Wrong) => Err(bad("wrong user name or password")),
+            Err(BasicError::Throttled(wait)) => Err(Refusal::Throttled(wait)),
         };
     }
     Err(bad("unsupported authorization scheme: use Bearer or Basic"))

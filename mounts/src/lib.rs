@@ -22,6 +22,7 @@
 mod fs;
 pub mod fuse;
 pub mod nfs;
+mod nfs_gate;
 mod source;
 pub mod testing;
 mod version;

@@ -6,8 +6,10 @@
 //! stable for a given manifest across server restarts; nfsserve builds the
 //! opaque file handle from the id and the server's start time, so handles do
 //! go stale across a restart (clients re-resolve by path). One TCP port
-//! serves NFS, MOUNT and a tiny portmapper; there is no authentication, so
-//! bind to loopback.
+//! serves NFS, MOUNT and a tiny portmapper. NFSv3 clients prove nothing
+//! about who they are (AUTH_SYS carries a uid the client picks), so the
+//! only control is the client's address: [`NfsAccess`] (loopback by
+//! default), enforced by the gate of [`crate::nfs_gate`].
 //!
 //! # Directory cookies
 //!
@@ -42,6 +44,7 @@ use nfsserve::nfs::{
 use nfsserve::tcp::{NFSTcp, NFSTcpListener};
 use nfsserve::vfs::{DirEntry as NfsDirEntry, NFSFileSystem, ReadDirResult, ReadDirSimpleResult, VFSCapabilities};
 
+pub use crate::nfs_gate::{GateCounters, NfsAccess};
 use crate::{Attr, DatasetFs, FsError, Kind, MAX_READ, ROOT};
 
 /// The `fsid` every attribute reports: one filesystem, whatever the version
@@ -86,6 +89,10 @@ pub struct NfsCounters {
 /// A bound, not yet serving, read-only NFSv3 server.
 pub struct NfsServer {
     listener: NFSTcpListener<NfsFs>,
+    /// With an allowlist to enforce: the public listener, whose admitted
+    /// connections are relayed to nfsserve's loopback one.
+    gate: Option<(tokio::net::TcpListener, NfsAccess)>,
+    gate_counters: Arc<GateCounters>,
     addr: SocketAddr,
     export: String,
     counters: Arc<NfsCounters>,
@@ -93,8 +100,14 @@ pub struct NfsServer {
 
 impl NfsServer {
     /// Binds `addr` (IPv4; port 0 picks a free port) and exports `fs` as
-    /// `/EXPORT`. Clients mount `/EXPORT` (or a directory below it).
-    pub async fn bind(fs: Arc<DatasetFs>, addr: SocketAddr, export: &str) -> Result<NfsServer, NfsError> {
+    /// `/EXPORT` to the clients `access` allows. Clients mount `/EXPORT`
+    /// (or a directory below it).
+    pub async fn bind(
+        fs: Arc<DatasetFs>,
+        addr: SocketAddr,
+        export: &str,
+        access: NfsAccess,
+    ) -> Result<NfsServer, NfsError> {
         if !addr.is_ipv4() {
             return Err(NfsError::NotIpv4(addr));
         }
@@ -104,11 +117,21 @@ impl NfsServer {
         }
         let counters = Arc::new(NfsCounters::default());
         let vfs = NfsFs { fs, counters: counters.clone() };
-        let mut listener =
-            NFSTcpListener::bind(&addr.to_string(), vfs).await.map_err(|source| NfsError::Bind { addr, source })?;
+        let bind_err = |source| NfsError::Bind { addr, source };
+        // With a gate, nfsserve listens on an ephemeral loopback port that
+        // only the gate relays to.
+        let gate = match access.needs_gate(addr) {
+            true => Some((tokio::net::TcpListener::bind(addr).await.map_err(bind_err)?, access)),
+            false => None,
+        };
+        let backend = if gate.is_some() { SocketAddr::from((Ipv4Addr::LOCALHOST, 0)) } else { addr };
+        let mut listener = NFSTcpListener::bind(&backend.to_string(), vfs).await.map_err(bind_err)?;
         listener.with_export_name(export);
-        let addr = SocketAddr::new(addr.ip(), listener.get_listen_port());
-        Ok(NfsServer { listener, addr, export: export.to_string(), counters })
+        let addr = match &gate {
+            Some((public, _)) => public.local_addr().map_err(bind_err)?,
+            None => SocketAddr::new(addr.ip(), listener.get_listen_port()),
+        };
+        Ok(NfsServer { listener, gate, gate_counters: Arc::default(), addr, export: export.to_string(), counters })
     }
 
     /// The address the server listens on (the real port when bound to 0).
@@ -125,6 +148,11 @@ impl NfsServer {
         self.counters.clone()
     }
 
+    /// Connections the allowlist refused and admitted (zero without a gate).
+    pub fn gate_counters(&self) -> Arc<GateCounters> {
+        self.gate_counters.clone()
+    }
+
     /// A libnfs URL for `path` (relative to the export root, `/`-separated,
     /// passed through as it is: libnfs does not percent-decode).
     /// NFS and MOUNT share the server's one port, so no rpcbind is needed.
@@ -139,6 +167,10 @@ impl NfsServer {
     /// client disconnects or the runtime shuts down.
     pub async fn serve(self) {
         tracing::info!(addr = %self.addr, export = %self.export, "serving NFSv3");
+        if let Some((public, access)) = self.gate {
+            let backend = SocketAddr::new(self.listener.get_listen_ip(), self.listener.get_listen_port());
+            tokio::spawn(crate::nfs_gate::run(public, backend, access, self.gate_counters.clone()));
+        }
         loop {
             if let Err(e) = self.listener.handle_forever().await {
                 tracing::warn!(error = %e, "NFS accept failed; retrying");

@@ -34,6 +34,7 @@ use std::io::{self, SeekFrom};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use aetherfs_access::Gate;
 use axum::Router;
 use axum::extract::Request;
 use axum::routing::any;
@@ -54,22 +55,26 @@ const READ_BUF: usize = 256 << 10;
 const MAX_HOPS: u32 = 40;
 
 /// The dataset as an axum router serving WebDAV at `/`, answering only to
-/// the hosts [`check_host`] lets through (`allowed_hosts` adds names).
-pub fn router(fs: Arc<DatasetFs>, allowed_hosts: Vec<String>) -> Router {
+/// the hosts [`check_host`] lets through (`allowed_hosts` adds names) and,
+/// with a `gate`, only to the requests it admits.
+pub fn router(fs: Arc<DatasetFs>, allowed_hosts: Vec<String>, gate: Option<Arc<dyn Gate>>) -> Router {
     let dav = handler(fs);
     let serve = move |req: Request| {
         let dav = dav.clone();
         async move { dav.handle(req).await }
     };
-    Router::new()
-        .route("/", any(serve.clone()))
-        .route("/{*path}", any(serve))
-        .layer(axum::middleware::from_fn_with_state(Arc::new(allowed_hosts), check_host))
+    let mut router = Router::new().route("/", any(serve.clone())).route("/{*path}", any(serve));
+    if let Some(gate) = gate {
+        router = router.layer(axum::middleware::from_fn_with_state(gate, aetherfs_access::require));
+    }
+    // Outermost: a rebound web page is refused before any credential is read.
+    router.layer(axum::middleware::from_fn_with_state(Arc::new(allowed_hosts), check_host))
 }
 
 /// Refuses (403) a request whose Host is neither an IP address, `localhost`,
-/// nor one of the allowed names: these front ends have no authentication, so
-/// a web page must not reach them through DNS rebinding
+/// nor one of the allowed names: a web page must not reach these front ends
+/// through DNS rebinding (with authentication, the browser would still send
+/// credentials it holds for the name)
 /// ([`aetherfs_util::host_allowed`]). Requests without a Host pass (no
 /// browser sends one).
 pub async fn check_host(
@@ -111,12 +116,24 @@ pub fn dav_filesystem(fs: Arc<DatasetFs>) -> Box<DavFs> {
 }
 
 /// How a WebDAV server answers.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct WebDavOptions {
     /// Host names besides addresses and `localhost` (see [`check_host`]).
     pub allowed_hosts: Vec<String>,
     /// Connections at once and the header-read timeout (slow clients).
     pub limits: aetherfs_serve::ConnectionLimits,
+    /// Who may read: `None` serves everyone who connects.
+    pub gate: Option<Arc<dyn Gate>>,
+}
+
+impl std::fmt::Debug for WebDavOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebDavOptions")
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("limits", &self.limits)
+            .field("gate", &self.gate.is_some())
+            .finish()
+    }
 }
 
 /// Serves [`router`] on `listener` until `shutdown` completes, then lets
@@ -128,7 +145,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     tracing::info!(addr = ?listener.local_addr().ok(), "serving WebDAV");
-    aetherfs_serve::serve(listener, router(fs, opts.allowed_hosts), None, opts.limits, shutdown).await
+    aetherfs_serve::serve(listener, router(fs, opts.allowed_hosts, opts.gate), None, opts.limits, shutdown).await
 }
 
 /// [`DatasetFs`] as a [`DavFileSystem`].

@@ -288,3 +288,121 @@ mod host_tests {
         assert!(host_allowed("anything", &["*".to_string()]));
     }
 }
+
+/// An IP address range in CIDR notation (`10.0.0.0/8`, `::1/128`); a bare
+/// address is the range of that one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+/// Why a CIDR range did not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid address range {0:?}: write an address or ADDRESS/PREFIX, such as 10.0.0.0/8 or ::1/128")]
+pub struct CidrError(String);
+
+impl Cidr {
+    /// 127.0.0.0/8 and ::1: every address a loopback client connects from.
+    pub const LOOPBACK: [Cidr; 2] = [
+        Cidr { net: std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)), prefix: 8 },
+        Cidr { net: std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), prefix: 128 },
+    ];
+
+    fn bits(ip: std::net::IpAddr) -> (u128, u8) {
+        match ip {
+            std::net::IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+            std::net::IpAddr::V6(a) => (u128::from(a), 128),
+        }
+    }
+
+    /// Whether `ip` lies in the range; an IPv4-mapped IPv6 address
+    /// (`::ffff:a.b.c.d`) counts as the IPv4 address it carries.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let ((net, width), (addr, addr_width)) = (Self::bits(self.net), Self::bits(ip));
+        if width != addr_width {
+            return false;
+        }
+        let host_bits = u32::from(width - self.prefix);
+        net.checked_shr(host_bits).unwrap_or(0) == addr.checked_shr(host_bits).unwrap_or(0)
+    }
+
+    /// Whether this range holds every address of `other`.
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.prefix <= other.prefix && self.contains(other.net)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, CidrError> {
+        let bad = || CidrError(s.to_string());
+        let (addr, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let net: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let width = Self::bits(net).1;
+        let prefix = match prefix {
+            None => width,
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= width).ok_or_else(bad)?,
+        };
+        // Normalize: the network address, host bits cleared.
+        let host_bits = u32::from(width - prefix);
+        let masked = Self::bits(net).0.checked_shr(host_bits).unwrap_or(0).checked_shl(host_bits).unwrap_or(0);
+        let net = match net {
+            std::net::IpAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::from(masked as u32)),
+            std::net::IpAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::from(masked)),
+        };
+        Ok(Cidr { net, prefix })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
+}
+
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod cidr_tests {
+    use super::Cidr;
+
+    fn c(s: &str) -> Cidr {
+        s.parse().expect(s)
+    }
+
+    #[test]
+    fn ranges_parse_normalize_and_contain() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect(s);
+        assert_eq!(c("10.1.2.3/8").to_string(), "10.0.0.0/8");
+        assert_eq!(c("192.168.1.7").to_string(), "192.168.1.7/32");
+        assert!(c("10.0.0.0/8").contains(ip("10.255.0.1")));
+        assert!(!c("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(c("0.0.0.0/0").contains(ip("8.8.8.8")) && !c("0.0.0.0/0").contains(ip("::2")));
+        assert!(c("::/0").contains(ip("2001:db8::1")));
+        assert!(c("127.0.0.0/8").contains(ip("::ffff:127.0.0.5")), "v4-mapped counts as v4");
+        assert!(Cidr::LOOPBACK.iter().any(|r| r.contains(ip("::1"))));
+        assert!(c("127.0.0.0/8").covers(&c("127.1.0.0/16")) && !c("127.1.0.0/16").covers(&c("127.0.0.0/8")));
+        for bad in ["", "10.0.0.0/33", "::/129", "10.0.0/8", "10.0.0.0/-1", "host/8", "1.2.3.4/"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aetherfs_agent::daemon::open_one;
-use aetherfs_agent::frontends::{Tasks, start_nfs, start_webdav};
+use aetherfs_agent::frontends::{Frontends, Tasks};
 use aetherfs_format::{Name, Reference, Tag};
 use aetherfs_hub::{Hub, HubOptions};
 use aetherfs_hub_client::{HubClient, PushOptions, push};
@@ -61,8 +61,9 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     let cache = CacheArgs { cache_mib: 64, readahead_mib: 8, fetch_timeout_secs: 30 };
     let (_source, served) = open_one(&client, &reference, &cache.source_options(), cache.readahead_bytes()).await?;
     let mut tasks = Tasks::new();
-    let webdav = start_webdav(&mut tasks, served.fs().clone(), a.webdav, Vec::new()).await?;
-    let nfs = start_nfs(&mut tasks, served.fs().clone(), a.nfs, "geoip").await?;
+    let frontends = Frontends::open(client.clone());
+    let webdav = frontends.start_webdav(&mut tasks, served.fs().clone(), &reference.name, a.webdav).await?;
+    let nfs = frontends.start_nfs(&mut tasks, served.fs().clone(), a.nfs, "geoip").await?;
     let mnt = dir.join("mnt");
     let fuse = if a.no_fuse || !fuse_usable() {
         None

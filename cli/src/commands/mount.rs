@@ -10,13 +10,15 @@ use crate::commands::{client, parse_ref, shutdown_signal};
 
 pub async fn run(g: &GlobalArgs, a: MountArgs) -> Result<()> {
     let reference = parse_ref(&a.reference)?;
+    let admin_token = a.admin_token.open()?;
     let client = client(g)?;
     if clear_stale_mount(&a.mountpoint).with_context(|| format!("cannot check {}", a.mountpoint.display()))? {
         eprintln!("aetherfs mount: cleared a stale mount at {}", a.mountpoint.display());
     }
     let (source, served) = open_one(&client, &reference, &a.cache.source_options(), a.cache.readahead_bytes()).await?;
     if let Some(addr) = a.admin {
-        let local = serve_admin(addr, Admin::with(source, served.clone()), None, a.allowed_hosts.clone()).await?;
+        let local =
+            serve_admin(addr, Admin::with(source, served.clone()), admin_token, a.allowed_hosts.clone()).await?;
         eprintln!("aetherfs mount: admin on http://{local}");
     }
     let opts = FuseOptions {

@@ -2,7 +2,7 @@
 
 use aetherfs_agent::admin::{Admin, serve_admin};
 use aetherfs_agent::daemon::{default_export, open_one};
-use aetherfs_agent::frontends::{Tasks, start_nfs, start_webdav};
+use aetherfs_agent::frontends::{Frontends, Tasks};
 use anyhow::{Context, Result, bail};
 
 use crate::cli::{GlobalArgs, ServeArgs};
@@ -12,30 +12,28 @@ pub async fn run(g: &GlobalArgs, a: ServeArgs) -> Result<()> {
     if a.webdav.is_none() && a.nfs.is_none() {
         bail!("nothing to serve: give --webdav ADDR and/or --nfs ADDR");
     }
-    for addr in a.webdav.iter().chain(&a.nfs) {
-        if !addr.ip().is_loopback() {
-            eprintln!(
-                "aetherfs serve: WARNING: {addr} is not loopback and these front ends have no authentication: anyone who reaches it reads the dataset"
-            );
-        }
-    }
+    let access = a.access.access();
+    access.validate(a.webdav)?;
+    let admin_token = a.admin_token.open()?;
     let reference = parse_ref(&a.reference)?;
     let client = client(g)?;
+    let frontends = Frontends::new(access, client.clone(), a.allowed_hosts.clone())?;
     let (source, served) = open_one(&client, &reference, &a.cache.source_options(), a.cache.readahead_bytes()).await?;
     eprintln!("aetherfs serve: {}@{}", served.name(), served.digest());
     if let Some(addr) = a.admin {
-        let local = serve_admin(addr, Admin::with(source, served.clone()), None, a.allowed_hosts.clone()).await?;
+        let local =
+            serve_admin(addr, Admin::with(source, served.clone()), admin_token, a.allowed_hosts.clone()).await?;
         eprintln!("aetherfs serve: admin on http://{local}");
     }
     let export = a.export.unwrap_or_else(|| default_export(served.reference()));
     let mut tasks = Tasks::new();
     if let Some(addr) = a.webdav {
-        let url = start_webdav(&mut tasks, served.fs().clone(), addr, a.allowed_hosts.clone()).await?;
+        let url = frontends.start_webdav(&mut tasks, served.fs().clone(), served.name(), addr).await?;
         eprintln!("aetherfs serve: WebDAV on {url}");
         served.add_frontend(format!("webdav:{url}"));
     }
     if let Some(addr) = a.nfs {
-        let url = start_nfs(&mut tasks, served.fs().clone(), addr, &export).await?;
+        let url = frontends.start_nfs(&mut tasks, served.fs().clone(), addr, &export).await?;
         eprintln!("aetherfs serve: NFSv3 on {url}");
         served.add_frontend(format!("nfs:{url}"));
     }

@@ -10,7 +10,7 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 use super::policy::{Grantee, GranteeError, Pattern, PatternError, Rule};
-use super::throttle::FailureLimits;
+use aetherfs_access::FailureLimits;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use aetherfs_mounts::nfs::{NfsCounters, NfsFs, NfsServer, nfs_url};
+use aetherfs_mounts::nfs::{GateCounters, NfsAccess, NfsCounters, NfsFs, NfsServer, nfs_url};
 use aetherfs_mounts::testing::{MemorySource, fs_of_dir, version_of_dir};
 use aetherfs_mounts::{DatasetFs, ROOT};
 use nfsserve::nfs::nfsstat3;
@@ -25,6 +25,7 @@ const T: Duration = Duration::from_secs(120);
 struct Served {
     addr: SocketAddr,
     counters: Arc<NfsCounters>,
+    gate: Arc<GateCounters>,
     fs: Arc<DatasetFs>,
     source: Arc<MemorySource>,
     _rt: tokio::runtime::Runtime,
@@ -32,14 +33,18 @@ struct Served {
 
 impl Served {
     fn start(dir: &Path) -> Served {
+        Self::start_with(dir, NfsAccess::default())
+    }
+
+    fn start_with(dir: &Path, access: NfsAccess) -> Served {
         let (fs, source) = fs_of_dir(dir).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let srv = rt.block_on(NfsServer::bind(fs.clone(), "127.0.0.1:0".parse().unwrap(), "data")).unwrap();
-        let (addr, counters) = (srv.local_addr(), srv.counters());
+        let srv = rt.block_on(NfsServer::bind(fs.clone(), "127.0.0.1:0".parse().unwrap(), "data", access)).unwrap();
+        let (addr, counters, gate) = (srv.local_addr(), srv.counters(), srv.gate_counters());
         assert_ne!(addr.port(), 0);
         assert_eq!(srv.url("a/x"), nfs_url(addr, "data", "a/x"));
         rt.spawn(srv.serve());
-        Served { addr, counters, fs, source, _rt: rt }
+        Served { addr, counters, gate, fs, source, _rt: rt }
     }
 
     fn url(&self, path: &str) -> String {
@@ -98,6 +103,30 @@ fn nfs_ls_recursive_lists_every_entry_exactly_once() {
     let out = run_ok("nfs-ls", &[&s.url("a/b")], T);
     let listed = parse_ls(&String::from_utf8(out.stdout).unwrap());
     assert_eq!(listed, vec![("c".to_string(), Expect { kind: 'd', size: None })]);
+}
+
+/// The client allowlist, with libnfs: a server that admits only 127.0.0.1
+/// (so the gate relays, since 127.0.0.2 would be refused) serves through
+/// the relay; one that admits only 10.0.0.0/8 closes the connection.
+#[test]
+fn the_allowlist_admits_and_refuses_clients_by_address() {
+    let t = tempfile::tempdir().unwrap();
+    sample_tree(t.path(), 0);
+    let only = |r: &str| NfsAccess { allow: vec![r.parse().unwrap()], ..NfsAccess::default() };
+    let s = Served::start_with(t.path(), only("127.0.0.1/32"));
+    let out = run_ok("nfs-cat", &[&s.url("a/small.txt")], T);
+    assert_eq!(out.stdout, b"hello\n");
+    let listed = parse_ls(&String::from_utf8(run_ok("nfs-ls", &["-R", &s.url("")], T).stdout).unwrap());
+    assert_eq!(listed.len(), walk(t.path()).len());
+    assert!(s.gate.relayed.load(Ordering::Relaxed) >= 2, "{:?}", s.gate);
+    assert_eq!(s.gate.refused.load(Ordering::Relaxed), 0);
+
+    let s = Served::start_with(t.path(), only("10.0.0.0/8"));
+    let out = run("nfs-ls", &[&s.url("")], T);
+    assert!(!out.status.success(), "a refused client listed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(s.gate.refused.load(Ordering::Relaxed) >= 1, "{:?}", s.gate);
+    assert_eq!(s.gate.relayed.load(Ordering::Relaxed), 0);
+    assert_eq!(s.source.calls.load(Ordering::Relaxed), 0);
 }
 
 #[test]

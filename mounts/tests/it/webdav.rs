@@ -469,6 +469,7 @@ fn a_half_sent_request_is_dropped_after_the_header_timeout() {
     let opts = aetherfs_mounts::webdav::WebDavOptions {
         allowed_hosts: Vec::new(),
         limits: aetherfs_serve::ConnectionLimits { max_connections: 16, header_read_timeout: Duration::from_secs(1) },
+        gate: None,
     };
     rt.spawn(aetherfs_mounts::webdav::serve(fs, listener, opts, std::future::pending()));
     let mut s = std::net::TcpStream::connect(addr).unwrap();

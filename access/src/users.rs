@@ -32,9 +32,8 @@ use parking_lot::Mutex;
 use rand::RngCore;
 use sha2::{Digest as _, Sha256};
 
-use super::AuthError;
-use super::policy::{BASIC_ISSUER, Identity};
-use super::throttle::{FailureLimits, Throttle};
+use crate::AccessError;
+use crate::throttle::{FailureLimits, Throttle};
 
 /// How long a verified (user, password) pair is trusted without rehashing.
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
@@ -79,7 +78,8 @@ struct Failures {
     logged_at: Option<Instant>,
 }
 
-pub(crate) struct Basic {
+/// A users file, checked and watched for changes.
+pub struct UsersFile {
     path: PathBuf,
     users: Mutex<Users>,
     verified: Mutex<HashMap<[u8; 32], Instant>>,
@@ -90,24 +90,31 @@ pub(crate) struct Basic {
     throttle: Throttle,
 }
 
+/// A user the users file accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BasicUser {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
 /// Why basic credentials were refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BasicError {
+pub enum BasicError {
     Malformed,
     Wrong,
     /// Too many failures for this user or from this address: retry after this long.
     Throttled(Duration),
 }
 
-impl Basic {
-    pub fn load(path: &Path, limits: FailureLimits) -> Result<Basic, AuthError> {
+impl UsersFile {
+    pub fn load(path: &Path, limits: FailureLimits) -> Result<UsersFile, AccessError> {
         let (by_name, st) = read_users(path)?;
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
         let mut pw = [0u8; 16];
         rand::rng().fill_bytes(&mut pw);
         let dummy = hash_password(&hex(&pw))?;
-        Ok(Basic {
+        Ok(UsersFile {
             path: path.to_path_buf(),
             users: Mutex::new(Users { by_name, stamp: Some(st), checked_at: Instant::now() }),
             verified: Mutex::new(HashMap::new()),
@@ -153,7 +160,7 @@ impl Basic {
     }
 
     /// Checks an `Authorization: Basic` value (without the scheme) sent from `addr`.
-    pub async fn check(&self, encoded: &str, addr: Option<std::net::IpAddr>) -> Result<Identity, BasicError> {
+    pub async fn check(&self, encoded: &str, addr: Option<std::net::IpAddr>) -> Result<BasicUser, BasicError> {
         use base64::Engine;
         let decoded =
             base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| BasicError::Malformed)?;
@@ -185,7 +192,7 @@ impl Basic {
                     v.insert(fingerprint, Instant::now());
                 }
                 self.throttle.succeeded(name, addr, Instant::now());
-                Ok(Identity { subject: name.to_string(), issuer: BASIC_ISSUER.to_string(), groups: u.groups })
+                Ok(BasicUser { name: name.to_string(), groups: u.groups })
             }
             _ => {
                 self.failed(name);
@@ -241,8 +248,8 @@ pub fn basic_authorization(user: &str, password: &str) -> String {
 }
 
 /// An argon2id hash of `password` with a fresh random salt, as a PHC string.
-pub fn hash_password(password: &str) -> Result<String, AuthError> {
-    Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(AuthError::Hash)
+pub fn hash_password(password: &str) -> Result<String, AccessError> {
+    Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(AccessError::Hash)
 }
 
 fn valid_user_name(name: &str) -> bool {
@@ -257,11 +264,11 @@ fn valid_group(g: &str) -> bool {
     !g.is_empty() && !g.contains(',') && !g.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-fn read_users(path: &Path) -> Result<(HashMap<String, User>, Stamp), AuthError> {
-    let io = |e: std::io::Error| AuthError::Io { path: path.to_path_buf(), source: e };
+fn read_users(path: &Path) -> Result<(HashMap<String, User>, Stamp), AccessError> {
+    let io = |e: std::io::Error| AccessError::Io { path: path.to_path_buf(), source: e };
     let before = stamp(path).map_err(io)?;
     let text = std::fs::read_to_string(path).map_err(io)?;
-    let users = parse_users(&text).map_err(|source| AuthError::Users { path: path.to_path_buf(), source })?;
+    let users = parse_users(&text).map_err(|source| AccessError::Users { path: path.to_path_buf(), source })?;
     Ok((users, before))
 }
 
@@ -313,14 +320,14 @@ fn parse_users(text: &str) -> Result<HashMap<String, User>, UsersError> {
 
 /// Sets `user`'s hash and groups in the users file (created if missing),
 /// keeping every other line; written to a temporary file and renamed, mode 0600.
-pub fn set_user(path: &Path, user: &str, hash: &str, groups: &[String]) -> Result<(), AuthError> {
+pub fn set_user(path: &Path, user: &str, hash: &str, groups: &[String]) -> Result<(), AccessError> {
     if !valid_user_name(user) {
-        return Err(AuthError::UserName(user.to_string()));
+        return Err(AccessError::UserName(user.to_string()));
     }
     if let Some(g) = groups.iter().find(|g| !valid_group(g)) {
-        return Err(AuthError::Group(g.clone()));
+        return Err(AccessError::Group(g.clone()));
     }
-    let io = |e: std::io::Error| AuthError::Io { path: path.to_path_buf(), source: e };
+    let io = |e: std::io::Error| AccessError::Io { path: path.to_path_buf(), source: e };
     let old = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -328,7 +335,7 @@ pub fn set_user(path: &Path, user: &str, hash: &str, groups: &[String]) -> Resul
         }
         Err(e) => return Err(io(e)),
     };
-    parse_users(&old).map_err(|source| AuthError::Users { path: path.to_path_buf(), source })?;
+    parse_users(&old).map_err(|source| AccessError::Users { path: path.to_path_buf(), source })?;
     let entry =
         if groups.is_empty() { format!("{user}:{hash}") } else { format!("{user}:{hash}:{}", groups.join(",")) };
     let mut out = String::new();
@@ -386,13 +393,10 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("meta").mode() & 0o777;
         assert_eq!(mode, 0o600);
 
-        let basic = Basic::load(&path, FailureLimits::default()).expect("load");
+        let basic = UsersFile::load(&path, FailureLimits::default()).expect("load");
         assert_eq!(basic.user_count(), 2);
         let id = basic.check(&basic_header("alice", "correct horse"), None).await.expect("alice");
-        assert_eq!(
-            (id.subject.as_str(), id.issuer.as_str(), id.groups),
-            ("alice", BASIC_ISSUER, vec!["team-a".into()])
-        );
+        assert_eq!((id.name.as_str(), id.groups), ("alice", vec!["team-a".into()]));
         // Remembered: the second check needs no hash and gives the same answer.
         assert!(basic.check(&basic_header("alice", "correct horse"), None).await.is_ok());
         assert_eq!(basic.check(&basic_header("alice", "wrong"), None).await, Err(BasicError::Wrong));

@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 /// How long a successful sign-in exempts its address from the user's limit.
-pub(crate) const TRUSTED_FOR: Duration = Duration::from_secs(24 * 3600);
+pub const TRUSTED_FOR: Duration = Duration::from_secs(24 * 3600);
 const MAX_TRACKED: usize = 100_000;
 const NAME_MAX: usize = 64;
 
 /// `[basic]` limits of the auth configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct FailureLimits {
+pub struct FailureLimits {
     /// Failures for one user name (from addresses it has not signed in from).
     pub per_user: u32,
     /// Failures from one client address, whatever the user name.
@@ -52,7 +52,7 @@ struct Tables {
     trusted: HashMap<(String, IpAddr), Instant>,
 }
 
-pub(crate) struct Throttle {
+pub struct Throttle {
     limits: FailureLimits,
     tables: Mutex<Tables>,
 }
