@@ -484,6 +484,26 @@ mod tests {
         assert_eq!(cfg.mounts[1].prefetch, Prefetch::None);
         assert_eq!(cfg.fetch.concurrency, 8);
         assert_eq!(cfg.auth.token_file.as_deref(), Some(Path::new("/var/run/secrets/tokens/aetherfs")));
+        assert!(!cfg.frontends.webdav_hub_auth);
+        assert_eq!(cfg.frontends.nfs_allow, aetherfs_util::Cidr::LOOPBACK.to_vec());
+    }
+
+    #[test]
+    fn frontend_access_is_checked_with_the_mounts() {
+        let parse = |frontends: &str, webdav: &str| {
+            let text = format!("{frontends}\n[[mount]]\nref = \"acme/x:latest\"\nwebdav = \"{webdav}\"\n");
+            let cfg: AgentConfig = toml::from_str(&text).unwrap();
+            cfg.validate().map(|()| cfg)
+        };
+        assert!(parse("", "127.0.0.1:8080").is_ok());
+        let err = parse("", "0.0.0.0:8080").unwrap_err().to_string();
+        assert!(err.contains("refusing to serve WebDAV on 0.0.0.0:8080"), "{err}");
+        assert!(parse("[frontends]\nallow_unauthenticated = true", "0.0.0.0:8080").is_ok());
+        let cfg = parse("[frontends]\nwebdav_hub_auth = true\nnfs_allow = [\"10.0.0.0/8\"]", "0.0.0.0:8080").unwrap();
+        assert_eq!(cfg.frontends.nfs_allow, vec!["10.0.0.0/8".parse().unwrap()]);
+        let err = toml::from_str::<AgentConfig>("[frontends]\nnfs_allow = [\"10.0.0.0/40\"]").unwrap_err();
+        assert!(err.to_string().contains("10.0.0.0/40"), "{err}");
+        assert!(toml::from_str::<AgentConfig>("[frontends]\nwebdav_user = \"x\"").is_err(), "unknown keys are refused");
     }
 
     #[test]

@@ -102,7 +102,7 @@ fn reader_claims(issuer: &str) -> Value {
 
 /// Pushes one small version of each dataset through an open hub on `storage`;
 /// returns the digests.
-fn seed(storage: &str, names: &[&str]) -> Vec<String> {
+pub(crate) fn seed(storage: &str, names: &[&str]) -> Vec<String> {
     let hub = Hub::start(storage);
     let mut digests = Vec::new();
     for (i, name) in names.iter().enumerate() {
@@ -115,10 +115,10 @@ fn seed(storage: &str, names: &[&str]) -> Vec<String> {
     digests
 }
 
-struct Answer {
-    status: u16,
-    body: Value,
-    challenges: Vec<String>,
+pub(crate) struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub challenges: Vec<String>,
 }
 
 impl Answer {
@@ -135,7 +135,7 @@ impl Answer {
     }
 }
 
-async fn call(method: reqwest::Method, url: &str, auth: Option<&str>, body: Option<Value>) -> Answer {
+pub(crate) async fn call(method: reqwest::Method, url: &str, auth: Option<&str>, body: Option<Value>) -> Answer {
     let mut rb = reqwest::Client::new().request(method, url);
     if let Some(a) = auth {
         rb = rb.header("authorization", a);
@@ -160,7 +160,7 @@ async fn listed(hub: &str, auth: &str) -> Vec<String> {
     a.body["datasets"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap().to_string()).collect()
 }
 
-fn write_config(dir: &Path, text: &str) -> String {
+pub(crate) fn write_config(dir: &Path, text: &str) -> String {
     let p = dir.join("auth.toml");
     std::fs::write(&p, text).unwrap();
     p.to_str().unwrap().to_string()
@@ -405,7 +405,7 @@ async fn basic_auth_with_a_users_file() {
 }
 
 /// Adds a basic-auth user to a users file through `aetherfs hub passwd`.
-fn add_user(users: &Path, user: &str, group: &str, password: &str) {
+pub(crate) fn add_user(users: &Path, user: &str, group: &str, password: &str) {
     let mut child = Command::new(BIN)
         .args(["hub", "passwd"])
         .arg(users)
