@@ -9,6 +9,7 @@ mod auth;
 mod bad_input;
 mod concurrency;
 mod dedup;
+mod digest;
 mod gc;
 mod integrity;
 mod login;
