@@ -108,7 +108,7 @@ chunks each file the way `push` does (FastCDC 2020, min 16 KiB, avg 64 KiB, max 
 prints `blake3:<hex>  PATH`, b3sum's layout. Nothing is sent anywhere; no hub is needed.")]
     #[command(after_help = "Examples:\n  aetherfs digest data/geo.sqlite\n  \
 aetherfs inspect acme/geoip:latest --files | grep geo.sqlite   the same digest, if the file is the same\n  \
-aetherfs digest --json a.csv b.csv    [{\"path\", \"size\", \"digest\", \"chunks\"}, …]")]
+aetherfs digest --json a.csv b.csv    [{\"path\": …, \"size\": …, \"digest\": …, \"chunks\": …}, …]")]
     Digest(DigestArgs),
     /// Mount a version read-only through FUSE (foreground until SIGTERM/SIGINT).
     Mount(MountArgs),
