@@ -32,4 +32,6 @@ set -x
 rm -rf "$work/pulled"
 "$bin" pull acme/geoip:latest "$work/pulled"
 diff -r examples/geoip "$work/pulled"
+# The file digest `inspect --files` shows (derived from the chunks; not b3sum's).
+"$bin" digest "$work/pulled/geoip.sqlite"
 sqlite3 "$work/pulled/geoip.sqlite" "SELECT city, count(*) FROM blocks GROUP BY city ORDER BY 2 DESC LIMIT 3;" || true

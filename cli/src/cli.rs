@@ -100,6 +100,16 @@ chunks copied into new packs): version digests never change.\n\n\
     Ls(LsArgs),
     /// Show a version's manifest.
     Inspect(InspectArgs),
+    /// Print local files' AetherFS digests, to compare with `inspect --files`.
+    #[command(long_about = "Print local files' AetherFS digests, to compare with `inspect --files`.\n\n\
+A file's AetherFS digest is derived from its chunk list (each chunk's BLAKE3 and length, see \
+docs/formats.md), not hashed from its bytes, so `b3sum FILE` does not match it. This command \
+chunks each file the way `push` does (FastCDC 2020, min 16 KiB, avg 64 KiB, max 256 KiB) and \
+prints `blake3:<hex>  PATH`, b3sum's layout. Nothing is sent anywhere; no hub is needed.")]
+    #[command(after_help = "Examples:\n  aetherfs digest data/geo.sqlite\n  \
+aetherfs inspect acme/geoip:latest --files | grep geo.sqlite   the same digest, if the file is the same\n  \
+aetherfs digest --json a.csv b.csv    [{\"path\": …, \"size\": …, \"digest\": …, \"chunks\": …}, …]")]
+    Digest(DigestArgs),
     /// Mount a version read-only through FUSE (foreground until SIGTERM/SIGINT).
     Mount(MountArgs),
     /// Serve a version read-only over WebDAV and/or NFSv3.
@@ -481,6 +491,13 @@ fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
 pub struct LsArgs {
     /// NAME to list its tags, NAME:TAG for that tag's history.
     pub target: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DigestArgs {
+    /// Files to digest (symlinks are followed); `-` reads standard input.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -2,6 +2,7 @@
 
 mod agent;
 mod demo;
+mod digest;
 mod gc;
 mod hub;
 mod inspect;
@@ -32,6 +33,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Gc(a) => gc::run(&g, a).await,
         Command::Ls(a) => ls::run(&g, a).await,
         Command::Inspect(a) => inspect::run(&g, a).await,
+        Command::Digest(a) => digest::run(&g, a),
         Command::Mount(a) => mount::run(&g, a).await,
         Command::Serve(a) => serve::run(&g, a).await,
         Command::Demo(a) => demo::run(a).await,

@@ -11,7 +11,7 @@ use fastcdc::v2020::{Normalization, cut, select_masks};
 use serde::{Deserialize, Serialize};
 
 use crate::FormatError;
-use crate::digest::{Digest, Hasher};
+use crate::digest::{Digest, file_digest};
 
 /// The largest chunk any manifest may describe; bounds memory per chunk.
 pub const MAX_CHUNK_SIZE: u32 = 4 << 20;
@@ -79,7 +79,8 @@ pub struct ChunkInfo {
     pub digest: Digest,
 }
 
-/// A chunked file: its chunks, size and whole-file digest.
+/// A chunked file: its chunks, size and [`file_digest`] (derived from the
+/// chunks, so chunking reads every byte once, for the chunk digests).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileChunks {
     pub chunks: Vec<ChunkInfo>,
@@ -89,7 +90,7 @@ pub struct FileChunks {
 
 const STREAM_BUFFER: usize = 8 << 20;
 
-/// Chunks and hashes everything `reader` yields, holding at most a few MiB.
+/// Chunks everything `reader` yields, holding at most a few MiB.
 /// To chunk many files, reuse a [`Chunker`]: it keeps its buffer.
 pub fn chunk_reader<R: Read>(params: &ChunkParams, reader: R) -> io::Result<FileChunks> {
     Chunker::new(*params).chunk(reader)
@@ -111,14 +112,13 @@ impl Chunker {
         Self { params, buf: vec![0u8; buffer.max(2 * params.max as usize)] }
     }
 
-    /// Chunks and hashes everything `reader` yields.
+    /// Chunks everything `reader` yields.
     pub fn chunk<R: Read>(&mut self, mut reader: R) -> io::Result<FileChunks> {
         let params = &self.params;
         let buf = &mut self.buf;
         let masks = params.masks();
         let max = params.max as usize;
         let (mut len, mut offset, mut eof) = (0usize, 0u64, false);
-        let mut whole = Hasher::new();
         let mut chunks = Vec::new();
         loop {
             while !eof && len < buf.len() {
@@ -134,7 +134,6 @@ impl Chunker {
             while pos < len && (len - pos >= max || eof) {
                 let n = params.next_cut(&buf[pos..len], masks).max(1);
                 let bytes = &buf[pos..pos + n];
-                whole.update(bytes);
                 chunks.push(ChunkInfo { offset, len: n as u32, digest: Digest::of(bytes) });
                 offset += n as u64;
                 pos += n;
@@ -142,7 +141,8 @@ impl Chunker {
             buf.copy_within(pos..len, 0);
             len -= pos;
             if eof && len == 0 {
-                return Ok(FileChunks { chunks, size: offset, digest: whole.finalize() });
+                let digest = file_digest(offset, chunks.iter().map(|c: &ChunkInfo| (c.digest, c.len)));
+                return Ok(FileChunks { chunks, size: offset, digest });
             }
         }
     }
@@ -160,9 +160,13 @@ mod tests {
         let lens: Vec<usize> = ChunkParams::default().cut_points(&data).iter().map(|c| c.1).collect();
         assert_eq!(Digest::of(&data).to_string(), GOLDEN_DIGEST, "the test data itself changed");
         assert_eq!(lens, GOLDEN_LENS, "FastCDC cut points moved: chunking format changed");
+        let fc = chunk_reader(&ChunkParams::default(), &data[..]).unwrap();
+        assert_eq!(fc.digest.to_string(), GOLDEN_FILE_DIGEST, "the file digest's derivation changed");
     }
 
+    /// BLAKE3 of the input bytes (b3sum), and its AetherFS file digest.
     const GOLDEN_DIGEST: &str = "blake3:a936e2b44f5591b87f612520cfe047acd9a66d44b5a5f877af5961d0829be77d";
+    const GOLDEN_FILE_DIGEST: &str = "blake3:ac05000880e9178fee016916ac82bf5eb24d6822f9f5ed886f33b3a116cc7a65";
     const GOLDEN_LENS: &[usize] = &[
         70860, 32337, 69488, 147106, 80103, 19470, 35570, 67267, 41465, 26848, 68082, 83047, 140936, 216461, 86767,
         72455, 130483, 45945, 35398, 62093, 42331, 113856, 43231, 42272, 70884, 16592, 22440, 132241, 27559, 53565,
@@ -180,7 +184,8 @@ mod tests {
         }
         let fc = chunk_reader(&params, &data[..]).unwrap();
         assert_eq!(fc.size, data.len() as u64);
-        assert_eq!(fc.digest, Digest::of(&data));
+        let listed = expected.iter().map(|&(o, l)| (Digest::of(&data[o..o + l]), l as u32));
+        assert_eq!(fc.digest, file_digest(data.len() as u64, listed));
         for c in &fc.chunks {
             let s = c.offset as usize;
             assert_eq!(c.digest, Digest::of(&data[s..s + c.len as usize]));
@@ -193,7 +198,7 @@ mod tests {
         let params = ChunkParams::default();
         let fc = chunk_reader(&params, &b""[..]).unwrap();
         assert!(fc.chunks.is_empty());
-        assert_eq!(fc.digest, Digest::of(b""));
+        assert_eq!(fc.digest, file_digest(0, []));
         let fc = chunk_reader(&params, &b"abc"[..]).unwrap();
         assert_eq!(fc.chunks.len(), 1);
         assert_eq!(fc.chunks[0].len, 3);

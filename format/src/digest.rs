@@ -7,7 +7,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::FormatError;
 
-/// The digest of some bytes: a chunk, a file, a pack or a manifest.
+/// A BLAKE3 digest: of a chunk's, a pack's or a manifest's bytes, or a file's
+/// [`file_digest`] (derived from its chunks).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest([u8; 32]);
 
@@ -44,21 +45,24 @@ impl Digest {
     }
 }
 
-/// Streaming hasher producing a [`Digest`].
-#[derive(Default, Clone)]
-pub struct Hasher(blake3::Hasher);
+/// The BLAKE3 derive-key context of [`file_digest`]. Changing it changes every
+/// file digest: it is part of the format (docs/formats.md).
+pub const FILE_DIGEST_CONTEXT: &str = "aetherfs 2026-12 file digest v1";
 
-impl Hasher {
-    pub fn new() -> Self {
-        Self(blake3::Hasher::new())
+/// A file's digest, derived from its chunk list rather than hashed from its
+/// bytes: BLAKE3 in derive-key mode over `size u64 LE`, then every chunk's
+/// `digest[32] | len u32 LE` in order. Anyone holding a manifest (the hub
+/// included) can compute it, so a manifest cannot state a wrong one; the
+/// bytes are covered through the chunk digests, which every reader checks.
+/// It is not `b3sum` of the file: `aetherfs digest FILE` computes it locally.
+pub fn file_digest(size: u64, chunks: impl IntoIterator<Item = (Digest, u32)>) -> Digest {
+    let mut h = blake3::Hasher::new_derive_key(FILE_DIGEST_CONTEXT);
+    h.update(&size.to_le_bytes());
+    for (digest, len) in chunks {
+        h.update(digest.as_bytes());
+        h.update(&len.to_le_bytes());
     }
-    pub fn update(&mut self, bytes: &[u8]) -> &mut Self {
-        self.0.update(bytes);
-        self
-    }
-    pub fn finalize(&self) -> Digest {
-        Digest(*self.0.finalize().as_bytes())
-    }
+    Digest(*h.finalize().as_bytes())
 }
 
 pub(crate) fn truncate(s: &str) -> String {
@@ -119,6 +123,37 @@ mod tests {
         let d = Digest::of(b"");
         assert_eq!(d.to_string(), "blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
+    }
+
+    #[test]
+    fn file_digest_is_pinned() {
+        // Pinned so the derivation cannot change unnoticed; the same values
+        // come out of the Python reference in docs/formats.md.
+        assert_eq!(file_digest(0, []).to_string(), GOLDEN_EMPTY_FILE);
+        let chunks = [(Digest::of(b"one"), 3), (Digest::of(b"two"), 3)];
+        assert_eq!(file_digest(6, chunks).to_string(), GOLDEN_TWO_CHUNKS);
+        // Not the BLAKE3 of the bytes, nor of an empty input.
+        assert_ne!(file_digest(0, []), Digest::of(b""));
+        assert_ne!(file_digest(6, chunks), Digest::of(b"onetwo"));
+    }
+
+    const GOLDEN_EMPTY_FILE: &str = "blake3:dfeae7ff6059a0f58fa9c68cfd0c5e071d17dab1ebec0a9c7e1dba9bc62a7b6f";
+    const GOLDEN_TWO_CHUNKS: &str = "blake3:0d72e1f6bb795fe977621ecf75755f7ace3544f1dab2cf65c1d65533ba73a9df";
+
+    #[test]
+    fn a_changed_chunk_list_changes_the_file_digest() {
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let base = file_digest(20, [(a, 10), (b, 10)]);
+        for other in [
+            file_digest(20, [(b, 10), (a, 10)]),
+            file_digest(20, [(a, 10), (a, 10)]),
+            file_digest(20, [(a, 11), (b, 9)]),
+            file_digest(20, [(a, 10), (b, 10), (a, 0)]),
+            file_digest(21, [(a, 10), (b, 10)]),
+            file_digest(20, [(a, 10)]),
+        ] {
+            assert_ne!(other, base);
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The AetherFS data model: pure data, no I/O, no async.
 //!
 //! - [`Name`], [`Tag`], [`Reference`], [`Digest`]: parsed and validated in one place.
+//! - [`file_digest`]: a file's digest, derived from its chunk list.
 //! - [`chunker`]: FastCDC 2020 content-defined chunking, pinned by golden vectors.
 //! - [`Manifest`]: the compact, versioned description of one immutable version.
 //! - [`Placement`]: where a version's chunks are stored (rewritable; not part of its digest).
@@ -21,8 +22,8 @@ mod path;
 pub mod placement;
 
 pub use chunker::{ChunkInfo, ChunkParams, Chunker, FileChunks, chunk_reader};
-pub use digest::{Digest, Hasher};
-pub use manifest::{ChunkLocation, ChunkRef, Compression, Entry, EntryKind, Manifest, ManifestStats};
+pub use digest::{Digest, FILE_DIGEST_CONTEXT, file_digest};
+pub use manifest::{ChunkLocation, ChunkRef, Compression, Entry, EntryKind, FileEntry, Manifest, ManifestStats};
 pub use name::{Name, Reference, Tag};
 pub use path::{ancestors, validate_path};
 pub use placement::Placement;

@@ -1,18 +1,21 @@
 //! The manifest: what one version is, and nothing about where it is stored.
 //!
-//! Binary encoding, version 2 (all integers LEB128 varints unless noted):
+//! Binary encoding, version 3 (all integers LEB128 varints unless noted):
 //!
 //! ```text
 //! magic "AFSM" | version u16 LE | chunker: algorithm u8 (1 = FastCDC 2020), min, avg, max
 //! annotations: count, (key str, value str)*
 //! entries: count, entry*                       -- strictly sorted by path bytes
 //!   entry: kind u8 (0 file, 1 dir, 2 symlink), path str, mode
-//!     file:    size, digest[32], chunk count, (digest[32], len)*
+//!     file:    size, chunk count, (digest[32], len)*
 //!     symlink: target str
 //! ```
 //!
 //! The manifest's digest is the BLAKE3 of these exact bytes: a version's
-//! identity is its paths, modes and chunk digests. Where each chunk's stored
+//! identity is its paths, modes and chunk digests. A file's digest is not
+//! stored: it is derived from its chunk list ([`file_digest`]) whenever a
+//! [`FileEntry`] is made, so no manifest can carry a wrong one (version 2
+//! stored it, and nothing but a full read could check it). Where each chunk's stored
 //! bytes live is a separate object, the [`Placement`], which garbage
 //! collection may rewrite when it moves chunks between packs without ever
 //! changing a version's digest. In memory a [`Manifest`] carries both (each
@@ -29,12 +32,12 @@ use serde::{Deserialize, Serialize};
 use crate::FormatError;
 use crate::chunker::{ChunkParams, MAX_CHUNK_SIZE};
 use crate::codec::{Reader, put_str, put_varint};
-use crate::digest::Digest;
+use crate::digest::{Digest, file_digest};
 use crate::path::{PATH_MAX, ancestors, validate_path};
 use crate::placement::Placement;
 
 const MAGIC: &[u8; 4] = b"AFSM";
-pub const MANIFEST_VERSION: u16 = 2;
+pub const MANIFEST_VERSION: u16 = 3;
 /// Largest manifest accepted anywhere: about 1.8M chunks (over 100 GB of
 /// data at the default chunk size), or 100,000 files in a few MiB. Every
 /// reader holds one whole in memory, so it is bounded well below a pack.
@@ -95,9 +98,41 @@ pub struct ChunkRef {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum EntryKind {
-    File { size: u64, digest: Digest, chunks: Vec<ChunkRef> },
+    File(FileEntry),
     Dir,
     Symlink { target: String },
+}
+
+/// A regular file: its chunks in order. Its size and digest follow from
+/// them and are computed once, here, so they cannot disagree with them; the
+/// fields are private so that stays true.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileEntry {
+    size: u64,
+    digest: Digest,
+    chunks: Vec<ChunkRef>,
+}
+
+impl FileEntry {
+    pub fn new(chunks: Vec<ChunkRef>) -> Self {
+        let size = chunks.iter().map(|c| u64::from(c.len)).sum();
+        let digest = file_digest(size, chunks.iter().map(|c| (c.digest, c.len)));
+        Self { size, digest, chunks }
+    }
+
+    /// The sum of the chunk lengths.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The file's [`file_digest`]: what `inspect --files` and `aetherfs digest` print.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    pub fn chunks(&self) -> &[ChunkRef] {
+        &self.chunks
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -150,10 +185,10 @@ impl Manifest {
         let mut s = ManifestStats::default();
         for e in &self.entries {
             match &e.kind {
-                EntryKind::File { size, chunks, .. } => {
+                EntryKind::File(f) => {
                     s.files += 1;
-                    s.bytes += size;
-                    s.chunks += chunks.len() as u64;
+                    s.bytes += f.size;
+                    s.chunks += f.chunks.len() as u64;
                 }
                 EntryKind::Dir => s.dirs += 1,
                 EntryKind::Symlink { .. } => s.symlinks += 1,
@@ -166,8 +201,8 @@ impl Manifest {
     pub fn unique_chunks(&self) -> HashMap<Digest, ChunkRef> {
         let mut out = HashMap::new();
         for e in &self.entries {
-            if let EntryKind::File { chunks, .. } = &e.kind {
-                for c in chunks {
+            if let EntryKind::File(f) = &e.kind {
+                for c in &f.chunks {
                     out.entry(c.digest).or_insert(*c);
                 }
             }
@@ -205,9 +240,9 @@ impl Manifest {
                 return Err(bad(format!("{:?}: mode {:o} has bits beyond 0o777", e.path, e.mode)));
             }
             match &e.kind {
-                EntryKind::File { size, chunks, .. } => {
-                    let mut total: u64 = 0;
-                    for c in chunks {
+                // The size is the chunks' sum by construction ([`FileEntry::new`]).
+                EntryKind::File(f) => {
+                    for c in &f.chunks {
                         if c.len == 0 || c.len > self.chunking.max {
                             return Err(bad(format!("{:?}: chunk of {} bytes", e.path, c.len)));
                         }
@@ -220,10 +255,6 @@ impl Manifest {
                         if !stored_ok {
                             return Err(bad(format!("{:?}: bad stored length", e.path)));
                         }
-                        total += u64::from(c.len);
-                    }
-                    if total != *size {
-                        return Err(bad(format!("{:?}: chunks sum to {total}, size is {size}", e.path)));
                     }
                     leaves.insert(&e.path);
                 }
@@ -263,7 +294,7 @@ impl Manifest {
         put_varint(&mut out, self.entries.len() as u64);
         for e in &self.entries {
             let kind = match e.kind {
-                EntryKind::File { .. } => 0,
+                EntryKind::File(_) => 0,
                 EntryKind::Dir => 1,
                 EntryKind::Symlink { .. } => 2,
             };
@@ -271,11 +302,11 @@ impl Manifest {
             put_str(&mut out, &e.path);
             put_varint(&mut out, e.mode.into());
             match &e.kind {
-                EntryKind::File { size, digest, chunks } => {
-                    put_varint(&mut out, *size);
-                    out.extend_from_slice(digest.as_bytes());
-                    put_varint(&mut out, chunks.len() as u64);
-                    for c in chunks {
+                // No file digest: readers derive it from the chunks.
+                EntryKind::File(f) => {
+                    put_varint(&mut out, f.size);
+                    put_varint(&mut out, f.chunks.len() as u64);
+                    for c in &f.chunks {
                         out.extend_from_slice(c.digest.as_bytes());
                         put_varint(&mut out, c.len.into());
                     }
@@ -314,8 +345,8 @@ impl Manifest {
         let mut seen = HashSet::new();
         let mut chunks = Vec::new();
         for e in &m.entries {
-            if let EntryKind::File { chunks: cs, .. } = &e.kind {
-                chunks.extend(cs.iter().filter(|c| seen.insert(c.digest)).map(|c| (c.digest, c.len)));
+            if let EntryKind::File(f) = &e.kind {
+                chunks.extend(f.chunks.iter().filter(|c| seen.insert(c.digest)).map(|c| (c.digest, c.len)));
             }
         }
         Ok(Unplaced { stats: m.stats(), chunks })
@@ -361,7 +392,6 @@ impl Manifest {
             let kind = match kind {
                 0 => {
                     let size = r.varint()?;
-                    let digest = r.digest()?;
                     let count = r.count(33, "chunk")?;
                     let mut chunks = Vec::with_capacity(count);
                     for _ in 0..count {
@@ -375,7 +405,11 @@ impl Manifest {
                         });
                         chunks.push(ChunkRef { digest, len, location });
                     }
-                    EntryKind::File { size, digest, chunks }
+                    let file = FileEntry::new(chunks);
+                    if file.size != size {
+                        return Err(r.err(format!("{path:?}: chunks sum to {}, size is {size}", file.size)));
+                    }
+                    EntryKind::File(file)
                 }
                 1 => EntryKind::Dir,
                 2 => EntryKind::Symlink { target: r.str(PATH_MAX, "symlink target")?.to_string() },
@@ -425,20 +459,50 @@ pub(crate) mod tests {
         m.annotations.insert("created".into(), "2026-11-21T00:00:00Z".into());
         m.entries = vec![
             Entry { path: "a/empty".into(), mode: 0o755, kind: EntryKind::Dir },
-            Entry {
-                path: "a/f.txt".into(),
-                mode: 0o644,
-                kind: EntryKind::File { size: 3, digest: Digest::of(b"one"), chunks: vec![c1] },
-            },
+            Entry { path: "a/f.txt".into(), mode: 0o644, kind: EntryKind::File(FileEntry::new(vec![c1])) },
             Entry { path: "a/link".into(), mode: 0o777, kind: EntryKind::Symlink { target: "f.txt".into() } },
-            Entry {
-                path: "données.csv".into(),
-                mode: 0o600,
-                kind: EntryKind::File { size: 0, digest: Digest::of(b""), chunks: vec![] },
-            },
+            Entry { path: "données.csv".into(), mode: 0o600, kind: EntryKind::File(FileEntry::new(vec![])) },
         ];
         m.sort();
         m
+    }
+
+    fn anywhere(d: &Digest, len: u32) -> Option<ChunkLocation> {
+        Some(ChunkLocation { pack: *d, offset: 0, stored_len: len, compression: Compression::None })
+    }
+
+    /// A manifest of one file `f`, written out by hand: `file_digest` adds
+    /// the 32-byte digest field version 2 had after the size.
+    fn one_file(version: u16, size: u64, file_digest: Option<Digest>, chunks: &[(Digest, u32)]) -> Vec<u8> {
+        let p = ChunkParams::default();
+        let mut b = b"AFSM".to_vec();
+        b.extend_from_slice(&version.to_le_bytes());
+        b.push(ALGO_FASTCDC2020);
+        for v in [p.min, p.avg, p.max] {
+            put_varint(&mut b, v.into());
+        }
+        put_varint(&mut b, 0); // annotations
+        put_varint(&mut b, 1); // entries
+        b.push(0);
+        put_str(&mut b, "f");
+        put_varint(&mut b, 0o644);
+        put_varint(&mut b, size);
+        if let Some(d) = file_digest {
+            b.extend_from_slice(d.as_bytes());
+        }
+        put_varint(&mut b, chunks.len() as u64);
+        for (d, len) in chunks {
+            b.extend_from_slice(d.as_bytes());
+            put_varint(&mut b, (*len).into());
+        }
+        b
+    }
+
+    fn file_of(m: &Manifest, path: &str) -> FileEntry {
+        match m.entries.iter().find(|e| e.path == path).map(|e| &e.kind) {
+            Some(EntryKind::File(f)) => f.clone(),
+            other => panic!("{path}: {other:?}"),
+        }
     }
 
     #[test]
@@ -449,17 +513,76 @@ pub(crate) mod tests {
         assert_eq!(Manifest::decode(&bytes, &placement).unwrap(), m);
         assert_eq!(m.encode().unwrap(), bytes, "encoding is deterministic");
         let json = m.to_json(&Digest::of(&bytes), true);
+        assert_eq!(json["version"], 3);
         assert_eq!(json["stats"]["files"], 2);
         assert_eq!(json["entries"][1]["type"], "file");
+        assert_eq!(json["entries"][1]["size"], 3);
+        assert_eq!(json["entries"][1]["digest"], file_of(&m, "a/f.txt").digest().to_string());
+        assert_eq!(json["entries"][1]["chunks"][0]["len"], 3);
+    }
+
+    #[test]
+    fn the_layout_is_the_documented_one() {
+        let chunks = [(Digest::of(b"one"), 3), (Digest::of(b"two"), 2)];
+        let by_hand = one_file(3, 5, None, &chunks);
+        let refs = chunks.iter().map(|&(d, len)| ChunkRef { digest: d, len, location: anywhere(&d, len).unwrap() });
+        let mut m = Manifest::new(ChunkParams::default());
+        m.entries =
+            vec![Entry { path: "f".into(), mode: 0o644, kind: EntryKind::File(FileEntry::new(refs.collect())) }];
+        assert_eq!(m.encode().unwrap(), by_hand);
+    }
+
+    #[test]
+    fn a_file_digest_is_derived_from_its_chunks() {
+        let m = sample();
+        let f = file_of(&m, "a/f.txt");
+        assert_eq!(f.size(), 3);
+        assert_eq!(f.digest(), file_digest(3, [(Digest::of(b"one"), 3)]));
+        assert_eq!(file_of(&m, "données.csv").digest(), file_digest(0, []));
+    }
+
+    #[test]
+    fn a_tampered_chunk_list_changes_the_file_digest() {
+        let chunks = [(Digest::of(b"one"), 3), (Digest::of(b"two"), 2)];
+        let good = one_file(3, 5, None, &chunks);
+        let m = Manifest::decode_placed_by(&good, anywhere).unwrap();
+        let want = file_of(&m, "f").digest();
+        assert_eq!(want, file_digest(5, chunks));
+        // Any change to a chunk digest, anywhere in it, is a different file.
+        let first = good.len() - 2 * 33;
+        for i in (first..first + 32).chain(first + 33..first + 65) {
+            let mut b = good.clone();
+            b[i] ^= 1;
+            let f = file_of(&Manifest::decode_placed_by(&b, anywhere).unwrap(), "f");
+            assert_ne!(f.digest(), want, "byte {i}");
+            assert_eq!(f.digest(), file_digest(5, f.chunks().iter().map(|c| (c.digest, c.len))));
+        }
+        // So are swapped chunks, and lengths moved between chunks.
+        let swapped = one_file(3, 5, None, &[chunks[1], chunks[0]]);
+        assert_ne!(file_of(&Manifest::decode_placed_by(&swapped, anywhere).unwrap(), "f").digest(), want);
+        let moved = one_file(3, 5, None, &[(chunks[0].0, 2), (chunks[1].0, 3)]);
+        assert_ne!(file_of(&Manifest::decode_placed_by(&moved, anywhere).unwrap(), "f").digest(), want);
+    }
+
+    #[test]
+    fn a_stated_file_digest_is_refused() {
+        let chunks = [(Digest::of(b"one"), 3)];
+        let lie = Some(Digest::of(b"not the file"));
+        // Version 2 carried one: no longer read.
+        let v2 = one_file(2, 3, lie, &chunks);
+        assert_eq!(
+            Manifest::decode_unplaced(&v2).unwrap_err(),
+            FormatError::UnsupportedVersion { what: "manifest", version: 2 }
+        );
+        // Version 3 with the old field left in: the bytes no longer parse.
+        for d in [lie, Some(file_digest(3, chunks))] {
+            assert!(Manifest::decode_unplaced(&one_file(3, 3, d, &chunks)).is_err());
+        }
     }
 
     #[test]
     fn rejects_bad_paths_and_conflicts() {
-        let file = |p: &str| Entry {
-            path: p.into(),
-            mode: 0o644,
-            kind: EntryKind::File { size: 0, digest: Digest::of(b""), chunks: vec![] },
-        };
+        let file = |p: &str| Entry { path: p.into(), mode: 0o644, kind: EntryKind::File(FileEntry::new(vec![])) };
         for entries in [
             vec![file("../x")],
             vec![file("/etc/passwd")],
@@ -475,11 +598,12 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_size_mismatch_and_setuid() {
-        let mut m = sample();
-        if let EntryKind::File { size, .. } = &mut m.entries[1].kind {
-            *size = 4;
+        let chunks = [(Digest::of(b"one"), 3)];
+        assert!(Manifest::decode_unplaced(&one_file(3, 3, None, &chunks)).is_ok());
+        for size in [0, 2, 4] {
+            let e = Manifest::decode_unplaced(&one_file(3, size, None, &chunks)).unwrap_err();
+            assert!(e.to_string().contains("chunks sum to 3"), "{e}");
         }
-        assert!(m.encode().is_err());
         let mut m = sample();
         m.entries[0].mode = 0o4755;
         assert!(m.encode().is_err());
@@ -505,11 +629,8 @@ pub(crate) mod tests {
     proptest::proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            let mut b = b"AFSM\x02\x00\x01".to_vec();
+            let mut b = b"AFSM\x03\x00\x01".to_vec();
             b.extend_from_slice(&data);
-            let anywhere = |d: &Digest, len: u32| {
-                Some(ChunkLocation { pack: *d, offset: 0, stored_len: len, compression: Compression::None })
-            };
             let _ = Manifest::decode_placed_by(&b, anywhere);
             let _ = Manifest::decode_placed_by(&data, anywhere);
         }

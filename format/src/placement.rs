@@ -197,10 +197,10 @@ mod tests {
         assert_eq!(p.relocate(&HashMap::from([(chunk.digest, to)])), 1);
         let moved = Manifest::decode(&bytes, &Placement::decode(&p.encode()).unwrap()).unwrap();
         assert_eq!(Digest::of(&moved.encode().unwrap()), digest, "moving chunks changed the version's digest");
-        let EntryKind::File { chunks, .. } = &moved.entries.iter().find(|e| e.path == "a/f.txt").unwrap().kind else {
+        let EntryKind::File(f) = &moved.entries.iter().find(|e| e.path == "a/f.txt").unwrap().kind else {
             panic!("not a file")
         };
-        assert_eq!(chunks[0].location, to);
+        assert_eq!(f.chunks()[0].location, to);
     }
 
     #[test]

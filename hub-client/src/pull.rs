@@ -11,16 +11,18 @@
 //! 4. Run a few batches at once. In each, an async task streams the range
 //!    reads in order with bounded look-ahead into a blocking writer, which
 //!    writes each file to a temporary file beside its destination, verifies
-//!    every chunk (remote or local) and the whole-file digest, sets the mode,
-//!    syncs, and renames it into place. A failure leaves the old file intact
-//!    and removes the temporary one.
+//!    every chunk (remote or local) against its digest, checks that what was
+//!    written is the file's chunk list (which its digest is derived from)
+//!    and fills its size, sets the mode, syncs, and renames it into place. A
+//!    failure leaves the old file intact and removes the temporary one.
 //! 5. Symlinks and empty directories, directory modes, then (optionally)
 //!    removal of entries the version does not have.
 //!
 //! A changed file whose chunks mostly sit where they were in the old file at
 //! its path (a database updated in place) is cloned from that file (a
 //! reflink where the filesystem shares extents, else `copy_file_range`) and
-//! patched where chunks differ, then re-read whole to verify it.
+//! patched where chunks differ; the chunks it kept are then read back and
+//! verified, since they were never read.
 //!
 //! [`pull_into`] can instead build a version in a fresh directory from a
 //! *base*: another directory (the previous version, say) is indexed in step
@@ -36,7 +38,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aetherfs_format::pack::decode_chunk;
-use aetherfs_format::{ChunkRef, Digest, EntryKind, Hasher, Manifest, Name, ancestors};
+use aetherfs_format::{ChunkRef, Digest, EntryKind, Manifest, Name, ancestors, file_digest};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 use tokio::sync::mpsc;
@@ -318,7 +320,7 @@ fn index_local(
         .entries
         .iter()
         .filter_map(|e| match &e.kind {
-            EntryKind::File { size, digest, .. } => Some((e.path.as_str(), (*size, *digest))),
+            EntryKind::File(f) => Some((e.path.as_str(), (f.size(), f.digest()))),
             _ => None,
         })
         .collect();
@@ -349,7 +351,8 @@ fn index_local(
     }
     // Empty files are always "unchanged" when an empty file is there already.
     for e in &manifest.entries {
-        if let EntryKind::File { size: 0, .. } = e.kind
+        if let EntryKind::File(f) = &e.kind
+            && f.size() == 0
             && fs::symlink_metadata(dir.join(&e.path)).is_ok_and(|m| m.is_file() && m.len() == 0)
         {
             unchanged.insert(e.path.clone());
@@ -386,7 +389,8 @@ fn plan(
         seen.clear();
     };
     for e in &manifest.entries {
-        let EntryKind::File { digest, chunks, size } = &e.kind else { continue };
+        let EntryKind::File(f) = &e.kind else { continue };
+        let (chunks, size) = (f.chunks(), f.size());
         if unchanged.contains(&e.path) {
             continue;
         }
@@ -402,7 +406,7 @@ fn plan(
             })
             .collect();
         let in_place_bytes: u64 = chunks.iter().zip(&in_place).filter(|x| *x.1).map(|x| u64::from(x.0.len)).sum();
-        let clone = *size > 0 && in_place_bytes * 2 >= *size;
+        let clone = size > 0 && in_place_bytes * 2 >= size;
         let mut planned = Vec::with_capacity(chunks.len());
         for (c, here) in chunks.iter().zip(in_place) {
             let source = if clone && here {
@@ -425,14 +429,7 @@ fn plan(
         }
         let mode = file_mode(e.mode, read_only);
         let clone_from = clone.then_some(old);
-        files.push(PlannedFile {
-            path: e.path.clone(),
-            mode,
-            digest: *digest,
-            size: *size,
-            clone_from,
-            chunks: planned,
-        });
+        files.push(PlannedFile { path: e.path.clone(), mode, digest: f.digest(), size, clone_from, chunks: planned });
         if batch_bytes >= BATCH_FETCH_BYTES || files.len() >= BATCH_MAX_FILES {
             flush(&mut files, &mut wants, &mut seen, &mut keep);
             batch_bytes = 0;
@@ -551,7 +548,6 @@ impl BatchWriter {
             counters.cloned.fetch_add(1, Ordering::Relaxed);
         }
         let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
-        let mut hasher = Hasher::new();
         let mut offset = 0u64;
         for (c, source) in &f.chunks {
             let at = offset;
@@ -587,23 +583,26 @@ impl BatchWriter {
                 // Patch the clone where it differs.
                 tmp.as_file().write_all_at(&plain, at).map_err(io)?;
             } else {
-                hasher.update(&plain);
                 out.write_all(&plain).map_err(io)?;
             }
         }
         out.flush().map_err(io)?;
         drop(out);
-        // A clone's unchanged bytes were never read: verify the whole file, and
-        // if the old file was not what its index said, build it chunk by chunk.
-        let mut digest = if cloned { hash_file(tmp.as_file()).map_err(io)? } else { hasher.finalize() };
-        if cloned && digest != f.digest {
+        // A clone's unchanged chunks were never read: read them back, and if
+        // the old file was not what its index said, build it chunk by chunk.
+        if cloned && !kept_chunks_intact(tmp.as_file(), f).map_err(io)? {
             tracing::warn!(path = %f.path, "the file cloned from differs from its index; rebuilding from chunks");
-            digest = self.rebuild(tmp.as_file(), f).map_err(|e| match e {
+            self.rebuild(tmp.as_file(), f).map_err(|e| match e {
                 RebuildError::Io(e) => io(e),
                 RebuildError::Client(e) => e,
             })?;
         }
-        if digest != f.digest {
+        // Every chunk written was checked against its digest on the way. The
+        // file's digest is derived from its chunk list, so what is left is
+        // that the chunks written are that list and fill the file exactly.
+        let written = file_digest(offset, f.chunks.iter().map(|(c, _)| (c.digest, c.len)));
+        let len = tmp.as_file().metadata().map_err(io)?.len();
+        if written != f.digest || offset != f.size || len != f.size {
             return Err(ClientError::Integrity { path: f.path.clone(), what: "file", digest: f.digest });
         }
         tmp.as_file().set_permissions(Permissions::from_mode(f.mode)).map_err(io)?;
@@ -618,10 +617,9 @@ impl BatchWriter {
     }
 
     /// Writes `f` into `out` from scratch, every chunk verified (read from
-    /// disk where it checks out, else fetched); returns the file's digest.
-    fn rebuild(&self, out: &File, f: &PlannedFile) -> Result<Digest, RebuildError> {
+    /// disk where it checks out, else fetched).
+    fn rebuild(&self, out: &File, f: &PlannedFile) -> Result<(), RebuildError> {
         out.set_len(0).map_err(RebuildError::Io)?;
-        let mut hasher = Hasher::new();
         let mut offset = 0u64;
         for (c, source) in &f.chunks {
             let plain = match source {
@@ -636,10 +634,9 @@ impl BatchWriter {
                 },
             };
             out.write_all_at(&plain, offset).map_err(RebuildError::Io)?;
-            hasher.update(&plain);
             offset += u64::from(c.len);
         }
-        Ok(hasher.finalize())
+        Ok(())
     }
 
     /// The next chunk from the range stream, verified.
@@ -714,19 +711,29 @@ fn clone_file(from: &Path, to: &File, size: u64) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// The BLAKE3 of a whole file, read from its start.
-fn hash_file(f: &File) -> std::io::Result<Digest> {
-    let mut hasher = Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut at = 0u64;
-    loop {
-        let n = f.read_at(&mut buf, at)?;
-        if n == 0 {
-            return Ok(hasher.finalize());
+/// Whether a patched clone holds, at each offset it kept from the old file,
+/// the chunk the plan says is there (the patched chunks were verified before
+/// they were written). `false` on any mismatch or short read.
+fn kept_chunks_intact(file: &File, f: &PlannedFile) -> std::io::Result<bool> {
+    let mut buf = Vec::new();
+    let mut offset = 0u64;
+    for (c, source) in &f.chunks {
+        let at = offset;
+        offset += u64::from(c.len);
+        if !matches!(source, Source::InPlace) {
+            continue;
         }
-        hasher.update(&buf[..n]);
-        at += n as u64;
+        buf.resize(c.len as usize, 0);
+        match file.read_exact_at(&mut buf, at) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        if Digest::of(&buf) != c.digest {
+            return Ok(false);
+        }
     }
+    Ok(file.metadata()?.len() == f.size)
 }
 
 /// Makes sure every parent directory of `rel` is a real directory (not a
@@ -794,11 +801,11 @@ fn finish_tree(
                     Err(_) => mkdir(&dest, &e.path)?,
                 }
             }
-            EntryKind::File { .. } if unchanged.contains(&e.path) => {
+            EntryKind::File(_) if unchanged.contains(&e.path) => {
                 let mode = Permissions::from_mode(file_mode(e.mode, read_only));
                 fs::set_permissions(&dest, mode).map_err(|err| io(&e.path, err))?;
             }
-            EntryKind::File { .. } => {}
+            EntryKind::File(_) => {}
         }
     }
     // Entries the version does not have.
@@ -831,4 +838,50 @@ fn finish_tree(
     }
     let extraneous = if delete { 0 } else { extra.iter().filter(|e| !e.path.starts_with(TMP_PREFIX)).count() as u64 };
     Ok((removed, extraneous))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use aetherfs_format::{ChunkLocation, Compression};
+
+    fn chunk(bytes: &[u8]) -> ChunkRef {
+        let location = ChunkLocation {
+            pack: Digest::of(b"pack"),
+            offset: 0,
+            stored_len: bytes.len() as u32,
+            compression: Compression::None,
+        };
+        ChunkRef { digest: Digest::of(bytes), len: bytes.len() as u32, location }
+    }
+
+    /// What a patched clone is checked for: the chunks it kept from the old
+    /// file (never read while patching) must be the listed ones.
+    #[test]
+    fn a_clone_is_checked_where_it_kept_the_old_bytes() {
+        let (kept, patched) = (vec![7u8; 1000], vec![9u8; 500]);
+        let f = PlannedFile {
+            path: "f".into(),
+            mode: 0o644,
+            digest: file_digest(1500, [(Digest::of(&kept), 1000), (Digest::of(&patched), 500)]),
+            size: 1500,
+            clone_from: None,
+            chunks: vec![(chunk(&kept), Source::InPlace), (chunk(&patched), Source::Remote)],
+        };
+        let check = |bytes: &[u8]| {
+            let tmp = tempfile::tempfile().expect("tempfile");
+            tmp.write_all_at(bytes, 0).expect("write");
+            kept_chunks_intact(&tmp, &f).expect("read")
+        };
+        assert!(check(&[kept.clone(), patched.clone()].concat()));
+        // The patched region was verified before it was written, so only
+        // the kept one is read back.
+        assert!(check(&[kept.clone(), vec![0u8; 500]].concat()));
+        let mut flipped = [kept.clone(), patched.clone()].concat();
+        flipped[999] ^= 1;
+        assert!(!check(&flipped), "a changed kept chunk passed");
+        assert!(!check(&kept[..900]), "a short file passed");
+        assert!(!check(&[kept, patched, vec![0]].concat()), "a long file passed");
+    }
 }

@@ -1,7 +1,8 @@
 //! The push engine: turn a directory into a published version.
 //!
 //! 1. Walk the tree (no symlinks followed) and chunk + hash every file on
-//!    all cores (FastCDC 2020, BLAKE3 per chunk and per file).
+//!    all cores (FastCDC 2020, BLAKE3 per chunk; a file's digest is derived
+//!    from its chunk list, so every byte is hashed once).
 //! 2. Ask the hub which chunk digests it lacks (among the packs this caller
 //!    may read).
 //! 3. Re-read only the missing chunks (from the page cache, usually), pack
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 use aetherfs_format::pack::{BuiltPack, PACK_MAX_CHUNKS, PackBuilder};
 use aetherfs_format::{
-    ChunkLocation, ChunkParams, ChunkRef, Digest, Entry, EntryKind, FileChunks, Manifest, Name, Tag,
+    ChunkLocation, ChunkParams, ChunkRef, Digest, Entry, EntryKind, FileChunks, FileEntry, Manifest, Name, Tag,
 };
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -298,7 +299,7 @@ fn build_manifest(
                 }
                 chunk_count += chunks.len() as u64;
                 bytes += f.chunks.size;
-                EntryKind::File { size: f.chunks.size, digest: f.chunks.digest, chunks }
+                EntryKind::File(FileEntry::new(chunks))
             }
             // Non-empty directories are implied by their contents; keep them
             // only to carry a non-default mode.

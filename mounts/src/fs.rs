@@ -87,8 +87,8 @@ pub struct Attr {
     pub perm: u32,
     pub nlink: u32,
     pub mtime: SystemTime,
-    /// Whole-file digest for files; for directories and symlinks, the
-    /// version's digest (they change only with the version).
+    /// The file digest (derived from its chunks) for files; for directories
+    /// and symlinks, the version's digest (they change only with the version).
     pub digest: Digest,
     /// The version the node belongs to.
     pub version: Digest,

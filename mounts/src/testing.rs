@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aetherfs_format::{
-    ChunkLocation, ChunkParams, ChunkRef, Compression, Digest, Entry, EntryKind, Manifest, chunk_reader,
+    ChunkLocation, ChunkParams, ChunkRef, Compression, Digest, Entry, EntryKind, FileEntry, Manifest, chunk_reader,
 };
 use bytes::Bytes;
 use futures::FutureExt;
@@ -135,11 +135,7 @@ pub fn version_of_dir(dir: &Path) -> std::io::Result<(Version, MemorySource, Man
                     });
                     offset += u64::from(c.len);
                 }
-                manifest.entries.push(Entry {
-                    path: rel,
-                    mode,
-                    kind: EntryKind::File { size: fc.size, digest: fc.digest, chunks },
-                });
+                manifest.entries.push(Entry { path: rel, mode, kind: EntryKind::File(FileEntry::new(chunks)) });
             }
         }
         if !any && d != dir {

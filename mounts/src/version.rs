@@ -93,14 +93,14 @@ impl Version {
             let kind = match entry.map(|i| &manifest.entries[i]) {
                 None => NodeKind::Dir { children: Vec::new(), subdirs: 0 },
                 Some(e) => match &e.kind {
-                    EntryKind::File { size, digest, chunks } => {
-                        let mut starts = Vec::with_capacity(chunks.len());
+                    EntryKind::File(f) => {
+                        let mut starts = Vec::with_capacity(f.chunks().len());
                         let mut at = 0u64;
-                        for c in chunks {
+                        for c in f.chunks() {
                             starts.push(at);
                             at += u64::from(c.len);
                         }
-                        NodeKind::File { size: *size, digest: *digest, chunks: chunks.clone(), starts }
+                        NodeKind::File { size: f.size(), digest: f.digest(), chunks: f.chunks().to_vec(), starts }
                     }
                     EntryKind::Symlink { target } => NodeKind::Symlink { target: target.clone() },
                     EntryKind::Dir => NodeKind::Dir { children: Vec::new(), subdirs: 0 },

@@ -12,8 +12,9 @@
 //!   is already computed, so no chunk is fetched and a 10,000-entry Depth 1
 //!   is one pass. Depth infinity is refused (dav-server answers 501
 //!   `propfind-finite-depth`).
-//! - ETag: a file's whole-file digest (hex); a directory's is its version's
-//!   digest. dav-server quotes it in the `ETag` header; `getetag` in PROPFIND
+//! - ETag: a file's digest (hex; derived from its chunk list, so the same in
+//!   every version where the file's bytes are); a directory's is its
+//!   version's digest. dav-server quotes it in the `ETag` header; `getetag` in PROPFIND
 //!   carries the same value without quotes. Last-Modified is the version's
 //!   creation time. Range, multi-range and If-Range are dav-server's, driven
 //!   by that metadata.
@@ -311,7 +312,7 @@ impl Meta {
             modified: a.mtime,
             dir,
             exec: a.perm & 0o111 != 0,
-            // Attr::digest is the whole-file digest for files, the version's
+            // Attr::digest is the file digest for files, the version's
             // digest for directories.
             etag: a.digest.hex(),
         }

@@ -36,9 +36,14 @@ pub async fn run(g: &GlobalArgs, a: InspectArgs) -> Result<()> {
     if a.files {
         for e in &manifest.entries {
             match &e.kind {
-                EntryKind::File { size, digest, chunks } => {
-                    println!("{:o}\t{size}\t{digest}\t{} chunks\t{}", e.mode, chunks.len(), quote(&e.path))
-                }
+                EntryKind::File(f) => println!(
+                    "{:o}\t{}\t{}\t{} chunks\t{}",
+                    e.mode,
+                    f.size(),
+                    f.digest(),
+                    f.chunks().len(),
+                    quote(&e.path)
+                ),
                 EntryKind::Dir => println!("{:o}\tdir\t\t\t{}/", e.mode, quote(&e.path)),
                 EntryKind::Symlink { target } => {
                     println!("{:o}\tlink\t\t\t{} -> {}", e.mode, quote(&e.path), quote(target))

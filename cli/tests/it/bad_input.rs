@@ -1,12 +1,14 @@
 //! Malformed input gets the right 4xx (or a one-line CLI error) and stores nothing.
 
-use aetherfs_format::{ChunkLocation, ChunkParams, ChunkRef, Compression, Digest, Entry, EntryKind, Manifest};
+use aetherfs_format::{
+    ChunkLocation, ChunkParams, ChunkRef, Compression, Digest, Entry, EntryKind, FileEntry, Manifest,
+};
 use serde_json::Value;
 
 use crate::harness::{Hub, run_err};
 
 fn empty_file(path: &str) -> Entry {
-    Entry { path: path.into(), mode: 0o644, kind: EntryKind::File { size: 0, digest: Digest::of(b""), chunks: vec![] } }
+    Entry { path: path.into(), mode: 0o644, kind: EntryKind::File(FileEntry::new(vec![])) }
 }
 
 /// A valid manifest's bytes with one path rewritten (same length), as a
@@ -56,20 +58,16 @@ async fn hostile_requests_get_clear_4xx_and_store_nothing() {
     m.entries = vec![Entry {
         path: "f".into(),
         mode: 0o644,
-        kind: EntryKind::File {
-            size: 5,
+        kind: EntryKind::File(FileEntry::new(vec![ChunkRef {
             digest: ghost,
-            chunks: vec![ChunkRef {
-                digest: ghost,
-                len: 5,
-                location: ChunkLocation {
-                    pack: Digest::of(b"p"),
-                    offset: 8,
-                    stored_len: 5,
-                    compression: Compression::None,
-                },
-            }],
-        },
+            len: 5,
+            location: ChunkLocation {
+                pack: Digest::of(b"p"),
+                offset: 8,
+                stored_len: 5,
+                compression: Compression::None,
+            },
+        }])),
     }];
     let (status, body) = put_manifest(&hub, "acme/x", m.encode().unwrap()).await;
     assert_eq!((status, body["error"]["code"].as_str()), (422, Some("missing_chunks")), "{body}");

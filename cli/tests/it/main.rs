@@ -9,6 +9,7 @@ mod auth;
 mod bad_input;
 mod concurrency;
 mod dedup;
+mod digest;
 mod front_access;
 mod gc;
 mod integrity;

@@ -8,7 +8,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aetherfs_format::{ChunkLocation, ChunkParams, Compression, Digest, Entry, EntryKind, Manifest};
+use aetherfs_format::{
+    ChunkLocation, ChunkParams, Compression, Digest, Entry, EntryKind, FileEntry, Manifest, file_digest,
+};
 use aetherfs_hub::{Hub, HubOptions};
 use axum::body::{Body, Bytes};
 use axum::http::{Method, Request, StatusCode, header};
@@ -26,28 +28,43 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// Raw manifest bytes with empty files at `paths`, unchecked: how a hostile
-/// client would write `../x`.
-fn raw_manifest(paths: &[&str]) -> Vec<u8> {
+/// Raw manifest bytes, unchecked: how a hostile client would write `../x`.
+/// A file is its path, the 32-byte file digest version 2 stated after the
+/// size (if any), and its chunks.
+type RawFile<'a> = (&'a str, Option<Digest>, &'a [(Digest, u32)]);
+
+fn raw(version: u16, files: &[RawFile]) -> Vec<u8> {
     let mut out = b"AFSM".to_vec();
-    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.push(1);
     let p = ChunkParams::default();
     for v in [p.min, p.avg, p.max] {
         put_varint(&mut out, v.into());
     }
     put_varint(&mut out, 0); // annotations
-    put_varint(&mut out, paths.len() as u64);
-    for path in paths {
+    put_varint(&mut out, files.len() as u64);
+    for (path, stated, chunks) in files {
         out.push(0);
         put_varint(&mut out, path.len() as u64);
         out.extend_from_slice(path.as_bytes());
         put_varint(&mut out, 0o644);
-        put_varint(&mut out, 0);
-        out.extend_from_slice(Digest::of(b"").as_bytes());
-        put_varint(&mut out, 0);
+        put_varint(&mut out, chunks.iter().map(|c| u64::from(c.1)).sum());
+        if let Some(d) = stated {
+            out.extend_from_slice(d.as_bytes());
+        }
+        put_varint(&mut out, chunks.len() as u64);
+        for (d, len) in *chunks {
+            out.extend_from_slice(d.as_bytes());
+            put_varint(&mut out, (*len).into());
+        }
     }
     out
+}
+
+/// Empty files at `paths`.
+fn raw_manifest(paths: &[&str]) -> Vec<u8> {
+    let files: Vec<RawFile> = paths.iter().map(|p| (*p, None, &[][..])).collect();
+    raw(3, &files)
 }
 
 async fn with_each_backend<F, Fut>(scenario: F)
@@ -330,10 +347,11 @@ async fn manifests_are_checked_before_anything_is_stored() {
         Some(ChunkLocation { pack: *d, offset: 0, stored_len: len, compression: Compression::None })
     })
     .expect("decode");
-    if let EntryKind::File { chunks, size, .. } = &mut m.entries[0].kind {
+    if let EntryKind::File(f) = &mut m.entries[0].kind {
+        let mut chunks = f.chunks().to_vec();
         chunks[1].len -= 1;
         chunks[1].location.stored_len -= 1;
-        *size -= 1;
+        *f = FileEntry::new(chunks);
     }
     let lying = m.encode().expect("still well-formed");
     let msg = h.put_manifest(name, &lying).await.err(StatusCode::UNPROCESSABLE_ENTITY, "missing_chunks");
@@ -379,6 +397,45 @@ async fn manifests_are_checked_before_anything_is_stored() {
     let r = h.put_manifest(name, &big).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     assert_eq!(r.value()["stats"]["dirs"], 8000);
+}
+
+/// Finding #8 of issue 11: a manifest used to state each file's digest, and
+/// the hub stored whatever it said (pulls then failed on a "corrupt" file,
+/// WebDAV served the false digest as an ETag). Version 3 states none: the
+/// digest is derived from the chunk list, so there is nothing to lie with.
+#[tokio::test]
+async fn a_manifest_cannot_state_a_false_file_digest() {
+    let h = TestHub::memory().await;
+    let name = "acme/digests";
+    let data = file_chunks(21);
+    let pack = build_pack(&data);
+    assert_eq!(h.put_pack(&pack).await.status, StatusCode::CREATED);
+    let chunks: Vec<(Digest, u32)> = data.iter().map(|c| (Digest::of(c), c.len() as u32)).collect();
+    let size: u64 = chunks.iter().map(|c| u64::from(c.1)).sum();
+    let lie = Some(Digest::of(b"not this file"));
+    let truth = file_digest(size, chunks.iter().copied());
+
+    // The old layout, false digest and all: a client error, stored nowhere.
+    let msg =
+        h.put_manifest(name, &raw(2, &[("f", lie, &chunks)])).await.err(StatusCode::BAD_REQUEST, "invalid_manifest");
+    assert!(msg.contains("unsupported manifest version 2"), "{msg}");
+    // The field smuggled into version 3, false or true: it does not parse.
+    for stated in [lie, Some(truth)] {
+        let r = h.put_manifest(name, &raw(3, &[("f", stated, &chunks)])).await;
+        r.err(StatusCode::BAD_REQUEST, "invalid_manifest");
+    }
+    let manifests: Vec<String> = h.keys().await.into_iter().filter(|k| k.contains("_manifests")).collect();
+    assert!(manifests.is_empty(), "{manifests:?}");
+
+    // Without it, published; what the hub shows is the derived digest.
+    let good = raw(3, &[("f", None, &chunks)]);
+    let r = h.put_manifest(name, &good).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let uri = format!("/v1/datasets/{name}/manifests/{}", Digest::of(&good));
+    let v = h.call(Method::GET, &uri, &[("accept", "application/json")], Body::empty()).await.ok();
+    assert_eq!(v["version"], 3);
+    assert_eq!(v["entries"][0]["digest"], truth.to_string(), "{v}");
+    assert_eq!(v["entries"][0]["size"], size);
 }
 
 #[tokio::test]

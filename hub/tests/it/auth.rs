@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aetherfs_format::pack::{BuiltPack, PackBuilder};
-use aetherfs_format::{ChunkParams, ChunkRef, Digest, Entry, EntryKind, Manifest};
+use aetherfs_format::{ChunkParams, ChunkRef, Digest, Entry, EntryKind, FileEntry, Manifest};
 use aetherfs_hub::auth::{basic_authorization as basic, hash_password, set_user};
 use aetherfs_hub::{Auth, Hub, HubOptions};
 use axum::Router;
@@ -131,11 +131,11 @@ fn one_chunk_manifest(pack: &BuiltPack, path: &str) -> Vec<u8> {
     m.entries.push(Entry {
         path: path.into(),
         mode: 0o644,
-        kind: EntryKind::File {
-            size: u64::from(e.len),
+        kind: EntryKind::File(FileEntry::new(vec![ChunkRef {
             digest: e.digest,
-            chunks: vec![ChunkRef { digest: e.digest, len: e.len, location: e.location(pack.digest) }],
-        },
+            len: e.len,
+            location: e.location(pack.digest),
+        }])),
     });
     m.encode().unwrap()
 }

@@ -48,8 +48,8 @@ async fn read_back(h: &TestHub, digest: &Digest) -> Vec<u8> {
     let manifest = Manifest::decode(&m.body, &placement).expect("joined");
     let mut out = Vec::new();
     for e in &manifest.entries {
-        let EntryKind::File { chunks, .. } = &e.kind else { continue };
-        for c in chunks {
+        let EntryKind::File(f) = &e.kind else { continue };
+        for c in f.chunks() {
             let l = c.location;
             let range = format!("bytes={}-{}", l.offset, l.offset + u64::from(l.stored_len) - 1);
             let uri = format!("/v1/datasets/{NAME}/packs/{}", l.pack);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aetherfs_format::pack::{BuiltPack, PackBuilder};
-use aetherfs_format::{ChunkParams, ChunkRef, Digest, Entry, EntryKind, Manifest};
+use aetherfs_format::{ChunkParams, ChunkRef, Digest, Entry, EntryKind, FileEntry, Manifest};
 use aetherfs_hub::{Hub, HubOptions};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -198,12 +198,7 @@ pub fn manifest(files: &[(&str, &[Vec<u8>])], pack: &BuiltPack, note: &str) -> V
                 ChunkRef { digest: d, len: e.len, location: e.location(pack.digest) }
             })
             .collect();
-        let whole: Vec<u8> = chunks.concat();
-        m.entries.push(Entry {
-            path: path.to_string(),
-            mode: 0o644,
-            kind: EntryKind::File { size: whole.len() as u64, digest: Digest::of(&whole), chunks: refs },
-        });
+        m.entries.push(Entry { path: path.to_string(), mode: 0o644, kind: EntryKind::File(FileEntry::new(refs)) });
     }
     m.sort();
     m.encode().expect("valid manifest")

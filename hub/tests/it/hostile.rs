@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use aetherfs_format::{ChunkLocation, ChunkParams, ChunkRef, Compression, Digest, Entry, EntryKind, Manifest};
+use aetherfs_format::{
+    ChunkLocation, ChunkParams, ChunkRef, Compression, Digest, Entry, EntryKind, FileEntry, Manifest,
+};
 use aetherfs_hub::HubOptions;
 use axum::body::Body;
 use axum::http::StatusCode;
@@ -88,7 +90,7 @@ async fn a_manifest_of_unknown_chunks_costs_the_store_nothing_per_chunk() {
         m.entries.push(Entry {
             path: format!("f/{i:06}"),
             mode: 0o644,
-            kind: EntryKind::File { size: 4, digest: Digest::of(&data), chunks: vec![c] },
+            kind: EntryKind::File(FileEntry::new(vec![c])),
         });
     }
     m.sort();

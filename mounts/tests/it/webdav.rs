@@ -277,6 +277,29 @@ fn propfind_answers_from_metadata_only() {
     assert_eq!(s.calls(), 0);
 }
 
+/// A file's ETag is its AetherFS file digest (derived from its chunks, what
+/// `aetherfs digest` prints), not the BLAKE3 of its bytes, and a new version
+/// changes it only for the files that changed.
+#[test]
+fn a_file_etag_is_its_file_digest_and_stays_while_the_file_does() {
+    let t = tempfile::tempdir().unwrap();
+    sample_tree(t.path(), 0);
+    let big = std::fs::read(t.path().join("big.bin")).unwrap();
+    let want = aetherfs_format::chunk_reader(&aetherfs_format::ChunkParams::default(), &big[..]).unwrap().digest;
+    assert_ne!(format!("blake3:{}", want.hex()), digest(&big), "the file digest is not the b3sum");
+    let etag = |s: &Served, p: &str| curl("HEAD", &s.url(p), &[]).header("etag").map(str::to_string);
+    let v1 = Served::start(t.path());
+    assert_eq!(etag(&v1, "big.bin"), Some(format!("\"{}\"", want.hex())));
+    assert_eq!(etag(&v1, "big.bin"), etag(&v1, "big.bin"));
+    let small = etag(&v1, "a/small.txt");
+
+    std::fs::write(t.path().join("a/small.txt"), b"changed\n").unwrap();
+    let v2 = Served::start(t.path());
+    assert_ne!(v2.fs.current().digest, v1.fs.current().digest);
+    assert_eq!(etag(&v2, "big.bin"), etag(&v1, "big.bin"), "an unchanged file kept its ETag");
+    assert_ne!(etag(&v2, "a/small.txt"), small);
+}
+
 #[test]
 fn get_range_if_range_and_validators() {
     let t = tempfile::tempdir().unwrap();
