@@ -47,11 +47,12 @@ pub trait Gate: Send + Sync {
     fn challenges(&self) -> Vec<HeaderValue>;
 }
 
-/// Splits an `Authorization` value into its scheme and credentials.
-pub(crate) fn scheme(value: &HeaderValue) -> Option<(&str, &str)> {
-    let v = value.to_str().ok()?.trim();
+/// Splits an `Authorization` value into its scheme and credentials
+/// (`"Bearer abc"` → `("Bearer", "abc")`; compare the scheme without case).
+pub fn split_authorization(value: &str) -> (&str, &str) {
+    let v = value.trim();
     let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
-    Some((scheme, rest.trim()))
+    (scheme, rest.trim())
 }
 
 /// The gate of local files: basic auth against a [`UsersFile`], bearer
@@ -72,7 +73,8 @@ impl Gate for LocalGate {
         Box::pin(async move {
             let unauthorized = |why: &str| Err(Refused::Unauthorized(why.to_string()));
             let Some(value) = authorization else { return unauthorized("credentials are required") };
-            let Some((scheme, rest)) = scheme(value) else { return unauthorized("malformed authorization header") };
+            let Ok(value) = value.to_str() else { return unauthorized("malformed authorization header") };
+            let (scheme, rest) = split_authorization(value);
             if scheme.eq_ignore_ascii_case("basic") {
                 let Some(users) = &self.users else { return unauthorized("basic auth is not accepted here") };
                 return match users.check(rest, peer).await {

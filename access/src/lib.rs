@@ -5,7 +5,7 @@
 //!   `aetherfs hub passwd`), re-read when it changes, with a [`Throttle`]
 //!   that slows password guessing per user and per client address.
 //! - [`TokenFile`]: one bearer token in a file (a Kubernetes Secret), read
-//!   again on every check so a rotated token works at once.
+//!   again at most once a second so a rotated token works without a restart.
 //! - [`Gate`]: what a front end asks before it serves a request, with
 //!   [`require`], the axum middleware that asks it. [`LocalGate`] is the
 //!   gate of the two files above; the agent adds one that asks the hub.
@@ -17,7 +17,7 @@ mod users;
 
 use std::path::PathBuf;
 
-pub use gate::{Admitted, Gate, LocalGate, Refused, require};
+pub use gate::{Admitted, Gate, LocalGate, Refused, require, split_authorization};
 pub use throttle::{FailureLimits, TRUSTED_FOR, Throttle};
 pub use token::TokenFile;
 pub use users::{BasicError, BasicUser, UsersError, UsersFile, basic_authorization, hash_password, set_user};

@@ -157,8 +157,8 @@ pub async fn serve_admin(
 
 /// The token of an `Authorization: Bearer` header.
 fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = v.split_once(' ')?;
+    let v = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = aetherfs_access::split_authorization(v);
     scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 

@@ -170,7 +170,7 @@ pub struct AdminConfig {
     #[serde(default = "default_admin")]
     pub listen: SocketAddr,
     /// File holding a bearer token that `/metrics` and `/v1/mounts` require
-    /// (the probes stay open); read again on every request.
+    /// (the probes stay open); read again at most once a second.
     pub token_file: Option<PathBuf>,
 }
 

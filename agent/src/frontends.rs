@@ -67,8 +67,8 @@ pub struct FrontendAccess {
     /// WebDAV basic auth against this users file (argon2id hashes, written
     /// by `aetherfs hub passwd`).
     pub webdav_users_file: Option<PathBuf>,
-    /// WebDAV bearer auth: the one token in this file (read again on every
-    /// request, so a rotated Secret works at once).
+    /// WebDAV bearer auth: the one token in this file (read again at most
+    /// once a second, so a rotated Secret works without a restart).
     pub webdav_token_file: Option<PathBuf>,
     /// WebDAV credentials (basic or bearer) are checked by the hub: a client
     /// reads a dataset only if the hub lets its own credentials read it.
@@ -151,7 +151,17 @@ impl Frontends {
     /// The gate of WebDAV for `dataset`, if it authenticates.
     fn gate(&self, dataset: &Name) -> Option<Arc<dyn Gate>> {
         if self.access.webdav_hub_auth {
-            return Some(Arc::new(HubGate::new(self.client.clone(), dataset.clone())));
+            let gate = Arc::new(HubGate::new(self.client.clone(), dataset.clone()));
+            let (check, dataset) = (gate.clone(), dataset.clone());
+            // Checked in the background: the hub may not be up yet.
+            tokio::spawn(async move {
+                if check.hub_reads_anonymously().await {
+                    eprintln!(
+                        "aetherfs: WARNING: the hub lets anyone read {dataset}, so WebDAV hub authentication admits any client that sends any credentials"
+                    );
+                }
+            });
+            return Some(gate);
         }
         self.local.clone().map(|g| g as Arc<dyn Gate>)
     }

@@ -49,6 +49,27 @@ impl HubGate {
     }
 }
 
+impl HubGate {
+    /// Whether the hub lets anyone read the dataset without credentials:
+    /// then this gate protects nothing the hub does not already give away.
+    pub async fn hub_reads_anonymously(&self) -> bool {
+        self.client.clone().with_credentials(Arc::new(Anonymous)).list_tags(&self.dataset).await.is_ok()
+    }
+}
+
+/// No `Authorization` header at all (not the agent's own credentials).
+struct Anonymous;
+
+impl Credentials for Anonymous {
+    fn authorization(&self) -> BoxFuture<'_, Result<Option<HeaderValue>, ClientError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn describe(&self) -> String {
+        "no credentials".into()
+    }
+}
+
 /// The client's header, passed through to the hub as it came.
 struct Presented(HeaderValue);
 
@@ -67,9 +88,9 @@ impl Credentials for Presented {
 fn claimed(value: &HeaderValue) -> String {
     use base64::Engine as _;
     let Ok(v) = value.to_str() else { return "?".into() };
-    match v.trim().split_once(' ') {
-        Some((s, rest)) if s.eq_ignore_ascii_case("basic") => base64::engine::general_purpose::STANDARD
-            .decode(rest.trim())
+    match aetherfs_access::split_authorization(v) {
+        (s, rest) if s.eq_ignore_ascii_case("basic") => base64::engine::general_purpose::STANDARD
+            .decode(rest)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|t| t.split_once(':').map(|(u, _)| u.to_string()))

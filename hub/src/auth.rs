@@ -322,8 +322,7 @@ async fn authenticate(
     let bad = |reason: &str| Refusal::Unauthorized { presented: true, reason: reason.to_string() };
     let Some(value) = header? else { return Ok(None) };
     let value = value.as_str();
-    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
-    let rest = rest.trim();
+    let (scheme, rest) = aetherfs_access::split_authorization(value);
     if scheme.eq_ignore_ascii_case("bearer") {
         if e.oidc.is_empty() {
             return Err(bad("this hub accepts no bearer tokens"));

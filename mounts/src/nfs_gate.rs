@@ -41,8 +41,13 @@ impl NfsAccess {
     /// Whether a server bound to `addr` needs the gate: a client could
     /// connect from an address the allowlist refuses.
     pub fn needs_gate(&self, addr: SocketAddr) -> bool {
-        let all_loopback = Cidr::LOOPBACK.iter().all(|l| self.allow.iter().any(|a| a.covers(l)));
-        !(addr.ip().is_loopback() && all_loopback)
+        let covered = |r: &Cidr| self.allow.iter().any(|a| a.covers(r));
+        // nfsserve listens on IPv4 only: with every IPv4 address allowed,
+        // nothing could be refused wherever it is bound.
+        if covered(&Cidr::ANY_V4) {
+            return false;
+        }
+        !(addr.ip().is_loopback() && Cidr::LOOPBACK.iter().all(covered))
     }
 }
 
@@ -106,5 +111,7 @@ mod tests {
         let narrow = NfsAccess { allow: vec!["127.0.0.1/32".parse().expect("cidr")], ..Default::default() };
         assert!(narrow.needs_gate(sa("127.0.0.1:2049")), "127.0.0.2 must be refused");
         assert!(default.allows("127.9.9.9".parse().expect("ip")) && !default.allows("10.0.0.1".parse().expect("ip")));
+        let everyone = NfsAccess { allow: vec!["0.0.0.0/0".parse().expect("cidr")], ..Default::default() };
+        assert!(!everyone.needs_gate(sa("0.0.0.0:2049")), "nothing to refuse, so no relay");
     }
 }

@@ -303,6 +303,9 @@ pub struct Cidr {
 pub struct CidrError(String);
 
 impl Cidr {
+    /// Every IPv4 address.
+    pub const ANY_V4: Cidr = Cidr { net: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), prefix: 0 };
+
     /// 127.0.0.0/8 and ::1: every address a loopback client connects from.
     pub const LOOPBACK: [Cidr; 2] = [
         Cidr { net: std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)), prefix: 8 },

@@ -182,3 +182,20 @@ fn nfs_admits_clients_by_address() {
         assert_eq!(out.status.success() && listing.contains("data.txt"), admitted, "{allow}: {listing}");
     }
 }
+
+/// Hub authentication in front of a hub that lets anyone read protects
+/// nothing: `serve` says so.
+#[test]
+fn webdav_hub_auth_warns_when_the_hub_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = format!("file://{}", dir.path().join("hub").display());
+    seed(&storage, &["acme/x"]);
+    let hub = Hub::start(&storage);
+    let mut cmd = hub.cmd();
+    cmd.args(["serve", "acme/x:v1", "--webdav", "127.0.0.1:0", "--webdav-hub-auth"]);
+    let (_proc, lines) = start_daemon(cmd, &["WebDAV on ", "the hub lets anyone read acme/x"]);
+    assert!(lines[1].contains("WARNING"), "{}", lines[1]);
+    // Still a gate: a request without credentials is refused.
+    let url = lines[0].split("WebDAV on ").nth(1).unwrap().trim().to_string();
+    assert_eq!(status(&format!("{url}data.txt"), &[]), 401);
+}
