@@ -111,7 +111,7 @@ pub(crate) struct Inner {
     pub tags: tags::TagStore,
     pub metrics: metrics::Metrics,
     pub uploads: Semaphore,
-    pub json_views: Semaphore,
+    pub json_views: Arc<Semaphore>,
 }
 
 impl Hub {
@@ -141,7 +141,7 @@ impl Hub {
                 chunks,
                 metrics,
                 uploads: Semaphore::new(CONCURRENT_UPLOADS),
-                json_views: Semaphore::new(CONCURRENT_JSON_VIEWS),
+                json_views: Arc::new(Semaphore::new(CONCURRENT_JSON_VIEWS)),
             }),
         };
         hub.inner.chunks.start();

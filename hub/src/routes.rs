@@ -4,6 +4,7 @@
 mod chunks;
 mod datasets;
 mod gc;
+mod json_stream;
 mod leases;
 mod manifests;
 mod ops;

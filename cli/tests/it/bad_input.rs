@@ -161,6 +161,85 @@ fn the_cli_rejects_malformed_references_with_one_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir"));
 }
 
+/// Findings 1 and 2, measured from `/proc`: made-up methods and JSON views
+/// of a manifest that lists hundreds of thousands of chunks (rendered whole,
+/// each view took many times the manifest's size) leave the hub's peak
+/// memory within a small bound, and `/metrics` small.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_readers_cannot_grow_the_hubs_memory() {
+    use crate::harness::{proc_memory_kib, reset_peak_memory};
+    use aetherfs_format::pack::PackBuilder;
+    const CHUNKS: usize = 400_000;
+    const VIEWS: usize = 4;
+    let data = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&format!("file://{}", data.path().display()));
+    let http = reqwest::Client::new();
+
+    // One stored chunk, listed 400,000 times by one file (a valid, if odd, file).
+    let chunk = b"x";
+    let mut b = PackBuilder::new();
+    b.add(Digest::of(chunk), chunk, false);
+    let pack = b.finish();
+    let r = http
+        .put(format!("{}/v1/datasets/acme/big/packs/{}", hub.url, pack.digest))
+        .body(pack.bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let one = ChunkRef { digest: Digest::of(chunk), len: 1, location: pack.entries[0].location(pack.digest) };
+    let mut m = Manifest::new(ChunkParams::default());
+    m.entries = vec![Entry { path: "f".into(), mode: 0o644, kind: EntryKind::File(FileEntry::new(vec![one; CHUNKS])) }];
+    let bytes = m.encode().unwrap();
+    let digest = Digest::of(&bytes);
+    let (status, body) = put_manifest(&hub, "acme/big", bytes.clone()).await;
+    assert_eq!(status, 201, "{body}");
+
+    let pid = hub.pid();
+    reset_peak_memory(pid);
+    let before = proc_memory_kib(pid, "VmRSS");
+
+    // Finding 1: 300 requests with 50 KB made-up methods.
+    let method = reqwest::Method::from_bytes("X".repeat(50_000).as_bytes()).unwrap();
+    for _ in 0..300 {
+        let r = http.request(method.clone(), format!("{}/v1/datasets", hub.url)).send().await.unwrap();
+        assert!(r.status().is_client_error(), "{}", r.status());
+    }
+    let metrics = http.get(format!("{}/metrics", hub.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.len() < 256 << 10, "/metrics grew to {} bytes", metrics.len());
+
+    // Finding 2: JSON views of the manifest, several at once, each read whole.
+    let url = format!("{}/v1/datasets/acme/big/manifests/{digest}", hub.url);
+    let views: Vec<_> = (0..VIEWS)
+        .map(|_| {
+            let (http, url) = (http.clone(), url.clone());
+            tokio::spawn(async move {
+                let mut r = http.get(url).header("accept", "application/json").send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let mut body = Vec::new();
+                while let Some(piece) = r.chunk().await.unwrap() {
+                    body.extend_from_slice(&piece);
+                }
+                body
+            })
+        })
+        .collect();
+    let mut bodies = Vec::new();
+    for v in views {
+        bodies.push(v.await.unwrap());
+    }
+    let peak = proc_memory_kib(pid, "VmHWM");
+    let first: Value = serde_json::from_slice(&bodies[0]).unwrap();
+    assert_eq!(first["entries"][0]["chunks"].as_array().map(Vec::len), Some(CHUNKS));
+    let rendered = bodies[0].len() as u64 / 1024;
+    // Rendered whole, the views took 1.5 GB here (several times their
+    // `rendered` JSON each); streamed, the two views decoded at once hold only
+    // their decoded manifests (about 60 MiB each at this size).
+    let grown = peak.saturating_sub(before);
+    assert!(grown < 2 * rendered, "peak memory grew by {grown} KiB for {VIEWS} views of {rendered} KiB each");
+    assert_eq!(crate::harness::http_status(&hub.url, "/healthz"), Some(200));
+}
+
 /// Slowloris: a request head that never completes, or an idle kept-alive
 /// connection, is closed after the header timeout; the hub keeps serving.
 #[test]

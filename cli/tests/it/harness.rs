@@ -99,6 +99,11 @@ impl Hub {
         self.proc.take();
     }
 
+    /// The hub process's id, to read its memory from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map(|p| p.child.id()).expect("the hub is running")
+    }
+
     /// An `aetherfs` command pointed at this hub.
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(BIN);
@@ -109,6 +114,20 @@ impl Hub {
     pub fn client(&self) -> aetherfs_hub_client::HubClient {
         aetherfs_hub_client::HubClient::new(&self.url).expect("client")
     }
+}
+
+/// A process's resident memory in KiB, now (`VmRSS`) or at its peak (`VmHWM`), from `/proc`.
+pub fn proc_memory_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix(" kB")?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Starts measuring a process's peak memory afresh (`VmHWM` becomes `VmRSS`).
+pub fn reset_peak_memory(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the peak in /proc clear_refs");
 }
 
 /// Runs a command that must succeed; returns its stdout.

@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 
-use super::{blocking, packs, read_body};
+use super::{blocking, json_stream, packs, read_body};
 use crate::Hub;
 use crate::auth::{Caller, Permission};
 use crate::error::{AppError, StorageContext};
@@ -92,26 +92,40 @@ pub(crate) async fn get(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
         .ok_or_else(|| manifest_not_found(&name, &digest))?;
     if json {
         let page = Page::of(req.uri())?;
-        // Each view decodes a whole manifest: a few at a time bound the memory.
-        let _permit = hub.inner.json_views.acquire().await.map_err(|e| AppError::internal("waiting to render", e))?;
+        // Each view holds a whole decoded manifest until its last byte is
+        // sent: a few at a time bound the memory.
+        let permit = hub
+            .inner
+            .json_views
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| AppError::internal("waiting to render", e))?;
         let placement = read_placement(hub, &name, &digest).await?;
-        let value = blocking("rendering a manifest", move || {
+        let m = blocking("decoding a manifest", move || {
             let placement =
                 Placement::decode(&placement).map_err(|e| AppError::internal("decoding a stored placement", e))?;
-            let m = Manifest::decode(&bytes, &placement)
-                .map_err(|e| AppError::internal("decoding a stored manifest", e))?;
-            let mut v = m.to_json(&digest, false);
-            let total = m.entries.len();
-            let end = page.offset.saturating_add(page.limit).min(total);
-            let entries = m.entries.get(page.offset.min(total)..end).unwrap_or_default();
-            v["entries"] = serde_json::to_value(entries).map_err(|e| AppError::internal("rendering a manifest", e))?;
-            v["total_entries"] = serde_json::json!(total);
-            v["offset"] = serde_json::json!(page.offset);
-            v["next_offset"] = if end < total { serde_json::json!(end) } else { serde_json::Value::Null };
-            Ok(v)
+            Manifest::decode(&bytes, &placement).map_err(|e| AppError::internal("decoding a stored manifest", e))
         })
         .await?;
-        return Ok((cache, Json(value)).into_response());
+        // One page holds at most `PAGE_MAX` entries, but one file may list
+        // millions of chunks: the page is serialized straight into the
+        // response, a piece at a time, never whole in memory.
+        let body = json_stream::body(move |out| {
+            let _permit = permit;
+            let total = m.entries.len();
+            let end = page.offset.saturating_add(page.limit).min(total);
+            let view = PageView {
+                head: m.to_json(&digest, false),
+                entries: m.entries.get(page.offset.min(total)..end).unwrap_or_default(),
+                total_entries: total,
+                offset: page.offset,
+                next_offset: (end < total).then_some(end),
+            };
+            serde_json::to_writer(out, &view).map_err(std::io::Error::from)
+        });
+        let json_type = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+        return Ok((cache, json_type, body).into_response());
     }
     Ok((cache, [(header::CONTENT_TYPE, HeaderValue::from_static(MANIFEST_CONTENT_TYPE))], bytes).into_response())
 }
@@ -138,6 +152,17 @@ pub(crate) async fn get_placement(hub: &Hub, name: Name, digest: Digest, req: Re
         return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
     }
     Ok((headers, bytes).into_response())
+}
+
+/// One page of the JSON view: the manifest's header fields, then entries.
+#[derive(serde::Serialize)]
+struct PageView<'a> {
+    #[serde(flatten)]
+    head: serde_json::Value,
+    entries: &'a [aetherfs_format::Entry],
+    total_entries: usize,
+    offset: usize,
+    next_offset: Option<usize>,
 }
 
 /// Entries per page of the JSON view, unless asked for fewer.
