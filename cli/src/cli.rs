@@ -349,6 +349,10 @@ pub struct HubArgs {
     /// that takes longer than this many seconds closes the connection.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_timeout_secs: u64,
+    /// An upload body (pack, manifest, query) that pauses longer than this
+    /// many seconds is refused with 408, freeing its upload slot.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_timeout_secs: u64,
     /// Auth configuration (TOML): OIDC issuers, a basic-auth users file and
     /// access rules; see docs/security.md. Without it every request is allowed.
     #[arg(long, env = "AETHERFS_AUTH_CONFIG")]

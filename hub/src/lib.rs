@@ -76,6 +76,9 @@ pub struct HubOptions {
     /// authentication) answers to; other Host headers are refused, which
     /// keeps DNS rebinding away from it. `"*"`: any.
     pub allowed_hosts: Vec<String>,
+    /// Longest an upload's body may pause between two pieces before it is
+    /// refused (`408 body_timeout`), freeing its upload slot.
+    pub body_stall: std::time::Duration,
 }
 
 impl Default for HubOptions {
@@ -87,6 +90,7 @@ impl Default for HubOptions {
             auth: Auth::open(),
             lifecycle: Lifecycle::default(),
             allowed_hosts: Vec::new(),
+            body_stall: std::time::Duration::from_secs(30),
         }
     }
 }

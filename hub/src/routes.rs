@@ -11,11 +11,12 @@ mod ops;
 mod packs;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, Query, Request};
-use axum::http::{HeaderMap, Method, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, any, get};
 use futures::StreamExt;
@@ -156,7 +157,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for AppJson<T> {
 
 /// Reads a request body of at most `max` bytes, refusing as soon as it is
 /// exceeded (or announced by Content-Length) instead of buffering more.
-pub(crate) async fn read_body(body: Body, headers: &HeaderMap, max: usize, what: &str) -> Result<Bytes, AppError> {
+/// Reads a request body of at most `max` bytes that never pauses longer than `stall`.
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    max: usize,
+    stall: Duration,
+    what: &str,
+) -> Result<Bytes, AppError> {
     let too_large = || AppError::too_large(format!("{what} larger than {max} bytes"));
     let announced =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -166,7 +174,17 @@ pub(crate) async fn read_body(body: Body, headers: &HeaderMap, max: usize, what:
     // Trust the announced length only for a bounded pre-allocation.
     let mut buf = Vec::with_capacity(announced.unwrap_or(0).min(16 << 20) as usize);
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    // An upload holds one of the few upload slots (and its buffer) while it
+    // is read: a client that stops sending loses it, as nginx's
+    // `client_body_timeout` does.
+    let stalled = || {
+        AppError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the {what} body stopped arriving for {} s", stall.as_secs()),
+        )
+    };
+    while let Some(chunk) = tokio::time::timeout(stall, stream.next()).await.map_err(|_| stalled())? {
         let chunk =
             chunk.map_err(|e| AppError::bad_request("invalid_body", format!("could not read the body: {e}")))?;
         if buf.len() + chunk.len() > max {

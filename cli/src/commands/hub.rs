@@ -49,6 +49,7 @@ pub async fn run(a: HubArgs) -> Result<()> {
         auth: auth.clone(),
         lifecycle,
         allowed_hosts: a.allowed_hosts.clone(),
+        body_stall: std::time::Duration::from_secs(a.body_timeout_secs),
         ..HubOptions::default()
     };
     let hub = Hub::open(opts).await.context("cannot open the hub's storage")?;

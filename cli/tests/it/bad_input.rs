@@ -241,13 +241,20 @@ async fn hostile_readers_cannot_grow_the_hubs_memory() {
 }
 
 /// Slowloris: a request head that never completes, or an idle kept-alive
-/// connection, is closed after the header timeout; the hub keeps serving.
+/// connection, is closed after the header timeout; an upload whose body
+/// stops arriving is refused after the body timeout; past the connection
+/// cap, more connections wait in the kernel's backlog and cost the hub no
+/// file descriptor (counted in `/proc`). The hub keeps serving.
 #[test]
 fn half_sent_requests_and_idle_connections_are_closed() {
     use std::io::{Read, Write};
     let data = tempfile::tempdir().unwrap();
     let storage = format!("file://{}", data.path().display());
-    let hub = crate::harness::AuthHub::start(&storage, &["--header-timeout-secs", "1", "--max-connections", "64"]);
+    const CAP: usize = 64;
+    let hub = crate::harness::AuthHub::start(
+        &storage,
+        &["--header-timeout-secs", "1", "--body-timeout-secs", "1", "--max-connections", &CAP.to_string()],
+    );
     let addr = hub.url.trim_start_matches("http://").to_string();
     let closed_by_hub = |mut s: std::net::TcpStream| {
         // Far longer than the timeout, only so a broken hub fails the test instead of hanging it.
@@ -267,6 +274,43 @@ fn half_sent_requests_and_idle_connections_are_closed() {
     assert!(closed_by_hub(half), "a half-sent request stayed open");
     let idle = std::net::TcpStream::connect(&addr).unwrap();
     assert!(closed_by_hub(idle), "an idle connection stayed open");
+
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    let digest = Digest::of(b"never sent");
+    write!(
+        stalled,
+        "PUT /v1/datasets/acme/x/packs/{digest} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nAFSP"
+    )
+    .unwrap();
+    stalled.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut answer = String::new();
+    let _ = stalled.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "a stalled upload got: {answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+
+    let pid = hub.pid();
+    let before = crate::harness::open_fds(pid);
+    let flood: Vec<_> = (0..4 * CAP).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    // The hub takes them a cap at a time and closes each after the header
+    // timeout; the peak of its descriptors is sampled until it closed them all.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(crate::harness::open_fds(pid));
+                std::thread::yield_now();
+            }
+            peak
+        })
+    };
+    for s in flood {
+        assert!(closed_by_hub(s), "a connection past the cap was never closed");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    assert!(peak <= before + CAP + 2, "{} connections took {} descriptors (cap {CAP})", 4 * CAP, peak - before);
     assert_eq!(crate::harness::http_status(&hub.url, "/healthz"), Some(200));
 }
 

@@ -542,4 +542,13 @@ impl AuthHub {
         }
         AuthHub { url, _proc: proc }
     }
+
+    pub fn pid(&self) -> u32 {
+        self._proc.child.id()
+    }
+}
+
+/// How many file descriptors a process holds, from `/proc`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).expect("/proc fd")
 }

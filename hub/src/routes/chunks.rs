@@ -25,7 +25,7 @@ const MISSING_BODY_MAX: usize = 8 << 20;
 pub(crate) async fn missing(hub: &Hub, name: Name, req: Request) -> Result<Response, AppError> {
     let caller = req.extensions().get::<Caller>().cloned();
     let (parts, body) = req.into_parts();
-    let body = read_body(body, &parts.headers, MISSING_BODY_MAX, "query").await?;
+    let body = read_body(body, &parts.headers, MISSING_BODY_MAX, hub.inner.opts.body_stall, "query").await?;
     let q: MissingChunksRequest =
         serde_json::from_slice(&body).map_err(|e| AppError::bad_request("invalid_json", e.to_string()))?;
     // Open hubs (no access control) let everyone read everything.

@@ -16,7 +16,7 @@ pub(crate) async fn run(State(hub): State<Hub>, req: Request) -> Response {
 async fn handle(hub: &Hub, req: Request) -> Result<Response, AppError> {
     let by = principal(&req);
     let (parts, body) = req.into_parts();
-    let body = read_body(body, &parts.headers, SMALL_BODY_MAX, "request").await?;
+    let body = read_body(body, &parts.headers, SMALL_BODY_MAX, hub.inner.opts.body_stall, "request").await?;
     let gc: GcRequest = if body.is_empty() {
         GcRequest::default()
     } else {

@@ -195,7 +195,9 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
     // Bodies held at once are bounded with the pack uploads'.
     let _permit = hub.inner.uploads.acquire().await.map_err(|e| AppError::internal("waiting to upload", e))?;
     let (parts, body) = req.into_parts();
-    let body = read_body(body, &parts.headers, hub.inner.opts.max_manifest_bytes, "manifest").await?;
+    let body =
+        read_body(body, &parts.headers, hub.inner.opts.max_manifest_bytes, hub.inner.opts.body_stall, "manifest")
+            .await?;
     let (unplaced, body) = blocking("checking a manifest", move || {
         let actual = Digest::of(&body);
         if actual != digest {

@@ -77,7 +77,8 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: &str, req: Request) -> Re
     // Each upload holds up to max_pack_bytes in memory: bound how many run at once.
     let _permit = hub.inner.uploads.acquire().await.map_err(|e| AppError::internal("waiting to upload", e))?;
     let (parts, body) = req.into_parts();
-    let body = read_body(body, &parts.headers, hub.inner.opts.max_pack_bytes, "pack").await?;
+    let body =
+        read_body(body, &parts.headers, hub.inner.opts.max_pack_bytes, hub.inner.opts.body_stall, "pack").await?;
     let (index_range, entries, body) = blocking("verifying a pack", move || {
         let actual = Digest::of(&body);
         if actual != digest {
