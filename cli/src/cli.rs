@@ -100,6 +100,24 @@ chunks copied into new packs): version digests never change.\n\n\
     Ls(LsArgs),
     /// Show a version's manifest.
     Inspect(InspectArgs),
+    /// Show what changed between two versions: files added, removed and
+    /// changed, and how much of the newer one is new data.
+    #[command(long_about = "Show what changed between two versions: files added (A), removed (D) and \
+changed (M), and for each the bytes that are new versus found in the older version.\n\n\
+The last line sums it up: the new data (each new chunk counted once), as stored (compressed): what \
+`pull` downloads to move a directory from OLD to NEW, or an agent fetches when a tag moves, and the \
+share of NEW served from chunks already stored.")]
+    #[command(after_help = "Examples:\n  aetherfs diff acme/geoip:v1 acme/geoip:v2\n  \
+aetherfs diff acme/geoip@blake3:… acme/geoip:latest --json   {\"old\", \"new\", \"totals\": {…}, \"paths\": [{\"path\", \"change\", \"new_bytes\", …}]}")]
+    Diff(DiffArgs),
+    /// Show what each version of a dataset costs: logical, stored, shared and exclusive bytes.
+    #[command(long_about = "Show what each version of a dataset costs.\n\n\
+LOGICAL is the sum of its file sizes; STORED its distinct chunks as packs hold them (compressed); \
+SHARED the part of STORED other versions of the dataset hold too; EXCLUSIVE the rest, about what \
+deleting the version (then `aetherfs gc`) frees. The last line compares the dataset's logical bytes, \
+every version counted whole, with what it stores.")]
+    #[command(after_help = "Examples:\n  aetherfs du acme/geoip\n  aetherfs du acme/geoip --json")]
+    Du(DuArgs),
     /// Print local files' AetherFS digests, to compare with `inspect --files`.
     #[command(long_about = "Print local files' AetherFS digests, to compare with `inspect --files`.\n\n\
 A file's AetherFS digest is derived from its chunk list (each chunk's BLAKE3 and length, see \
@@ -502,6 +520,20 @@ pub struct DigestArgs {
     /// Files to digest (symlinks are followed); `-` reads standard input.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The older version: NAME:TAG or NAME@DIGEST.
+    pub old: String,
+    /// The newer version (may be in another dataset).
+    pub new: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DuArgs {
+    /// A dataset NAME.
+    pub name: String,
 }
 
 #[derive(Args, Debug)]

@@ -2,7 +2,9 @@
 
 mod agent;
 mod demo;
+mod diff;
 mod digest;
+mod du;
 mod gc;
 mod hub;
 mod inspect;
@@ -33,6 +35,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Gc(a) => gc::run(&g, a).await,
         Command::Ls(a) => ls::run(&g, a).await,
         Command::Inspect(a) => inspect::run(&g, a).await,
+        Command::Diff(a) => diff::run(&g, a).await,
+        Command::Du(a) => du::run(&g, a).await,
         Command::Digest(a) => digest::run(&g, a),
         Command::Mount(a) => mount::run(&g, a).await,
         Command::Serve(a) => serve::run(&g, a).await,

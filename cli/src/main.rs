@@ -12,6 +12,7 @@ use std::io::IsTerminal;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    exit_quietly_on_broken_pipe();
     let cli = cli::Cli::parse();
     init_tracing(matches!(cli.command, cli::Command::Hub(_)));
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -33,6 +34,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `aetherfs ls | head`: once the reader of stdout is gone, stop quietly
+/// with the status a shell shows for SIGPIPE (128 + 13), as Unix tools do.
+/// Rust ignores SIGPIPE, so `println!` would panic with a backtrace instead.
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.payload_as_str().unwrap_or_default();
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// Logs go to stderr; `AETHERFS_LOG` (or `RUST_LOG`) sets the filter.

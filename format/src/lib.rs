@@ -7,6 +7,7 @@
 //! - [`Placement`]: where a version's chunks are stored (rewritable; not part of its digest).
 //! - [`pack`]: the unit of storage, many chunks plus an index.
 //! - [`api`]: JSON bodies shared by the hub and its client.
+//! - [`diff`]: what changed between two versions, what versions cost.
 
 // Tests may unwrap: a panic there is a failed test, not a crash.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod chunker;
 mod codec;
+pub mod diff;
 mod digest;
 pub mod manifest;
 mod name;

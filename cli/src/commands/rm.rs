@@ -49,6 +49,9 @@ pub async fn run(g: &GlobalArgs, a: RmArgs) -> Result<()> {
     if g.json {
         return print_json(&out);
     }
+    if g.quiet {
+        return Ok(());
+    }
     for t in &out.tags_deleted {
         println!("deleted tag {}:{t}", out.name);
     }

@@ -39,7 +39,9 @@ pub async fn run(g: &GlobalArgs, a: TagArgs) -> Result<()> {
     if g.json {
         return print_json(&rec);
     }
-    println!("{}:{} -> {}", rec.name, rec.tag, digest);
+    if !g.quiet {
+        println!("{}:{} -> {}", rec.name, rec.tag, digest);
+    }
     Ok(())
 }
 
@@ -61,6 +63,8 @@ async fn remove(g: &GlobalArgs, a: TagRmArgs) -> Result<()> {
     if g.json {
         return print_json(&rec);
     }
-    println!("deleted {}:{}", rec.name, rec.tag);
+    if !g.quiet {
+        println!("deleted {}:{}", rec.name, rec.tag);
+    }
     Ok(())
 }

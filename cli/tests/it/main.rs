@@ -19,3 +19,4 @@ mod mounts;
 mod pull_semantics;
 mod roundtrip;
 mod sidecar;
+mod tools;
