@@ -1,6 +1,7 @@
 //! The admin endpoint of every serving daemon (`agent`, and `mount`/`serve`
 //! with `--admin`): `/healthz`, `/readyz` (every configured mount resolved
-//! and prefetched), `/metrics` (Prometheus text) and `/v1/mounts`.
+//! and prefetched), `/metrics` (Prometheus text), `/v1/mounts` and
+//! `/v1/stats` (what readers do with each mount: see `aetherfs_mounts::stats`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+
+use aetherfs_mounts::stats::{FILES_TRACKED, LATENCY_BUCKETS as READ_BUCKETS};
 
 use crate::mount::Mount;
 use crate::source::{HubSource, LATENCY_BUCKETS};
@@ -102,7 +105,7 @@ pub async fn serve_admin(
             "aetherfs: WARNING: admin endpoint on {local} without a token: anyone who reaches it reads /metrics and /v1/mounts (set admin.token_file)"
         );
     }
-    let (a1, a2, a3) = (admin.clone(), admin.clone(), admin);
+    let (a1, a2, a3, a4) = (admin.clone(), admin.clone(), admin.clone(), admin);
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -125,6 +128,25 @@ pub async fn serve_admin(
             get(move || async move {
                 let views: Vec<_> = a3.mounts().iter().map(|m| m.status()).collect();
                 axum::Json(serde_json::json!({ "mounts": views }))
+            }),
+        )
+        .route(
+            "/v1/stats",
+            get(move |q: axum::extract::Query<StatsQuery>| async move {
+                let top = q.top.unwrap_or(TOP_FILES_DEFAULT).min(FILES_TRACKED);
+                let mounts: Vec<_> = a4
+                    .mounts()
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "reference": m.reference().to_string(),
+                            "name": m.name().to_string(),
+                            "digest": m.digest(),
+                            "versions": m.fs().stats(top),
+                        })
+                    })
+                    .collect();
+                axum::Json(serde_json::json!({ "mounts": mounts }))
             }),
         )
         .layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
@@ -154,6 +176,14 @@ pub async fn serve_admin(
     });
     Ok(local)
 }
+
+/// `/v1/stats?top=N`: how many of the files read most to list per version.
+#[derive(serde::Deserialize)]
+struct StatsQuery {
+    top: Option<usize>,
+}
+
+const TOP_FILES_DEFAULT: usize = 20;
 
 /// The token of an `Authorization: Bearer` header.
 fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
@@ -188,6 +218,19 @@ const MOUNT_LAST_SWITCH: (&str, &str) =
     ("aetherfs_mount_last_switch_seconds", "Time from a tag move to serving the new version.");
 const MOUNT_FAILING: (&str, &str) =
     ("aetherfs_mount_failing", "1 while the last attempt to bring up or switch a mount failed (see /v1/mounts).");
+const MOUNT_READS: (&str, &str) = ("aetherfs_mount_reads", "Reads through each mount (FUSE, NFS and WebDAV).");
+const MOUNT_READ_BYTES: (&str, &str) = ("aetherfs_mount_read_bytes", "Bytes readers got through each mount.");
+const MOUNT_READ_ERRORS: (&str, &str) = ("aetherfs_mount_read_errors", "Reads through each mount that failed.");
+const MOUNT_CHUNKS: (&str, &str) =
+    ("aetherfs_mount_chunks", "Chunks each mount's reads needed, by where they came from (memory, disk, hub).");
+const MOUNT_NETWORK_BYTES: (&str, &str) = (
+    "aetherfs_mount_network_bytes",
+    "Stored bytes fetched from the hub for each mount's readers, read-ahead included.",
+);
+const MOUNT_READ_DURATION: (&str, &str) = (
+    "aetherfs_mount_read_duration_seconds",
+    "Latency of reads through each mount, as the filesystem core serves them.",
+);
 const MAT_BUILDS: (&str, &str) = ("aetherfs_materialize_builds", "Versions written by a materialized mount.");
 const MAT_FETCHED: (&str, &str) =
     ("aetherfs_materialize_fetched_bytes", "Stored bytes fetched from the hub to write versions.");
@@ -293,6 +336,44 @@ impl Collector for AgentCollector {
         per_mount(e, MOUNT_FAILING, MetricType::Gauge, &mounts, by_ref, |m| {
             ConstGauge::new(i64::from(m.status().last_error.is_some()))
         })?;
+
+        let totals: Vec<(Arc<Mount>, aetherfs_mounts::stats::MountTotals)> =
+            mounts.iter().map(|m| (m.clone(), m.fs().totals())).collect();
+        for (desc, pick) in [
+            (MOUNT_READS, (|t| t.reads) as fn(&aetherfs_mounts::stats::MountTotals) -> u64),
+            (MOUNT_READ_BYTES, |t| t.bytes_read),
+            (MOUNT_READ_ERRORS, |t| t.errors),
+            (MOUNT_NETWORK_BYTES, |t| t.network_bytes),
+        ] {
+            let mut family = e.encode_descriptor(desc.0, desc.1, None, MetricType::Counter)?;
+            for (m, t) in &totals {
+                ConstCounter::new(pick(t)).encode(family.encode_family(&by_ref(m))?)?;
+            }
+        }
+        {
+            let mut family = e.encode_descriptor(MOUNT_CHUNKS.0, MOUNT_CHUNKS.1, None, MetricType::Counter)?;
+            for (m, t) in &totals {
+                for (from, n) in [("memory", t.memory_hits), ("disk", t.disk_hits), ("hub", t.fetched_chunks)] {
+                    let labels = vec![("ref", m.reference().to_string()), ("from", from.to_string())];
+                    ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut family =
+                e.encode_descriptor(MOUNT_READ_DURATION.0, MOUNT_READ_DURATION.1, None, MetricType::Histogram)?;
+            for (m, t) in &totals {
+                let mut buckets: Vec<(f64, u64)> =
+                    READ_BUCKETS.iter().copied().zip(t.latency_buckets.iter().copied()).collect();
+                buckets.push((f64::INFINITY, t.latency_buckets.get(READ_BUCKETS.len()).copied().unwrap_or(0)));
+                family.encode_family(&by_ref(m))?.encode_histogram::<NoLabelSet>(
+                    t.latency_seconds_sum,
+                    t.reads,
+                    &buckets,
+                    None,
+                )?;
+            }
+        }
 
         let materialized: Vec<_> = mounts.iter().filter(|m| m.materializer().is_some()).cloned().collect();
         let mat = |m: &Mount| m.materializer().map(|x| x.status());

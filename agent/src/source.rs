@@ -32,6 +32,7 @@ use aetherfs_format::pack::decode_chunk;
 use aetherfs_format::{ChunkLocation, ChunkRef, Digest, Manifest, Name};
 use aetherfs_hub_client::fetch::{ChunkWant, RangeRead, coalesce};
 use aetherfs_hub_client::{ClientError, HubClient};
+use aetherfs_mounts::stats::ReadAccount;
 use aetherfs_mounts::{ChunkSource, SourceError};
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
@@ -459,6 +460,15 @@ impl ChunkSource for SharedSource {
         want: &'a [ChunkRef],
         ahead: &'a [ChunkRef],
     ) -> BoxFuture<'a, Result<Vec<Bytes>, SourceError>> {
+        async move { self.read_accounted(want, ahead, &ReadAccount::default()).await }.boxed()
+    }
+
+    fn read_accounted<'a>(
+        &'a self,
+        want: &'a [ChunkRef],
+        ahead: &'a [ChunkRef],
+        account: &'a ReadAccount,
+    ) -> BoxFuture<'a, Result<Vec<Bytes>, SourceError>> {
         let this = &self.0;
         async move {
             let mut out = Vec::with_capacity(want.len());
@@ -475,6 +485,28 @@ impl ChunkSource for SharedSource {
                 .copied()
                 .collect();
             let missing = want.len() - out.len();
+            // Where the chunks come from, before the loads below start: a
+            // chunk some fetch already carries costs this read no bytes.
+            ReadAccount::add(&account.memory_hits, out.len() as u64);
+            {
+                let in_flight = this.in_flight.lock();
+                for c in &want[out.len()..] {
+                    if this.on_disk(&c.digest) {
+                        ReadAccount::add(&account.disk_hits, 1);
+                    } else {
+                        ReadAccount::add(&account.fetched_chunks, 1);
+                        if !in_flight.contains_key(&c.digest) {
+                            ReadAccount::add(&account.fetched_bytes, u64::from(c.location.stored_len));
+                        }
+                    }
+                }
+                let started: u64 = ahead
+                    .iter()
+                    .filter(|c| !in_flight.contains_key(&c.digest))
+                    .map(|c| u64::from(c.location.stored_len))
+                    .sum();
+                ReadAccount::add(&account.ahead_bytes, started);
+            }
             // The read-ahead chunks ride in the same range requests, but the
             // reader waits only for its own.
             let all: Vec<ChunkRef> = want[out.len()..].iter().chain(&ahead).copied().collect();

@@ -118,6 +118,18 @@ deleting the version (then `aetherfs gc`) frees. The last line compares the data
 every version counted whole, with what it stores.")]
     #[command(after_help = "Examples:\n  aetherfs du acme/geoip\n  aetherfs du acme/geoip --json")]
     Du(DuArgs),
+    /// Show what readers do with an agent's mounts: reads, bytes, cache hits,
+    /// bytes fetched per version, read latency and the files read most.
+    #[command(long_about = "Show what readers do with an agent's mounts, from its admin endpoint \
+(`/v1/stats`; `aetherfs mount` and `serve` with --admin have one too).\n\n\
+Per mount and per version served (the current one first, then up to 7 older ones, so what a switch \
+cost stays visible): reads and bytes read through FUSE, NFS and WebDAV; chunks found in the memory \
+tier, the disk cache, or fetched from the hub, and the cache hit ratio; stored bytes fetched for \
+readers and read ahead; read latency (mean, and the buckets the median and 99th percentile fall in); \
+the files read most.")]
+    #[command(after_help = "Examples:\n  aetherfs agent-stats 127.0.0.1:9090\n  \
+aetherfs agent-stats http://10.0.0.5:9090 --admin-token-file /etc/aetherfs/admin.token --top 50 --json")]
+    AgentStats(AgentStatsArgs),
     /// Print local files' AetherFS digests, to compare with `inspect --files`.
     #[command(long_about = "Print local files' AetherFS digests, to compare with `inspect --files`.\n\n\
 A file's AetherFS digest is derived from its chunk list (each chunk's BLAKE3 and length, see \
@@ -528,6 +540,18 @@ pub struct DiffArgs {
     pub old: String,
     /// The newer version (may be in another dataset).
     pub new: String,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentStatsArgs {
+    /// The admin endpoint: HOST:PORT or http://HOST:PORT.
+    pub addr: String,
+    /// Files read most to list per version.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// The admin endpoint's bearer token, if it has one.
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

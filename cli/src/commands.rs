@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod agent;
+mod agent_stats;
 mod demo;
 mod diff;
 mod digest;
@@ -37,6 +38,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(&g, a).await,
         Command::Diff(a) => diff::run(&g, a).await,
         Command::Du(a) => du::run(&g, a).await,
+        Command::AgentStats(a) => agent_stats::run(&g, a).await,
         Command::Digest(a) => digest::run(&g, a),
         Command::Mount(a) => mount::run(&g, a).await,
         Command::Serve(a) => serve::run(&g, a).await,

@@ -9,15 +9,16 @@
 //! keeps its version when [`DatasetFs::switch`] installs a new one; only
 //! lookups from the root see the new version.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use aetherfs_format::{ChunkRef, Digest};
 use bytes::{Bytes, BytesMut};
 
 use crate::source::{ChunkSource, SourceError};
+use crate::stats::{MountTotals, VERSIONS_KEPT, VersionReport, VersionStats};
 use crate::version::{NodeKind, Version};
 
 /// The root inode, in every protocol.
@@ -136,10 +137,15 @@ pub struct DatasetFs {
     readahead_bytes: u64,
     /// Totals of the last version [`DatasetFs::statfs`] walked: `df` asks often.
     totals: Mutex<Option<(Digest, FsTotals)>>,
+    /// Stats of the versions served, newest first, at most [`VERSIONS_KEPT`].
+    served: Mutex<VecDeque<Arc<VersionStats>>>,
+    /// Totals of the versions that dropped out of `served`.
+    retired: Mutex<MountTotals>,
 }
 
 impl DatasetFs {
     pub fn new(version: Version, source: Arc<dyn ChunkSource>) -> Self {
+        let served = Mutex::new(VecDeque::from([version.stats.clone()]));
         let mut by_gen = HashMap::new();
         by_gen.insert(0, Arc::new(version));
         Self {
@@ -147,6 +153,8 @@ impl DatasetFs {
             source,
             readahead_bytes: 8 << 20,
             totals: Mutex::new(None),
+            served,
+            retired: Mutex::new(MountTotals::default()),
         }
     }
 
@@ -165,6 +173,16 @@ impl DatasetFs {
     /// Installs a new current version and returns its generation. Inodes of
     /// older versions keep working.
     pub fn switch(&self, version: Version) -> u32 {
+        {
+            let mut served = self.served.lock().unwrap_or_else(|p| p.into_inner());
+            served.push_front(version.stats.clone());
+            if served.len() > VERSIONS_KEPT {
+                let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+                for old in served.drain(VERSIONS_KEPT..) {
+                    retired.add(&old.report(0));
+                }
+            }
+        }
         let mut v = self.versions.write().unwrap_or_else(|p| p.into_inner());
         let gen_ = v.current.wrapping_add(1);
         v.by_gen.insert(gen_, Arc::new(version));
@@ -311,9 +329,36 @@ impl DatasetFs {
         Ok(v.nodes[n as usize].path.clone())
     }
 
+    /// What readers did with the versions served, newest first, each with
+    /// its `top` files read most.
+    pub fn stats(&self, top: usize) -> Vec<VersionReport> {
+        let served: Vec<Arc<VersionStats>> =
+            self.served.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        served.iter().map(|s| s.report(top)).collect()
+    }
+
+    /// Counters over every version served, for metrics (they only grow).
+    pub fn totals(&self) -> MountTotals {
+        let served: Vec<Arc<VersionStats>> =
+            self.served.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        let mut t = self.retired.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for s in served {
+            t.add(&s.report(0));
+        }
+        t
+    }
+
     /// Reads up to `size` bytes at `offset`. Short only at the end of the file.
     pub async fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
         let (_, v, n) = self.resolve(ino)?;
+        let started = Instant::now();
+        let result = self.read_in(&v, n, offset, size).await;
+        let bytes = result.as_ref().map_or(0, |b| b.len() as u64);
+        v.stats.record(n, &v.nodes[n as usize].path, bytes, started.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn read_in(&self, v: &Version, n: u32, offset: u64, size: u32) -> Result<Bytes, FsError> {
         let NodeKind::File { size: file_size, chunks, starts, .. } = &v.nodes[n as usize].kind else {
             return Err(FsError::IsDir);
         };
@@ -340,7 +385,7 @@ impl DatasetFs {
         } else {
             &[]
         };
-        let data = self.source.read(want, ahead).await?;
+        let data = self.source.read_accounted(want, ahead, &v.stats.source).await?;
         if data.len() != want.len() {
             return Err(ContractError::WrongCount { want: want.len(), got: data.len() }.into());
         }

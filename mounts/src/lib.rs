@@ -13,6 +13,7 @@
 //! - `version`: [`Version`], the node tree of one manifest.
 //! - `fs`: [`DatasetFs`], the protocol-free core, and [`FsError`].
 //! - `source`: the [`ChunkSource`] seam and [`SourceError`].
+//! - [`stats`]: what readers do with each version (reads, bytes, latency, cache hits, files).
 //! - [`fuse`]: FUSE front end (`adapter`, `session`, `stale`).
 //! - [`nfs`]: NFSv3 front end.
 //! - [`webdav`]: WebDAV front end.
@@ -24,6 +25,7 @@ pub mod fuse;
 pub mod nfs;
 mod nfs_gate;
 mod source;
+pub mod stats;
 pub mod testing;
 mod version;
 pub mod webdav;

@@ -9,6 +9,8 @@ use aetherfs_format::{ChunkRef, Digest};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
+use crate::stats::ReadAccount;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SourceError {
     #[error("chunk {0} is not available")]
@@ -46,4 +48,17 @@ pub trait ChunkSource: Send + Sync + 'static {
         want: &'a [ChunkRef],
         ahead: &'a [ChunkRef],
     ) -> BoxFuture<'a, Result<Vec<Bytes>, SourceError>>;
+
+    /// [`ChunkSource::read`], telling `account` where the chunks came from
+    /// (memory, disk, the network). The filesystem calls this one; a source
+    /// that cannot tell keeps the default, which tells nothing.
+    fn read_accounted<'a>(
+        &'a self,
+        want: &'a [ChunkRef],
+        ahead: &'a [ChunkRef],
+        account: &'a ReadAccount,
+    ) -> BoxFuture<'a, Result<Vec<Bytes>, SourceError>> {
+        let _ = account;
+        self.read(want, ahead)
+    }
 }

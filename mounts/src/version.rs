@@ -6,10 +6,13 @@
 //! lookups a binary search.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use aetherfs_format::{ChunkRef, Digest, EntryKind, Manifest, ancestors};
+
+use crate::stats::VersionStats;
 
 /// What a node is.
 #[derive(Debug)]
@@ -51,6 +54,8 @@ pub struct Version {
     pub created: SystemTime,
     /// Where the last read of each node ended, to detect sequential reads.
     pub(crate) read_ends: Vec<AtomicU64>,
+    /// What readers did with this version.
+    pub(crate) stats: Arc<VersionStats>,
 }
 
 impl Version {
@@ -135,7 +140,7 @@ impl Version {
             .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
             .map_or(SystemTime::UNIX_EPOCH, |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
         let read_ends = (0..nodes.len()).map(|_| AtomicU64::new(u64::MAX)).collect();
-        Version { digest, nodes, created, read_ends }
+        Version { digest, nodes, created, read_ends, stats: Arc::new(VersionStats::new(digest)) }
     }
 
     /// The child of directory `dir` called `name`.

@@ -324,3 +324,72 @@ fn a_working_set_three_times_the_cache_stays_within_the_bound() {
     assert!(agent.metric("aetherfs_cache_disk_evicted_bytes_total") > 0.0);
     agent.stop();
 }
+
+/// What readers do, through the agent's `/v1/stats` and `aetherfs
+/// agent-stats`: the file read most with its bytes, chunks fetched from the
+/// hub, latency; after a tag move the new version comes first and the old
+/// one keeps its counts, and the per-mount metrics add both.
+#[test]
+fn agent_stats_tell_which_files_are_read_and_what_a_switch_fetched() {
+    require("fusermount3");
+    let data = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&format!("file://{}", data.path().display()));
+    let src = tempfile::tempdir().unwrap();
+    dataset(src.path(), 11, 4);
+    run_ok(hub.cmd().arg("push").arg(src.path()).arg("acme/stats:latest"));
+    let work = tempfile::tempdir().unwrap();
+    let mnt = work.path().join("mnt");
+    let cfg = config(work.path(), "acme/stats:latest", &mnt, "none", "1GiB", None, 10);
+    let mut agent = Agent::start(&hub, &cfg, Some(&mnt), &[], true);
+    let v1 = agent.mounts()["mounts"][0]["digest"].as_str().unwrap().to_string();
+    let part = std::fs::read(mnt.join("data/part-2.bin")).unwrap();
+    assert_eq!(part.len(), 1 << 20);
+    std::fs::read(mnt.join("small.txt")).unwrap();
+
+    let stats = |agent: &Agent| -> serde_json::Value {
+        let out = run_ok(Command::new(crate::harness::BIN).args(["agent-stats", "--json", "--top", "5", &agent.admin]));
+        serde_json::from_str(&out).unwrap()
+    };
+    let s = stats(&agent);
+    let m = &s["mounts"][0];
+    assert_eq!(m["reference"], "acme/stats:latest");
+    let v = &m["versions"][0];
+    assert_eq!(v["digest"].as_str(), Some(v1.as_str()), "{s}");
+    let top = &v["top_files"][0];
+    assert_eq!(top["path"], "data/part-2.bin", "{s}");
+    assert!(top["bytes"].as_u64().unwrap() >= 1 << 20, "{s}");
+    assert_eq!(v["files_read"], 2, "{s}");
+    let fetched = v["fetched_bytes"].as_u64().unwrap() + v["readahead_bytes"].as_u64().unwrap();
+    assert!(fetched >= 1 << 20, "nothing was prefetched, so the file came from the hub: {s}");
+    assert!(v["fetched_chunks"].as_u64().unwrap() >= 1, "{s}");
+    assert!(v["latency"]["p99_ms"].as_f64().is_some() && v["reads"].as_u64().unwrap() >= 1, "{s}");
+
+    // Move the tag; the new version's reads are counted apart.
+    std::fs::write(src.path().join("small.txt"), b"version two\n").unwrap();
+    run_ok(hub.cmd().arg("push").arg(src.path()).arg("acme/stats:latest"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent.mounts()["mounts"][0]["digest"].as_str() == Some(v1.as_str()) {
+        assert!(Instant::now() < deadline, "the agent never switched");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read(mnt.join("small.txt")).unwrap(), b"version two\n");
+    let s = stats(&agent);
+    let versions = s["mounts"][0]["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{s}");
+    assert_ne!(versions[0]["digest"].as_str(), Some(v1.as_str()));
+    assert_eq!(versions[0]["top_files"][0]["path"], "small.txt", "{s}");
+    assert_eq!(versions[0]["top_files"][0]["bytes"], 12, "{s}");
+    assert_eq!(versions[1]["digest"].as_str(), Some(v1.as_str()));
+    assert_eq!(versions[1]["top_files"][0]["path"], "data/part-2.bin", "the old version keeps its counts: {s}");
+
+    let read_bytes: u64 = versions.iter().map(|v| v["bytes_read"].as_u64().unwrap()).sum();
+    assert_eq!(agent.metric("aetherfs_mount_read_bytes_total"), read_bytes as f64);
+    let metrics = agent.metrics();
+    assert!(metrics.contains("aetherfs_mount_chunks_total{ref=\"acme/stats:latest\",from=\"hub\"}"), "{metrics}");
+    assert!(metrics.contains("aetherfs_mount_read_duration_seconds_bucket{"), "{metrics}");
+
+    let table = run_ok(Command::new(crate::harness::BIN).args(["agent-stats", &agent.admin]));
+    assert!(table.starts_with("acme/stats:latest\n"), "{table}");
+    assert!(table.contains("(current)") && table.contains("data/part-2.bin"), "{table}");
+    agent.stop();
+}
