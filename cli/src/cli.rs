@@ -130,6 +130,15 @@ the files read most.")]
     #[command(after_help = "Examples:\n  aetherfs agent-stats 127.0.0.1:9090\n  \
 aetherfs agent-stats http://10.0.0.5:9090 --admin-token-file /etc/aetherfs/admin.token --top 50 --json")]
     AgentStats(AgentStatsArgs),
+    /// Show which readers (agents) serve which versions of a dataset, and
+    /// the bytes their readers read and fetched, from the readers' leases.
+    #[command(long_about = "Show which readers (agents) serve which versions of a dataset, and the \
+bytes their readers read and fetched.\n\n\
+Every agent renews a lease per dataset while it serves it (docs/operations.md, \"Reader leases\"): \
+the versions its mounts hold, and, as of that renewal, the bytes read through each and the stored \
+bytes fetched for them. A lease past its time shows as expired until garbage collection removes it.")]
+    #[command(after_help = "Examples:\n  aetherfs usage acme/geoip\n  aetherfs usage acme/geoip --json")]
+    Usage(UsageArgs),
     /// Print local files' AetherFS digests, to compare with `inspect --files`.
     #[command(long_about = "Print local files' AetherFS digests, to compare with `inspect --files`.\n\n\
 A file's AetherFS digest is derived from its chunk list (each chunk's BLAKE3 and length, see \
@@ -552,6 +561,12 @@ pub struct AgentStatsArgs {
     /// The admin endpoint's bearer token, if it has one.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct UsageArgs {
+    /// A dataset NAME.
+    pub name: String,
 }
 
 #[derive(Args, Debug)]

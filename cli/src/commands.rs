@@ -17,6 +17,7 @@ mod push;
 mod rm;
 mod serve;
 mod tag;
+mod usage;
 
 use aetherfs_format::Reference;
 use aetherfs_hub_client::{ClientError, HubClient, hub_key};
@@ -39,6 +40,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Diff(a) => diff::run(&g, a).await,
         Command::Du(a) => du::run(&g, a).await,
         Command::AgentStats(a) => agent_stats::run(&g, a).await,
+        Command::Usage(a) => usage::run(&g, a).await,
         Command::Digest(a) => digest::run(&g, a),
         Command::Mount(a) => mount::run(&g, a).await,
         Command::Serve(a) => serve::run(&g, a).await,

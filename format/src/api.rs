@@ -249,6 +249,29 @@ pub struct GcReport {
 #[serde(deny_unknown_fields)]
 pub struct LeaseRequest {
     pub versions: Vec<Digest>,
+    /// What the reader did with versions it served (at most
+    /// [`LEASE_VERSIONS_MAX`]): `aetherfs usage` shows it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served: Vec<VersionServed>,
+}
+
+/// A reader's counters for one version, as of its last renewal.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VersionServed {
+    pub version: Digest,
+    /// Bytes its readers read.
+    pub bytes_read: u64,
+    /// Stored bytes it fetched from the hub for them, read-ahead included.
+    pub fetched_bytes: u64,
+}
+
+/// `GET /v1/datasets/{name}/leases`: every reader's lease on the dataset,
+/// in force or expired (not yet collected), by reader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaseList {
+    pub name: Name,
+    pub leases: Vec<Lease>,
 }
 
 /// A stored lease, as the hub answers it.
@@ -263,6 +286,8 @@ pub struct Lease {
     pub expires_unix: u64,
     /// How long a lease lasts; renew well within it.
     pub lease_secs: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub served: Vec<VersionServed>,
 }
 
 /// Most versions one lease may name.

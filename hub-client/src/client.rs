@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aetherfs_format::api::{
-    DatasetList, ErrorBody, Expected, GcReport, GcRequest, Lease, LeaseRequest, MISSING_QUERY_MAX, ManifestStored,
-    MissingChunksRequest, MissingChunksResponse, PackStored, SetTagRequest, TagHistory, TagList, TagRecord,
-    VersionList,
+    DatasetList, ErrorBody, Expected, GcReport, GcRequest, Lease, LeaseList, LeaseRequest, MISSING_QUERY_MAX,
+    ManifestStored, MissingChunksRequest, MissingChunksResponse, PackStored, SetTagRequest, TagHistory, TagList,
+    TagRecord, VersionList, VersionServed,
 };
 use aetherfs_format::manifest::MANIFEST_MAX_BYTES;
 use aetherfs_format::placement::PLACEMENT_MAX_BYTES;
@@ -321,11 +321,24 @@ impl HubClient {
         Ok(resp.json().await?)
     }
 
-    /// Tells the hub which versions of `name` this reader serves.
-    pub async fn put_lease(&self, name: &Name, reader: &str, versions: &[Digest]) -> Result<Lease, ClientError> {
+    /// Tells the hub which versions of `name` this reader serves, and what
+    /// its readers did with them.
+    pub async fn put_lease(
+        &self,
+        name: &Name,
+        reader: &str,
+        versions: &[Digest],
+        served: &[VersionServed],
+    ) -> Result<Lease, ClientError> {
         let url = self.url(&Self::dataset_path(name, &format!("leases/{reader}")));
-        let body = LeaseRequest { versions: versions.to_vec() };
+        let body = LeaseRequest { versions: versions.to_vec(), served: served.to_vec() };
         self.json(|| self.http.put(url.clone()).json(&body)).await
+    }
+
+    /// Every reader's lease on `name`.
+    pub async fn list_leases(&self, name: &Name) -> Result<LeaseList, ClientError> {
+        let url = self.url(&Self::dataset_path(name, "leases"));
+        self.json(|| self.http.get(url.clone())).await
     }
 
     /// The manifest rendered as JSON by the hub.

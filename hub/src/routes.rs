@@ -289,6 +289,7 @@ mod tests {
         assert_eq!(n(Method::PUT, "/v1/datasets/a/manifests/x"), ds("a", Write));
         assert_eq!(n(Method::GET, "/v1/datasets/a/b/manifests/x/placement"), ds("a/b", Read));
         assert_eq!(n(Method::PUT, "/v1/datasets/a/b/leases/pod-1"), ds("a/b", Read));
+        assert_eq!(n(Method::GET, "/v1/datasets/a/b/leases"), ds("a/b", Read));
         // Encoded separators stay encoded: the name fails validation later, never matches a/b.
         assert_eq!(n(Method::GET, "/v1/datasets/a%2Fb/tags"), ds("a%2Fb", Read));
         for nowhere in ["/v1/datasets/a", "/v1/datasets/", "/v1", "/healthz/x", "/metrics/", "/v1/datasets/tags"] {

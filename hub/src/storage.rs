@@ -224,6 +224,10 @@ pub(crate) fn parse_manifest(key: &Path) -> Option<Digest> {
     parse_hex_key(key)
 }
 
+pub(crate) fn leases_prefix(name: &Name) -> Path {
+    dataset_child(name, [LEASES_DIR])
+}
+
 pub(crate) fn tags_dir(name: &Name) -> Path {
     dataset_child(name, [TAGS_DIR])
 }

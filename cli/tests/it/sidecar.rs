@@ -391,5 +391,28 @@ fn agent_stats_tell_which_files_are_read_and_what_a_switch_fetched() {
     let table = run_ok(Command::new(crate::harness::BIN).args(["agent-stats", &agent.admin]));
     assert!(table.starts_with("acme/stats:latest\n"), "{table}");
     assert!(table.contains("(current)") && table.contains("data/part-2.bin"), "{table}");
+
+    // The hub learns the same from the agent's lease, renewed at the switch:
+    // `aetherfs usage` names the reader, the version it serves, and what was read.
+    let v2 = versions[0]["digest"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let usage = loop {
+        let u: serde_json::Value =
+            serde_json::from_str(&run_ok(hub.cmd().args(["usage", "--json", "acme/stats"]))).unwrap();
+        let rows = u["readers"].as_array().unwrap().clone();
+        if rows.iter().any(|r| r["version"] == v2.as_str() && r["serving"] == true) {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "the lease never named the new version: {u}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let old = usage.iter().find(|r| r["version"] == v1.as_str()).expect("the old version's row");
+    assert!(old["bytes_read"].as_u64().unwrap() >= 1 << 20, "{usage:?}");
+    assert!(old["fetched_bytes"].as_u64().unwrap() >= 1 << 20, "{usage:?}");
+    assert!(usage.iter().all(|r| r["in_force"] == true), "{usage:?}");
+    let new = usage.iter().find(|r| r["version"] == v2.as_str()).unwrap();
+    assert_eq!(new["tags"], serde_json::json!(["latest"]));
+    let table = run_ok(hub.cmd().args(["usage", "acme/stats"]));
+    assert!(table.starts_with("READER") && table.contains("in force") && table.contains("latest"), "{table}");
     agent.stop();
 }

@@ -38,6 +38,7 @@ const MANIFEST: &str = "/v1/datasets/{name}/manifests/{digest}";
 const MANIFESTS: &str = "/v1/datasets/{name}/manifests";
 const PLACEMENT: &str = "/v1/datasets/{name}/manifests/{digest}/placement";
 const LEASE: &str = "/v1/datasets/{name}/leases/{reader}";
+const LEASES: &str = "/v1/datasets/{name}/leases";
 const PACK: &str = "/v1/datasets/{name}/packs/{digest}";
 const MISSING: &str = "/v1/datasets/{name}/chunks/missing";
 
@@ -50,6 +51,7 @@ pub(crate) const ROUTES: &[RouteSpec] = &[
     RouteSpec { path: MANIFESTS, methods: &["GET"] },
     RouteSpec { path: PLACEMENT, methods: &["GET"] },
     RouteSpec { path: LEASE, methods: &["PUT"] },
+    RouteSpec { path: LEASES, methods: &["GET"] },
     RouteSpec { path: PACK, methods: &["GET", "HEAD", "PUT"] },
     RouteSpec { path: MISSING, methods: &["POST"] },
 ];
@@ -68,6 +70,7 @@ enum Shape<'a> {
     Manifests { name: &'a str },
     Placement { name: &'a str, digest: &'a str },
     Lease { name: &'a str, reader: &'a str },
+    Leases { name: &'a str },
     Pack { name: &'a str, digest: &'a str },
     Missing { name: &'a str },
 }
@@ -82,6 +85,7 @@ impl Shape<'_> {
             Shape::Manifests { .. } => MANIFESTS,
             Shape::Placement { .. } => PLACEMENT,
             Shape::Lease { .. } => LEASE,
+            Shape::Leases { .. } => LEASES,
             Shape::Pack { .. } => PACK,
             Shape::Missing { .. } => MISSING,
         }
@@ -112,6 +116,9 @@ fn shape(rest: &str) -> Option<Shape<'_>> {
     if n >= 3 && segs[n - 2] == "leases" {
         return Some(Shape::Lease { name: name(2)?, reader: segs[n - 1] });
     }
+    if n >= 2 && segs[n - 1] == "leases" {
+        return Some(Shape::Leases { name: name(1)? });
+    }
     if n >= 3 && segs[n - 2] == "manifests" {
         return Some(Shape::Manifest { name: name(2)?, digest: segs[n - 1] });
     }
@@ -138,6 +145,7 @@ pub(crate) fn dataset_in_path(rest: &str) -> Option<&str> {
         | Shape::Manifests { name }
         | Shape::Placement { name, .. }
         | Shape::Lease { name, .. }
+        | Shape::Leases { name }
         | Shape::Pack { name, .. }
         | Shape::Missing { name } => name,
     })
@@ -218,6 +226,10 @@ async fn handle(hub: &Hub, shape: Shape<'_>, req: Request) -> Result<Response, A
         Shape::Lease { name, reader } => {
             let name: Name = parse(name, "invalid_name")?;
             leases::put(hub, name, reader, req).await
+        }
+        Shape::Leases { name } => {
+            let name: Name = parse(name, "invalid_name")?;
+            leases::list(hub, name).await
         }
         Shape::Pack { name, digest } => {
             let name: Name = parse(name, "invalid_name")?;
@@ -472,7 +484,7 @@ mod tests {
                 Shape::Tags { name } => vec![name],
                 Shape::Tag { name, tag } | Shape::History { name, tag } => vec![name, tag],
                 Shape::Manifest { name, digest } => vec![name, digest],
-                Shape::Manifests { name } | Shape::Missing { name } => vec![name],
+                Shape::Manifests { name } | Shape::Missing { name } | Shape::Leases { name } => vec![name],
                 Shape::Pack { name, digest } | Shape::Placement { name, digest } => vec![name, digest],
                 Shape::Lease { name, reader } => vec![name, reader],
             };
@@ -491,6 +503,7 @@ mod tests {
         assert_eq!(parts("manifests"), None);
         assert_eq!(parts("a/b/packs/xyz"), Some((PACK, vec!["a/b", "xyz"])));
         assert_eq!(parts("a/chunks/missing"), Some((MISSING, vec!["a"])));
+        assert_eq!(parts("a/b/leases"), Some((LEASES, vec!["a/b"])));
         assert_eq!(parts("a/b/manifests/xyz/placement"), Some((PLACEMENT, vec!["a/b", "xyz"])));
         assert_eq!(parts("a/leases/pod-1"), Some((LEASE, vec!["a", "pod-1"])));
         assert_eq!(parts("tags/tags"), Some((TAGS, vec!["tags"])));
