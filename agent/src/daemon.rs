@@ -214,17 +214,25 @@ pub fn default_export(reference: &Reference) -> String {
     reference.name.segments().last().unwrap_or("data").to_string()
 }
 
+/// One reference served by `mount`, `serve` or `demo` ([`open_one`]).
+pub struct OneMount {
+    /// How its chunks are read; [`crate::follow::follow`] needs it to follow the tag.
+    pub packs: Arc<HubPacks>,
+    pub source: Arc<HubSource>,
+    pub mount: Arc<Mount>,
+}
+
 /// For `mount`, `serve` and `demo`: one reference, a memory-only cache, ready at once.
 pub async fn open_one(
     client: &HubClient,
     reference: &Reference,
     opts: &SourceOptions,
     readahead: u64,
-) -> Result<(Arc<HubSource>, Arc<Mount>), ResolveError> {
+) -> Result<OneMount, ResolveError> {
     let packs = HubPacks::new(client.clone());
     let (digest, manifest) = resolve(&packs, reference).await?;
-    let source = HubSource::new(packs, None, opts);
+    let source = HubSource::new(packs.clone(), None, opts);
     let mount = Mount::new(reference.clone(), digest, &manifest, Arc::new(SharedSource(source.clone())), readahead);
     mount.set_ready();
-    Ok((source, mount))
+    Ok(OneMount { packs, source, mount })
 }

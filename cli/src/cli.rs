@@ -366,6 +366,13 @@ pub struct DemoArgs {
     /// Do not mount through FUSE even where /dev/fuse is usable.
     #[arg(long)]
     pub no_fuse: bool,
+    /// Seconds after start at which the demo publishes v2 of examples/geoip,
+    /// moves latest and shows every view follow; --no-story to skip.
+    #[arg(long, value_name = "SECS", default_value_t = 10, conflicts_with = "no_story")]
+    pub story_after: u64,
+    /// Serve v1 only: do not publish v2.
+    #[arg(long)]
+    pub no_story: bool,
 }
 
 #[derive(Args, Debug)]

@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::{CacheArgs, DemoArgs};
 use crate::commands::shutdown_signal;
+use crate::progress::human_bytes;
 
 /// The example datasets, compiled in so the demo works from any directory.
 const EXAMPLES: &[(&str, &str, &[u8])] = &[
@@ -59,7 +60,16 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     // Serve geoip.
     let reference: Reference = "examples/geoip:latest".parse()?;
     let cache = CacheArgs { cache_mib: 64, readahead_mib: 8, fetch_timeout_secs: 30 };
-    let (_source, served) = open_one(&client, &reference, &cache.source_options(), cache.readahead_bytes()).await?;
+    let one = open_one(&client, &reference, &cache.source_options(), cache.readahead_bytes()).await?;
+    let served = one.mount.clone();
+    // The mounts follow `latest`, as an agent's do: the story below moves it.
+    tokio::spawn(aetherfs_agent::follow::follow(
+        one.packs.clone(),
+        one.source.clone(),
+        one.mount.clone(),
+        aetherfs_agent::config::Prefetch::None,
+        aetherfs_agent::follow::poll_interval(30),
+    ));
     let mut tasks = Tasks::new();
     let frontends = Frontends::open(client.clone());
     let webdav = frontends.start_webdav(&mut tasks, served.fs().clone(), &reference.name, a.webdav).await?;
@@ -81,6 +91,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     };
 
     let nfs_file = nfs.replacen("/geoip/", "/geoip/cities.csv", 1);
+    let story_after = (!a.no_story).then_some(a.story_after);
     println!("AetherFS demo is running (data in {}).", dir.display());
     println!();
     println!("Hub: {hub_url}   published: {}", published.join(", "));
@@ -105,7 +116,29 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     println!("  nfs-ls '{nfs}'");
     println!("  nfs-cat '{nfs_file}' | head");
     println!();
+    if let Some(after) = story_after {
+        println!("In {after} s the demo publishes v2 of examples/geoip (20 new cities) and moves latest.");
+    }
     println!("Ctrl-C stops the demo.");
+    if let Some(after) = story_after {
+        let story = Story {
+            client: client.clone(),
+            mount: served.clone(),
+            source: src.join("examples/geoip"),
+            webdav: webdav.clone(),
+            nfs_file: nfs_file.clone(),
+            fuse: fuse.is_some().then(|| mnt.clone()),
+        };
+        tasks.spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(after)).await;
+            if let Err(e) = story.tell().await {
+                eprintln!("error: the demo's v2 story failed: {}", aetherfs_util::one_line(&*e));
+            }
+            // The servers keep running; this task's end is no failure.
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+    }
 
     tokio::select! {
         _ = shutdown_signal() => {}
@@ -134,4 +167,85 @@ fn write_example(root: &Path, name: &str) -> Result<PathBuf> {
 fn fuse_usable() -> bool {
     std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_ok()
         && std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").is_file()))
+}
+
+/// What the demo does after a while: publish v2, move `latest`, and show
+/// that every view follows while a reader that opened the file before the
+/// move keeps reading v1.
+struct Story {
+    client: HubClient,
+    mount: Arc<aetherfs_agent::mount::Mount>,
+    /// The example's source directory, rewritten as v2.
+    source: PathBuf,
+    webdav: String,
+    nfs_file: String,
+    fuse: Option<PathBuf>,
+}
+
+/// Rows (lines after the header) of a CSV file's bytes.
+fn rows(csv: &[u8]) -> usize {
+    csv.iter().filter(|&&b| b == b'\n').count().saturating_sub(1)
+}
+
+impl Story {
+    async fn tell(&self) -> Result<()> {
+        let fs = self.mount.fs().clone();
+        let v1 = self.mount.digest();
+        // A reader that opened cities.csv before the move (any front end
+        // holds an inode of the version it opened).
+        let held = fs.lookup_path("cities.csv").context("cities.csv is not in the demo dataset")?;
+        let v1_rows = rows(&fs.read(held.ino, 0, aetherfs_mounts::MAX_READ).await?);
+
+        // v2: 20 more cities at the end of cities.csv, the rest unchanged.
+        let path = self.source.join("cities.csv");
+        let mut csv = std::fs::read(&path)?;
+        for i in 0..20 {
+            csv.extend_from_slice(format!("203.0.{i}.0/24,\"Nuuk\",GL,64.18{i:02},-51.72{i:02}\n").as_bytes());
+        }
+        std::fs::write(&path, &csv)?;
+        let name: Name = "examples/geoip".parse()?;
+        let tags = [Tag::latest(), "v2".parse()?];
+        let report = push(&self.client, &self.source, &name, &tags, &PushOptions::default(), Arc::new(|_| {}))
+            .await
+            .context("cannot publish v2")?;
+        let share = 100.0 * report.new_bytes as f64 / report.bytes.max(1) as f64;
+        println!();
+        println!("Published {name}@{} as v2 and moved latest:", report.digest);
+        println!(
+            "  new data {} of {} ({share:.1}%), {} uploaded in {} pack(s); the rest was already stored",
+            human_bytes(report.new_bytes),
+            human_bytes(report.bytes),
+            human_bytes(report.uploaded_bytes),
+            report.packs_uploaded,
+        );
+        println!("  aetherfs diff {name}:v1 {name}:v2    shows it file by file");
+
+        // The mounts follow the tag: wait for the switch.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.mount.digest() == v1 {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "the demo's mounts did not switch to v2 in 60 s");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        println!("  switched in {:?}; cities.csv now:", self.mount.last_switch());
+        let fresh = fs.lookup_path("cities.csv")?;
+        let core_rows = rows(&fs.read(fresh.ino, 0, aetherfs_mounts::MAX_READ).await?);
+        let webdav = reqwest::get(format!("{}cities.csv", self.webdav)).await?.error_for_status()?.bytes().await?;
+        println!("    WebDAV  {:>5} rows   (curl -s {}cities.csv | wc -l)", rows(&webdav), self.webdav);
+        if let Some(mnt) = &self.fuse {
+            let file = mnt.join("cities.csv");
+            let bytes = tokio::task::spawn_blocking(move || std::fs::read(file)).await??;
+            println!("    FUSE    {:>5} rows   (wc -l {}/cities.csv)", rows(&bytes), mnt.display());
+        }
+        match tokio::process::Command::new("nfs-cat").arg(&self.nfs_file).output().await {
+            Ok(out) if out.status.success() => {
+                println!("    NFSv3   {:>5} rows   (nfs-cat '{}' | wc -l)", rows(&out.stdout), self.nfs_file)
+            }
+            _ => println!("    NFSv3   reads the same core (install libnfs-utils for nfs-cat '{}')", self.nfs_file),
+        }
+        let old_rows = rows(&fs.read(held.ino, 0, aetherfs_mounts::MAX_READ).await?);
+        println!(
+            "  a reader that opened cities.csv before the move still reads v1: {old_rows} rows (v1 had {v1_rows}, v2 has {core_rows})"
+        );
+        Ok(())
+    }
 }

@@ -89,13 +89,25 @@ fn the_demo_serves_the_examples() {
     cmd.arg("demo")
         .arg("--dir")
         .arg(dir.path())
-        .args(["--webdav", "127.0.0.1:0", "--nfs", "127.0.0.1:0"])
+        .args(["--webdav", "127.0.0.1:0", "--nfs", "127.0.0.1:0", "--story-after", "1"])
         .env("AETHERFS_LOG", "warn");
-    let (proc, lines) = start_daemon(cmd, &["WebDAV: ", "Ctrl-C"]);
+    let (proc, lines) = start_daemon(
+        cmd,
+        &["WebDAV: ", "Ctrl-C", "new data ", "    WebDAV ", "    FUSE ", "    NFSv3 ", "still reads v1"],
+    );
     let webdav = lines[0].split("WebDAV: ").nth(1).unwrap().trim().to_string();
     let mnt = std::fs::canonicalize(dir.path()).unwrap().join("mnt");
     let rows = sqlite(&mnt.join("geoip.sqlite"), "SELECT count(*) FROM blocks;");
     assert_eq!(rows.trim(), "2000");
+    // The story: v2 adds 20 rows to cities.csv, latest moves, every view
+    // follows, and a reader that opened the file before keeps v1.
+    assert!(lines[2].contains(" of ") && lines[2].contains("%)"), "{}", lines[2]);
+    for view in &lines[3..6] {
+        assert!(view.contains(" 2020 rows") || view.contains("reads the same core"), "{view}");
+    }
+    assert!(lines[6].contains("reads v1: 2000 rows") && lines[6].contains("v2 has 2020"), "{}", lines[6]);
+    let csv = std::fs::read_to_string(mnt.join("cities.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2021, "the FUSE mount serves v2");
     let out = run_ok(
         Command::new("rclone").env("RCLONE_CONFIG", "/dev/null").args(["ls", &format!(":webdav,url='{webdav}':")]),
     );
