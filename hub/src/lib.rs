@@ -116,6 +116,7 @@ pub(crate) struct Inner {
     pub metrics: metrics::Metrics,
     pub uploads: Semaphore,
     pub json_views: Arc<Semaphore>,
+    pub dav: routes::dav::DavState,
 }
 
 impl Hub {
@@ -136,6 +137,7 @@ impl Hub {
     fn build(store: Arc<dyn ObjectStore>, description: String, opts: HubOptions) -> Hub {
         let metrics = metrics::Metrics::new();
         let chunks = chunk_index::ChunkIndex::new(store.clone(), metrics.chunks_indexed.clone());
+        let dav_store = store.clone();
         let hub = Hub {
             inner: Arc::new(Inner {
                 tags: tags::TagStore::new(store.clone()),
@@ -146,6 +148,7 @@ impl Hub {
                 metrics,
                 uploads: Semaphore::new(CONCURRENT_UPLOADS),
                 json_views: Arc::new(Semaphore::new(CONCURRENT_JSON_VIEWS)),
+                dav: routes::dav::DavState::new(dav_store),
             }),
         };
         hub.inner.chunks.start();

@@ -3,6 +3,7 @@
 
 mod chunks;
 mod datasets;
+pub(crate) mod dav;
 mod gc;
 mod json_stream;
 mod leases;
@@ -37,6 +38,10 @@ pub(crate) struct RouteSpec {
 /// Largest other JSON body (a tag move).
 const SMALL_BODY_MAX: usize = 64 << 10;
 
+/// The methods of read-only WebDAV the route table records (dav-server also
+/// answers OPTIONS and PROPFIND, which OpenAPI cannot describe).
+const DAV_METHODS: &[&str] = &["GET"];
+
 /// Records each route as it is added, so the served set is known exactly.
 struct Builder {
     router: Router<Hub>,
@@ -67,6 +72,10 @@ pub(crate) fn build(hub: Hub) -> (Router, Vec<RouteSpec>) {
     b.router =
         b.router.route("/v1/datasets/{*rest}", any(datasets::dispatch).layer(DefaultBodyLimit::max(SMALL_BODY_MAX)));
     b.specs.extend_from_slice(datasets::ROUTES);
+    // WebDAV of every readable dataset (dav.rs); dav-server answers each method.
+    b = b.route(spec("/dav", DAV_METHODS), any(dav::serve)).route(spec("/dav/", DAV_METHODS), any(dav::serve));
+    b.router = b.router.route("/dav/{*path}", any(dav::serve));
+    b.specs.push(spec("/dav/{path}", DAV_METHODS));
     let router = b
         .router
         .fallback(|| async { AppError::route_not_found() })
@@ -94,6 +103,9 @@ pub(crate) fn need(method: &Method, path: &str) -> Need {
         "/metrics" => return Need::Metrics,
         "/v1/datasets" => return Need::Listing,
         "/v1/gc" => return Need::Everywhere(Permission::Admin),
+        // Any caller who may read something; the tree shows only what they may read.
+        "/dav" => return Need::Listing,
+        p if p.starts_with("/dav/") => return Need::Listing,
         _ => {}
     }
     if let Some(name) = path.strip_prefix("/v1/datasets/").and_then(datasets::dataset_in_path) {
@@ -260,6 +272,7 @@ mod tests {
             .replace("{reader}", "pod-1")
             .replace("{tag}", "latest")
             .replace("{digest}", &Digest::of(b"x").to_string())
+            .replace("{path}", "acme/geoip/latest/x.csv")
     }
 
     /// What each route needs; the name checked is the raw name the handler reads.
@@ -321,7 +334,8 @@ mod tests {
                 let status = res.status();
                 if allowed {
                     assert!(status != StatusCode::METHOD_NOT_ALLOWED, "{m} {path} is documented but refused");
-                    if status == StatusCode::NOT_FOUND && m != "HEAD" {
+                    // WebDAV answers in WebDAV, not in the API's JSON errors.
+                    if status == StatusCode::NOT_FOUND && m != "HEAD" && !path.starts_with("/dav") {
                         let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.expect("body");
                         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
                         assert_ne!(v["error"]["code"], "not_found", "{m} {path} is not routed");

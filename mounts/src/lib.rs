@@ -16,10 +16,11 @@
 //! - [`stats`]: what readers do with each version (reads, bytes, latency, cache hits, files).
 //! - [`fuse`]: FUSE front end (`adapter`, `session`, `stale`).
 //! - [`nfs`]: NFSv3 front end.
-//! - [`webdav`]: WebDAV front end.
+//! - [`webdav`]: WebDAV front end; [`catalog`]: many datasets in one WebDAV tree (the hub's).
 //! - [`testing`]: fakes for tests: an in-memory source, a fault injector, a
 //!   directory-to-version builder.
 
+pub mod catalog;
 mod fs;
 pub mod fuse;
 pub mod nfs;

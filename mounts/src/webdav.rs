@@ -231,10 +231,9 @@ impl DavFs {
         Ok(Resolved { attr, canon, dir_links })
     }
 
-    fn resolve(&self, path: &DavPath) -> Result<Resolved, FsError> {
+    fn resolve(&self, segs: &[&str]) -> Result<Resolved, FsError> {
         let mut at = Resolved { attr: self.fs.getattr(ROOT)?, canon: Vec::new(), dir_links: 0 };
-        for seg in path.as_bytes().split(|&b| b == b'/').filter(|s| !s.is_empty()) {
-            let seg = std::str::from_utf8(seg).map_err(|_| FsError::NotFound)?;
+        for &seg in segs {
             if seg == "." || seg == ".." {
                 return Err(FsError::NotFound);
             }
@@ -242,61 +241,72 @@ impl DavFs {
         }
         Ok(at)
     }
+
+    pub(crate) fn open_at(&self, segs: &[&str], options: &OpenOptions) -> FsResult<Box<dyn DavFile>> {
+        if options.write || options.append || options.truncate || options.create || options.create_new {
+            return Err(DavError::Forbidden);
+        }
+        let r = self.resolve(segs).map_err(dav_err)?;
+        if r.attr.kind != Kind::File {
+            return Err(DavError::Forbidden);
+        }
+        let meta = Meta::of(&r.attr);
+        Ok(Box::new(File { fs: self.fs.clone(), ino: r.attr.ino, pos: 0, meta }) as Box<dyn DavFile>)
+    }
+
+    pub(crate) fn read_dir_at(&self, segs: &[&str]) -> FsResult<Vec<FsResult<Box<dyn DavDirEntry>>>> {
+        let dir = self.resolve(segs).map_err(dav_err)?;
+        if dir.attr.kind != Kind::Dir {
+            return Err(DavError::Forbidden);
+        }
+        let listing = self.fs.readdir(dir.attr.ino, 0, usize::MAX).map_err(dav_err)?;
+        let mut entries: Vec<FsResult<Box<dyn DavDirEntry>>> = Vec::with_capacity(listing.len());
+        for e in listing {
+            let attr = if e.attr.kind == Kind::Symlink {
+                // Dangling, escaping or too deep: not listed.
+                match self.step(&dir, &e.name) {
+                    Ok(r) => r.attr,
+                    Err(_) => continue,
+                }
+            } else {
+                e.attr
+            };
+            entries.push(Ok(Box::new(Entry { name: e.name, meta: Meta::of(&attr) })));
+        }
+        Ok(entries)
+    }
+
+    pub(crate) fn metadata_at(&self, segs: &[&str]) -> FsResult<Box<dyn DavMetaData>> {
+        let r = self.resolve(segs).map_err(dav_err)?;
+        Ok(Box::new(Meta::of(&r.attr)) as Box<dyn DavMetaData>)
+    }
+}
+
+/// A request path's names; `None` when one is not UTF-8 (no such node).
+pub(crate) fn segments(path: &DavPath) -> Option<Vec<&str>> {
+    path.as_bytes().split(|&b| b == b'/').filter(|s| !s.is_empty()).map(|s| std::str::from_utf8(s).ok()).collect()
 }
 
 impl DavFileSystem for DavFs {
     fn open<'a>(&'a self, path: &'a DavPath, options: OpenOptions) -> FsFuture<'a, Box<dyn DavFile>> {
-        async move {
-            if options.write || options.append || options.truncate || options.create || options.create_new {
-                return Err(DavError::Forbidden);
-            }
-            let r = self.resolve(path).map_err(dav_err)?;
-            if r.attr.kind != Kind::File {
-                return Err(DavError::Forbidden);
-            }
-            let meta = Meta::of(&r.attr);
-            Ok(Box::new(File { fs: self.fs.clone(), ino: r.attr.ino, pos: 0, meta }) as Box<dyn DavFile>)
-        }
-        .boxed()
+        let r = segments(path).ok_or(DavError::NotFound).and_then(|s| self.open_at(&s, &options));
+        futures::future::ready(r).boxed()
     }
 
     fn read_dir<'a>(&'a self, path: &'a DavPath, _meta: ReadDirMeta) -> FsFuture<'a, FsStream<Box<dyn DavDirEntry>>> {
-        async move {
-            let dir = self.resolve(path).map_err(dav_err)?;
-            if dir.attr.kind != Kind::Dir {
-                return Err(DavError::Forbidden);
-            }
-            let listing = self.fs.readdir(dir.attr.ino, 0, usize::MAX).map_err(dav_err)?;
-            let mut entries: Vec<FsResult<Box<dyn DavDirEntry>>> = Vec::with_capacity(listing.len());
-            for e in listing {
-                let attr = if e.attr.kind == Kind::Symlink {
-                    // Dangling, escaping or too deep: not listed.
-                    match self.step(&dir, &e.name) {
-                        Ok(r) => r.attr,
-                        Err(_) => continue,
-                    }
-                } else {
-                    e.attr
-                };
-                entries.push(Ok(Box::new(Entry { name: e.name, meta: Meta::of(&attr) })));
-            }
-            Ok(Box::pin(futures::stream::iter(entries)) as FsStream<Box<dyn DavDirEntry>>)
-        }
-        .boxed()
+        let r = segments(path).ok_or(DavError::NotFound).and_then(|s| self.read_dir_at(&s));
+        futures::future::ready(r.map(|e| Box::pin(futures::stream::iter(e)) as FsStream<Box<dyn DavDirEntry>>)).boxed()
     }
 
     fn metadata<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, Box<dyn DavMetaData>> {
-        async move {
-            let r = self.resolve(path).map_err(dav_err)?;
-            Ok(Box::new(Meta::of(&r.attr)) as Box<dyn DavMetaData>)
-        }
-        .boxed()
+        let r = segments(path).ok_or(DavError::NotFound).and_then(|s| self.metadata_at(&s));
+        futures::future::ready(r).boxed()
     }
 }
 
 /// Metadata computed once from the core's attributes.
 #[derive(Debug, Clone)]
-struct Meta {
+pub(crate) struct Meta {
     len: u64,
     modified: SystemTime,
     dir: bool,
@@ -305,6 +315,11 @@ struct Meta {
 }
 
 impl Meta {
+    /// A directory that is no node of a version (a catalog level).
+    pub(crate) fn virtual_dir(etag: String) -> Meta {
+        Meta { len: 0, modified: SystemTime::UNIX_EPOCH, dir: true, exec: false, etag }
+    }
+
     fn of(a: &Attr) -> Meta {
         let dir = a.kind == Kind::Dir;
         Meta {
@@ -343,9 +358,9 @@ impl DavMetaData for Meta {
     }
 }
 
-struct Entry {
-    name: String,
-    meta: Meta,
+pub(crate) struct Entry {
+    pub(crate) name: String,
+    pub(crate) meta: Meta,
 }
 
 impl DavDirEntry for Entry {

@@ -253,6 +253,21 @@ pub(crate) async fn list(State(hub): State<Hub>, caller: Option<Extension<Caller
 }
 
 async fn list_datasets(hub: &Hub, caller: Option<Caller>) -> Result<Json<DatasetList>, AppError> {
+    let names = dataset_names(hub, caller.as_ref()).await?;
+    let tags = &hub.inner.tags;
+    let datasets = futures::stream::iter(names)
+        .map(|name| async move {
+            let records = tags.list(&name).await?;
+            Ok::<_, AppError>(DatasetSummary { name, tags: records.into_iter().map(|r| r.tag).collect() })
+        })
+        .buffered(LIST_PARALLELISM)
+        .try_collect()
+        .await?;
+    Ok(Json(DatasetList { datasets }))
+}
+
+/// Every dataset the caller may read (all of them without access control), sorted.
+pub(crate) async fn dataset_names(hub: &Hub, caller: Option<&Caller>) -> Result<Vec<Name>, AppError> {
     let store = &hub.inner.store;
     let mut names = Vec::new();
     let mut stack = vec![storage::datasets_dir()];
@@ -270,20 +285,11 @@ async fn list_datasets(hub: &Hub, caller: Option<Caller>) -> Result<Json<Dataset
             names.push(name);
         }
     }
-    if let Some(c) = &caller {
+    if let Some(c) = caller {
         names.retain(|n| c.can(Permission::Read, n.as_str()));
     }
     names.sort();
-    let tags = &hub.inner.tags;
-    let datasets = futures::stream::iter(names)
-        .map(|name| async move {
-            let records = tags.list(&name).await?;
-            Ok::<_, AppError>(DatasetSummary { name, tags: records.into_iter().map(|r| r.tag).collect() })
-        })
-        .buffered(LIST_PARALLELISM)
-        .try_collect()
-        .await?;
-    Ok(Json(DatasetList { datasets }))
+    Ok(names)
 }
 
 async fn dataset_exists(hub: &Hub, name: &Name) -> Result<bool, AppError> {
@@ -406,8 +412,14 @@ async fn list_versions(hub: &Hub, name: Name) -> Result<Response, AppError> {
     if !dataset_exists(hub, &name).await? {
         return Err(AppError::not_found("dataset_not_found", format!("dataset {name} does not exist")));
     }
+    let versions = stored_versions(hub, &name).await?;
+    Ok(Json(VersionList { name, versions }).into_response())
+}
+
+/// Every stored version of `name`, oldest first.
+pub(crate) async fn stored_versions(hub: &Hub, name: &Name) -> Result<Vec<VersionEntry>, AppError> {
     let metas: Vec<object_store::ObjectMeta> =
-        hub.inner.store.list(Some(&storage::manifests_dir(&name))).try_collect().await.ctx("listing versions")?;
+        hub.inner.store.list(Some(&storage::manifests_dir(name))).try_collect().await.ctx("listing versions")?;
     let mut versions: Vec<VersionEntry> = metas
         .into_iter()
         .filter_map(|m| {
@@ -416,7 +428,7 @@ async fn list_versions(hub: &Hub, name: Name) -> Result<Response, AppError> {
         })
         .collect();
     versions.sort_by(|a, b| (&a.stored_at, a.digest.hex()).cmp(&(&b.stored_at, b.digest.hex())));
-    Ok(Json(VersionList { name, versions }).into_response())
+    Ok(versions)
 }
 
 /// An object's modification time, as RFC 3339.

@@ -130,7 +130,7 @@ pub(crate) async fn get(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
     Ok((cache, [(header::CONTENT_TYPE, HeaderValue::from_static(MANIFEST_CONTENT_TYPE))], bytes).into_response())
 }
 
-async fn read_placement(hub: &Hub, name: &Name, digest: &Digest) -> Result<bytes::Bytes, AppError> {
+pub(crate) async fn read_placement(hub: &Hub, name: &Name, digest: &Digest) -> Result<bytes::Bytes, AppError> {
     get_bytes(&*hub.inner.store, &storage::placement(name, digest))
         .await
         .ctx("reading a placement")?
