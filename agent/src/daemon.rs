@@ -4,9 +4,10 @@
 //! the single-mount setup of `mount`, `serve` and `demo`.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use aetherfs_cache::{CacheError, CacheKey, DiskCache, DiskCacheConfig};
+use aetherfs_cache::{CacheError, CacheKey, ChunkCache, DiskCache, DiskCacheConfig};
 use aetherfs_format::Reference;
 use aetherfs_hub_client::HubClient;
 use aetherfs_mounts::fuse::{FuseError, FuseOptions, clear_stale_mount};
@@ -77,17 +78,11 @@ pub async fn run(
     key: CacheKey,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    // The cache sizes its segments from the bound (an eighth of it, at most 64 MiB).
-    let disk_cfg = DiskCacheConfig::new(cfg.cache.dir.clone(), cfg.cache.max_size.0, key);
-    let dir = cfg.cache.dir.clone();
-    let disk = tokio::task::spawn_blocking(move || DiskCache::open(disk_cfg))
-        .await
-        .map_err(AgentError::Task)?
-        .map_err(|source| AgentError::Cache { dir, source })?;
+    let disk = open_disk(cfg.cache.dir.clone(), cfg.cache.max_size.0, key).await?;
     let packs = HubPacks::new(client.clone());
     let source = HubSource::new(
         packs.clone(),
-        Some(Arc::new(disk)),
+        Some(disk),
         &SourceOptions {
             memory_bytes: cfg.cache.memory_size.0,
             timeout: std::time::Duration::from_secs(cfg.fetch.timeout_secs),
@@ -214,6 +209,17 @@ pub fn default_export(reference: &Reference) -> String {
     reference.name.segments().last().unwrap_or("data").to_string()
 }
 
+/// Opens (or creates) the encrypted disk cache in `dir`, bounded by `max_bytes`.
+pub async fn open_disk(dir: PathBuf, max_bytes: u64, key: CacheKey) -> Result<Arc<dyn ChunkCache>, AgentError> {
+    // The cache sizes its segments from the bound (an eighth of it, at most 64 MiB).
+    let disk_cfg = DiskCacheConfig::new(dir.clone(), max_bytes, key);
+    let disk = tokio::task::spawn_blocking(move || DiskCache::open(disk_cfg))
+        .await
+        .map_err(AgentError::Task)?
+        .map_err(|source| AgentError::Cache { dir, source })?;
+    Ok(Arc::new(disk))
+}
+
 /// One reference served by `mount`, `serve` or `demo` ([`open_one`]).
 pub struct OneMount {
     /// How its chunks are read; [`crate::follow::follow`] needs it to follow the tag.
@@ -222,16 +228,18 @@ pub struct OneMount {
     pub mount: Arc<Mount>,
 }
 
-/// For `mount`, `serve` and `demo`: one reference, a memory-only cache, ready at once.
+/// For `mount`, `serve` and `demo`: one reference over the agent's cache
+/// stack (the memory tier, then `disk` when given), ready at once.
 pub async fn open_one(
     client: &HubClient,
     reference: &Reference,
     opts: &SourceOptions,
     readahead: u64,
+    disk: Option<Arc<dyn ChunkCache>>,
 ) -> Result<OneMount, ResolveError> {
     let packs = HubPacks::new(client.clone());
     let (digest, manifest) = resolve(&packs, reference).await?;
-    let source = HubSource::new(packs.clone(), None, opts);
+    let source = HubSource::new(packs.clone(), disk, opts);
     let mount = Mount::new(reference.clone(), digest, &manifest, Arc::new(SharedSource(source.clone())), readahead);
     mount.set_ready();
     Ok(OneMount { packs, source, mount })

@@ -217,6 +217,23 @@ pub struct CacheArgs {
     /// A read that needs the hub fails with EIO after this many seconds.
     #[arg(long, default_value_t = 30)]
     pub fetch_timeout_secs: u64,
+    /// The encrypted disk cache under the memory tier, as the agent's
+    /// (docs/cache.md). Default: a fresh directory under the system's
+    /// temporary directory, removed at exit, with a random key.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// The disk cache's bound (e.g. 10GiB); 0 turns the disk cache off.
+    #[arg(long, value_name = "SIZE", default_value = "4GiB", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// File holding the disk cache's key (hex or base64, 32 bytes): with it
+    /// and --cache-dir the cache survives restarts. Default: a random key
+    /// held in memory only.
+    #[arg(long, value_name = "FILE", requires = "cache_dir")]
+    pub cache_key_file: Option<PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<aetherfs_agent::config::Size>().map(|z| z.0).map_err(|e| e.to_string())
 }
 
 impl CacheArgs {
@@ -231,6 +248,34 @@ impl CacheArgs {
 
     pub fn readahead_bytes(&self) -> u64 {
         self.readahead_mib << 20
+    }
+
+    /// The disk cache these flags ask for, and the temporary directory that
+    /// holds it when none was given (removed when dropped).
+    pub async fn disk(
+        &self,
+    ) -> anyhow::Result<(Option<std::sync::Arc<dyn aetherfs_cache::ChunkCache>>, Option<tempfile::TempDir>)> {
+        use anyhow::Context;
+        if self.cache_size == 0 {
+            return Ok((None, None));
+        }
+        let key = match &self.cache_key_file {
+            Some(p) => aetherfs_cache::CacheKey::from_file(p)
+                .with_context(|| format!("cannot load the cache key {}", p.display()))?,
+            None => aetherfs_cache::CacheKey::Ephemeral,
+        };
+        let (dir, temp) = match &self.cache_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("aetherfs-cache-")
+                    .tempdir()
+                    .context("cannot create a temporary cache directory")?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let disk = aetherfs_agent::daemon::open_disk(dir, self.cache_size, key).await?;
+        Ok((Some(disk), temp))
     }
 }
 

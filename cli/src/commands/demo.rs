@@ -59,8 +59,16 @@ pub async fn run(a: DemoArgs) -> Result<()> {
 
     // Serve geoip.
     let reference: Reference = "examples/geoip:latest".parse()?;
-    let cache = CacheArgs { cache_mib: 64, readahead_mib: 8, fetch_timeout_secs: 30 };
-    let one = open_one(&client, &reference, &cache.source_options(), cache.readahead_bytes()).await?;
+    let cache = CacheArgs {
+        cache_mib: 64,
+        readahead_mib: 8,
+        fetch_timeout_secs: 30,
+        cache_dir: None,
+        cache_size: 1 << 30,
+        cache_key_file: None,
+    };
+    let (disk, _disk_dir) = cache.disk().await?;
+    let one = open_one(&client, &reference, &cache.source_options(), cache.readahead_bytes(), disk).await?;
     let served = one.mount.clone();
     // The mounts follow `latest`, as an agent's do: the story below moves it.
     tokio::spawn(aetherfs_agent::follow::follow(

@@ -15,8 +15,9 @@ pub async fn run(g: &GlobalArgs, a: MountArgs) -> Result<()> {
     if clear_stale_mount(&a.mountpoint).with_context(|| format!("cannot check {}", a.mountpoint.display()))? {
         eprintln!("aetherfs mount: cleared a stale mount at {}", a.mountpoint.display());
     }
+    let (disk, _disk_dir) = a.cache.disk().await?;
     let aetherfs_agent::daemon::OneMount { source, mount: served, .. } =
-        open_one(&client, &reference, &a.cache.source_options(), a.cache.readahead_bytes()).await?;
+        open_one(&client, &reference, &a.cache.source_options(), a.cache.readahead_bytes(), disk).await?;
     if let Some(addr) = a.admin {
         let local =
             serve_admin(addr, Admin::with(source, served.clone()), admin_token, a.allowed_hosts.clone()).await?;

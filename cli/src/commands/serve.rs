@@ -18,8 +18,9 @@ pub async fn run(g: &GlobalArgs, a: ServeArgs) -> Result<()> {
     let reference = parse_ref(&a.reference)?;
     let client = client(g)?;
     let frontends = Frontends::new(access, client.clone(), a.allowed_hosts.clone())?;
+    let (disk, _disk_dir) = a.cache.disk().await?;
     let aetherfs_agent::daemon::OneMount { source, mount: served, .. } =
-        open_one(&client, &reference, &a.cache.source_options(), a.cache.readahead_bytes()).await?;
+        open_one(&client, &reference, &a.cache.source_options(), a.cache.readahead_bytes(), disk).await?;
     eprintln!("aetherfs serve: {}@{}", served.name(), served.digest());
     if let Some(addr) = a.admin {
         let local =

@@ -115,3 +115,42 @@ fn the_demo_serves_the_examples() {
     assert!(terminate(proc).success());
     assert!(!is_mounted(&mnt));
 }
+
+/// `serve` reads through the agent's cache stack: a memory tier far smaller
+/// than the file, then an encrypted disk cache (by default in a temporary
+/// directory, removed at exit), so a second GET fetches nothing from the hub.
+#[test]
+fn serve_reads_a_file_bigger_than_memory_once_from_the_hub() {
+    let hub = Hub::start("memory://");
+    let src = tempfile::tempdir().unwrap();
+    let big = crate::harness::random_bytes(12 << 20, 7);
+    std::fs::write(src.path().join("big.bin"), &big).unwrap();
+    run_ok(hub.cmd().arg("push").arg(src.path()).arg("acme/cached:v1"));
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = hub.cmd();
+    cmd.args(["serve", "acme/cached:v1", "--webdav", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--cache-mib", "1"])
+        .env("TMPDIR", tmp.path());
+    let (proc, lines) = start_daemon(cmd, &["WebDAV on ", "admin on "]);
+    let webdav = lines[0].split("WebDAV on ").nth(1).unwrap().trim().to_string();
+    let admin = lines[1].split("admin on ").nth(1).unwrap().trim().to_string();
+    let fetched = || {
+        let m = run_ok(Command::new("curl").args(["-fsS", &format!("{admin}/metrics")]));
+        let v = |name: &str| crate::harness::metric(&m, name).unwrap_or(0.0) as u64;
+        (v("aetherfs_fetched_bytes_total"), v("aetherfs_cache_disk_hits_total"))
+    };
+    let get = || {
+        let out = Command::new("curl").args(["-fsS", &format!("{webdav}big.bin")]).output().unwrap();
+        assert!(out.status.success());
+        assert!(out.stdout == big, "served bytes differ");
+    };
+    get();
+    let (first, _) = fetched();
+    assert!(first >= 12 << 20, "fetched {first}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "one temporary cache directory");
+    get();
+    let (second, disk_hits) = fetched();
+    assert_eq!(second, first, "the second GET went to the hub again");
+    assert!(disk_hits > 0, "served from the disk cache");
+    assert!(terminate(proc).success());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "the temporary cache was left behind");
+}
