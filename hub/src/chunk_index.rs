@@ -58,6 +58,8 @@ struct Shared {
     started: AtomicBool,
     last_rescan: tokio::sync::Mutex<Option<Instant>>,
     gauge: Gauge,
+    /// [`ChunkIndex::estimated_bytes`], for metrics.
+    bytes_gauge: Gauge,
 }
 
 /// Where one chunk is stored: usually one place, rarely more.
@@ -109,7 +111,7 @@ struct State {
 }
 
 impl ChunkIndex {
-    pub fn new(store: Arc<dyn ObjectStore>, gauge: Gauge) -> Self {
+    pub fn new(store: Arc<dyn ObjectStore>, gauge: Gauge, bytes_gauge: Gauge) -> Self {
         let (ready, _) = watch::channel(false);
         Self {
             shared: Arc::new(Shared {
@@ -119,6 +121,7 @@ impl ChunkIndex {
                 started: AtomicBool::new(false),
                 last_rescan: tokio::sync::Mutex::new(None),
                 gauge,
+                bytes_gauge,
             }),
         }
     }
@@ -206,7 +209,7 @@ impl ChunkIndex {
             state.packs.remove(p);
             state.links.remove(p);
         }
-        self.shared.gauge.set(state.chunks.len() as i64);
+        publish_size(&self.shared, &state);
     }
 
     /// Reads indexes other replicas added since the last scan, unless a scan
@@ -228,6 +231,17 @@ impl ChunkIndex {
     /// Records a pack this replica just stored.
     pub fn add_pack(&self, pack: Digest, size: u64, entries: &[PackEntry]) {
         insert(&self.shared, pack, Some(size), entries);
+    }
+
+    /// The index's memory, estimated ([`entry_bytes`] per chunk).
+    pub fn estimated_bytes(&self) -> u64 {
+        self.shared.state.read().chunks.len() as u64 * entry_bytes()
+    }
+
+    /// How many of `entries` the index does not hold yet.
+    pub fn unknown(&self, entries: &[PackEntry]) -> usize {
+        let state = self.shared.state.read();
+        entries.iter().filter(|e| !state.chunks.contains_key(&e.digest)).count()
     }
 
     /// Whether `name` may read `pack`, as far as this replica knows.
@@ -358,7 +372,18 @@ fn insert(shared: &Shared, pack: Digest, size: Option<u64>, entries: &[PackEntry
         *known = size;
     }
     state.bad.remove(&pack);
+    publish_size(shared, &state);
+}
+
+/// Memory one indexed chunk takes, estimated: the map's entry (digest and
+/// location) over its load factor (7/8), plus a control byte.
+pub(crate) fn entry_bytes() -> u64 {
+    (std::mem::size_of::<(Digest, Located)>() as u64) * 8 / 7 + 1
+}
+
+fn publish_size(shared: &Shared, state: &State) {
     shared.gauge.set(state.chunks.len() as i64);
+    shared.bytes_gauge.set(i64::try_from(state.chunks.len() as u64 * entry_bytes()).unwrap_or(i64::MAX));
 }
 
 #[cfg(test)]
@@ -385,7 +410,8 @@ mod tests {
 
     #[tokio::test]
     async fn lookups_skip_packs_the_caller_cannot_use_or_that_are_condemned() {
-        let index = ChunkIndex::new(Arc::new(object_store::memory::InMemory::new()), Gauge::default());
+        let index =
+            ChunkIndex::new(Arc::new(object_store::memory::InMemory::new()), Gauge::default(), Gauge::default());
         let (p1, p2) = (Digest::of(b"p1"), Digest::of(b"p2"));
         let d = Digest::of(b"chunk");
         let e = PackEntry { digest: d, offset: 8, stored_len: 3, len: 3, compression: Compression::None };

@@ -76,6 +76,10 @@ pub struct HubOptions {
     /// authentication) answers to; other Host headers are refused, which
     /// keeps DNS rebinding away from it. `"*"`: any.
     pub allowed_hosts: Vec<String>,
+    /// Most memory the chunk index may take (estimated): a pack whose new
+    /// chunks would take it past this is refused (`507 index_full`), so
+    /// uploads cannot grow the hub past what it can load at every start.
+    pub max_index_bytes: u64,
     /// Longest an upload's body may pause between two pieces before it is
     /// refused (`408 body_timeout`), freeing its upload slot.
     pub body_stall: std::time::Duration,
@@ -91,6 +95,7 @@ impl Default for HubOptions {
             lifecycle: Lifecycle::default(),
             allowed_hosts: Vec::new(),
             body_stall: std::time::Duration::from_secs(30),
+            max_index_bytes: 4 << 30,
         }
     }
 }
@@ -136,7 +141,11 @@ impl Hub {
 
     fn build(store: Arc<dyn ObjectStore>, description: String, opts: HubOptions) -> Hub {
         let metrics = metrics::Metrics::new();
-        let chunks = chunk_index::ChunkIndex::new(store.clone(), metrics.chunks_indexed.clone());
+        let chunks = chunk_index::ChunkIndex::new(
+            store.clone(),
+            metrics.chunks_indexed.clone(),
+            metrics.chunk_index_bytes.clone(),
+        );
         let dav_store = store.clone();
         let hub = Hub {
             inner: Arc::new(Inner {

@@ -28,6 +28,7 @@ pub(crate) const MANIFESTS_PUBLISHED: &str = "aetherfs_hub_manifests_published";
 pub(crate) const TAG_MOVES: &str = "aetherfs_hub_tag_moves";
 pub(crate) const VERSIONS_DELETED: &str = "aetherfs_hub_versions_deleted";
 pub(crate) const CHUNKS_INDEXED: &str = "aetherfs_hub_chunks_indexed";
+pub(crate) const CHUNK_INDEX_BYTES: &str = "aetherfs_hub_chunk_index_bytes";
 pub(crate) const LONG_POLLS_WAITING: &str = "aetherfs_hub_long_polls_waiting";
 pub(crate) const AUTH_FAILURES: &str = "aetherfs_hub_auth_failures";
 pub(crate) const GC_RUNS: &str = "aetherfs_hub_gc_runs";
@@ -87,6 +88,7 @@ pub(crate) struct Metrics {
     pub tag_moves: Counter,
     pub versions_deleted: Counter,
     pub chunks_indexed: Gauge,
+    pub chunk_index_bytes: Gauge,
     pub long_polls_waiting: Gauge,
     pub auth_failures: Family<AuthLabels, Counter>,
     pub gc_runs: Family<OutcomeLabels, Counter>,
@@ -123,6 +125,7 @@ impl Metrics {
             tag_moves: Counter::default(),
             versions_deleted: Counter::default(),
             chunks_indexed: Gauge::default(),
+            chunk_index_bytes: Gauge::default(),
             long_polls_waiting: Gauge::default(),
             auth_failures: Family::default(),
             gc_runs: Family::default(),
@@ -164,6 +167,11 @@ impl Metrics {
         r.register(TAG_MOVES, "Tag moves and deletions made through this replica", m.tag_moves.clone());
         r.register(VERSIONS_DELETED, "Versions deleted through this replica", m.versions_deleted.clone());
         r.register(CHUNKS_INDEXED, "Distinct chunks in this replica's chunk index", m.chunks_indexed.clone());
+        r.register(
+            CHUNK_INDEX_BYTES,
+            "Memory of this replica's chunk index, estimated (bounded by --max-index-mib)",
+            m.chunk_index_bytes.clone(),
+        );
         r.register(LONG_POLLS_WAITING, "Tag long-polls currently waiting", m.long_polls_waiting.clone());
         r.register(
             AUTH_FAILURES,

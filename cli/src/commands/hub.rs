@@ -50,6 +50,7 @@ pub async fn run(a: HubArgs) -> Result<()> {
         lifecycle,
         allowed_hosts: a.allowed_hosts.clone(),
         body_stall: std::time::Duration::from_secs(a.body_timeout_secs),
+        max_index_bytes: a.max_index_mib << 20,
         ..HubOptions::default()
     };
     let hub = Hub::open(opts).await.context("cannot open the hub's storage")?;

@@ -196,3 +196,33 @@ async fn a_pack_of_too_many_tiny_chunks_is_refused() {
     assert!(msg.contains("more than 65536 chunks"), "{msg}");
     assert!(h.keys().await.is_empty(), "something was stored");
 }
+
+/// Finding 3, by bytes: every replica keeps every stored chunk in memory, so
+/// the index has a bound in bytes; a pack whose new chunks would pass it is
+/// refused (507 `index_full`) and nothing is stored, while one that fits, or
+/// one whose chunks are all known, is accepted.
+#[tokio::test]
+async fn the_chunk_index_is_bounded_in_bytes() {
+    use aetherfs_format::pack::PackBuilder;
+    let pack_of = |n: u32, salt: u32| {
+        let mut b = PackBuilder::new();
+        for i in 0..n {
+            let c = [i.to_le_bytes(), salt.to_le_bytes()].concat();
+            b.add(Digest::of(&c), &c, false);
+        }
+        b.finish()
+    };
+    // Room for a few hundred chunks, whatever an entry takes (50 to 200 bytes).
+    let (h, _) = counted_hub(HubOptions { max_index_bytes: 40_000, ..HubOptions::default() }).await;
+    let small = pack_of(100, 1);
+    assert_eq!(h.put_pack(&small).await.status, StatusCode::CREATED);
+    let big = pack_of(1000, 2);
+    let msg = h.put_pack(&big).await.err(StatusCode::INSUFFICIENT_STORAGE, "index_full");
+    assert!(msg.contains("--max-index-mib"), "{msg}");
+    assert!(!h.keys().await.iter().any(|k| k.contains(&big.digest.hex())), "the refused pack was stored");
+    // The same chunks again add nothing to the index: accepted.
+    assert_eq!(h.put_pack(&small).await.status, StatusCode::OK);
+    let m = h.get("/metrics").await.text();
+    let bytes = gauge(&m, "aetherfs_hub_chunk_index_bytes");
+    assert!(bytes > 0.0 && bytes <= 40_000.0, "{bytes}");
+}
