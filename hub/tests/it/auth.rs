@@ -151,7 +151,8 @@ async fn documented_routes(t: &T) -> Vec<(String, Method)> {
                 let p = path
                     .replace("{name}", "team-a/x")
                     .replace("{tag}", "v1")
-                    .replace("{digest}", &Digest::of(b"x").to_string());
+                    .replace("{digest}", &Digest::of(b"x").to_string())
+                    .replace("{path}", "team-a/x/v1/data.txt");
                 out.push((p, method));
             }
         }
@@ -179,6 +180,20 @@ async fn every_route_is_enforced() {
         if method == Method::HEAD {
             assert_eq!(anon.status, StatusCode::UNAUTHORIZED, "HEAD {path}");
             assert_eq!(nobody.status, StatusCode::FORBIDDEN, "HEAD {path}");
+            continue;
+        }
+        if path.starts_with("/dav") {
+            // WebDAV: credentials first, then a listing like /v1/datasets
+            // (nothing here), in WebDAV's own words.
+            anon.err(StatusCode::UNAUTHORIZED, "unauthorized");
+            if path.ends_with("data.txt") {
+                // No dataset is stored here: 404 whoever asks (one that exists
+                // and the caller may not read is 403: cli/tests/it/hub_dav.rs).
+                assert_eq!(nobody.status, StatusCode::NOT_FOUND, "{path}");
+            } else {
+                assert!(nobody.status.is_success() || nobody.status.is_redirection(), "{path}: {}", nobody.status);
+                assert!(!nobody.text().contains("team-a"), "{path} lists what nobody may read");
+            }
             continue;
         }
         if path == "/v1/datasets" {
