@@ -377,9 +377,11 @@ impl Manifest {
         for _ in 0..n {
             let k = r.str(ANNOTATION_KEY_MAX, "annotation key")?.to_string();
             let v = r.str(ANNOTATION_VALUE_MAX, "annotation value")?.to_string();
-            if annotations.insert(k, v).is_some() {
-                return Err(r.err("duplicate annotation"));
+            // Sorted by key bytes, as encoding writes them: one manifest, one spelling.
+            if annotations.last_key_value().is_some_and(|(prev, _): (&String, _)| *prev >= k) {
+                return Err(r.err("annotations not strictly sorted by key"));
             }
+            annotations.insert(k, v);
         }
         let n = r.count(3, "entry")?;
         let mut entries = Vec::with_capacity(n);
@@ -594,6 +596,37 @@ pub(crate) mod tests {
             let m = Manifest { entries: entries.clone(), ..Manifest::new(ChunkParams::default()) };
             assert!(m.encode().is_err(), "{entries:?} accepted");
         }
+    }
+
+    /// Found by `fuzz/` (corpus/manifest/regression-*): decoding accepted
+    /// spellings encoding never writes, so one version had many digests.
+    #[test]
+    fn only_the_canonical_bytes_decode() {
+        let m = sample();
+        let good = m.encode().unwrap();
+        assert!(Manifest::decode_unplaced(&good).is_ok());
+        // The mode of the first entry (0o755 = 0xed 0x03) padded with a zero group.
+        let at = good.windows(2).position(|w| w == [0xed, 0x03]).unwrap();
+        let mut padded = good.clone();
+        padded.splice(at..at + 2, [0xed, 0x83, 0x00]);
+        let e = Manifest::decode_unplaced(&padded).unwrap_err();
+        assert!(e.to_string().contains("shortest form"), "{e}");
+        // Annotations in any order but the sorted one.
+        let mut two = sample();
+        two.annotations.insert("b".into(), "2".into());
+        let bytes = two.encode().unwrap();
+        assert_eq!(Manifest::decode_unplaced(&bytes).unwrap().stats, two.stats());
+        let (first, second) = (b"\x01b\x012", b"\x07created\x142026-11-21T00:00:00Z");
+        let i = bytes.windows(first.len()).position(|w| w == first).unwrap();
+        let j = bytes.windows(second.len()).position(|w| w == second).unwrap();
+        assert!(i < j);
+        let mut swapped = bytes[..i].to_vec();
+        swapped.extend_from_slice(second);
+        swapped.extend_from_slice(first);
+        swapped.extend_from_slice(&bytes[j + second.len()..]);
+        assert_eq!(swapped.len(), bytes.len());
+        let e = Manifest::decode_unplaced(&swapped).unwrap_err();
+        assert!(e.to_string().contains("not strictly sorted"), "{e}");
     }
 
     #[test]
