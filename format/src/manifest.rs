@@ -82,7 +82,9 @@ pub struct ChunkLocation {
 
 /// The largest stored form of a chunk of `len` bytes: zstd's worst case plus slack.
 pub fn max_stored_len(len: u32) -> u32 {
-    len + len / 128 + 1024
+    // Saturating: callers check lengths from untrusted bytes against it
+    // before they check them against the chunk size limit.
+    len.saturating_add(len / 128).saturating_add(1024)
 }
 
 /// One chunk of a file.
@@ -223,6 +225,8 @@ impl Manifest {
             }
         }
         let mut leaves: HashSet<&str> = HashSet::new();
+        // A chunk is its bytes: every mention of a digest has the same length.
+        let mut lens: HashMap<&Digest, u32> = HashMap::new();
         let mut prev: Option<&str> = None;
         for e in &self.entries {
             validate_path(&e.path)?;
@@ -246,6 +250,15 @@ impl Manifest {
                         if c.len == 0 || c.len > self.chunking.max {
                             return Err(bad(format!("{:?}: chunk of {} bytes", e.path, c.len)));
                         }
+                        if let Some(&len) = lens.get(&c.digest)
+                            && len != c.len
+                        {
+                            return Err(bad(format!(
+                                "{:?}: chunk {} is {} bytes here, {len} bytes elsewhere",
+                                e.path, c.digest, c.len
+                            )));
+                        }
+                        lens.insert(&c.digest, c.len);
                         let stored_ok = match c.location.compression {
                             Compression::None => c.location.stored_len == c.len,
                             Compression::Zstd => {
@@ -627,6 +640,30 @@ pub(crate) mod tests {
         assert_eq!(swapped.len(), bytes.len());
         let e = Manifest::decode_unplaced(&swapped).unwrap_err();
         assert!(e.to_string().contains("not strictly sorted"), "{e}");
+    }
+
+    /// Found by `fuzz/` (corpus/manifest/regression-chunk-with-two-lengths):
+    /// a chunk listed with two lengths decoded unplaced, so a hub published
+    /// it, placed it by its first length, and no reader could decode it.
+    #[test]
+    fn a_chunk_has_one_length() {
+        let c = Digest::of(b"one");
+        let two = one_file(3, 5, None, &[(c, 3), (c, 2)]);
+        let e = Manifest::decode_unplaced(&two).unwrap_err();
+        assert!(e.to_string().contains("3 bytes elsewhere"), "{e}");
+        let same = one_file(3, 6, None, &[(c, 3), (c, 3)]);
+        let u = Manifest::decode_unplaced(&same).unwrap();
+        assert_eq!(u.chunks, [(c, 3)]);
+        let m = Manifest::decode_placed_by(&same, anywhere).unwrap();
+        let placement = Placement::of(&m, Digest::of(&same));
+        assert_eq!(Manifest::decode(&same, &placement).unwrap(), m);
+    }
+
+    #[test]
+    fn the_largest_stored_length_saturates() {
+        assert_eq!(max_stored_len(128), 128 + 1 + 1024);
+        assert_eq!(max_stored_len(u32::MAX), u32::MAX);
+        assert_eq!(max_stored_len(u32::MAX - 1024), u32::MAX);
     }
 
     #[test]

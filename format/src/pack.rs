@@ -341,6 +341,20 @@ mod tests {
         assert!(decode_index(&index, None).is_err(), "a wrapped offset must not pass as sorted");
     }
 
+    /// Found by `fuzz/` (corpus/pack/regression-max-stored-len-overflow): a
+    /// length near `u32::MAX` overflowed the stored-length bound.
+    #[test]
+    fn an_index_entry_of_a_huge_length_is_refused() {
+        let e = PackEntry {
+            digest: Digest::of(b"x"),
+            offset: 8,
+            stored_len: 300,
+            len: u32::MAX - 2,
+            compression: Compression::Zstd,
+        };
+        assert!(matches!(decode_index(&encode_index(&[e]), None), Err(FormatError::Corrupt { .. })));
+    }
+
     #[test]
     fn truncation_is_caught() {
         let (p, _) = build();
