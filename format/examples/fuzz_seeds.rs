@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use aetherfs_format::api::{
     DatasetList, DatasetSummary, ErrorBody, ErrorDetail, Expected, GcReport, GcRequest, Lease, LeaseRequest,
-    MissingChunksRequest, MissingChunksResponse, PackStored, PresentChunk, SetTagRequest, TagRecord,
+    MissingChunksRequest, MissingChunksResponse, PackStored, PresentChunk, SetTagRequest, TagRecord, VersionServed,
 };
 use aetherfs_format::pack::{PackBuilder, encode_index};
 use aetherfs_format::{
@@ -136,7 +136,9 @@ fn json(out: &Out) {
     put("missing-empty", to(&MissingChunksRequest { digests: vec![] }));
     put("gc", to(&GcRequest { dry_run: true, grace_secs: Some(0) }));
     put("gc-default", serde_json::json!({}));
-    put("lease", to(&LeaseRequest { versions: vec![d(b"v1"), d(b"v2")] }));
+    put("lease", to(&LeaseRequest { versions: vec![d(b"v1"), d(b"v2")], served: vec![] }));
+    let served = VersionServed { version: d(b"v1"), bytes_read: 1 << 30, fetched_bytes: 3 << 20 };
+    put("lease-served", to(&LeaseRequest { versions: vec![d(b"v1")], served: vec![served] }));
     put(
         "error",
         to(&ErrorBody { error: ErrorDetail { code: "tag_conflict".into(), message: "moved \u{202e}".into() } }),
@@ -162,6 +164,7 @@ fn json(out: &Out) {
             renewed_at: "2026-11-21T00:00:00Z".into(),
             expires_unix: 1_800_000_000,
             lease_secs: 600,
+            served: vec![served],
         }),
     );
     let loc = ChunkLocation { pack: d(b"p"), offset: 8, stored_len: 90, compression: Compression::Zstd };

@@ -6,8 +6,8 @@
 #![no_main]
 
 use aetherfs_format::api::{
-    DatasetList, ErrorBody, GcReport, GcRequest, Lease, LeaseRequest, ManifestStored, MissingChunksRequest,
-    MissingChunksResponse, PackStored, SetTagRequest, TagHistory, TagList, TagRecord, VersionList,
+    DatasetList, ErrorBody, GcReport, GcRequest, Lease, LeaseList, LeaseRequest, ManifestStored, MissingChunksRequest,
+    MissingChunksResponse, PackStored, SetTagRequest, TagHistory, TagList, TagRecord, VersionList, VersionServed,
 };
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
@@ -30,10 +30,12 @@ fuzz_target!(|data: &[u8]| {
     }
     check::<GcRequest>(data);
     check::<LeaseRequest>(data);
+    check::<VersionServed>(data);
     // Answers and stored records.
     check::<ErrorBody>(data);
     check::<TagRecord>(data);
     check::<Lease>(data);
+    check::<LeaseList>(data);
     check::<MissingChunksResponse>(data);
     check::<DatasetList>(data);
     check::<TagList>(data);
