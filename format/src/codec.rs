@@ -82,6 +82,11 @@ impl<'a> Reader<'a> {
             }
             v |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
+                // Only the shortest encoding: one value, one spelling, so
+                // the bytes (and the digest) of a manifest are canonical.
+                if b == 0 && shift > 0 {
+                    return Err(self.err("varint not in its shortest form"));
+                }
                 return Ok(v);
             }
         }
@@ -144,5 +149,12 @@ mod tests {
         let overflow = [0xffu8; 11];
         assert!(Reader::new(&overflow, "test").varint().is_err());
         assert!(Reader::new(&[0x80], "test").varint().is_err());
+        // Padded encodings of 0 and 8 are refused (found by fuzz/).
+        for padded in [&[0x80, 0x00][..], &[0x88, 0x80, 0x00]] {
+            assert!(Reader::new(padded, "test").varint().is_err(), "{padded:02x?}");
+        }
+        let mut top = Vec::new();
+        put_varint(&mut top, 1 << 63);
+        assert_eq!(Reader::new(&top, "test").varint().unwrap(), 1 << 63);
     }
 }

@@ -82,7 +82,9 @@ pub struct ChunkLocation {
 
 /// The largest stored form of a chunk of `len` bytes: zstd's worst case plus slack.
 pub fn max_stored_len(len: u32) -> u32 {
-    len + len / 128 + 1024
+    // Saturating: callers check lengths from untrusted bytes against it
+    // before they check them against the chunk size limit.
+    len.saturating_add(len / 128).saturating_add(1024)
 }
 
 /// One chunk of a file.
@@ -223,6 +225,8 @@ impl Manifest {
             }
         }
         let mut leaves: HashSet<&str> = HashSet::new();
+        // A chunk is its bytes: every mention of a digest has the same length.
+        let mut lens: HashMap<&Digest, u32> = HashMap::new();
         let mut prev: Option<&str> = None;
         for e in &self.entries {
             validate_path(&e.path)?;
@@ -246,6 +250,15 @@ impl Manifest {
                         if c.len == 0 || c.len > self.chunking.max {
                             return Err(bad(format!("{:?}: chunk of {} bytes", e.path, c.len)));
                         }
+                        if let Some(&len) = lens.get(&c.digest)
+                            && len != c.len
+                        {
+                            return Err(bad(format!(
+                                "{:?}: chunk {} is {} bytes here, {len} bytes elsewhere",
+                                e.path, c.digest, c.len
+                            )));
+                        }
+                        lens.insert(&c.digest, c.len);
                         let stored_ok = match c.location.compression {
                             Compression::None => c.location.stored_len == c.len,
                             Compression::Zstd => {
@@ -377,9 +390,11 @@ impl Manifest {
         for _ in 0..n {
             let k = r.str(ANNOTATION_KEY_MAX, "annotation key")?.to_string();
             let v = r.str(ANNOTATION_VALUE_MAX, "annotation value")?.to_string();
-            if annotations.insert(k, v).is_some() {
-                return Err(r.err("duplicate annotation"));
+            // Sorted by key bytes, as encoding writes them: one manifest, one spelling.
+            if annotations.last_key_value().is_some_and(|(prev, _): (&String, _)| *prev >= k) {
+                return Err(r.err("annotations not strictly sorted by key"));
             }
+            annotations.insert(k, v);
         }
         let n = r.count(3, "entry")?;
         let mut entries = Vec::with_capacity(n);
@@ -594,6 +609,61 @@ pub(crate) mod tests {
             let m = Manifest { entries: entries.clone(), ..Manifest::new(ChunkParams::default()) };
             assert!(m.encode().is_err(), "{entries:?} accepted");
         }
+    }
+
+    /// Found by `fuzz/` (corpus/manifest/regression-*): decoding accepted
+    /// spellings encoding never writes, so one version had many digests.
+    #[test]
+    fn only_the_canonical_bytes_decode() {
+        let m = sample();
+        let good = m.encode().unwrap();
+        assert!(Manifest::decode_unplaced(&good).is_ok());
+        // The mode of the first entry (0o755 = 0xed 0x03) padded with a zero group.
+        let at = good.windows(2).position(|w| w == [0xed, 0x03]).unwrap();
+        let mut padded = good.clone();
+        padded.splice(at..at + 2, [0xed, 0x83, 0x00]);
+        let e = Manifest::decode_unplaced(&padded).unwrap_err();
+        assert!(e.to_string().contains("shortest form"), "{e}");
+        // Annotations in any order but the sorted one.
+        let mut two = sample();
+        two.annotations.insert("b".into(), "2".into());
+        let bytes = two.encode().unwrap();
+        assert_eq!(Manifest::decode_unplaced(&bytes).unwrap().stats, two.stats());
+        let (first, second) = (b"\x01b\x012", b"\x07created\x142026-11-21T00:00:00Z");
+        let i = bytes.windows(first.len()).position(|w| w == first).unwrap();
+        let j = bytes.windows(second.len()).position(|w| w == second).unwrap();
+        assert!(i < j);
+        let mut swapped = bytes[..i].to_vec();
+        swapped.extend_from_slice(second);
+        swapped.extend_from_slice(first);
+        swapped.extend_from_slice(&bytes[j + second.len()..]);
+        assert_eq!(swapped.len(), bytes.len());
+        let e = Manifest::decode_unplaced(&swapped).unwrap_err();
+        assert!(e.to_string().contains("not strictly sorted"), "{e}");
+    }
+
+    /// Found by `fuzz/` (corpus/manifest/regression-chunk-with-two-lengths):
+    /// a chunk listed with two lengths decoded unplaced, so a hub published
+    /// it, placed it by its first length, and no reader could decode it.
+    #[test]
+    fn a_chunk_has_one_length() {
+        let c = Digest::of(b"one");
+        let two = one_file(3, 5, None, &[(c, 3), (c, 2)]);
+        let e = Manifest::decode_unplaced(&two).unwrap_err();
+        assert!(e.to_string().contains("3 bytes elsewhere"), "{e}");
+        let same = one_file(3, 6, None, &[(c, 3), (c, 3)]);
+        let u = Manifest::decode_unplaced(&same).unwrap();
+        assert_eq!(u.chunks, [(c, 3)]);
+        let m = Manifest::decode_placed_by(&same, anywhere).unwrap();
+        let placement = Placement::of(&m, Digest::of(&same));
+        assert_eq!(Manifest::decode(&same, &placement).unwrap(), m);
+    }
+
+    #[test]
+    fn the_largest_stored_length_saturates() {
+        assert_eq!(max_stored_len(128), 128 + 1 + 1024);
+        assert_eq!(max_stored_len(u32::MAX), u32::MAX);
+        assert_eq!(max_stored_len(u32::MAX - 1024), u32::MAX);
     }
 
     #[test]

@@ -209,7 +209,10 @@ pub fn decode_index(bytes: &[u8], data_end: Option<u64>) -> Result<Vec<PackEntry
         if e.offset < next {
             return Err(corrupt("index entries overlap or are unsorted"));
         }
-        next = e.offset + u64::from(e.stored_len);
+        next = e
+            .offset
+            .checked_add(u64::from(e.stored_len))
+            .ok_or_else(|| corrupt(format!("chunk {} ends past the largest offset", e.digest)))?;
         entries.push(e);
     }
     if let Some(end) = data_end
@@ -317,6 +320,39 @@ mod tests {
                 assert_ne!(Digest::of(&b), p.digest);
             }
         }
+    }
+
+    /// Found by `fuzz/` (corpus/pack/regression-index-offset-overflow): an
+    /// index entry ending past `u64::MAX` overflowed the overlap check.
+    #[test]
+    fn an_index_entry_ending_past_the_largest_offset_is_refused() {
+        let entry = |offset: u64| PackEntry {
+            digest: Digest::of(b"x"),
+            offset,
+            stored_len: 32,
+            len: 32,
+            compression: Compression::None,
+        };
+        let index = encode_index(&[entry(u64::MAX - 8)]);
+        assert!(matches!(decode_index(&index, None), Err(FormatError::Corrupt { .. })));
+        let index = encode_index(&[entry(u64::MAX - 32)]);
+        assert_eq!(decode_index(&index, None).unwrap(), [entry(u64::MAX - 32)]);
+        let index = encode_index(&[entry(u64::MAX - 32), entry(0)]);
+        assert!(decode_index(&index, None).is_err(), "a wrapped offset must not pass as sorted");
+    }
+
+    /// Found by `fuzz/` (corpus/pack/regression-max-stored-len-overflow): a
+    /// length near `u32::MAX` overflowed the stored-length bound.
+    #[test]
+    fn an_index_entry_of_a_huge_length_is_refused() {
+        let e = PackEntry {
+            digest: Digest::of(b"x"),
+            offset: 8,
+            stored_len: 300,
+            len: u32::MAX - 2,
+            compression: Compression::Zstd,
+        };
+        assert!(matches!(decode_index(&encode_index(&[e]), None), Err(FormatError::Corrupt { .. })));
     }
 
     #[test]

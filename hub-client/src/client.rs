@@ -12,6 +12,7 @@ use aetherfs_format::api::{
 use aetherfs_format::manifest::MANIFEST_MAX_BYTES;
 use aetherfs_format::placement::PLACEMENT_MAX_BYTES;
 use aetherfs_format::{ChunkLocation, Digest, Manifest, Name, Placement, Reference, Tag};
+use aetherfs_util::range::RangeSpec;
 use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::HeaderValue;
@@ -389,7 +390,7 @@ impl HubClient {
             return Ok(Bytes::new());
         }
         let url = self.url(&Self::dataset_path(name, &format!("packs/{pack}")));
-        let range = format!("bytes={}-{}", offset, offset + len - 1);
+        let range = RangeSpec::FromTo(offset, offset + len - 1).to_string();
         let resp = self.send(|| self.http.get(url.clone()).header(header::RANGE, range.clone())).await?;
         if resp.status() != StatusCode::PARTIAL_CONTENT {
             return Err(ClientError::Invalid(format!(

@@ -11,8 +11,11 @@
 //!   servers without authentication.
 //! - [`quote`]: a dataset path (or any untrusted text) safe to print on a
 //!   terminal or in a log line.
+//! - [`range`]: the one parser of HTTP `Range` headers.
 
 use std::error::Error;
+
+pub mod range;
 
 /// `e` and its chain of causes joined with `": "`, skipping a cause whose
 /// text the line already holds (many errors repeat their source's message).

@@ -13,12 +13,11 @@
 //! pack. Reads support one byte range (what the agent's fetcher sends) and
 //! stream the bytes from the store.
 
-use std::ops::Range;
-
 use aetherfs_format::Name;
 use aetherfs_format::api::PackStored;
 use aetherfs_format::pack::verify_pack;
 use aetherfs_format::{Digest, FormatError};
+use aetherfs_util::range::parse_range;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::Request;
@@ -167,7 +166,7 @@ async fn read_pack(hub: &Hub, digest: Digest, method: &Method, headers: &HeaderM
     let head = method == Method::HEAD;
     let range_header = headers.get(header::RANGE).map(|v| v.to_str().unwrap_or("invalid"));
     let spec = match range_header {
-        Some(h) => parse_range(h)?,
+        Some(h) => parse_range(h).map_err(|e| bad_range(&e.to_string()))?,
         None => None,
     };
 
@@ -237,30 +236,6 @@ async fn read_pack(hub: &Hub, digest: Digest, method: &Method, headers: &HeaderM
     Ok((status, headers, Body::from_stream(stream)).into_response())
 }
 
-/// One byte range, as the client wrote it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RangeSpec {
-    /// `a-b`, both inclusive.
-    FromTo(u64, u64),
-    /// `a-`
-    From(u64),
-    /// `-n`: the last n bytes.
-    Suffix(u64),
-}
-
-impl RangeSpec {
-    /// The half-open byte range this selects in an object of `size` bytes,
-    /// or `None` when it selects nothing.
-    fn resolve(self, size: u64) -> Option<Range<u64>> {
-        match self {
-            RangeSpec::FromTo(a, b) if a < size => Some(a..b.min(size - 1) + 1),
-            RangeSpec::From(a) if a < size => Some(a..size),
-            RangeSpec::Suffix(n) if n > 0 && size > 0 => Some(size.saturating_sub(n)..size),
-            _ => None,
-        }
-    }
-}
-
 fn bad_range(msg: &str) -> AppError {
     AppError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", msg)
 }
@@ -270,61 +245,5 @@ fn unsatisfiable(size: u64) -> AppError {
     match HeaderValue::from_str(&format!("bytes */{size}")) {
         Ok(v) => e.with_header(header::CONTENT_RANGE, v),
         Err(_) => e,
-    }
-}
-
-/// Parses a `Range` header. Units other than bytes are ignored (the whole
-/// pack is served, as RFC 9110 allows); several ranges are refused.
-fn parse_range(h: &str) -> Result<Option<RangeSpec>, AppError> {
-    let Some(set) = h.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if set.contains(',') {
-        return Err(bad_range("only one byte range per request is supported"));
-    }
-    let malformed = || bad_range("malformed Range header: expected bytes=A-B, bytes=A- or bytes=-N");
-    let (a, b) = set.trim().split_once('-').ok_or_else(malformed)?;
-    let num = |s: &str| {
-        if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        s.parse::<u64>().ok()
-    };
-    match (a.is_empty(), b.is_empty()) {
-        (true, false) => Ok(Some(RangeSpec::Suffix(num(b).ok_or_else(malformed)?))),
-        (false, true) => Ok(Some(RangeSpec::From(num(a).ok_or_else(malformed)?))),
-        (false, false) => {
-            let (a, b) = (num(a).ok_or_else(malformed)?, num(b).ok_or_else(malformed)?);
-            if a > b {
-                return Err(malformed());
-            }
-            Ok(Some(RangeSpec::FromTo(a, b)))
-        }
-        (true, true) => Err(malformed()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        let p = |h: &str| parse_range(h).ok().flatten();
-        assert_eq!(p("bytes=0-9"), Some(RangeSpec::FromTo(0, 9)));
-        assert_eq!(p("bytes=5-"), Some(RangeSpec::From(5)));
-        assert_eq!(p("bytes=-3"), Some(RangeSpec::Suffix(3)));
-        assert!(parse_range("items=0-1").is_ok_and(|r| r.is_none()));
-        for bad in ["bytes=0-1,4-5", "bytes=-", "bytes=a-b", "bytes=5-1", "bytes=1", "bytes=+1-2"] {
-            assert!(parse_range(bad).is_err(), "{bad}");
-        }
-        assert_eq!(RangeSpec::FromTo(0, 9).resolve(5), Some(0..5));
-        assert_eq!(RangeSpec::FromTo(2, 3).resolve(5), Some(2..4));
-        assert_eq!(RangeSpec::FromTo(5, 9).resolve(5), None);
-        assert_eq!(RangeSpec::From(4).resolve(5), Some(4..5));
-        assert_eq!(RangeSpec::From(5).resolve(5), None);
-        assert_eq!(RangeSpec::Suffix(2).resolve(5), Some(3..5));
-        assert_eq!(RangeSpec::Suffix(9).resolve(5), Some(0..5));
-        assert_eq!(RangeSpec::Suffix(0).resolve(5), None);
     }
 }
