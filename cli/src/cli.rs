@@ -96,7 +96,8 @@ is removed, then packs with nothing live are deleted and mostly dead packs are r
 chunks copied into new packs): version digests never change.\n\n\
 --dry-run lists, per rule, what would be removed and which readers hold what.")]
     Gc(GcArgs),
-    /// List datasets, a dataset's tags (NAME), or a tag's history (NAME:TAG).
+    /// List datasets, a dataset's tags (NAME), or a tag's history (NAME:TAG:
+    /// one move a line, `SEQ DIGEST AT BY PREVIOUS`, tab-separated, oldest first).
     Ls(LsArgs),
     /// Show a version's manifest.
     Inspect(InspectArgs),

@@ -36,9 +36,11 @@ pub async fn run(g: &GlobalArgs, a: LsArgs) -> Result<()> {
             if g.json {
                 return print_json(&h);
             }
+            // Each move: when, by whom, from what to what.
             for t in h.records {
                 let d = t.digest.map_or_else(|| "(deleted)".to_string(), |d| d.to_string());
-                println!("{}\t{}\t{}\t{}", t.seq, d, t.at, t.by);
+                let from = t.previous.map_or_else(|| "(new)".to_string(), |d| d.to_string());
+                println!("{}\t{}\t{}\t{}\t{}", t.seq, d, t.at, t.by, from);
             }
         }
     }

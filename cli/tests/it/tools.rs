@@ -107,6 +107,13 @@ fn quiet_tag_commands_print_nothing() {
     assert_eq!(run_ok(hub.cmd().args(["tag", "-q", "acme/q:v1", "acme/q:stable"])), "");
     assert_eq!(run_ok(hub.cmd().args(["tag", "rm", "-q", "acme/q:stable"])), "");
     assert!(run_ok(hub.cmd().args(["tag", "acme/q:v1", "acme/q:stable"])).contains("acme/q:stable -> blake3:"));
+    // The history says every move: seq, digest, when, who, and from what.
+    let history = run_ok(hub.cmd().args(["ls", "acme/q:stable"]));
+    let lines: Vec<Vec<&str>> = history.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(lines.len(), 3, "{history}");
+    assert_eq!((lines[0][0], lines[0][4]), ("1", "(new)"), "{history}");
+    assert_eq!((lines[1][1], lines[1][4]), ("(deleted)", lines[0][1]), "the deletion moved it from v1: {history}");
+    assert_eq!(lines[2][4], "(new)", "re-created after a deletion: {history}");
 }
 
 /// `aetherfs inspect --files | head -1`: once the reader is gone the command
