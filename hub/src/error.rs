@@ -68,8 +68,18 @@ impl AppError {
         Self::not_found("not_found", "no such route")
     }
 
-    pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+    /// 405 with the `Allow` header RFC 9110 asks for: the route's `methods`
+    /// (HEAD wherever GET is).
+    pub fn method_not_allowed(methods: &[&str]) -> Self {
+        let mut allow: Vec<&str> = methods.to_vec();
+        if allow.contains(&"GET") && !allow.contains(&"HEAD") {
+            allow.push("HEAD");
+        }
+        let e = Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route");
+        match HeaderValue::from_str(&allow.join(", ")) {
+            Ok(v) => e.with_header(axum::http::header::ALLOW, v),
+            Err(_) => e,
+        }
     }
 
     /// A storage call failed: log the cause, tell the client only that storage is unavailable.

@@ -76,10 +76,16 @@ pub(crate) fn build(hub: Hub) -> (Router, Vec<RouteSpec>) {
     b = b.route(spec("/dav", DAV_METHODS), any(dav::serve)).route(spec("/dav/", DAV_METHODS), any(dav::serve));
     b.router = b.router.route("/dav/{*path}", any(dav::serve));
     b.specs.push(spec("/dav/{path}", DAV_METHODS));
+    // The top-level routes' methods, for the `Allow` header of a 405.
+    let top: Vec<RouteSpec> = b.specs.clone();
     let router = b
         .router
         .fallback(|| async { AppError::route_not_found() })
-        .method_not_allowed_fallback(|| async { AppError::method_not_allowed() })
+        .method_not_allowed_fallback(move |uri: Uri| {
+            let methods = top.iter().find(|s| s.path == uri.path()).map_or(&[][..], |s| s.methods);
+            let e = AppError::method_not_allowed(methods);
+            async move { e }
+        })
         // Inside the metrics layer, so refusals are counted and timed too.
         .layer(axum::middleware::from_fn_with_state(auth::Guard { hub: hub.clone(), need }, auth::enforce))
         .layer(axum::middleware::from_fn_with_state(hub.clone(), check_host))
@@ -342,6 +348,9 @@ mod tests {
                     }
                 } else {
                     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{m} {path} is served but not documented");
+                    let allow = res.headers().get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    let listed: BTreeSet<String> = allow.split(", ").map(str::to_string).collect();
+                    assert!(methods.is_subset(&listed), "{m} {path}: Allow {allow:?} misses one of {methods:?}");
                 }
             }
         }

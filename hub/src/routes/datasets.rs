@@ -180,11 +180,10 @@ pub(crate) async fn dispatch(State(hub): State<Hub>, req: Request) -> Response {
 
 async fn handle(hub: &Hub, shape: Shape<'_>, req: Request) -> Result<Response, AppError> {
     let method = req.method().clone();
-    let allowed = ROUTES.iter().find(|r| r.path == shape.template()).is_some_and(|r| {
-        r.methods.contains(&method.as_str()) || (method == Method::HEAD && r.methods.contains(&"GET"))
-    });
+    let methods = ROUTES.iter().find(|r| r.path == shape.template()).map_or(&[][..], |r| r.methods);
+    let allowed = methods.contains(&method.as_str()) || (method == Method::HEAD && methods.contains(&"GET"));
     if !allowed {
-        return Err(AppError::method_not_allowed());
+        return Err(AppError::method_not_allowed(methods));
     }
     match shape {
         Shape::Tags { name } => {
