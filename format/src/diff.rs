@@ -108,6 +108,28 @@ fn split(e: &Entry, old: &HashSet<Digest>) -> (u64, u64) {
     (new, file_size(e).unwrap_or(0).saturating_sub(new))
 }
 
+/// How one path's entry differs, `None` when it does not.
+fn path_change(old: Option<&Entry>, new: Option<&Entry>, old_chunks: &HashSet<Digest>) -> Option<PathChange> {
+    let change = match (old, new) {
+        (Some(x), Some(y)) if x == y => return None,
+        (Some(_), Some(_)) => Change::Changed,
+        (Some(_), None) => Change::Removed,
+        (None, Some(_)) => Change::Added,
+        (None, None) => return None,
+    };
+    let shown = new.or(old)?;
+    let (new_bytes, reused_bytes) = new.map_or((0, 0), |e| split(e, old_chunks));
+    Some(PathChange {
+        path: shown.path.clone(),
+        change,
+        kind: kind_name(&shown.kind),
+        old_size: old.and_then(file_size),
+        new_size: new.and_then(file_size),
+        new_bytes,
+        reused_bytes,
+    })
+}
+
 /// How `new` differs from `old`.
 pub fn diff(old: &Manifest, new: &Manifest) -> VersionDiff {
     let old_chunks = chunk_set(old);
@@ -115,60 +137,25 @@ pub fn diff(old: &Manifest, new: &Manifest) -> VersionDiff {
         DiffTotals { old_bytes: old.stats().bytes, new_version_bytes: new.stats().bytes, ..DiffTotals::default() };
     let mut paths = Vec::new();
     let (mut a, mut b) = (old.entries.iter().peekable(), new.entries.iter().peekable());
-    // Both are sorted by path bytes: one merge pass.
+    // Both are sorted by path bytes: one merge pass, pairing each path's
+    // entry in the old version with its entry in the new one.
     loop {
-        let order = match (a.peek(), b.peek()) {
+        let (x, y) = match (a.peek(), b.peek()) {
             (None, None) => break,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(x), Some(y)) => x.path.as_bytes().cmp(y.path.as_bytes()),
+            (Some(x), Some(y)) if x.path == y.path => (a.next(), b.next()),
+            (Some(x), Some(y)) if x.path.as_bytes() < y.path.as_bytes() => (a.next(), None),
+            (Some(_), None) => (a.next(), None),
+            _ => (None, b.next()),
         };
-        match order {
-            std::cmp::Ordering::Less => {
-                let Some(e) = a.next() else { break };
-                t.removed += 1;
-                paths.push(PathChange {
-                    path: e.path.clone(),
-                    change: Change::Removed,
-                    kind: kind_name(&e.kind),
-                    old_size: file_size(e),
-                    new_size: None,
-                    new_bytes: 0,
-                    reused_bytes: 0,
-                });
+        if let Some(p) = path_change(x, y, &old_chunks) {
+            match p.change {
+                Change::Added => t.added += 1,
+                Change::Removed => t.removed += 1,
+                Change::Changed => t.changed += 1,
             }
-            std::cmp::Ordering::Greater => {
-                let Some(e) = b.next() else { break };
-                t.added += 1;
-                let (new_bytes, reused_bytes) = split(e, &old_chunks);
-                paths.push(PathChange {
-                    path: e.path.clone(),
-                    change: Change::Added,
-                    kind: kind_name(&e.kind),
-                    old_size: None,
-                    new_size: file_size(e),
-                    new_bytes,
-                    reused_bytes,
-                });
-            }
-            std::cmp::Ordering::Equal => {
-                let (Some(x), Some(y)) = (a.next(), b.next()) else { break };
-                if x == y {
-                    t.unchanged += 1;
-                    continue;
-                }
-                t.changed += 1;
-                let (new_bytes, reused_bytes) = split(y, &old_chunks);
-                paths.push(PathChange {
-                    path: y.path.clone(),
-                    change: Change::Changed,
-                    kind: kind_name(&y.kind),
-                    old_size: file_size(x),
-                    new_size: file_size(y),
-                    new_bytes,
-                    reused_bytes,
-                });
-            }
+            paths.push(p);
+        } else {
+            t.unchanged += 1;
         }
     }
     let mut counted = HashSet::new();

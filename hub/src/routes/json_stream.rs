@@ -31,8 +31,9 @@ pub(crate) fn body(write: impl FnOnce(&mut Pieces) -> io::Result<()> + Send + 's
         let result = write(&mut out).and_then(|()| out.flush());
         if let Err(e) = result {
             tracing::debug!(error = %e, "a streamed response ended early");
-            // Tell the connection, so it aborts rather than ends cleanly.
-            let _ = out.tx.try_send(Err(e));
+            // Tell the connection, so it aborts rather than ends cleanly
+            // (a reader that is gone or stalled hears nothing either way).
+            let _ = out.rt.block_on(tokio::time::timeout(STALL, out.tx.send(Err(e))));
         }
     });
     Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
