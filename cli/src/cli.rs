@@ -450,6 +450,11 @@ pub struct HubArgs {
     /// many seconds is refused with 408, freeing its upload slot.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub body_timeout_secs: u64,
+    /// Longest a tag long-poll (`GET …/tags/TAG?since=…&wait=…`) waits, in
+    /// seconds; a longer `wait` is capped to it. Keep it below the idle
+    /// timeout of any proxy or load balancer in front of the hub.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub long_poll_max_secs: u64,
     /// Auth configuration (TOML): OIDC issuers, a basic-auth users file and
     /// access rules; see docs/security.md. Without it every request is allowed.
     #[arg(long, env = "AETHERFS_AUTH_CONFIG")]

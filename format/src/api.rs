@@ -178,7 +178,7 @@ pub struct GcRequest {
     pub dry_run: bool,
     /// Overrides the configured grace period for fresh uploads, untagged new
     /// versions and moved packs (tests use 0).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::option")]
     pub grace_secs: Option<u64>,
 }
 
@@ -261,8 +261,10 @@ pub struct LeaseRequest {
 pub struct VersionServed {
     pub version: Digest,
     /// Bytes its readers read.
+    #[serde(deserialize_with = "whole::u64")]
     pub bytes_read: u64,
     /// Stored bytes it fetched from the hub for them, read-ahead included.
+    #[serde(deserialize_with = "whole::u64")]
     pub fetched_bytes: u64,
 }
 
@@ -299,4 +301,80 @@ pub fn valid_reader(s: &str) -> bool {
         && s.len() <= 128
         && !s.starts_with(['.', '-'])
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Whole numbers in request bodies. JSON (and JSON Schema's `integer`) does
+/// not tell `176` from `176.0`, so both are accepted; a fraction, a negative
+/// number or one past `u64::MAX` is refused.
+mod whole {
+    use serde::de::{Deserializer, Error, Unexpected, Visitor};
+
+    struct Whole;
+
+    impl Visitor<'_> for Whole {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number from 0 to 2^64-1")
+        }
+
+        fn visit_u64<E: Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+
+        fn visit_f64<E: Error>(self, v: f64) -> Result<u64, E> {
+            // 2^64 is exact as an f64; every whole f64 below it fits a u64.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    pub(super) fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(Whole)
+    }
+
+    pub(super) fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        struct Opt;
+        impl<'de> Visitor<'de> for Opt {
+            type Value = Option<u64>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("null or a whole number")
+            }
+            fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                u64(d).map(Some)
+            }
+        }
+        d.deserialize_option(Opt)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use crate::api::GcRequest;
+
+        #[test]
+        fn whole_floats_are_whole_numbers_and_fractions_are_not() {
+            let g = |s: &str| serde_json::from_str::<GcRequest>(s).map(|r| r.grace_secs);
+            assert_eq!(g(r#"{"grace_secs": 176.0}"#).ok(), Some(Some(176)));
+            assert_eq!(g(r#"{"grace_secs": 176}"#).ok(), Some(Some(176)));
+            assert_eq!(g(r#"{"grace_secs": null}"#).ok(), Some(None));
+            assert_eq!(g("{}").ok(), Some(None));
+            for bad in ["176.5", "-1", "-1.0", "1e20", "\"3\""] {
+                assert!(g(&format!(r#"{{"grace_secs": {bad}}}"#)).is_err(), "{bad} accepted");
+            }
+        }
+    }
 }

@@ -48,6 +48,9 @@ use aetherfs_format::pack::PACK_MAX_BYTES;
 use object_store::ObjectStore;
 use tokio::sync::Semaphore;
 
+/// Longest tag long-poll by default (and the most `--long-poll-max-secs` allows).
+pub const LONG_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub use auth::Auth;
 pub use error::HubError;
 pub use lifecycle::{Lifecycle, LifecycleError};
@@ -83,6 +86,10 @@ pub struct HubOptions {
     /// Longest an upload's body may pause between two pieces before it is
     /// refused (`408 body_timeout`), freeing its upload slot.
     pub body_stall: std::time::Duration,
+    /// Longest a tag long-poll waits before answering with the current
+    /// record (a client's `wait` is capped to it). Below a load balancer's
+    /// idle timeout, so a waiting poll is never cut off by a proxy.
+    pub long_poll_max: std::time::Duration,
 }
 
 impl Default for HubOptions {
@@ -96,6 +103,7 @@ impl Default for HubOptions {
             allowed_hosts: Vec::new(),
             body_stall: std::time::Duration::from_secs(30),
             max_index_bytes: 4 << 30,
+            long_poll_max: LONG_POLL_MAX,
         }
     }
 }

@@ -19,5 +19,6 @@ mod materialize;
 mod mounts;
 mod pull_semantics;
 mod roundtrip;
+mod schemathesis;
 mod sidecar;
 mod tools;

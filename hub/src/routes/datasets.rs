@@ -56,8 +56,6 @@ pub(crate) const ROUTES: &[RouteSpec] = &[
     RouteSpec { path: MISSING, methods: &["POST"] },
 ];
 
-/// Longest long-poll, in seconds.
-const WAIT_MAX_SECS: u64 = 300;
 /// Datasets whose tags are read at once when listing.
 const LIST_PARALLELISM: usize = 8;
 
@@ -163,7 +161,12 @@ fn parse<T: FromStr<Err = FormatError>>(s: &str, code: &'static str) -> Result<T
 
 /// Everything below `/v1/datasets/`.
 pub(crate) async fn dispatch(State(hub): State<Hub>, req: Request) -> Response {
-    let path = req.uri().path().to_string();
+    // Clients may percent-encode any character of a segment (`blake3%3A…`,
+    // `acme%2Fgeo`): routes and names are matched on the decoded path.
+    let Ok(path) = percent_encoding::percent_decode_str(req.uri().path()).decode_utf8() else {
+        return AppError::bad_request("invalid_name", "the path is not UTF-8 once percent-decoded").into_response();
+    };
+    let path = path.into_owned();
     let rest = path.strip_prefix("/v1/datasets/").unwrap_or_default();
     let Some(shape) = shape(rest) else {
         return AppError::route_not_found().into_response();
@@ -329,7 +332,7 @@ async fn get_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Respon
         Some(s) => s
             .parse::<u64>()
             .map_err(|_| AppError::bad_request("invalid_query", format!("wait={s:?}: expected whole seconds")))?
-            .min(WAIT_MAX_SECS),
+            .min(hub.inner.opts.long_poll_max.as_secs()),
     };
     let since = q.get("since").map(|s| parse::<Expected>(s, "invalid_digest")).transpose()?;
     let tags = &hub.inner.tags;

@@ -63,6 +63,8 @@ pub(crate) async fn get(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
     let key = storage::manifest(&name, &digest);
     let tag = etag(&digest);
     let json = wants_json(req.headers());
+    // `offset`/`limit` page the JSON view; bad values are refused in every view.
+    let page = Page::of(req.uri())?;
     // Manifests are immutable: the digest is a perfect validator.
     let cache = [
         (header::ETAG, tag.clone()),
@@ -91,7 +93,6 @@ pub(crate) async fn get(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
         .ctx("reading a manifest")?
         .ok_or_else(|| manifest_not_found(&name, &digest))?;
     if json {
-        let page = Page::of(req.uri())?;
         // Each view holds a whole decoded manifest until its last byte is
         // sent: a few at a time bound the memory.
         let permit = hub
@@ -185,7 +186,11 @@ impl Page {
                     .map_err(|_| AppError::bad_request("invalid_query", format!("{k}={v:?}: expected a whole number")))
             })
         };
-        Ok(Page { offset: num("offset", 0)?, limit: num("limit", PAGE_DEFAULT)?.clamp(1, PAGE_MAX) })
+        let limit = num("limit", PAGE_DEFAULT)?;
+        if limit == 0 {
+            return Err(AppError::bad_request("invalid_query", "limit=0: a page holds at least one entry"));
+        }
+        Ok(Page { offset: num("offset", 0)?, limit: limit.min(PAGE_MAX) })
     }
 }
 
