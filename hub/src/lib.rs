@@ -10,6 +10,7 @@
 //! - `storage`: opening the object store and its key layout
 //! - `tags`: tag moves (compare-and-swap), history and long-polls
 //! - `tls`: HTTPS with certificate reload
+//! - `web`: the web page for people (HTML, sign-in, sessions)
 //!
 //! ```text
 //!   HTTPS (rustls)        tls.rs          certificate reloaded when its files change
@@ -40,6 +41,7 @@ pub mod serve;
 mod storage;
 mod tags;
 pub mod tls;
+mod web;
 
 use std::sync::Arc;
 
@@ -83,6 +85,8 @@ pub struct HubOptions {
     /// Longest an upload's body may pause between two pieces before it is
     /// refused (`408 body_timeout`), freeing its upload slot.
     pub body_stall: std::time::Duration,
+    /// The hub serves HTTPS: the web page's cookies are `Secure`.
+    pub tls: bool,
 }
 
 impl Default for HubOptions {
@@ -96,6 +100,7 @@ impl Default for HubOptions {
             allowed_hosts: Vec::new(),
             body_stall: std::time::Duration::from_secs(30),
             max_index_bytes: 4 << 30,
+            tls: false,
         }
     }
 }
@@ -122,6 +127,7 @@ pub(crate) struct Inner {
     pub uploads: Semaphore,
     pub json_views: Arc<Semaphore>,
     pub dav: routes::dav::DavState,
+    pub web: web::WebState,
 }
 
 impl Hub {
@@ -151,13 +157,14 @@ impl Hub {
             inner: Arc::new(Inner {
                 tags: tags::TagStore::new(store.clone()),
                 store,
-                opts,
                 description,
                 chunks,
                 metrics,
                 uploads: Semaphore::new(CONCURRENT_UPLOADS),
                 json_views: Arc::new(Semaphore::new(CONCURRENT_JSON_VIEWS)),
                 dav: routes::dav::DavState::new(dav_store),
+                web: web::WebState::new(&opts),
+                opts,
             }),
         };
         hub.inner.chunks.start();

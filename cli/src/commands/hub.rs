@@ -51,6 +51,7 @@ pub async fn run(a: HubArgs) -> Result<()> {
         allowed_hosts: a.allowed_hosts.clone(),
         body_stall: std::time::Duration::from_secs(a.body_timeout_secs),
         max_index_bytes: a.max_index_mib << 20,
+        tls: tls.is_some(),
         ..HubOptions::default()
     };
     let hub = Hub::open(opts).await.context("cannot open the hub's storage")?;
@@ -60,6 +61,7 @@ pub async fn run(a: HubArgs) -> Result<()> {
     // Tests and scripts read this line to find an ephemeral port.
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("aetherfs hub: listening on {scheme}://{addr} (storage {})", hub.storage_description());
+    eprintln!("aetherfs hub: web page at {scheme}://{addr}/");
     if auth.is_open() {
         if addr.ip().is_loopback() {
             eprintln!("aetherfs hub: no authentication configured: any local process can read and write");

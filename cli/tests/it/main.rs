@@ -21,3 +21,4 @@ mod pull_semantics;
 mod roundtrip;
 mod sidecar;
 mod tools;
+mod web;
