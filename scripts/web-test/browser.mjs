@@ -181,6 +181,8 @@ try {
   await page.setContent(`<form method="post" action="${HUB}/web/datasets/${DATASET}/-/tags/${TAG}"><input name="action" value="delete"></form>`);
   const [attack] = await Promise.all([page.waitForNavigation(), page.evaluate(() => document.forms[0].submit())]);
   expect(attack.status() === 403, `a form on another page is refused (${attack.status()})`);
+  await page.goto(`${HUB}/`);
+  expect((await page.textContent('header')).includes('Signed in'), 'the refused form left the session alone');
 
   // A dataset the person may not read.
   res = await page.goto(`${HUB}/web/datasets/${need('FORBIDDEN')}`);

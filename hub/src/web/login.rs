@@ -66,7 +66,7 @@ fn login_page(hub: &Hub, viewer: &Viewer, status: StatusCode, error: Option<&str
 
 /// `POST /web/login`: a basic-auth user's name and password.
 pub(crate) async fn password(State(hub): State<Hub>, req: Request) -> Response {
-    let viewer = Viewer::of(&hub, req.headers());
+    let viewer = Viewer::of(&hub, req.headers()).for_post();
     let addr = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let fields = match form_fields(&hub, &viewer, req).await {
         Ok(f) => f,
@@ -186,7 +186,7 @@ async fn finish_sign_in(hub: &Hub, req: &Parts) -> PageResult {
 
 /// `POST /web/logout`.
 pub(crate) async fn logout(State(hub): State<Hub>, req: Request) -> Response {
-    let viewer = Viewer::of(&hub, req.headers());
+    let viewer = Viewer::of(&hub, req.headers()).for_post();
     if let Err(e) = form_fields(&hub, &viewer, req).await {
         return finish(&viewer, Err(e));
     }

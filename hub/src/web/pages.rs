@@ -574,7 +574,7 @@ async fn diff_page(hub: &Hub, viewer: &Viewer, raw: &str, req: &Parts) -> PageRe
 
 /// `POST …/-/tags/TAG`: the tag form (move or delete), CSRF-checked.
 pub(crate) async fn tag_form(hub: &Hub, raw: &str, tag: &str, req: Request) -> Response {
-    let viewer = Viewer::of(hub, req.headers());
+    let viewer = Viewer::of(hub, req.headers()).for_post();
     let r = tag_post(hub, &viewer, raw, tag, req).await;
     finish(&viewer, r)
 }

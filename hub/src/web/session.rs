@@ -131,8 +131,10 @@ pub(crate) struct Viewer {
     session: Session,
     /// `None` on a hub without access control: everything is allowed.
     caller: Option<Caller>,
-    /// Set-Cookie on the answer (a new session).
+    /// The session is new (no valid cookie came).
     fresh: bool,
+    /// Set-Cookie on the answer.
+    set: bool,
 }
 
 impl Viewer {
@@ -145,7 +147,7 @@ impl Viewer {
         let fresh = found.is_none();
         let session = found.unwrap_or_else(|| Session::anonymous(web.session_secs));
         let caller = hub.inner.opts.auth.caller(session.identity());
-        Viewer { hub: hub.clone(), session, caller, fresh }
+        Viewer { hub: hub.clone(), session, caller, fresh, set: fresh }
     }
 
     /// A viewer who just signed in as `id` (a new session id: no fixation).
@@ -159,14 +161,22 @@ impl Viewer {
             groups: id.groups.clone(),
         };
         let caller = hub.inner.opts.auth.caller(Some(id));
-        Viewer { hub: hub.clone(), session, caller, fresh: true }
+        Viewer { hub: hub.clone(), session, caller, fresh: true, set: true }
     }
 
     /// A new anonymous viewer (after signing out).
     pub fn signed_out(hub: &Hub) -> Viewer {
         let session = Session::anonymous(hub.inner.web.session_secs);
         let caller = hub.inner.opts.auth.caller(None);
-        Viewer { hub: hub.clone(), session, caller, fresh: true }
+        Viewer { hub: hub.clone(), session, caller, fresh: true, set: true }
+    }
+
+    /// For a POST: never answered with a new anonymous session, so a
+    /// cross-site form (which carries no SameSite=Lax cookie) cannot replace
+    /// the person's session with one.
+    pub fn for_post(mut self) -> Self {
+        self.set = false;
+        self
     }
 
     /// The policy's view of the viewer; `None` on a hub without access control.
@@ -208,7 +218,7 @@ impl Viewer {
 
     /// Adds the session cookie when it is new.
     pub fn set_cookie(&self, res: &mut Response) {
-        if !self.fresh {
+        if !self.set {
             return;
         }
         let web = &self.hub.inner.web;

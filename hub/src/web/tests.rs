@@ -114,5 +114,7 @@ async fn a_post_without_the_token_or_from_elsewhere_is_refused() {
     for req in [post("http://evil.example", "action=delete"), post("http://127.0.0.1", "action=delete&csrf=x")] {
         let res = hub.router().oneshot(req).await.expect("infallible");
         assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        // No new session: a cross-site form must not replace the person's.
+        assert!(res.headers().get(header::SET_COOKIE).is_none());
     }
 }
