@@ -180,11 +180,11 @@ async fn dispatch(State(hub): State<Hub>, req: Request) -> Response {
         let name = name.to_string();
         match shape {
             Shape::Dataset => pages::dataset(&hub, &name, req).await,
-            Shape::Tree(d) => pages::tree(&hub, &name, &d.to_string(), req).await,
-            Shape::File(d) => files::download(&hub, &name, &d.to_string(), req).await,
-            Shape::Preview(d) => files::preview(&hub, &name, &d.to_string(), req).await,
+            Shape::Tree(d) => pages::tree(&hub, &name, d, req).await,
+            Shape::File(d) => files::download(&hub, &name, d, req).await,
+            Shape::Preview(d) => files::preview(&hub, &name, d, req).await,
             Shape::Diff => pages::diff(&hub, &name, req).await,
-            Shape::Tag(t) => pages::tag_form(&hub, &name, &t.to_string(), req).await,
+            Shape::Tag(t) => pages::tag_form(&hub, &name, t, req).await,
         }
     };
     res.extensions_mut().insert(RouteTemplate(template));

@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
-use crate::harness::{Hub, assert_same_tree, http_get, is_mounted, make_tree, require, run_ok, sqlite, start_daemon, terminate};
+use crate::harness::{
+    Hub, assert_same_tree, http_get, is_mounted, make_tree, require, run_ok, sqlite, start_daemon, terminate,
+};
 
 #[test]
 fn fuse_mount_of_a_hub_version() {
