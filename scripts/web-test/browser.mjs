@@ -44,6 +44,8 @@ const context = await chromium.launchPersistentContext(path.join(OUT, 'profile')
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
     '--disable-component-update', '--disable-sync', '--disable-default-apps'],
 });
+// Generous: a loaded CI machine starts chromium and the provider slowly (nothing here waits on a timer).
+context.setDefaultTimeout(90_000);
 const page = context.pages()[0] || await context.newPage();
 let shots = 0;
 
@@ -197,7 +199,8 @@ try {
   console.log(`${checks.length} passed, 0 failed`);
 } catch (e) {
   await page.screenshot({ path: path.join(OUT, 'failure.png'), fullPage: true }).catch(() => {});
-  console.error(`not ok - ${e.message}\n(at ${page.url()})`);
+  const text = await page.textContent('body').catch(() => '');
+  console.error(`not ok - ${e.message}\n(at ${page.url()}: ${String(text).replace(/\s+/g, ' ').slice(0, 800)})`);
   console.log(`${checks.length} passed, 1 failed`);
   process.exitCode = 1;
 } finally {
