@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests talk to: sqlite3, diff, fusermount3 (the
 # FUSE tests also need /dev/fuse), moto's S3 server, Node.js with the test
-# OpenID provider (scripts/oidc-provider), curl and python3 for the auth tests.
+# OpenID provider (scripts/oidc-provider), curl and python3 for the auth tests,
+# chromium with playwright-core and axe-core for the web page's browser test.
 # Only what is missing is installed; safe to run repeatedly.
 set -euo pipefail
 
@@ -31,6 +32,8 @@ command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || apt_pkgs+=(
 command -v psql >/dev/null || apt_pkgs+=(postgresql-client)
 command -v unshare >/dev/null || apt_pkgs+=(util-linux)
 command -v ip >/dev/null || apt_pkgs+=(iproute2)
+# The web page's browser test (cli/tests/it/web.rs, scripts/web-test): Debian's chromium.
+[ -x /usr/bin/chromium ] || apt_pkgs+=(chromium)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   echo "installing ${apt_pkgs[*]} (apt)"
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -101,4 +104,13 @@ if [ ! -f "$provider/node_modules/.package-lock.json" ] || ! cmp -s "$provider/p
   echo "installing the test OpenID provider (npm ci in scripts/oidc-provider)"
   (cd "$provider" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   cp "$provider/package-lock.json" "$provider/node_modules/.aetherfs-lock"
+fi
+
+# The web page's browser test: playwright-core (driving /usr/bin/chromium; it downloads no browser of
+# its own) and axe-core, pinned by scripts/web-test/package-lock.json.
+webtest="$(dirname "$0")/web-test"
+if [ ! -f "$webtest/node_modules/.package-lock.json" ] || ! cmp -s "$webtest/package-lock.json" "$webtest/node_modules/.aetherfs-lock"; then
+  echo "installing playwright-core and axe-core (npm ci in scripts/web-test)"
+  (cd "$webtest" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  cp "$webtest/package-lock.json" "$webtest/node_modules/.aetherfs-lock"
 fi

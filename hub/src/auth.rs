@@ -25,6 +25,7 @@
 mod config;
 mod oidc;
 pub(crate) mod policy;
+mod sign_in;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ pub use aetherfs_access::{UsersError, basic_authorization, hash_password, set_us
 pub use config::{AlgorithmError, ConfigError, IssuerError, RuleError};
 pub use oidc::{ClientError, IssuerSetupError};
 pub use policy::{GranteeError, Identity, PatternError, Permission};
+pub(crate) use sign_in::{Pending, SignInError};
 
 use aetherfs_access::BasicError;
 
@@ -74,6 +76,21 @@ pub enum AuthError {
     },
     #[error(transparent)]
     Access(#[from] aetherfs_access::AccessError),
+    #[error("[web] session_key_file {}: {reason}", path.display())]
+    SessionKey { path: PathBuf, reason: String },
+}
+
+/// Shortest session key accepted.
+const SESSION_KEY_MIN: usize = 32;
+
+fn read_session_key(path: &Path) -> Result<Vec<u8>, AuthError> {
+    let bad = |reason: String| AuthError::SessionKey { path: path.to_path_buf(), reason };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let key = bytes.trim_ascii().to_vec();
+    if key.len() < SESSION_KEY_MIN {
+        return Err(bad(format!("holds {} bytes; at least {SESSION_KEY_MIN} are needed", key.len())));
+    }
+    Ok(key)
 }
 
 fn in_file(file: Option<&Path>) -> String {
@@ -97,6 +114,9 @@ pub(crate) enum Need {
     Everywhere(Permission),
     /// Paths that route nowhere: any authenticated caller (they get 404).
     Authenticated,
+    /// The web page: it signs people in itself (session cookie), and each
+    /// page asks the policy through [`Caller`] (so refusals are pages too).
+    Web,
 }
 
 /// The hub's access control; cheap to clone. [`Default`] is [`Auth::open`].
@@ -111,6 +131,7 @@ struct Enforced {
     oidc: Oidc,
     basic: Option<aetherfs_access::UsersFile>,
     policy: Policy,
+    web: config::WebConfig,
 }
 
 impl fmt::Debug for Auth {
@@ -151,12 +172,17 @@ impl Auth {
 
     fn build(text: &str, base_dir: &Path, file: Option<&Path>) -> Result<Auth, AuthError> {
         let file = file.map(Path::to_path_buf);
-        let cfg = Config::parse(text, base_dir).map_err(|source| AuthError::Config { file: file.clone(), source })?;
+        let mut cfg =
+            Config::parse(text, base_dir).map_err(|source| AuthError::Config { file: file.clone(), source })?;
+        if let Some(p) = &cfg.web.session_key_file {
+            cfg.web.session_key = Some(read_session_key(p)?);
+        }
         let basic =
             cfg.users_file.as_deref().map(|f| aetherfs_access::UsersFile::load(f, cfg.basic_limits)).transpose()?;
         let oidc = Oidc::new(cfg.issuers).map_err(|source| AuthError::Issuer { file: file.clone(), source })?;
         let source = file.map_or_else(|| "inline configuration".to_string(), |f| f.display().to_string());
-        let enforced = Enforced { source, metrics: cfg.metrics, oidc, basic, policy: Policy::new(cfg.rules) };
+        let enforced =
+            Enforced { source, metrics: cfg.metrics, oidc, basic, policy: Policy::new(cfg.rules), web: cfg.web };
         Ok(Auth { enforced: Some(Arc::new(enforced)) })
     }
 
@@ -198,6 +224,11 @@ impl Caller {
     pub fn can(&self, need: Permission, name: &str) -> bool {
         self.enforced.policy.allows(self.identity.as_ref(), need, name)
     }
+
+    /// Whether this caller may read some dataset (the listing's rule).
+    pub fn reads_somewhere(&self) -> bool {
+        self.identity.is_some() || self.enforced.policy.allows_somewhere(None, Permission::Read)
+    }
 }
 
 /// Why credentials were refused.
@@ -228,7 +259,7 @@ pub(crate) async fn enforce(State(guard): State<Guard>, mut req: Request, next: 
         return next.run(req).await;
     };
     let need = (guard.need)(req.method(), req.uri().path());
-    if need == Need::Open {
+    if need == Need::Open || need == Need::Web {
         return next.run(req).await;
     }
     let presented = authorization(req.headers());
@@ -286,7 +317,7 @@ fn authorization(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
 fn refusal(hub: &Hub, e: &Enforced, need: &Need, who: Option<&Identity>) -> Option<Response> {
     let policy = &e.policy;
     let allowed = match need {
-        Need::Open => true,
+        Need::Open | Need::Web => true,
         Need::Metrics => e.metrics == MetricsAccess::Public || who.is_some(),
         Need::Listing => who.is_some() || policy.allows_somewhere(None, Permission::Read),
         Need::Dataset(name, p) => policy.allows(who, *p, name),

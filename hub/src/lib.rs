@@ -10,6 +10,7 @@
 //! - `storage`: opening the object store and its key layout
 //! - `tags`: tag moves (compare-and-swap), history and long-polls
 //! - `tls`: HTTPS with certificate reload
+//! - `web`: the web page for people (HTML, sign-in, sessions)
 //!
 //! ```text
 //!   HTTPS (rustls)        tls.rs          certificate reloaded when its files change
@@ -40,6 +41,7 @@ pub mod serve;
 mod storage;
 mod tags;
 pub mod tls;
+mod web;
 
 use std::sync::Arc;
 
@@ -90,6 +92,8 @@ pub struct HubOptions {
     /// record (a client's `wait` is capped to it). Below a load balancer's
     /// idle timeout, so a waiting poll is never cut off by a proxy.
     pub long_poll_max: std::time::Duration,
+    /// The hub serves HTTPS: the web page's cookies are `Secure`.
+    pub tls: bool,
 }
 
 impl Default for HubOptions {
@@ -104,6 +108,7 @@ impl Default for HubOptions {
             body_stall: std::time::Duration::from_secs(30),
             max_index_bytes: 4 << 30,
             long_poll_max: LONG_POLL_MAX,
+            tls: false,
         }
     }
 }
@@ -130,6 +135,7 @@ pub(crate) struct Inner {
     pub uploads: Semaphore,
     pub json_views: Arc<Semaphore>,
     pub dav: routes::dav::DavState,
+    pub web: web::WebState,
 }
 
 impl Hub {
@@ -159,13 +165,14 @@ impl Hub {
             inner: Arc::new(Inner {
                 tags: tags::TagStore::new(store.clone()),
                 store,
-                opts,
                 description,
                 chunks,
                 metrics,
                 uploads: Semaphore::new(CONCURRENT_UPLOADS),
                 json_views: Arc::new(Semaphore::new(CONCURRENT_JSON_VIEWS)),
                 dav: routes::dav::DavState::new(dav_store),
+                web: web::WebState::new(&opts),
+                opts,
             }),
         };
         hub.inner.chunks.start();

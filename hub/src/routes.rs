@@ -2,12 +2,12 @@
 //! openapi.json by a test), and helpers shared by the handlers.
 
 mod chunks;
-mod datasets;
+pub(crate) mod datasets;
 pub(crate) mod dav;
 mod gc;
 mod json_stream;
-mod leases;
-mod manifests;
+pub(crate) mod leases;
+pub(crate) mod manifests;
 mod ops;
 mod packs;
 
@@ -76,6 +76,10 @@ pub(crate) fn build(hub: Hub) -> (Router, Vec<RouteSpec>) {
     b = b.route(spec("/dav", DAV_METHODS), any(dav::serve)).route(spec("/dav/", DAV_METHODS), any(dav::serve));
     b.router = b.router.route("/dav/{*path}", any(dav::serve));
     b.specs.push(spec("/dav/{path}", DAV_METHODS));
+    // The web page for people (web.rs); its dataset pages share one wildcard
+    // route, as the API's do.
+    b.router = b.router.merge(crate::web::router().layer(DefaultBodyLimit::max(SMALL_BODY_MAX)));
+    b.specs.extend_from_slice(crate::web::ROUTES);
     // The top-level routes' methods, for the `Allow` header of a 405.
     let top: Vec<RouteSpec> = b.specs.clone();
     let router = b
@@ -104,6 +108,9 @@ pub(crate) fn build(hub: Hub) -> (Router, Vec<RouteSpec>) {
 /// on (so the name checked is the name the handler uses). Every route in
 /// [`build`] is covered here; a test checks each one.
 pub(crate) fn need(method: &Method, path: &str) -> Need {
+    if crate::web::is_web_path(path) {
+        return Need::Web;
+    }
     match path {
         "/healthz" | "/readyz" | "/openapi.json" => return Need::Open,
         "/metrics" => return Need::Metrics,
@@ -292,6 +299,10 @@ mod tests {
         assert_eq!(n(Method::GET, "/metrics"), Need::Metrics);
         assert_eq!(n(Method::GET, "/v1/datasets"), Need::Listing);
         assert_eq!(n(Method::POST, "/v1/gc"), Need::Everywhere(Admin));
+        for web in ["/", "/web/login", "/web/datasets/a/b/-/tree/x", "/web/datasets/a/-/tags/t"] {
+            assert_eq!(n(Method::GET, web), Need::Web, "{web}");
+            assert_eq!(n(Method::POST, web), Need::Web, "{web}");
+        }
         let ds = |name: &str, p| Need::Dataset(name.to_string(), p);
         assert_eq!(n(Method::POST, "/v1/datasets/a/b/chunks/missing"), ds("a/b", Write));
         assert_eq!(n(Method::PUT, "/v1/datasets/a/packs/blake3:00"), ds("a", Write));
@@ -340,8 +351,9 @@ mod tests {
                 let status = res.status();
                 if allowed {
                     assert!(status != StatusCode::METHOD_NOT_ALLOWED, "{m} {path} is documented but refused");
-                    // WebDAV answers in WebDAV, not in the API's JSON errors.
-                    if status == StatusCode::NOT_FOUND && m != "HEAD" && !path.starts_with("/dav") {
+                    // WebDAV answers in WebDAV and the web page in HTML, not in the API's JSON errors.
+                    let api = !path.starts_with("/dav") && !crate::web::is_web_path(path);
+                    if status == StatusCode::NOT_FOUND && m != "HEAD" && api {
                         let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.expect("body");
                         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
                         assert_ne!(v["error"]["code"], "not_found", "{m} {path} is not routed");

@@ -10,6 +10,8 @@
 //   OIDC_CC_TTL=3600         client_credentials access tokens
 //   OIDC_TEST_USER=alice     the user who "logs in" during the device flow
 //   OIDC_USER_GROUPS=team-a  that user's `groups` claim (comma-separated)
+//   OIDC_WEB_USERS=alice:alice-pw  who may sign in on the HTML login page (`user:password[:group+group]`,
+//                            comma-separated; without groups a user gets OIDC_USER_GROUPS)
 //
 // Prints one line `oidc-provider listening at ISSUER` on stdout once it serves. Every start makes a new
 // RSA signing key with a new `kid`: restarting it on the same port is a key rotation.
@@ -19,6 +21,10 @@
 //     id and `groups` comes from GROUPS below.
 //   cli-client: public; device_code + refresh_token (a refresh token needs the `offline_access` scope;
 //     with `openid` the token response also carries an ID token, audience `cli-client`).
+//   web-client: public (PKCE), authorization_code for the hub's web page; a native client, so its
+//     redirect URI http://127.0.0.1/web/callback matches on any port (RFC 8252 §7.3), as the hub's
+//     ephemeral test ports need. Its logins go through a real HTML form (GET /interaction/:uid shows it,
+//     POST /interaction/:uid/login checks OIDC_WEB_USERS); ID tokens carry `groups`.
 // Resources: OIDC_AUDIENCE (the default) and `urn:other` (a real token for the wrong audience).
 //
 // Test-only routes:
@@ -27,7 +33,8 @@
 //     JWKS, RS256, the current kid by default), "hmac-public" (HS256 whose secret is the PEM text of the
 //     provider's public key: the classic key-confusion attack). Answers {token}.
 //   GET /interaction/:uid  completes login and consent for OIDC_TEST_USER at once (no HTML forms), so a
-//     device-flow login is approved by visiting the verification URI (approve.py does, as a browser).
+//     device-flow login is approved by visiting the verification URI (approve.py does, as a browser);
+//     for web-client it shows the login form instead (consent is still granted at once).
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { SignJWT, importJWK } from 'jose';
@@ -41,6 +48,13 @@ const ccTTL = Number(env.OIDC_CC_TTL || 3600);
 const testUser = env.OIDC_TEST_USER || 'alice';
 const userGroups = (env.OIDC_USER_GROUPS ?? 'team-a').split(',').filter(Boolean);
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+const WEB_CLIENT = 'web-client';
+// user -> { password, groups }
+const webUsers = new Map((env.OIDC_WEB_USERS ?? 'alice:alice-pw').split(',').filter(Boolean).map((u) => {
+  const [name, password, groups] = u.split(':');
+  return [name, { password, groups: groups ? groups.split('+').filter(Boolean) : userGroups }];
+}));
+const groupsOf = (sub) => webUsers.get(sub)?.groups ?? userGroups;
 
 // The `groups` claim of each client_credentials client.
 const GROUPS = {
@@ -82,12 +96,22 @@ function makeProvider(issuer) {
       token_endpoint_auth_method: 'none',
       grant_types: [DEVICE_GRANT, 'refresh_token'], response_types: [], redirect_uris: [],
       scope: 'openid offline_access datasets:read',
+    }, {
+      client_id: WEB_CLIENT, // public: PKCE, no secret
+      application_type: 'native',
+      token_endpoint_auth_method: 'none',
+      grant_types: ['authorization_code'], response_types: ['code'],
+      redirect_uris: ['http://127.0.0.1/web/callback'],
+      scope: 'openid datasets:read',
     }],
+    // `groups` rides in the ID token too, so the hub can take a web sign-in's groups from it.
+    conformIdTokenClaims: false,
+    claims: { openid: ['sub', 'groups'] },
     scopes: ['openid', 'offline_access', 'datasets:read'],
-    findAccount: (ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }), // any account exists
+    findAccount: (ctx, sub) => ({ accountId: sub, claims: () => ({ sub, groups: groupsOf(sub) }) }), // any account exists
     cookies: { keys: ['test-cookie-key'] },
     extraTokenClaims: (ctx, token) => ({
-      groups: token.accountId ? userGroups : (GROUPS[token.clientId] || []),
+      groups: token.accountId ? groupsOf(token.accountId) : (GROUPS[token.clientId] || []),
     }),
     ttl: {
       AccessToken: accessTTL, ClientCredentials: ccTTL, DeviceCode: 600, RefreshToken: 86400,
@@ -112,11 +136,33 @@ function makeProvider(issuer) {
     },
   });
 
+  // The web client's login form: a real page with user name and password.
+  provider.use(async (ctx, next) => {
+    const m = /^\/interaction\/([^/]+)\/login$/.exec(ctx.path);
+    if (ctx.method !== 'POST' || !m) return next();
+    const form = new URLSearchParams(await readBody(ctx.req));
+    const user = webUsers.get(form.get('username') || '');
+    if (!user || user.password !== form.get('password')) {
+      ctx.status = 401;
+      ctx.type = 'html';
+      ctx.body = loginPage(m[1], 'Wrong user name or password.');
+      return undefined;
+    }
+    ctx.redirect(await provider.interactionResult(ctx.req, ctx.res,
+      { login: { accountId: form.get('username') } }, { mergeWithLastSubmission: false }));
+    return undefined;
+  });
+
   // The test "user": completes login and consent of any interaction at once.
   provider.use(async (ctx, next) => {
     if (ctx.method !== 'GET' || !/^\/interaction\/[^/]+$/.test(ctx.path)) return next();
-    const { prompt, params, session, grantId } = await provider.interactionDetails(ctx.req, ctx.res);
+    const { uid, prompt, params, session, grantId } = await provider.interactionDetails(ctx.req, ctx.res);
     let result;
+    if (prompt.name === 'login' && params.client_id === WEB_CLIENT) {
+      ctx.type = 'html';
+      ctx.body = loginPage(uid);
+      return undefined;
+    }
     if (prompt.name === 'login') {
       result = { login: { accountId: testUser } };
     } else { // consent: grant everything that is missing
@@ -131,6 +177,26 @@ function makeProvider(issuer) {
     ctx.redirect(await provider.interactionResult(ctx.req, ctx.res, result, { mergeWithLastSubmission: true }));
   });
   return provider;
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    let body = '';
+    req.on('data', (c) => { body += c; if (body.length > 16384) reject(new Error('body too large')); });
+    req.on('end', () => resolve(body));
+    req.on('error', reject);
+  });
+}
+
+const escapeHtml = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+function loginPage(uid, error) {
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Test provider: sign in</title></head>
+<body><main><h1>Test OpenID provider</h1>${error ? `<p role="alert">${escapeHtml(error)}</p>` : ''}
+<form method="post" action="/interaction/${escapeHtml(uid)}/login">
+<p><label for="username">Username</label> <input id="username" name="username" autocomplete="username"></p>
+<p><label for="password">Password</label> <input id="password" name="password" type="password"></p>
+<p><button type="submit">Sign in</button></p></form></main></body></html>`;
 }
 
 // POST /test/sign: see the header comment.

@@ -103,6 +103,7 @@ pub async fn run(a: DemoArgs) -> Result<()> {
     println!("AetherFS demo is running (data in {}).", dir.display());
     println!();
     println!("Hub: {hub_url}   published: {}", published.join(", "));
+    println!("Web page: {}/  (datasets, versions, diffs, file previews)", hub_url.trim_end_matches('/'));
     println!("  export AETHERFS_HUB={hub_url}");
     println!("  aetherfs ls");
     println!("  aetherfs inspect examples/geoip:latest --files");

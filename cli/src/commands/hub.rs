@@ -52,6 +52,7 @@ pub async fn run(a: HubArgs) -> Result<()> {
         body_stall: std::time::Duration::from_secs(a.body_timeout_secs),
         max_index_bytes: a.max_index_mib << 20,
         long_poll_max: std::time::Duration::from_secs(a.long_poll_max_secs),
+        tls: tls.is_some(),
         ..HubOptions::default()
     };
     let hub = Hub::open(opts).await.context("cannot open the hub's storage")?;
@@ -61,6 +62,7 @@ pub async fn run(a: HubArgs) -> Result<()> {
     // Tests and scripts read this line to find an ephemeral port.
     let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!("aetherfs hub: listening on {scheme}://{addr} (storage {})", hub.storage_description());
+    eprintln!("aetherfs hub: web page at {scheme}://{addr}/");
     if auth.is_open() {
         if addr.ip().is_loopback() {
             eprintln!("aetherfs hub: no authentication configured: any local process can read and write");

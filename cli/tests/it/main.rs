@@ -22,3 +22,4 @@ mod roundtrip;
 mod schemathesis;
 mod sidecar;
 mod tools;
+mod web;

@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
-use crate::harness::{Hub, assert_same_tree, is_mounted, make_tree, require, run_ok, sqlite, start_daemon, terminate};
+use crate::harness::{
+    Hub, assert_same_tree, http_get, is_mounted, make_tree, require, run_ok, sqlite, start_daemon, terminate,
+};
 
 #[test]
 fn fuse_mount_of_a_hub_version() {
@@ -93,9 +95,12 @@ fn the_demo_serves_the_examples() {
         .env("AETHERFS_LOG", "warn");
     let (proc, lines) = start_daemon(
         cmd,
-        &["WebDAV: ", "Ctrl-C", "new data ", "    WebDAV ", "    FUSE ", "    NFSv3 ", "still reads v1"],
+        &["WebDAV: ", "Ctrl-C", "new data ", "    WebDAV ", "    FUSE ", "    NFSv3 ", "still reads v1", "Web page: "],
     );
     let webdav = lines[0].split("WebDAV: ").nth(1).unwrap().trim().to_string();
+    let web = lines[7].split("Web page: ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let (status, page) = http_get(web.trim_end_matches('/'), "/").unwrap();
+    assert!(status == 200 && page.contains("examples/geoip"), "the demo's web page: {status} {page}");
     let mnt = std::fs::canonicalize(dir.path()).unwrap().join("mnt");
     let rows = sqlite(&mnt.join("geoip.sqlite"), "SELECT count(*) FROM blocks;");
     assert_eq!(rows.trim(), "2000");

@@ -25,6 +25,48 @@ pub(crate) struct FileConfig {
     pub basic: Option<BasicFile>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleFile>,
+    /// The web page's sign-in (docs/hub.md, "The web page").
+    pub web: Option<WebFile>,
+}
+
+/// `[web]`: how people sign in to the hub's web page.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WebFile {
+    /// The public client (authorization code with PKCE) registered at the issuer.
+    pub client_id: Option<String>,
+    /// Which `[[oidc]]` issuer people sign in with; default: the only one.
+    pub issuer: Option<String>,
+    /// `https://hub.example` when the hub is reached through a proxy: the
+    /// redirect URI is `{redirect_base}/web/callback`. Default: from the request.
+    pub redirect_base: Option<String>,
+    /// Extra scopes besides `openid`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// A file holding the session cookies' signing key (at least 32 bytes);
+    /// default: a random key per start (sessions end at a restart).
+    pub session_key_file: Option<PathBuf>,
+    /// How long a session lasts (default 8 hours, at most 7 days).
+    pub session_secs: Option<u64>,
+}
+
+/// `[web]`, validated.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WebConfig {
+    /// `Some` when people sign in with OIDC.
+    pub oidc: Option<WebOidc>,
+    pub session_key_file: Option<PathBuf>,
+    /// The key read from `session_key_file` (when the configuration is loaded).
+    pub session_key: Option<Vec<u8>>,
+    pub session_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct WebOidc {
+    pub client_id: String,
+    pub issuer: String,
+    pub redirect_base: Option<url::Url>,
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -138,6 +180,7 @@ pub(crate) struct Config {
     pub users_file: Option<PathBuf>,
     pub basic_limits: FailureLimits,
     pub rules: Vec<Rule>,
+    pub web: WebConfig,
 }
 
 pub(crate) const DEFAULT_LEEWAY_SECS: u64 = 30;
@@ -168,6 +211,8 @@ pub enum ConfigError {
         "[basic]: max_failures_per_user and max_failures_per_address must be at least 1, failure_window_secs from 1 to 86400"
     )]
     BasicLimits,
+    #[error("[web]: {0}")]
+    Web(String),
 }
 
 /// Why one `[[oidc]]` section is refused.
@@ -262,8 +307,55 @@ impl Config {
         for (i, r) in file.rules.into_iter().enumerate() {
             rules.push(rule(r, &known_issuers).map_err(|source| ConfigError::Rule { index: i + 1, source })?);
         }
-        Ok(Config { metrics: file.metrics, issuers, users_file, basic_limits, rules })
+        let web = match file.web {
+            None => WebConfig::default(),
+            Some(w) => web(w, &known_issuers, &resolve).map_err(ConfigError::Web)?,
+        };
+        Ok(Config { metrics: file.metrics, issuers, users_file, basic_limits, rules, web })
     }
+}
+
+/// Longest web session.
+const WEB_SESSION_MAX_SECS: u64 = 7 * 86_400;
+
+fn web(w: WebFile, issuers: &[&str], resolve: &dyn Fn(PathBuf) -> PathBuf) -> Result<WebConfig, String> {
+    let oidc = match w.client_id.filter(|c| !c.trim().is_empty()) {
+        None if w.issuer.is_some() || w.redirect_base.is_some() => {
+            return Err("issuer and redirect_base need a client_id".into());
+        }
+        None => None,
+        Some(client_id) => {
+            let issuer = match (w.issuer, issuers) {
+                (Some(i), _) if issuers.contains(&i.as_str()) => i,
+                (Some(i), _) => return Err(format!("issuer {i:?} is not a configured [[oidc]] issuer")),
+                (None, [only]) => only.to_string(),
+                (None, []) => return Err("client_id needs an [[oidc]] issuer to sign in with".into()),
+                (None, _) => return Err("several [[oidc]] issuers: say which one people sign in with (issuer)".into()),
+            };
+            let redirect_base = w
+                .redirect_base
+                .map(|b| {
+                    let u = url::Url::parse(&b).map_err(|e| format!("redirect_base {b:?}: {e}"))?;
+                    if !matches!(u.scheme(), "http" | "https") || u.query().is_some() || u.fragment().is_some() {
+                        return Err(format!("redirect_base {b:?}: an http(s) URL without query or fragment"));
+                    }
+                    Ok(u)
+                })
+                .transpose()?;
+            Some(WebOidc { client_id, issuer, redirect_base, scopes: w.scopes })
+        }
+    };
+    if let Some(s) = w.session_secs
+        && !(60..=WEB_SESSION_MAX_SECS).contains(&s)
+    {
+        return Err(format!("session_secs = {s}: from 60 to {WEB_SESSION_MAX_SECS}"));
+    }
+    Ok(WebConfig {
+        oidc,
+        session_key_file: w.session_key_file.map(resolve),
+        session_key: None,
+        session_secs: w.session_secs,
+    })
 }
 
 fn issuer(o: OidcFile, resolve: &dyn Fn(PathBuf) -> PathBuf) -> Result<IssuerConfig, IssuerError> {
@@ -438,6 +530,25 @@ mod tests {
             ("[[rule]]\ndatasets = []\nread = [\"anonymous\"]".into(), "empty"),
             ("[[rule]]\ndatasets = \"a\"\nread = [\"user:https://other.example#x\"]".into(), "not a configured issuer"),
             (format!("{}\n{}", oidc(""), oidc("")), "twice"),
+        ] {
+            let err = parse(&text).expect_err(&text);
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn web_section() {
+        let iss = "[[oidc]]\nissuer = \"https://idp.example\"\naudience = \"a\"\n";
+        let c = parse(&format!("{iss}[web]\nclient_id = \"web\"\nsession_key_file = \"k\"")).expect("valid");
+        let o = c.web.oidc.expect("oidc");
+        assert_eq!((o.client_id.as_str(), o.issuer.as_str()), ("web", "https://idp.example"));
+        assert_eq!(c.web.session_key_file.as_deref(), Some(Path::new("/etc/aetherfs/k")));
+        for (text, needle) in [
+            ("[web]\nclient_id = \"web\"".to_string(), "needs an [[oidc]]"),
+            (format!("{iss}[web]\nclient_id = \"w\"\nissuer = \"https://x\""), "not a configured"),
+            (format!("{iss}[web]\nclient_id = \"w\"\nredirect_base = \"ftp://x\""), "http(s)"),
+            (format!("{iss}[web]\nsession_secs = 1"), "from 60"),
+            (format!("{iss}[web]\nclient = \"w\""), "unknown field"),
         ] {
             let err = parse(&text).expect_err(&text);
             assert!(err.contains(needle), "{text}: {err}");

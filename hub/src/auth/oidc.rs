@@ -177,6 +177,11 @@ impl Oidc {
         futures::future::join_all(all).await;
     }
 
+    /// The configuration and HTTP client of a trusted issuer (the web page's sign-in).
+    pub(crate) fn issuer(&self, iss: &str) -> Option<(&IssuerConfig, &Fetcher)> {
+        self.issuers.iter().find(|i| i.cfg.issuer == iss).map(|i| (&i.cfg, &i.fetcher))
+    }
+
     pub async fn validate(&self, token: &str) -> Result<Identity, TokenError> {
         if token.len() > TOKEN_MAX {
             return Err(invalid(format!("token longer than {TOKEN_MAX} bytes")));
@@ -295,7 +300,7 @@ fn claim<'a>(claims: &'a Value, name: &str) -> Option<&'a Value> {
     Some(v)
 }
 
-fn identity(cfg: &IssuerConfig, claims: &Value) -> Result<Identity, TokenError> {
+pub(crate) fn identity(cfg: &IssuerConfig, claims: &Value) -> Result<Identity, TokenError> {
     let subject = claim(claims, &cfg.subject_claim)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
@@ -606,7 +611,7 @@ fn explain_discovery(e: &DiscoveryError<FetchError>) -> String {
 /// redirects, timeouts, bounded bodies; optionally only a private CA, and a
 /// bearer token re-read from a file on every request (a Kubernetes API
 /// server serves discovery to service accounts).
-struct Fetcher {
+pub(crate) struct Fetcher {
     client: reqwest::Client,
     bearer_file: Option<PathBuf>,
 }

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use aetherfs_format::api::{
-    DatasetList, DatasetSummary, Expected, SetTagRequest, TagHistory, TagList, VersionEntry, VersionList,
+    DatasetList, DatasetSummary, Expected, SetTagRequest, TagHistory, TagList, TagRecord, VersionEntry, VersionList,
 };
 use aetherfs_format::{Digest, FormatError, Name, Tag};
 use axum::extract::{FromRequest, Request, State};
@@ -353,6 +353,22 @@ async fn get_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Respon
 async fn set_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Response, AppError> {
     let by = principal(&req);
     let AppJson(body) = AppJson::<SetTagRequest>::from_request(req, &()).await?;
+    let record = move_tag(hub, &name, &tag, body.digest, body.expected, &by).await?;
+    Ok(Json(record).into_response())
+}
+
+/// Moves `tag` to `digest` (compare-and-swap with `expected`) on behalf of
+/// `by`: the REST API's and the web page's tag move.
+pub(crate) async fn move_tag(
+    hub: &Hub,
+    name: &Name,
+    tag: &Tag,
+    digest: Digest,
+    expected: Option<Expected>,
+    by: &str,
+) -> Result<TagRecord, AppError> {
+    let body = SetTagRequest { digest, expected };
+    let (name, tag) = (name.clone(), tag.clone());
     match hub.inner.store.head(&storage::manifest(&name, &body.digest)).await {
         Ok(_) => {}
         Err(object_store::Error::NotFound { .. }) => {
@@ -363,7 +379,7 @@ async fn set_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Respon
         }
         Err(e) => return Err(AppError::storage("looking up a manifest", e)),
     }
-    let applied = hub.inner.tags.apply(&name, &tag, Move::Set(body.digest), body.expected, &by).await?;
+    let applied = hub.inner.tags.apply(&name, &tag, Move::Set(body.digest), body.expected, by).await?;
     if applied.moved && being_removed(hub, &name, &body.digest).await? {
         // The tag move's half of the handshake in gc::remove_versions: the
         // version went (or is going) away while the tag moved. Put the tag
@@ -371,7 +387,7 @@ async fn set_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Respon
         let record = &applied.record;
         let back = record.previous.map_or(Move::Delete, Move::Set);
         let expected = Some(Expected::Digest(body.digest));
-        if let Err(e) = hub.inner.tags.apply(&name, &tag, back, expected, &by).await {
+        if let Err(e) = hub.inner.tags.apply(&name, &tag, back, expected, by).await {
             tracing::warn!(%name, %tag, error = %e.message, "could not undo a tag move onto a removed version");
         }
         return Err(AppError::conflict(
@@ -383,7 +399,7 @@ async fn set_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Respon
         hub.inner.metrics.tag_moves.inc();
         tracing::info!(%name, %tag, digest = %body.digest, %by, "tag moved");
     }
-    Ok(Json(applied.record).into_response())
+    Ok(applied.record)
 }
 
 /// Whether a version is marked for removal or already gone.
@@ -403,10 +419,21 @@ async fn delete_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Res
     let by = principal(&req);
     let q = query(req.uri())?;
     let expected = q.get("expected").map(|s| parse::<Expected>(s, "invalid_digest")).transpose()?;
-    let applied = hub.inner.tags.apply(&name, &tag, Move::Delete, expected, &by).await?;
+    Ok(Json(remove_tag(hub, &name, &tag, expected, &by).await?).into_response())
+}
+
+/// Deletes `tag` (compare-and-swap with `expected`): the REST API's and the web page's.
+pub(crate) async fn remove_tag(
+    hub: &Hub,
+    name: &Name,
+    tag: &Tag,
+    expected: Option<Expected>,
+    by: &str,
+) -> Result<TagRecord, AppError> {
+    let applied = hub.inner.tags.apply(name, tag, Move::Delete, expected, by).await?;
     hub.inner.metrics.tag_moves.inc();
     tracing::info!(%name, %tag, %by, "tag deleted");
-    Ok(Json(applied.record).into_response())
+    Ok(applied.record)
 }
 
 /// `GET …/manifests`: every stored version, oldest first.

@@ -97,6 +97,18 @@ pub(crate) async fn serve(State(hub): State<Hub>, req: Request) -> Response {
     hub.inner.dav.handler.handle_with(config, req).await.into_response()
 }
 
+/// One version's tree and file reads (through the cache the WebDAV views
+/// share), for the web page; the caller's permission is checked before.
+pub(crate) async fn version_fs(hub: &Hub, name: &Name, digest: Digest) -> FsResult<Arc<DatasetFs>> {
+    let cache = &hub.inner.dav.versions;
+    if let Some(fs) = cache.get(&(name.clone(), digest)).await {
+        return Ok(fs);
+    }
+    let fs = HubCatalog { hub: hub.clone(), caller: None }.open_version(name, digest).await?;
+    cache.insert((name.clone(), digest), fs.clone()).await;
+    Ok(fs)
+}
+
 /// The datasets one caller may read.
 struct HubCatalog {
     hub: Hub,
@@ -186,13 +198,7 @@ impl Catalog for HubCatalog {
         async move {
             let name = self.name(name)?;
             let digest = self.digest_of(&name, reference).await?;
-            let cache = &self.hub.inner.dav.versions;
-            if let Some(fs) = cache.get(&(name.clone(), digest)).await {
-                return Ok(fs);
-            }
-            let fs = self.open_version(&name, digest).await?;
-            cache.insert((name, digest), fs.clone()).await;
-            Ok(fs)
+            version_fs(&self.hub, &name, digest).await
         }
         .boxed()
     }

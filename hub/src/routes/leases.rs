@@ -61,9 +61,15 @@ const LIST_PARALLELISM: usize = 16;
 /// `GET /v1/datasets/{name}/leases`: every stored lease, by reader. An
 /// unreadable or foreign object under the prefix is skipped.
 pub(crate) async fn list(hub: &Hub, name: Name) -> Result<Response, AppError> {
+    let leases = read(hub, &name).await?;
+    Ok(Json(LeaseList { name, leases }).into_response())
+}
+
+/// Every stored lease of `name`, by reader (the listing and the web page).
+pub(crate) async fn read(hub: &Hub, name: &Name) -> Result<Vec<Lease>, AppError> {
     use futures::{StreamExt, TryStreamExt};
     let store = &hub.inner.store;
-    let prefix = storage::leases_prefix(&name);
+    let prefix = storage::leases_prefix(name);
     let keys: Vec<object_store::path::Path> = store
         .list(Some(&prefix))
         .map_ok(|m| m.location)
@@ -79,8 +85,8 @@ pub(crate) async fn list(hub: &Hub, name: Name) -> Result<Response, AppError> {
         .into_iter()
         .flatten()
         .filter_map(|b| serde_json::from_slice::<Lease>(&b).ok())
-        .filter(|l| l.name == name)
+        .filter(|l| &l.name == name)
         .collect();
     leases.sort_by(|a, b| a.reader.cmp(&b.reader));
-    Ok(Json(LeaseList { name, leases }).into_response())
+    Ok(leases)
 }
