@@ -122,7 +122,7 @@ fn page_number(qs: &std::collections::HashMap<String, String>) -> Result<usize, 
             .parse::<usize>()
             .ok()
             .filter(|p| (1..=1_000_000).contains(p))
-            .ok_or_else(|| bad("page: a whole number from 1")),
+            .ok_or_else(|| bad("page: a whole number from 1 to 1000000")),
     }
 }
 
