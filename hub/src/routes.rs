@@ -1,15 +1,15 @@
 //! The HTTP API: the router, the table of routes it serves (checked against
 //! openapi.json by a test), and helpers shared by the handlers.
 
-mod chunks;
-mod datasets;
+pub(crate) mod chunks;
+pub(crate) mod datasets;
 pub(crate) mod dav;
 mod gc;
 mod json_stream;
 mod leases;
-mod manifests;
+pub(crate) mod manifests;
 mod ops;
-mod packs;
+pub(crate) mod packs;
 
 use std::collections::HashMap;
 use std::time::Duration;
