@@ -46,6 +46,13 @@ if ! command -v moto_server >/dev/null || ! moto_server --help >/dev/null 2>&1; 
   command -v pyenv >/dev/null && pyenv rehash || true
 fi
 
+# The gRPC test (cli/tests/it/grpc.rs, scripts/grpc-client-check.py): grpcio
+# with its reflection client and protobuf, a client that is not ours.
+if ! python3 -c 'import grpc, grpc_reflection, google.protobuf' 2>/dev/null; then
+  echo "installing grpcio, grpcio-reflection, protobuf (pip)"
+  python3 -m pip install --quiet 'grpcio==1.85.1' 'grpcio-reflection==1.85.1' 'protobuf==7.36.2'
+fi
+
 # The databases of examples/kubernetes, run by scripts/pod-sim.py: datasette,
 # and buenavista's Postgres wire protocol server (PyYAML reads helm's output).
 if ! command -v datasette >/dev/null || ! python3 -c 'import buenavista, yaml' 2>/dev/null; then

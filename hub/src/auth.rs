@@ -229,6 +229,11 @@ impl Caller {
     pub fn reads_somewhere(&self) -> bool {
         self.identity.is_some() || self.enforced.policy.allows_somewhere(None, Permission::Read)
     }
+
+    /// Who signed in, for tag records' `by`; `None`: anonymous.
+    pub fn principal(&self) -> Option<Principal> {
+        self.identity.as_ref().map(|id| Principal(id.subject.clone()))
+    }
 }
 
 /// Why credentials were refused.
@@ -254,47 +259,64 @@ pub(crate) struct Guard {
 
 /// The middleware: see the module documentation.
 pub(crate) async fn enforce(State(guard): State<Guard>, mut req: Request, next: Next) -> Response {
-    let hub = guard.hub;
-    let Some(e) = hub.inner.opts.auth.enforced.clone() else {
-        return next.run(req).await;
-    };
     let need = (guard.need)(req.method(), req.uri().path());
-    if need == Need::Open || need == Need::Web {
-        return next.run(req).await;
-    }
-    let presented = authorization(req.headers());
     let addr = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    let identity = match authenticate(&e, presented, addr).await {
+    match admit(&guard.hub, &need, req.headers(), addr, req.uri().path()).await {
+        Err(e) => e.into_response(),
+        Ok(None) => next.run(req).await,
+        Ok(Some(caller)) => {
+            if let Some(p) = caller.principal() {
+                req.extensions_mut().insert(p);
+            }
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+    }
+}
+
+/// Authenticates a request from its `authorization` header (and the peer's
+/// address, for the failed sign-in limit) and checks that it may do what
+/// `need` says: the one decision REST and gRPC both call. `Ok(None)`: no
+/// access control applies (an open hub or an open route).
+pub(crate) async fn admit(
+    hub: &Hub,
+    need: &Need,
+    headers: &HeaderMap,
+    addr: Option<std::net::IpAddr>,
+    what: &str,
+) -> Result<Option<Caller>, AppError> {
+    let Some(e) = hub.inner.opts.auth.enforced.clone() else {
+        return Ok(None);
+    };
+    if matches!(need, Need::Open | Need::Web) {
+        return Ok(None);
+    }
+    let identity = match authenticate(&e, authorization(headers), addr).await {
         Ok(id) => id,
         Err(Refusal::Unauthorized { presented, reason }) => {
-            count(&hub, "invalid_credentials");
-            tracing::info!(path = %req.uri().path(), %reason, "credentials refused");
-            return unauthorized(&e, presented, &reason).into_response();
+            count(hub, "invalid_credentials");
+            tracing::info!(path = %what, %reason, "credentials refused");
+            return Err(unauthorized(&e, presented, &reason));
         }
         Err(Refusal::Unavailable(reason)) => {
-            count(&hub, "keys_unavailable");
-            return AppError::new(StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable", reason).into_response();
+            count(hub, "keys_unavailable");
+            return Err(AppError::new(StatusCode::SERVICE_UNAVAILABLE, "auth_unavailable", reason));
         }
         Err(Refusal::Throttled(wait)) => {
-            count(&hub, "throttled");
+            count(hub, "throttled");
             let secs = wait.as_secs().max(1);
-            return AppError::new(
+            return Err(AppError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_failures",
                 format!("too many failed sign-ins; retry in {secs} s"),
             )
-            .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
-            .into_response();
+            .with_header(header::RETRY_AFTER, HeaderValue::from(secs)));
         }
     };
-    if let Some(refused) = refusal(&hub, &e, &need, identity.as_ref()) {
-        return refused;
+    if let Some(refused) = refusal(hub, &e, need, identity.as_ref()) {
+        return Err(refused);
     }
-    if let Some(id) = &identity {
-        req.extensions_mut().insert(Principal(id.subject.clone()));
-    }
-    req.extensions_mut().insert(Caller { identity, enforced: e });
-    next.run(req).await
+    Ok(Some(Caller { identity, enforced: e }))
 }
 
 fn count(hub: &Hub, outcome: &'static str) {
@@ -314,7 +336,7 @@ fn authorization(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
 }
 
 /// The answer to send when `who` may not do what `need` says; `None` when allowed.
-fn refusal(hub: &Hub, e: &Enforced, need: &Need, who: Option<&Identity>) -> Option<Response> {
+fn refusal(hub: &Hub, e: &Enforced, need: &Need, who: Option<&Identity>) -> Option<AppError> {
     let policy = &e.policy;
     let allowed = match need {
         Need::Open | Need::Web => true,
@@ -335,12 +357,12 @@ fn refusal(hub: &Hub, e: &Enforced, need: &Need, who: Option<&Identity>) -> Opti
     Some(match who {
         None => {
             count(hub, "missing_credentials");
-            unauthorized(e, false, &format!("credentials are required to {what}")).into_response()
+            unauthorized(e, false, &format!("credentials are required to {what}"))
         }
         Some(id) => {
             count(hub, "forbidden");
             tracing::info!(subject = %id.subject, issuer = %id.issuer, "denied: {what}");
-            AppError::new(StatusCode::FORBIDDEN, "forbidden", format!("{} may not {what}", id.subject)).into_response()
+            AppError::new(StatusCode::FORBIDDEN, "forbidden", format!("{} may not {what}", id.subject))
         }
     })
 }

@@ -3,6 +3,7 @@
 //! - `auth`: authentication and access control on every request
 //! - `chunk_index`: in-memory index of which pack holds each chunk
 //! - `error`: `HubError` (opening a hub) and `AppError` (HTTP error bodies)
+//! - `grpc`: the gRPC API beside REST on the same port (tonic, reflection, health)
 //! - `gc`: garbage collection (retention, mark, repack, sweep) and its handshake with publishes
 //! - `lifecycle`: the retention and garbage-collection configuration
 //! - `metrics`: Prometheus metrics and the request-tracking layer
@@ -34,6 +35,7 @@ pub mod auth;
 mod chunk_index;
 mod error;
 mod gc;
+mod grpc;
 pub mod lifecycle;
 mod metrics;
 mod routes;
@@ -182,10 +184,11 @@ impl Hub {
         hub
     }
 
-    /// The whole HTTP API.
+    /// The whole API: gRPC (by content type) and REST, for one port.
     pub fn router(&self) -> axum::Router {
         self.inner.chunks.start();
-        routes::build(self.clone()).0
+        let split = grpc::Split { rest: routes::build(self.clone()).0, grpc: grpc::router(self) };
+        axum::Router::new().fallback_service(split)
     }
 
     /// Where the data lives, for the startup log line (never credentials).

@@ -21,6 +21,8 @@ use crate::Hub;
 // Counter names get `_total` appended by the encoder.
 pub(crate) const HTTP_REQUESTS: &str = "aetherfs_hub_http_requests";
 pub(crate) const HTTP_REQUEST_DURATION: &str = "aetherfs_hub_http_request_duration";
+pub(crate) const GRPC_REQUESTS: &str = "aetherfs_hub_grpc_requests";
+pub(crate) const GRPC_REQUEST_DURATION: &str = "aetherfs_hub_grpc_request_duration";
 pub(crate) const PACK_BYTES_RECEIVED: &str = "aetherfs_hub_pack_received";
 pub(crate) const PACK_BYTES_SERVED: &str = "aetherfs_hub_pack_served";
 pub(crate) const PACKS_STORED: &str = "aetherfs_hub_packs_stored";
@@ -58,6 +60,18 @@ pub(crate) struct RouteLabels {
     pub method: String,
 }
 
+/// gRPC calls: the method (a name from hub.proto) and the status code's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct GrpcLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct GrpcMethod {
+    pub method: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct AuthLabels {
     /// `invalid_credentials`, `missing_credentials`, `forbidden`, `keys_unavailable`.
@@ -76,11 +90,14 @@ pub(crate) struct DatasetLabels {
 }
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+type GrpcHistogramFamily = Family<GrpcMethod, Histogram, fn() -> Histogram>;
 
 pub(crate) struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: HistogramFamily,
+    pub grpc_requests: Family<GrpcLabels, Counter>,
+    pub grpc_duration: GrpcHistogramFamily,
     pub pack_bytes_received: Counter,
     pub pack_bytes_served: Counter,
     pub packs_stored: Counter,
@@ -118,6 +135,8 @@ impl Metrics {
             registry: Registry::default(),
             http_requests: Family::default(),
             http_duration,
+            grpc_requests: Family::default(),
+            grpc_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             pack_bytes_received: Counter::default(),
             pack_bytes_served: Counter::default(),
             packs_stored: Counter::default(),
@@ -149,6 +168,13 @@ impl Metrics {
             "Time to answer an HTTP request (until the response head), by route and method",
             Unit::Seconds,
             m.http_duration.clone(),
+        );
+        r.register(GRPC_REQUESTS, "gRPC calls by method and status code", m.grpc_requests.clone());
+        r.register_with_unit(
+            GRPC_REQUEST_DURATION,
+            "Time to answer a gRPC call (until the response head; streams: until they start), by method",
+            Unit::Seconds,
+            m.grpc_duration.clone(),
         );
         r.register_with_unit(
             PACK_BYTES_RECEIVED,

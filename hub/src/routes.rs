@@ -1,7 +1,7 @@
 //! The HTTP API: the router, the table of routes it serves (checked against
 //! openapi.json by a test), and helpers shared by the handlers.
 
-mod chunks;
+pub(crate) mod chunks;
 pub(crate) mod datasets;
 pub(crate) mod dav;
 mod gc;
@@ -9,7 +9,7 @@ mod json_stream;
 pub(crate) mod leases;
 pub(crate) mod manifests;
 mod ops;
-mod packs;
+pub(crate) mod packs;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,4 +1,5 @@
-//! HTTPS: rustls (aws-lc-rs) in front of the same router, HTTP/1.1.
+//! HTTPS: rustls (aws-lc-rs) in front of the same router, HTTP/2 (gRPC) and
+//! HTTP/1.1 by ALPN.
 //!
 //! The certificate chain and key come from PEM files and are checked to match
 //! at start, where any problem is an error. [`Tls::spawn_reloader`] then
@@ -134,7 +135,8 @@ impl Tls {
             .map_err(|e| TlsError::Config(e.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // h2 first: gRPC clients need it; HTTP/1.1 clients offer only theirs.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Tls { resolver, config: Arc::new(config) })
     }
 

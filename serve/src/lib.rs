@@ -11,6 +11,12 @@
 //!   is closed.
 //! - Each request carries the peer address (`ConnectInfo`), for the hub's
 //!   per-address limit on failed sign-ins.
+//! - HTTP/1.1 and HTTP/2 on one port (the hub's gRPC rides on HTTP/2): on
+//!   plain TCP a client that opens with the HTTP/2 preface (h2c, prior
+//!   knowledge) gets HTTP/2, anyone else HTTP/1.1; under TLS the same, after
+//!   ALPN offered `h2` and `http/1.1`. HTTP/2 connections are bounded too:
+//!   streams at once per connection, frame and header-list sizes, and a
+//!   keepalive ping that closes connections whose peer stopped answering.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,7 +25,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -36,12 +43,55 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// A request head that takes longer to arrive is dropped (slow or idle clients).
     pub header_read_timeout: Duration,
+    pub http2: Http2Limits,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self { max_connections: 4096, header_read_timeout: Duration::from_secs(30) }
+        Self { max_connections: 4096, header_read_timeout: Duration::from_secs(30), http2: Http2Limits::default() }
     }
+}
+
+/// How each HTTP/2 connection is bounded.
+#[derive(Clone, Copy, Debug)]
+pub struct Http2Limits {
+    /// Requests (streams) open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Largest frame payload the peer may send (16 KiB … 16 MiB).
+    pub max_frame_size: u32,
+    /// Largest request head, decoded (HPACK) bytes.
+    pub max_header_list_size: u32,
+    /// A ping goes out after this long without frames from the peer…
+    pub keep_alive_interval: Duration,
+    /// …and the connection is closed if the ping is not answered within this.
+    pub keep_alive_timeout: Duration,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 128,
+            max_frame_size: 1 << 20,
+            max_header_list_size: 64 << 10,
+            keep_alive_interval: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The HTTP/1.1 + HTTP/2 connection builder with `limits`.
+fn builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let h2 = &limits.http2;
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(h2.max_concurrent_streams)
+        .max_frame_size(h2.max_frame_size)
+        .max_header_list_size(h2.max_header_list_size)
+        .keep_alive_interval(h2.keep_alive_interval)
+        .keep_alive_timeout(h2.keep_alive_timeout);
+    b
 }
 
 /// Serves `router` on `listener` (over TLS with `tls`) until `shutdown`
@@ -88,8 +138,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+            let http = builder(&limits);
             let served = match acceptor {
                 None => watcher.watch(http.serve_connection(TokioIo::new(tcp), service)).await,
                 Some(acceptor) => {

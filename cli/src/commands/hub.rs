@@ -87,6 +87,7 @@ pub async fn run(a: HubArgs) -> Result<()> {
     let limits = ConnectionLimits {
         max_connections: a.max_connections,
         header_read_timeout: std::time::Duration::from_secs(a.header_timeout_secs),
+        ..ConnectionLimits::default()
     };
     serve(listener, hub.router(), tls.as_ref(), limits, shutdown_signal()).await?;
     eprintln!("aetherfs hub: stopped");

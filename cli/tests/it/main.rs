@@ -12,6 +12,7 @@ mod dedup;
 mod digest;
 mod front_access;
 mod gc;
+mod grpc;
 mod hub_dav;
 mod integrity;
 mod login;

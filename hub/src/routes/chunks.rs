@@ -28,16 +28,19 @@ pub(crate) async fn missing(hub: &Hub, name: Name, req: Request) -> Result<Respo
     let body = read_body(body, &parts.headers, MISSING_BODY_MAX, hub.inner.opts.body_stall, "query").await?;
     let q: MissingChunksRequest =
         serde_json::from_slice(&body).map_err(|e| AppError::bad_request("invalid_json", e.to_string()))?;
-    // Open hubs (no access control) let everyone read everything.
-    let can_read = |n: &Name| *n == name || caller.as_ref().is_none_or(|c| c.can(Permission::Read, n.as_str()));
-    Ok(query(hub, q, &can_read).await?.into_response())
+    Ok(Json(query(hub, &name, q, caller.as_ref()).await?).into_response())
 }
 
-async fn query(
+/// Which chunks a push into `name` must upload (REST and gRPC).
+pub(crate) async fn query(
     hub: &Hub,
+    name: &Name,
     req: MissingChunksRequest,
-    can_read: &(dyn Fn(&Name) -> bool + Sync),
-) -> Result<Json<MissingChunksResponse>, AppError> {
+    caller: Option<&Caller>,
+) -> Result<MissingChunksResponse, AppError> {
+    // Open hubs (no access control) let everyone read everything.
+    let can_read = |n: &Name| n == name || caller.is_none_or(|c| c.can(Permission::Read, n.as_str()));
+    let can_read: &(dyn Fn(&Name) -> bool + Sync) = &can_read;
     if req.digests.len() > MISSING_QUERY_MAX {
         return Err(AppError::too_large(format!(
             "{} digests in one query; at most {MISSING_QUERY_MAX} are allowed",
@@ -59,5 +62,5 @@ async fn query(
     }
     let shown: HashSet<Digest> = present.iter().map(|p| p.digest).collect();
     let missing: Vec<Digest> = digests.into_iter().filter(|d| !shown.contains(d)).collect();
-    Ok(Json(MissingChunksResponse { missing, present }))
+    Ok(MissingChunksResponse { missing, present })
 }

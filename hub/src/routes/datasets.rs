@@ -155,7 +155,7 @@ pub(crate) fn is_lease_path(path: &str) -> bool {
     path.strip_prefix("/v1/datasets/").and_then(shape).is_some_and(|s| matches!(s, Shape::Lease { .. }))
 }
 
-fn parse<T: FromStr<Err = FormatError>>(s: &str, code: &'static str) -> Result<T, AppError> {
+pub(crate) fn parse<T: FromStr<Err = FormatError>>(s: &str, code: &'static str) -> Result<T, AppError> {
     s.parse().map_err(|e: FormatError| AppError::bad_request(code, e.to_string()))
 }
 
@@ -251,10 +251,11 @@ async fn handle(hub: &Hub, shape: Shape<'_>, req: Request) -> Result<Response, A
 /// `_manifests` child is a dataset; with access control on, only those the
 /// caller may read are listed.
 pub(crate) async fn list(State(hub): State<Hub>, caller: Option<Extension<Caller>>) -> Response {
-    super::respond(list_datasets(&hub, caller.map(|c| c.0)).await)
+    super::respond(list_datasets(&hub, caller.map(|c| c.0)).await.map(Json))
 }
 
-async fn list_datasets(hub: &Hub, caller: Option<Caller>) -> Result<Json<DatasetList>, AppError> {
+/// Every dataset the caller may read, with its tags (REST and gRPC).
+pub(crate) async fn list_datasets(hub: &Hub, caller: Option<Caller>) -> Result<DatasetList, AppError> {
     let names = dataset_names(hub, caller.as_ref()).await?;
     let tags = &hub.inner.tags;
     let datasets = futures::stream::iter(names)
@@ -265,7 +266,7 @@ async fn list_datasets(hub: &Hub, caller: Option<Caller>) -> Result<Json<Dataset
         .buffered(LIST_PARALLELISM)
         .try_collect()
         .await?;
-    Ok(Json(DatasetList { datasets }))
+    Ok(DatasetList { datasets })
 }
 
 /// Every dataset the caller may read (all of them without access control), sorted.
@@ -301,11 +302,16 @@ async fn dataset_exists(hub: &Hub, name: &Name) -> Result<bool, AppError> {
 }
 
 async fn list_tags(hub: &Hub, name: Name) -> Result<Response, AppError> {
-    if !dataset_exists(hub, &name).await? {
+    let tags = tags_of(hub, &name).await?;
+    Ok(Json(TagList { name, tags }).into_response())
+}
+
+/// The current tags of an existing dataset (REST and gRPC).
+pub(crate) async fn tags_of(hub: &Hub, name: &Name) -> Result<Vec<TagRecord>, AppError> {
+    if !dataset_exists(hub, name).await? {
         return Err(AppError::not_found("dataset_not_found", format!("dataset {name} does not exist")));
     }
-    let tags = hub.inner.tags.list(&name).await?;
-    Ok(Json(TagList { name, tags }).into_response())
+    hub.inner.tags.list(name).await
 }
 
 /// Decrements a gauge when dropped, also when the client goes away mid-wait.
@@ -341,11 +347,19 @@ async fn get_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Respon
             let _waiting = GaugeGuard::inc(&hub.inner.metrics.long_polls_waiting);
             tags.wait(&name, &tag, since, Duration::from_secs(wait)).await?
         }
-        _ => tags.current(&name, &tag).await?,
+        _ => return Ok(Json(current_tag(hub, &name, &tag).await?).into_response()),
     };
     match record {
         Some(r) if r.digest.is_some() => Ok(Json(r).into_response()),
         _ => Err(tag_not_found(&name, &tag)),
+    }
+}
+
+/// Where a tag points now; a deleted tag is not found (REST and gRPC).
+pub(crate) async fn current_tag(hub: &Hub, name: &Name, tag: &Tag) -> Result<TagRecord, AppError> {
+    match hub.inner.tags.current(name, tag).await? {
+        Some(r) if r.digest.is_some() => Ok(r),
+        _ => Err(tag_not_found(name, tag)),
     }
 }
 
@@ -358,7 +372,7 @@ async fn set_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Respon
 }
 
 /// Moves `tag` to `digest` (compare-and-swap with `expected`) on behalf of
-/// `by`: the REST API's and the web page's tag move.
+/// `by`: the tag move of REST, the web page and gRPC.
 pub(crate) async fn move_tag(
     hub: &Hub,
     name: &Name,
@@ -422,7 +436,7 @@ async fn delete_tag(hub: &Hub, name: Name, tag: Tag, req: Request) -> Result<Res
     Ok(Json(remove_tag(hub, &name, &tag, expected, &by).await?).into_response())
 }
 
-/// Deletes `tag` (compare-and-swap with `expected`): the REST API's and the web page's.
+/// Deletes `tag` (compare-and-swap with `expected`): REST, the web page and gRPC.
 pub(crate) async fn remove_tag(
     hub: &Hub,
     name: &Name,
@@ -438,11 +452,16 @@ pub(crate) async fn remove_tag(
 
 /// `GET …/manifests`: every stored version, oldest first.
 async fn list_versions(hub: &Hub, name: Name) -> Result<Response, AppError> {
-    if !dataset_exists(hub, &name).await? {
+    let versions = versions_of(hub, &name).await?;
+    Ok(Json(VersionList { name, versions }).into_response())
+}
+
+/// Every stored version of an existing dataset (REST and gRPC).
+pub(crate) async fn versions_of(hub: &Hub, name: &Name) -> Result<Vec<VersionEntry>, AppError> {
+    if !dataset_exists(hub, name).await? {
         return Err(AppError::not_found("dataset_not_found", format!("dataset {name} does not exist")));
     }
-    let versions = stored_versions(hub, &name).await?;
-    Ok(Json(VersionList { name, versions }).into_response())
+    stored_versions(hub, name).await
 }
 
 /// Every stored version of `name`, oldest first.
@@ -471,7 +490,13 @@ fn stored_at(m: &object_store::ObjectMeta) -> String {
 /// `DELETE …/manifests/{digest}`: removes a version no tag points at. Its
 /// chunks stay until garbage collection; tag histories that name it stay.
 async fn delete_version(hub: &Hub, name: Name, digest: Digest, req: Request) -> Result<Response, AppError> {
-    let by = principal(&req);
+    remove_version(hub, &name, digest, &principal(&req)).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
+}
+
+/// Removes a version no tag points at (REST and gRPC).
+pub(crate) async fn remove_version(hub: &Hub, name: &Name, digest: Digest, by: &str) -> Result<(), AppError> {
+    let name = name.clone();
     let key = storage::manifest(&name, &digest);
     match hub.inner.store.head(&key).await {
         Ok(_) => {}
@@ -500,18 +525,24 @@ async fn delete_version(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
     }
     hub.inner.metrics.versions_deleted.inc();
     tracing::info!(%name, %digest, %by, "version deleted");
-    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
+    Ok(())
 }
 
 /// `GET …/tags/{tag}/history`, oldest first.
 async fn history(hub: &Hub, name: Name, tag: Tag) -> Result<Response, AppError> {
-    let records = hub.inner.tags.history(&name, &tag).await?;
-    if records.is_empty() {
-        return Err(tag_not_found(&name, &tag));
-    }
+    let records = tag_history(hub, &name, &tag).await?;
     let mut res = Json(TagHistory { name, tag, records }).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
     Ok(res)
+}
+
+/// Every move of a tag that exists or existed, oldest first (REST and gRPC).
+pub(crate) async fn tag_history(hub: &Hub, name: &Name, tag: &Tag) -> Result<Vec<TagRecord>, AppError> {
+    let records = hub.inner.tags.history(name, tag).await?;
+    if records.is_empty() {
+        return Err(tag_not_found(name, tag));
+    }
+    Ok(records)
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ const CHECK_PARALLELISM: usize = 16;
 /// Missing chunks named in a refusal message.
 const MISSING_SHOWN: usize = 10;
 
-fn manifest_not_found(name: &Name, digest: &Digest) -> AppError {
+pub(crate) fn manifest_not_found(name: &Name, digest: &Digest) -> AppError {
     AppError::not_found("manifest_not_found", format!("manifest {digest} is not stored in dataset {name}"))
 }
 
@@ -203,6 +203,23 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
     let body =
         read_body(body, &parts.headers, hub.inner.opts.max_manifest_bytes, hub.inner.opts.body_stall, "manifest")
             .await?;
+    let stored = publish(hub, name, digest, body, caller).await?;
+    let status = if stored.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(stored)).into_response())
+}
+
+/// Checks and publishes a manifest's bytes (REST and gRPC; the caller holds
+/// an upload slot).
+pub(crate) async fn publish(
+    hub: &Hub,
+    name: Name,
+    digest: Digest,
+    body: bytes::Bytes,
+    caller: Option<Caller>,
+) -> Result<ManifestStored, AppError> {
+    if body.len() > hub.inner.opts.max_manifest_bytes {
+        return Err(AppError::too_large(format!("manifest larger than {} bytes", hub.inner.opts.max_manifest_bytes)));
+    }
     let (unplaced, body) = blocking("checking a manifest", move || {
         let actual = Digest::of(&body);
         if actual != digest {
@@ -221,8 +238,7 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
     let key = storage::manifest(&name, &digest);
     match hub.inner.store.head(&key).await {
         Ok(_) => {
-            let stored = ManifestStored { name, digest, stats, created: false };
-            return Ok((StatusCode::OK, Json(stored)).into_response());
+            return Ok(ManifestStored { name, digest, stats, created: false });
         }
         Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(AppError::storage("looking up a manifest", e)),
@@ -289,8 +305,7 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: Digest, req: Request) -> 
     res?;
     hub.inner.metrics.manifests_published.inc();
     tracing::info!(%name, %digest, files = stats.files, bytes = stats.bytes, "manifest published");
-    let stored = ManifestStored { name, digest, stats, created: true };
-    Ok((StatusCode::CREATED, Json(stored)).into_response())
+    Ok(ManifestStored { name, digest, stats, created: true })
 }
 
 fn missing_chunks(missing: &[Digest], why: &str) -> AppError {

@@ -79,6 +79,22 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: &str, req: Request) -> Re
     let (parts, body) = req.into_parts();
     let body =
         read_body(body, &parts.headers, hub.inner.opts.max_pack_bytes, hub.inner.opts.body_stall, "pack").await?;
+    let stored = store_pack(hub, name, digest, body).await?;
+    let status = if stored.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(stored)).into_response())
+}
+
+/// Verifies and stores a pack, and links it to `name` (REST and gRPC; the
+/// caller holds an upload slot).
+pub(crate) async fn store_pack(
+    hub: &Hub,
+    name: Name,
+    digest: Digest,
+    body: bytes::Bytes,
+) -> Result<PackStored, AppError> {
+    if body.len() > hub.inner.opts.max_pack_bytes {
+        return Err(AppError::too_large(format!("pack larger than {} bytes", hub.inner.opts.max_pack_bytes)));
+    }
     let (index_range, entries, body) = blocking("verifying a pack", move || {
         let actual = Digest::of(&body);
         if actual != digest {
@@ -109,7 +125,7 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: &str, req: Request) -> Re
         hub.inner.chunks.add_pack(digest, size, &entries);
         // The uploader sent every byte: it may read the pack from now on.
         link(hub, digest, &name).await?;
-        return Ok((StatusCode::OK, Json(stored(false))).into_response());
+        return Ok(stored(false));
     }
 
     // Every replica keeps every stored chunk in memory: refuse what would
@@ -145,7 +161,7 @@ pub(crate) async fn put(hub: &Hub, name: Name, digest: &str, req: Request) -> Re
     m.packs_stored.inc();
     m.pack_bytes_received.inc_by(size);
     tracing::info!(pack = %digest, chunks = entries.len(), bytes = size, "pack stored");
-    Ok((StatusCode::CREATED, Json(stored(true))).into_response())
+    Ok(stored(true))
 }
 
 /// Largest read answered from one buffer rather than streamed.
@@ -246,4 +262,46 @@ fn unsatisfiable(size: u64) -> AppError {
         Ok(v) => e.with_header(header::CONTENT_RANGE, v),
         Err(_) => e,
     }
+}
+
+/// Bytes `[offset, offset + length)` of a pack linked to `name` (`length`
+/// 0: to the end), as a stream from the store (gRPC's `ReadPack`).
+pub(crate) async fn read_range(
+    hub: &Hub,
+    name: &Name,
+    digest: Digest,
+    offset: u64,
+    length: u64,
+) -> Result<(u64, futures::stream::BoxStream<'static, Result<bytes::Bytes, AppError>>), AppError> {
+    if !is_linked(hub, &digest, name).await? {
+        return Err(pack_not_found(&digest));
+    }
+    let key = storage::pack(&digest);
+    let store = &hub.inner.store;
+    let size = match hub.inner.chunks.pack_size(&digest) {
+        Some(s) => s,
+        None => match store.head(&key).await {
+            Ok(meta) => meta.size,
+            Err(object_store::Error::NotFound { .. }) => return Err(pack_not_found(&digest)),
+            Err(e) => return Err(AppError::storage("looking up a pack", e)),
+        },
+    };
+    let end = if length == 0 { size } else { offset.saturating_add(length).min(size) };
+    if offset >= end {
+        return Err(unsatisfiable(size));
+    }
+    let opts = GetOptions { range: Some(GetRange::Bounded(offset..end)), ..Default::default() };
+    let result = match store.get_opts(&key, opts).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => return Err(pack_not_found(&digest)),
+        Err(e) => return Err(AppError::storage("reading a pack", e)),
+    };
+    let served = hub.inner.metrics.pack_bytes_served.clone();
+    let stream = result
+        .into_stream()
+        .inspect_ok(move |b| {
+            served.inc_by(b.len() as u64);
+        })
+        .map_err(|e| AppError::storage("reading a pack", e));
+    Ok((offset, Box::pin(stream)))
 }

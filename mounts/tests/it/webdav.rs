@@ -491,7 +491,11 @@ fn a_half_sent_request_is_dropped_after_the_header_timeout() {
     let addr = listener.local_addr().unwrap();
     let opts = aetherfs_mounts::webdav::WebDavOptions {
         allowed_hosts: Vec::new(),
-        limits: aetherfs_serve::ConnectionLimits { max_connections: 16, header_read_timeout: Duration::from_secs(1) },
+        limits: aetherfs_serve::ConnectionLimits {
+            max_connections: 16,
+            header_read_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
         gate: None,
     };
     rt.spawn(aetherfs_mounts::webdav::serve(fs, listener, opts, std::future::pending()));
