@@ -140,7 +140,20 @@ pub async fn serve(
             let _slot = slot;
             let http = builder(&limits);
             let served = match acceptor {
-                None => watcher.watch(http.serve_connection(TokioIo::new(tcp), service)).await,
+                None => {
+                    // Telling HTTP/1 from HTTP/2 waits for the first bytes with no
+                    // timeout of its own: a connection that sends nothing within the
+                    // header timeout is closed here.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(limits.header_read_timeout, tcp.peek(&mut first)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => {
+                            tracing::debug!(%peer, "no request within the header timeout");
+                            return;
+                        }
+                    }
+                    watcher.watch(http.serve_connection(TokioIo::new(tcp), service)).await
+                }
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => s,
