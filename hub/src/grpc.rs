@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use aetherfs_format::api::{Expected, MissingChunksRequest, SetTagRequest};
+use aetherfs_format::api::{Expected, MissingChunksRequest};
 use aetherfs_format::{Digest, Name, Tag};
 use axum::extract::ConnectInfo;
 use axum::http::StatusCode;
@@ -245,10 +245,8 @@ impl HubApi for Grpc {
             let m = req.get_ref();
             let caller = self.on(&req, &m.name, Permission::Write, "SetTag").await?;
             let (name, tag) = (parse_name(&m.name)?, parse_tag(&m.tag)?);
-            let body = SetTagRequest { digest: parse_digest(&m.digest)?, expected: expected(m.expected.clone())? };
-            let r = datasets::move_tag(&self.hub, &name, &tag, body.digest, body.expected, &by(&caller))
-                .await
-                .map_err(status)?;
+            let (digest, exp) = (parse_digest(&m.digest)?, expected(m.expected.clone())?);
+            let r = datasets::move_tag(&self.hub, &name, &tag, digest, exp, &by(&caller)).await.map_err(status)?;
             Ok(Response::new(record(r)))
         })
         .await

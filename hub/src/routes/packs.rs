@@ -13,6 +13,8 @@
 //! pack. Reads support one byte range (what the agent's fetcher sends) and
 //! stream the bytes from the store.
 
+use std::ops::Range;
+
 use aetherfs_format::Name;
 use aetherfs_format::api::PackStored;
 use aetherfs_format::pack::verify_pack;
@@ -25,7 +27,7 @@ use axum::http::header::{self, HeaderValue};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
-use object_store::{GetOptions, GetRange, ObjectStoreExt, PutPayload};
+use object_store::{GetOptions, GetRange, GetResult, ObjectStoreExt, PutPayload};
 
 use super::{blocking, read_body};
 use crate::Hub;
@@ -177,8 +179,6 @@ pub(crate) async fn get(hub: &Hub, name: Name, digest: &str, req: Request) -> Re
 }
 
 async fn read_pack(hub: &Hub, digest: Digest, method: &Method, headers: &HeaderMap) -> Result<Response, AppError> {
-    let key = storage::pack(&digest);
-    let store = &hub.inner.store;
     let head = method == Method::HEAD;
     let range_header = headers.get(header::RANGE).map(|v| v.to_str().unwrap_or("invalid"));
     let spec = match range_header {
@@ -190,11 +190,7 @@ async fn read_pack(hub: &Hub, digest: Digest, method: &Method, headers: &HeaderM
     let known = if head { None } else { hub.inner.chunks.pack_size(&digest) };
     let size = match (known, head || spec.is_some()) {
         (Some(s), _) => Some(s),
-        (None, true) => Some(match store.head(&key).await {
-            Ok(meta) => meta.size,
-            Err(object_store::Error::NotFound { .. }) => return Err(pack_not_found(&digest)),
-            Err(e) => return Err(AppError::storage("looking up a pack", e)),
-        }),
+        (None, true) => Some(stored_size(hub, &digest).await?),
         (None, false) => None,
     };
     let range = match (spec, size) {
@@ -222,18 +218,8 @@ async fn read_pack(hub: &Hub, digest: Digest, method: &Method, headers: &HeaderM
         return Ok((status, headers, Body::empty()).into_response());
     }
 
-    let opts = GetOptions { range: range.clone().map(GetRange::Bounded), ..Default::default() };
-    let result = match store.get_opts(&key, opts).await {
-        Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => return Err(pack_not_found(&digest)),
-        Err(e) => return Err(AppError::storage("reading a pack", e)),
-    };
+    let result = open(hub, &digest, range).await?;
     let len = result.range.end - result.range.start;
-    if let Some(r) = &range
-        && result.range != *r
-    {
-        return Err(AppError::storage("reading a pack", format!("asked for {r:?}, got {:?}", result.range)));
-    }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     let served = hub.inner.metrics.pack_bytes_served.clone();
     // Ranges (at most a few MiB each) are read in one piece: streaming a local
@@ -250,6 +236,32 @@ async fn read_pack(hub: &Hub, digest: Digest, method: &Method, headers: &HeaderM
         })
         .inspect_err(move |e| tracing::error!(pack = %digest, error = %e, "pack stream failed"));
     Ok((status, headers, Body::from_stream(stream)).into_response())
+}
+
+/// A stored pack's size, from the store.
+async fn stored_size(hub: &Hub, digest: &Digest) -> Result<u64, AppError> {
+    match hub.inner.store.head(&storage::pack(digest)).await {
+        Ok(meta) => Ok(meta.size),
+        Err(object_store::Error::NotFound { .. }) => Err(pack_not_found(digest)),
+        Err(e) => Err(AppError::storage("looking up a pack", e)),
+    }
+}
+
+/// Opens a pack (or `range` of it) for reading; a store that answers
+/// another range than asked is an error, never bytes from the wrong place.
+async fn open(hub: &Hub, digest: &Digest, range: Option<Range<u64>>) -> Result<GetResult, AppError> {
+    let opts = GetOptions { range: range.clone().map(GetRange::Bounded), ..Default::default() };
+    let result = match hub.inner.store.get_opts(&storage::pack(digest), opts).await {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => return Err(pack_not_found(digest)),
+        Err(e) => return Err(AppError::storage("reading a pack", e)),
+    };
+    if let Some(r) = &range
+        && result.range != *r
+    {
+        return Err(AppError::storage("reading a pack", format!("asked for {r:?}, got {:?}", result.range)));
+    }
+    Ok(result)
 }
 
 fn bad_range(msg: &str) -> AppError {
@@ -276,26 +288,15 @@ pub(crate) async fn read_range(
     if !is_linked(hub, &digest, name).await? {
         return Err(pack_not_found(&digest));
     }
-    let key = storage::pack(&digest);
-    let store = &hub.inner.store;
     let size = match hub.inner.chunks.pack_size(&digest) {
         Some(s) => s,
-        None => match store.head(&key).await {
-            Ok(meta) => meta.size,
-            Err(object_store::Error::NotFound { .. }) => return Err(pack_not_found(&digest)),
-            Err(e) => return Err(AppError::storage("looking up a pack", e)),
-        },
+        None => stored_size(hub, &digest).await?,
     };
     let end = if length == 0 { size } else { offset.saturating_add(length).min(size) };
     if offset >= end {
         return Err(unsatisfiable(size));
     }
-    let opts = GetOptions { range: Some(GetRange::Bounded(offset..end)), ..Default::default() };
-    let result = match store.get_opts(&key, opts).await {
-        Ok(r) => r,
-        Err(object_store::Error::NotFound { .. }) => return Err(pack_not_found(&digest)),
-        Err(e) => return Err(AppError::storage("reading a pack", e)),
-    };
+    let result = open(hub, &digest, Some(offset..end)).await?;
     let served = hub.inner.metrics.pack_bytes_served.clone();
     let stream = result
         .into_stream()
