@@ -332,13 +332,7 @@ impl HubApi for Grpc {
             let caller = self.on(&req, &req.get_ref().name.clone(), Permission::Write, "PutManifest").await?;
             let m = req.into_inner();
             let (name, digest) = (parse_name(&m.name)?, parse_digest(&m.digest)?);
-            let _permit = self
-                .hub
-                .inner
-                .uploads
-                .acquire()
-                .await
-                .map_err(|e| status(AppError::internal("waiting to upload", e)))?;
+            // The upload slot was taken before the message was read (`Split`).
             let s = manifests::publish(&self.hub, name, digest, m.data, caller).await.map_err(status)?;
             let st = s.stats;
             Ok(Response::new(pb::ManifestStored {
@@ -414,13 +408,7 @@ impl HubApi for Grpc {
             self.on(&req, &req.get_ref().name.clone(), Permission::Write, "UploadPack").await?;
             let m = req.into_inner();
             let (name, digest) = (parse_name(&m.name)?, parse_digest(&m.digest)?);
-            let _permit = self
-                .hub
-                .inner
-                .uploads
-                .acquire()
-                .await
-                .map_err(|e| status(AppError::internal("waiting to upload", e)))?;
+            // The upload slot was taken before the message was read (`Split`).
             let s = packs::store_pack(&self.hub, name, digest, m.data).await.map_err(status)?;
             Ok(Response::new(pb::PackStored {
                 pack: s.pack.to_string(),
@@ -506,12 +494,16 @@ fn watch(hub: Hub, name: Name, tag: Tag, since: Option<Expected>) -> BoxStream<p
 pub(crate) struct Split {
     pub rest: axum::Router,
     pub grpc: axum::Router,
+    pub hub: Hub,
 }
+
+/// The methods whose one message is a whole pack or manifest.
+const UPLOADS: [&str; 2] = ["/aetherfs.hub.v1.Hub/UploadPack", "/aetherfs.hub.v1.Hub/PutManifest"];
 
 impl tower::Service<axum::extract::Request> for Split {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = tower::util::Oneshot<axum::Router, axum::extract::Request>;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
@@ -519,7 +511,45 @@ impl tower::Service<axum::extract::Request> for Split {
 
     fn call(&mut self, req: axum::extract::Request) -> Self::Future {
         use tower::ServiceExt;
-        let to = if is_grpc(&req) { self.grpc.clone() } else { self.rest.clone() };
-        to.oneshot(req)
+        if !is_grpc(&req) {
+            return Box::pin(self.rest.clone().oneshot(req));
+        }
+        let grpc = self.grpc.clone();
+        if !UPLOADS.contains(&req.uri().path()) {
+            return Box::pin(grpc.oneshot(req));
+        }
+        // tonic decodes a message whole before the method runs, so an upload
+        // takes its slot first (as REST does before reading a body): the
+        // uploads held in memory stay bounded, and a body that stalls longer
+        // than the body timeout is cut, freeing the slot.
+        let hub = self.hub.clone();
+        Box::pin(async move {
+            let Ok(_slot) = hub.inner.uploads.acquire().await else {
+                return Ok(status(AppError::internal("waiting to upload", "the upload slots are closed")).into_http());
+            };
+            let stall = hub.inner.opts.body_stall;
+            let (parts, body) = req.into_parts();
+            let body = axum::body::Body::from_stream(stall_bounded(body.into_data_stream(), stall));
+            grpc.oneshot(axum::extract::Request::from_parts(parts, body)).await
+        })
     }
+}
+
+/// `data`, ended with an error when the next piece takes longer than `stall`.
+fn stall_bounded(
+    data: axum::body::BodyDataStream,
+    stall: std::time::Duration,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> {
+    futures::stream::unfold(Some(data), move |state| async move {
+        let mut data = state?;
+        match tokio::time::timeout(stall, data.next()).await {
+            Ok(Some(Ok(piece))) => Some((Ok(piece), Some(data))),
+            Ok(Some(Err(e))) => Some((Err(e), None)),
+            Ok(None) => None,
+            Err(_) => {
+                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "the upload's body stalled");
+                Some((Err(axum::Error::new(e)), None))
+            }
+        }
+    })
 }

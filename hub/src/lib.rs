@@ -187,7 +187,7 @@ impl Hub {
     /// The whole API: gRPC (by content type) and REST, for one port.
     pub fn router(&self) -> axum::Router {
         self.inner.chunks.start();
-        let split = grpc::Split { rest: routes::build(self.clone()).0, grpc: grpc::router(self) };
+        let split = grpc::Split { rest: routes::build(self.clone()).0, grpc: grpc::router(self), hub: self.clone() };
         axum::Router::new().fallback_service(split)
     }
 
