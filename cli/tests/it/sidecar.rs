@@ -414,5 +414,16 @@ fn agent_stats_tell_which_files_are_read_and_what_a_switch_fetched() {
     assert_eq!(new["tags"], serde_json::json!(["latest"]));
     let table = run_ok(hub.cmd().args(["usage", "acme/stats"]));
     assert!(table.starts_with("READER") && table.contains("in force") && table.contains("latest"), "{table}");
+    // And the web page's usage panel, from the same leases: the reader, both
+    // versions it serves, and bytes per version.
+    let reader = old["reader"].as_str().unwrap();
+    let (status, page) = crate::harness::http_get(&hub.url, "/web/datasets/acme/stats").unwrap();
+    assert_eq!(status, 200, "{page}");
+    let usage = &page[page.find("id=\"usage\"").expect("a usage section")..];
+    assert!(usage.contains("Agents serving this dataset") && usage.contains(reader), "{usage}");
+    assert!(usage.contains("in force") && usage.contains("Bytes served per version"), "{usage}");
+    for v in [&v1, &v2] {
+        assert!(usage.contains(&v[7..19]), "{v} missing from {usage}");
+    }
     agent.stop();
 }

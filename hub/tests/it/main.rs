@@ -9,3 +9,4 @@ mod auth;
 mod gc;
 mod harness;
 mod hostile;
+mod web_scale;
