@@ -239,6 +239,11 @@ const MAT_REUSED: (&str, &str) =
 const MAT_WRITTEN: (&str, &str) = ("aetherfs_materialize_files_written", "Files written by a materialized mount.");
 const MAT_LINKED: (&str, &str) =
     ("aetherfs_materialize_files_linked", "Unchanged files hard-linked from the previous version (no write).");
+const RESIDENT: (&str, &str) = ("process_resident_memory_bytes", "Resident memory of the agent process (VmRSS).");
+const PEAK_RESIDENT: (&str, &str) =
+    ("aetherfs_process_peak_resident_memory_bytes", "The most memory the agent process ever had resident (VmHWM).");
+const MOUNT_TREE_BYTES: (&str, &str) =
+    ("aetherfs_mount_tree_bytes", "Heap bytes of the tree (inode table) of the version each mount serves.");
 const HOOK_RUNS: (&str, &str) = ("aetherfs_on_switch_runs", "Runs of a mount's on_switch hook.");
 const HOOK_FAILURES: (&str, &str) = ("aetherfs_on_switch_failures", "Failed or timed-out on_switch runs.");
 
@@ -302,6 +307,11 @@ impl Collector for AgentCollector {
             one(e, DISK_EVICTED_BYTES, &ConstCounter::new(s.evicted_bytes))?;
         }
 
+        if let Some(m) = aetherfs_util::memory::process_memory() {
+            one(e, RESIDENT, &ConstGauge::new(m.resident))?;
+            one(e, PEAK_RESIDENT, &ConstGauge::new(m.peak))?;
+        }
+
         // The encoder sums per-bucket counts itself; the +Inf bucket holds
         // the requests slower than the last bound.
         let count = st.range_requests.load(Relaxed);
@@ -332,6 +342,9 @@ impl Collector for AgentCollector {
         per_mount(e, MOUNT_SWITCHES, MetricType::Counter, &mounts, by_ref, |m| ConstCounter::new(m.switches()))?;
         per_mount(e, MOUNT_LAST_SWITCH, MetricType::Gauge, &mounts, by_ref, |m| {
             ConstGauge::new(m.last_switch().as_secs_f64())
+        })?;
+        per_mount(e, MOUNT_TREE_BYTES, MetricType::Gauge, &mounts, by_ref, |m| {
+            ConstGauge::new(m.fs().current().heap_bytes() as u64)
         })?;
         per_mount(e, MOUNT_FAILING, MetricType::Gauge, &mounts, by_ref, |m| {
             ConstGauge::new(i64::from(m.status().last_error.is_some()))

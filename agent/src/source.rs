@@ -49,6 +49,10 @@ type Fetch = (RangeFuture, RangeRead);
 /// Upper bounds (seconds) of the fetch-latency histogram buckets.
 pub const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
+/// Plaintext bytes queued for the disk cache at most: part of the agent's
+/// memory bound beside the memory tier (docs/agent.md, "Memory").
+pub const DISK_WRITE_BUDGET: u32 = 16 << 20;
+
 /// Counters a daemon exports as metrics.
 #[derive(Default)]
 pub struct SourceStats {
@@ -187,6 +191,8 @@ pub struct HubSource {
     disk: Option<Arc<dyn ChunkCache>>,
     timeout: Duration,
     permits: Arc<Semaphore>,
+    /// Bytes of plaintext waiting to be written to the disk cache.
+    disk_writes: Arc<Semaphore>,
     /// Packs found gone, and where their chunks are now.
     relocated: Arc<Relocated>,
     pub stats: Arc<SourceStats>,
@@ -214,6 +220,7 @@ impl HubSource {
             disk,
             timeout: opts.timeout,
             permits: Arc::new(Semaphore::new(opts.concurrency.max(1))),
+            disk_writes: Arc::new(Semaphore::new(DISK_WRITE_BUDGET as usize)),
             relocated: Arc::default(),
             stats: Arc::default(),
         })
@@ -294,14 +301,24 @@ impl HubSource {
     }
 
     /// Verified plaintext of one chunk from a fetched range, stored on disk.
-    fn decode_and_keep(&self, data: &Bytes, r: &RangeRead, w: &ChunkWant) -> Result<Bytes, SourceError> {
+    /// Writes to the disk cache wait for room in [`DISK_WRITE_BUDGET`]: a
+    /// reader faster than the disk slows to its pace instead of piling up
+    /// plaintext in memory.
+    async fn decode_and_keep(&self, data: &Bytes, r: &RangeRead, w: &ChunkWant) -> Result<Bytes, SourceError> {
         let stored = r.slice(data, w);
         let plain = decode_chunk(stored, w.len, w.location.compression, &w.digest)
             .map(Bytes::from)
             .map_err(|_| SourceError::Corrupt(w.digest))?;
         if let Some(disk) = &self.disk {
-            let (disk, d, p) = (disk.clone(), w.digest, plain.clone());
-            tokio::task::spawn_blocking(move || disk.put(&d, &p));
+            let weight = u32::try_from(plain.len()).unwrap_or(u32::MAX).clamp(1, DISK_WRITE_BUDGET);
+            // The semaphore is never closed, so acquiring only waits.
+            if let Ok(permit) = self.disk_writes.clone().acquire_many_owned(weight).await {
+                let (disk, d, p) = (disk.clone(), w.digest, plain.clone());
+                tokio::task::spawn_blocking(move || {
+                    disk.put(&d, &p);
+                    drop(permit);
+                });
+            }
         }
         Ok(plain)
     }
@@ -383,7 +400,7 @@ impl HubSource {
                         this.stats.misses.fetch_add(1, Ordering::Relaxed);
                         let w =
                             r.chunks.iter().find(|w| w.digest == c.digest).copied().unwrap_or_else(|| this.want(&c));
-                        this.decode_and_keep(&data, &r, &w)
+                        this.decode_and_keep(&data, &r, &w).await
                     };
                     memory.try_get_with(c.digest, init).await.map_err(|e: Arc<SourceError>| (*e).clone())
                 }
@@ -424,7 +441,7 @@ impl HubSource {
                 async move {
                     let data = this.range_future(&r).await?;
                     for w in &r.chunks {
-                        let plain = this.decode_and_keep(&data, &r, w)?;
+                        let plain = this.decode_and_keep(&data, &r, w).await?;
                         if this.disk.is_none() {
                             this.memory.insert(w.digest, plain).await;
                         }

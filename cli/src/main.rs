@@ -11,6 +11,12 @@ use std::io::IsTerminal;
 
 use clap::Parser;
 
+/// jemalloc, with its background threads, hands freed memory back to the
+/// system within seconds, even in an idle agent: glibc's allocator kept a
+/// decoded manifest's freed heap resident for good (docs/agent.md, "Memory").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     exit_quietly_on_broken_pipe();
     let cli = cli::Cli::parse();

@@ -226,15 +226,8 @@ impl DatasetFs {
         {
             return totals;
         }
-        let blocks = v
-            .nodes
-            .iter()
-            .map(|n| match n.kind {
-                NodeKind::File { size, .. } => size.div_ceil(u64::from(FsTotals::BLOCK_SIZE)),
-                _ => 0,
-            })
-            .sum();
-        let totals = FsTotals { blocks, files: v.nodes.len() as u64 };
+        let blocks = v.file_blocks(u64::from(FsTotals::BLOCK_SIZE));
+        let totals = FsTotals { blocks, files: v.len() as u64 };
         *cache = Some((v.digest, totals));
         totals
     }
@@ -244,7 +237,7 @@ impl DatasetFs {
         let (gen_, node) = if ino == ROOT { (v.current, 0) } else { ((ino >> 32) as u32, (ino & 0xffff_ffff) as u32) };
         let node = if ino == ROOT { 0 } else { node.checked_sub(1).ok_or(FsError::Stale)? };
         let version = v.by_gen.get(&gen_).cloned().ok_or(FsError::Stale)?;
-        if node as usize >= version.nodes.len() {
+        if node as usize >= version.len() {
             return Err(FsError::Stale);
         }
         Ok((gen_, version, node))
@@ -255,14 +248,13 @@ impl DatasetFs {
     }
 
     fn attr(&self, gen_: u32, v: &Version, node: u32, is_root: bool) -> Attr {
-        let n = &v.nodes[node as usize];
-        let (kind, size, nlink, digest) = match &n.kind {
+        let (kind, size, nlink, digest) = match v.kind(node) {
             NodeKind::Dir { subdirs, children } => (Kind::Dir, 4096.max(children.len() as u64), 2 + subdirs, v.digest),
-            NodeKind::File { size, digest, .. } => (Kind::File, *size, 1, *digest),
+            NodeKind::File(f) => (Kind::File, f.size, 1, f.digest),
             NodeKind::Symlink { target } => (Kind::Symlink, target.len() as u64, 1, v.digest),
         };
         let ino = if is_root { ROOT } else { Self::ino(gen_, node) };
-        Attr { ino, kind, size, perm: n.mode, nlink, mtime: v.created, digest, version: v.digest }
+        Attr { ino, kind, size, perm: v.mode(node), nlink, mtime: v.created, digest, version: v.digest }
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
@@ -272,13 +264,13 @@ impl DatasetFs {
 
     pub fn lookup(&self, parent: u64, name: &str) -> Result<Attr, FsError> {
         let (g, v, p) = self.resolve(parent)?;
-        match &v.nodes[p as usize].kind {
+        match v.kind(p) {
             NodeKind::Dir { .. } => {}
             _ => return Err(FsError::NotDir),
         }
         let child = match name {
             "." => p,
-            ".." => v.nodes[p as usize].parent,
+            ".." => v.parent(p),
             _ => v.child(p, name).ok_or(FsError::NotFound)?,
         };
         Ok(self.attr(g, &v, child, child == 0 && parent == ROOT))
@@ -300,7 +292,7 @@ impl DatasetFs {
     /// `.` and `..`; at most `max` of them.
     pub fn readdir(&self, ino: u64, cookie: u64, max: usize) -> Result<Vec<DirEntry>, FsError> {
         let (g, v, d) = self.resolve(ino)?;
-        let NodeKind::Dir { children, .. } = &v.nodes[d as usize].kind else { return Err(FsError::NotDir) };
+        let NodeKind::Dir { children, .. } = v.kind(d) else { return Err(FsError::NotDir) };
         let start = usize::try_from(cookie).map_err(|_| FsError::Invalid)?;
         Ok(children
             .iter()
@@ -308,7 +300,7 @@ impl DatasetFs {
             .skip(start)
             .take(max)
             .map(|(i, &c)| DirEntry {
-                name: v.nodes[c as usize].name.clone(),
+                name: v.name(c).to_string(),
                 attr: self.attr(g, &v, c, false),
                 cookie: i as u64 + 1,
             })
@@ -317,8 +309,8 @@ impl DatasetFs {
 
     pub fn readlink(&self, ino: u64) -> Result<String, FsError> {
         let (_, v, n) = self.resolve(ino)?;
-        match &v.nodes[n as usize].kind {
-            NodeKind::Symlink { target } => Ok(target.clone()),
+        match v.kind(n) {
+            NodeKind::Symlink { target } => Ok(target.to_string()),
             _ => Err(FsError::NotSymlink),
         }
     }
@@ -326,7 +318,7 @@ impl DatasetFs {
     /// The path of a node inside its version.
     pub fn path_of(&self, ino: u64) -> Result<String, FsError> {
         let (_, v, n) = self.resolve(ino)?;
-        Ok(v.nodes[n as usize].path.clone())
+        Ok(v.path(n))
     }
 
     /// What readers did with the versions served, newest first, each with
@@ -354,38 +346,38 @@ impl DatasetFs {
         let started = Instant::now();
         let result = self.read_in(&v, n, offset, size).await;
         let bytes = result.as_ref().map_or(0, |b| b.len() as u64);
-        v.stats.record(n, &v.nodes[n as usize].path, bytes, started.elapsed(), result.is_ok());
+        v.stats.record(n, || v.path(n), bytes, started.elapsed(), result.is_ok());
         result
     }
 
     async fn read_in(&self, v: &Version, n: u32, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        let NodeKind::File { size: file_size, chunks, starts, .. } = &v.nodes[n as usize].kind else {
+        let NodeKind::File(file) = v.kind(n) else {
             return Err(FsError::IsDir);
         };
-        if offset >= *file_size || size == 0 {
+        if offset >= file.size || size == 0 {
             return Ok(Bytes::new());
         }
-        let end = (*file_size).min(offset.saturating_add(u64::from(size.min(MAX_READ))));
+        let starts = file.starts();
+        let end = file.size.min(offset.saturating_add(u64::from(size.min(MAX_READ))));
         let first = starts.partition_point(|&s| s <= offset) - 1;
         let last = starts.partition_point(|&s| s < end) - 1;
-        let want = &chunks[first..=last];
+        let want = file.chunk_refs(first..last + 1);
         // Sequential (the read starts where the last one ended, or at 0):
         // hint the chunks that follow.
         let prev_end = v.read_ends[n as usize].swap(end, Ordering::Relaxed);
-        let ahead: &[ChunkRef] = if prev_end == offset || offset == 0 {
+        let ahead: Vec<ChunkRef> = if prev_end == offset || offset == 0 {
             let mut bytes = 0u64;
-            let stop = chunks[last + 1..]
-                .iter()
-                .position(|c| {
-                    bytes += u64::from(c.len);
+            let stop = (last + 1..file.chunk_count())
+                .position(|i| {
+                    bytes += u64::from(file.chunk_len(i));
                     bytes > self.readahead_bytes
                 })
-                .map_or(chunks.len(), |p| last + 1 + p);
-            &chunks[last + 1..stop]
+                .map_or(file.chunk_count(), |p| last + 1 + p);
+            file.chunk_refs(last + 1..stop)
         } else {
-            &[]
+            Vec::new()
         };
-        let data = self.source.read_accounted(want, ahead, &v.stats.source).await?;
+        let data = self.source.read_accounted(&want, &ahead, &v.stats.source).await?;
         if data.len() != want.len() {
             return Err(ContractError::WrongCount { want: want.len(), got: data.len() }.into());
         }

@@ -33,7 +33,7 @@ pub mod webdav;
 
 pub use fs::{Attr, ContractError, DatasetFs, DirEntry, FsError, FsTotals, Kind, MAX_READ, ROOT};
 pub use source::{ChunkSource, SourceError};
-pub use version::{Node, NodeKind, Version};
+pub use version::{FileView, NodeKind, Version};
 
 #[cfg(test)]
 mod tests;

@@ -87,7 +87,7 @@ impl VersionStats {
     }
 
     /// One read of `bytes` from `node` (at `path`) that took `took`.
-    pub(crate) fn record(&self, node: u32, path: &str, bytes: u64, took: Duration, ok: bool) {
+    pub(crate) fn record(&self, node: u32, path: impl FnOnce() -> String, bytes: u64, took: Duration, ok: bool) {
         self.reads.fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -100,7 +100,7 @@ impl VersionStats {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let tracked = files.len() < FILES_TRACKED || files.contains_key(&node);
         if tracked {
-            let f = files.entry(node).or_insert_with(|| FileCount { path: path.to_string(), ..FileCount::default() });
+            let f = files.entry(node).or_insert_with(|| FileCount { path: path(), ..FileCount::default() });
             f.reads += 1;
             f.bytes += bytes;
         } else {
@@ -253,9 +253,9 @@ mod tests {
     #[test]
     fn reads_are_counted_per_file_with_latency_and_a_bounded_file_table() {
         let s = VersionStats::new(Digest::of(b"v"));
-        s.record(1, "a.db", 4096, Duration::from_micros(80), true);
-        s.record(1, "a.db", 4096, Duration::from_micros(300), true);
-        s.record(2, "b.csv", 100, Duration::from_millis(20), false);
+        s.record(1, || "a.db".into(), 4096, Duration::from_micros(80), true);
+        s.record(1, || "a.db".into(), 4096, Duration::from_micros(300), true);
+        s.record(2, || "b.csv".into(), 100, Duration::from_millis(20), false);
         ReadAccount::add(&s.source.memory_hits, 3);
         ReadAccount::add(&s.source.fetched_chunks, 1);
         let r = s.report(1);
@@ -269,7 +269,7 @@ mod tests {
 
         let s = VersionStats::new(Digest::of(b"w"));
         for n in 0..(FILES_TRACKED as u32 + 10) {
-            s.record(n, "f", 1, Duration::ZERO, true);
+            s.record(n, || "f".into(), 1, Duration::ZERO, true);
         }
         let r = s.report(5);
         assert_eq!((r.files_read, r.untracked_bytes), (FILES_TRACKED as u64, 10));

@@ -12,9 +12,11 @@
 //! - [`quote`]: a dataset path (or any untrusted text) safe to print on a
 //!   terminal or in a log line.
 //! - [`range`]: the one parser of HTTP `Range` headers.
+//! - [`memory`]: the process's resident and peak memory.
 
 use std::error::Error;
 
+pub mod memory;
 pub mod range;
 
 /// `e` and its chain of causes joined with `": "`, skipping a cause whose

@@ -387,6 +387,10 @@ fn agent_stats_tell_which_files_are_read_and_what_a_switch_fetched() {
     let metrics = agent.metrics();
     assert!(metrics.contains("aetherfs_mount_chunks_total{ref=\"acme/stats:latest\",from=\"hub\"}"), "{metrics}");
     assert!(metrics.contains("aetherfs_mount_read_duration_seconds_bucket{"), "{metrics}");
+    // The agent reports its own memory, and its tree's.
+    let rss = agent.metric("process_resident_memory_bytes");
+    assert!(rss > 1e6 && agent.metric("aetherfs_process_peak_resident_memory_bytes") >= rss, "{metrics}");
+    assert!(agent.metric("aetherfs_mount_tree_bytes") > 0.0, "{metrics}");
 
     let table = run_ok(Command::new(crate::harness::BIN).args(["agent-stats", &agent.admin]));
     assert!(table.starts_with("acme/stats:latest\n"), "{table}");

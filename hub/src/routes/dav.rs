@@ -61,9 +61,7 @@ impl DavState {
             .build();
         let versions = moka::future::Cache::builder()
             .max_capacity(VERSION_CACHE_NODES)
-            .weigher(|_: &(Name, Digest), fs: &Arc<DatasetFs>| {
-                u32::try_from(fs.current().nodes.len()).unwrap_or(u32::MAX)
-            })
+            .weigher(|_: &(Name, Digest), fs: &Arc<DatasetFs>| u32::try_from(fs.current().len()).unwrap_or(u32::MAX))
             .build();
         Self { handler, source: Arc::new(StoreChunks { store, chunks }), versions }
     }

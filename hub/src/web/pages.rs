@@ -456,7 +456,7 @@ async fn tree_page(hub: &Hub, viewer: &Viewer, raw: &str, reference: &str, req: 
     }
     let mut h = Html::new();
     let title = if path.is_empty() { format!("{name}@{}", short(&digest)) } else { path.clone() };
-    match &v.nodes[node as usize].kind {
+    match v.kind(node) {
         NodeKind::Dir { children, .. } => {
             let total = children.len();
             let start = (pageno - 1).saturating_mul(PAGE).min(total);
@@ -464,39 +464,38 @@ async fn tree_page(hub: &Hub, viewer: &Viewer, raw: &str, reference: &str, req: 
             h.fmt(format_args!("<p>Version <code>{}</code></p>", digest));
             h.raw("<table class=\"tree\"><caption>Entries</caption><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Size</th><th scope=\"col\">Digest</th></tr></thead><tbody>");
             for &c in shown {
-                let n = &v.nodes[c as usize];
-                let href = format!("{base}?path={}", q(&n.path));
-                match &n.kind {
+                let href = format!("{base}?path={}", q(&v.path(c)));
+                match v.kind(c) {
                     NodeKind::Dir { children, .. } => h.fmt(format_args!(
                         "<tr><td><a href=\"{}\">{}/</a></td><td>{} entries</td><td></td></tr>",
                         esc(&href),
-                        esc(&n.name),
+                        esc(v.name(c)),
                         children.len()
                     )),
-                    NodeKind::File { size, digest: fd, .. } => h.fmt(format_args!(
+                    NodeKind::File(f) => h.fmt(format_args!(
                         "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td><code>{}</code></td></tr>",
                         esc(&href),
-                        esc(&n.name),
-                        bytes(*size),
-                        esc(&short(fd))
+                        esc(v.name(c)),
+                        bytes(f.size),
+                        esc(&short(&f.digest))
                     )),
                     NodeKind::Symlink { target } => {
-                        h.fmt(format_args!("<tr><td>{} → {}</td><td></td><td></td></tr>", esc(&n.name), esc(target)))
+                        h.fmt(format_args!("<tr><td>{} → {}</td><td></td><td></td></tr>", esc(v.name(c)), esc(target)))
                     }
                 };
             }
             h.raw("</tbody></table>");
             pager(&mut h, &format!("{base}?path={}", q(&path)), pageno, start, shown.len(), total);
         }
-        NodeKind::File { size, digest: fd, .. } => {
+        NodeKind::File(f) => {
             let file = format!("{}/-/file/{digest}?path={}", dataset_href(&name), q(&path));
             let preview = format!("{}/-/preview/{digest}?path={}", dataset_href(&name), q(&path));
             h.fmt(format_args!(
                 "<dl><dt>Size</dt><dd>{} ({} bytes)</dd><dt>Digest</dt><dd><code>{}</code></dd></dl>\
                  <p><a href=\"{}\" download>Download</a> · <a href=\"{}\">Preview</a></p>",
-                bytes(*size),
-                size,
-                fd,
+                bytes(f.size),
+                f.size,
+                f.digest,
                 esc(&file),
                 esc(&preview)
             ));

@@ -28,7 +28,7 @@ fn version(pack: &aetherfs_format::pack::BuiltPack, changed: bool) -> Vec<u8> {
         m.entries.push(Entry {
             path: format!("many/f{i:06}"),
             mode: 0o644,
-            kind: EntryKind::File(FileEntry::new(vec![chunk.clone()])),
+            kind: EntryKind::File(FileEntry::new(vec![*chunk])),
         });
     }
     m.sort();
