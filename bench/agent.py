@@ -57,6 +57,12 @@ POLL_S = 0.010  # /v1/mounts polling period while waiting for a switch
 SWITCH_TIMEOUT = env_float("BENCH_SWITCH_TIMEOUT", 300.0)
 
 DS_BIG, DS_SMALL, DS_DB = "bench/agent-big", "bench/agent-small", "bench/agent-db"
+# "all", or "read": only the sequential reads of the 1 GiB file (sections 1-2,
+# rclone left out unless BENCH_AGENT_RCLONE=1), on a dataset of that file alone.
+PARTS = os.environ.get("BENCH_AGENT_PARTS", "all")
+if PARTS not in ("all", "read"):
+    raise SystemExit(f"BENCH_AGENT_PARTS={PARTS!r}: expected all or read")
+RCLONE = os.environ.get("BENCH_AGENT_RCLONE", "1" if PARTS == "all" else "0") != "0"
 
 
 def scaled(n: int, lo: int) -> int:
@@ -318,6 +324,8 @@ COMMIT;
 
 def ensure_dataset() -> tuple[Path, dict]:
     params = dataset_params()
+    if PARTS == "read":
+        return ensure_big_only(params)
     root = BENCH_DIR / f"agent-dataset-g{GEN_VERSION}-s{SCALE:g}-seed{SEED}"
     stamp = root / "STAMP.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("params") == params:
@@ -341,6 +349,21 @@ def ensure_dataset() -> tuple[Path, dict]:
             "generate_seconds": round(time.perf_counter() - t0, 1)}
     stamp.write_text(json.dumps(meta, indent=1))
     log(f"dataset: generated in {meta['generate_seconds']} s")
+    return root, meta
+
+
+def ensure_big_only(params: dict) -> tuple[Path, dict]:
+    """The 1 GiB random file alone (the same bytes as in the full dataset)."""
+    root = BENCH_DIR / f"agent-big-g{GEN_VERSION}-s{SCALE:g}-seed{SEED}"
+    big = root / "big" / "random.bin"
+    stamp = root / "STAMP.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("big_bytes") == params["big_bytes"]:
+        log(f"dataset (big file only): cached at {root}")
+        return root, json.loads(stamp.read_text())
+    rm(root)
+    gen_random_file(big, params["big_bytes"], SEED + 200)
+    meta = {"params": params, "big_bytes": big.stat().st_size}
+    stamp.write_text(json.dumps(meta, indent=1))
     return root, meta
 
 
@@ -739,7 +762,8 @@ def bench() -> dict:
     cache = WORK / "cache-big"
     ag = Agent("big", f"{DS_BIG}:v1", mnt, hub, "none", cache, key)
     S = {k: Step() for k in ("afs_cold", "curl_seq", "curl_par8", "afs_disk_cold", "afs_warm_pc", "native_cold",
-                             "rclone_first", "rclone_filled_cold", "rclone_warm_pc", "afs_cold_ra0")}
+                             "rclone_first", "rclone_filled_cold", "rclone_warm_pc", "afs_cold_ra0",
+                             "native_warm")}
     afs_file = mnt / "random.bin"
     idle_rss_1file = None
     start_s = []
@@ -803,44 +827,76 @@ def bench() -> dict:
         for i in range(RUNS):
             S["native_cold"].add(check_dd(timed(f"native dd, cold page cache [{i + 1}/{RUNS}]", dd(big), cold=True),
                                           size))
-        rc = RcloneMount(big_dir, WORK / "mnt-rclone", WORK / "rclone-cache")
-        rc.start()
-        rfile = rc.mnt / "random.bin"
-        S["rclone_first"].add(check_dd(timed("rclone mount, first read (fills its VFS cache)", dd(rfile), cold=True,
-                                             watch={"rclone": rc.pid}), size))
-        deadline = time.monotonic() + 120
-        while rc.cached_bytes("random.bin") < size and time.monotonic() < deadline:
-            time.sleep(0.1)
-        res["rclone_cache_bytes"] = rc.cached_bytes("random.bin")
-        if res["rclone_cache_bytes"] < size:
-            res["errors"].append(f"rclone's VFS cache holds {res['rclone_cache_bytes']} of {size} bytes")
-        for i in range(RUNS):
-            tag = f"[{i + 1}/{RUNS}]"
-            S["rclone_filled_cold"].add(check_dd(timed(f"rclone mount, VFS cache filled, cold page cache {tag}",
-                                                       dd(rfile), cold=True, watch={"rclone": rc.pid}), size))
-            S["rclone_warm_pc"].add(check_dd(timed(f"rclone mount, warm page cache {tag}", dd(rfile), cold=False,
-                                                   watch={"rclone": rc.pid}), size))
+            S["native_warm"].add(check_dd(timed(f"native dd, warm page cache [{i + 1}/{RUNS}]", dd(big), cold=False),
+                                          size))
         if PROFILE:
-            prof["rclone_filled_cold"] = perf_profile("rclone-cold", dd(rfile), True, {"rclone": rc.pid})
-        rc.stop()
+            ag.start()
+            dd_file(afs_file)  # fills the page cache
+            prof["agent_warm_page_cache"] = perf_profile("agent-warm-pc", dd(afs_file), False, {"agent": ag.pid})
+            dd_file(big)
+            prof["native_warm_page_cache"] = perf_profile("native-warm-pc", dd(big), False, {})
+            ag.stop()
+        if RCLONE:
+            rclone_steps(S, res, big_dir, size, prof)
     finally:
         ag.stop()
     rm(cache)
-    sm = {k: v.summary(size) for k, v in S.items()}
+    sm = {k: v.summary(size) for k, v in S.items() if v.runs}
     mbs = {k: v["mb_per_s"] for k, v in sm.items()}
     res["read"] = {"steps": sm, "profiles": prof, "ratios": {
-        "afs_cold_vs_curl_seq": ratio(mbs["afs_cold"], mbs["curl_seq"]),
-        "afs_cold_vs_curl_par8": ratio(mbs["afs_cold"], mbs["curl_par8"]),
-        "afs_disk_cold_vs_native_cold": ratio(mbs["afs_disk_cold"], mbs["native_cold"]),
-        "afs_disk_cold_vs_rclone_filled_cold": ratio(mbs["afs_disk_cold"], mbs["rclone_filled_cold"]),
-        "afs_warm_pc_vs_rclone_warm_pc": ratio(mbs["afs_warm_pc"], mbs["rclone_warm_pc"]),
-        "afs_cold_vs_afs_disk_cold": ratio(mbs["afs_cold"], mbs["afs_disk_cold"]),
-        "afs_cold_ra0_vs_curl_seq": ratio(mbs["afs_cold_ra0"], mbs["curl_seq"]),
+        "afs_cold_vs_curl_seq": ratio(mbs.get("afs_cold"), mbs.get("curl_seq")),
+        "afs_cold_vs_curl_par8": ratio(mbs.get("afs_cold"), mbs.get("curl_par8")),
+        "afs_disk_cold_vs_native_cold": ratio(mbs.get("afs_disk_cold"), mbs.get("native_cold")),
+        "afs_warm_pc_vs_native_warm": ratio(mbs.get("afs_warm_pc"), mbs.get("native_warm")),
+        "afs_disk_cold_vs_rclone_filled_cold": ratio(mbs.get("afs_disk_cold"), mbs.get("rclone_filled_cold")),
+        "afs_warm_pc_vs_rclone_warm_pc": ratio(mbs.get("afs_warm_pc"), mbs.get("rclone_warm_pc")),
+        "afs_cold_vs_afs_disk_cold": ratio(mbs.get("afs_cold"), mbs.get("afs_disk_cold")),
+        "afs_cold_ra0_vs_curl_seq": ratio(mbs.get("afs_cold_ra0"), mbs.get("curl_seq")),
     }}
     for k in ("afs_cold", "afs_cold_ra0"):
         am = sm[k].get("agent_metrics", {})
         sm[k]["fetched_over_file_bytes"] = round(am.get("fetched_bytes_total", 0) / size, 3)
+    if PARTS == "read":
+        return finish(res, hub, hub_item)
+    return bench_rest(res, hub, hub_item, root, dsmeta, key, idle_rss_1file)
 
+
+def dd_file(path: Path) -> None:
+    """An untimed sequential read (to fill the page cache)."""
+    subprocess.run(dd(path), check=True, capture_output=True)
+
+
+def rclone_steps(S: dict, res: dict, big_dir: Path, size: int, prof: dict) -> None:
+    """rclone mount --vfs-cache-mode full of the plain file: first read, then cache filled."""
+    rc = RcloneMount(big_dir, WORK / "mnt-rclone", WORK / "rclone-cache")
+    rc.start()
+    try:
+        _rclone_reads(rc, S, res, size, prof)
+    finally:
+        rc.stop()
+
+
+def _rclone_reads(rc: "RcloneMount", S: dict, res: dict, size: int, prof: dict) -> None:
+    rfile = rc.mnt / "random.bin"
+    S["rclone_first"].add(check_dd(timed("rclone mount, first read (fills its VFS cache)", dd(rfile), cold=True,
+                                         watch={"rclone": rc.pid}), size))
+    deadline = time.monotonic() + 120
+    while rc.cached_bytes("random.bin") < size and time.monotonic() < deadline:
+        time.sleep(0.1)
+    res["rclone_cache_bytes"] = rc.cached_bytes("random.bin")
+    if res["rclone_cache_bytes"] < size:
+        res["errors"].append(f"rclone's VFS cache holds {res['rclone_cache_bytes']} of {size} bytes")
+    for i in range(RUNS):
+        tag = f"[{i + 1}/{RUNS}]"
+        S["rclone_filled_cold"].add(check_dd(timed(f"rclone mount, VFS cache filled, cold page cache {tag}",
+                                                   dd(rfile), cold=True, watch={"rclone": rc.pid}), size))
+        S["rclone_warm_pc"].add(check_dd(timed(f"rclone mount, warm page cache {tag}", dd(rfile), cold=False,
+                                               watch={"rclone": rc.pid}), size))
+    if PROFILE:
+        prof["rclone_filled_cold"] = perf_profile("rclone-cold", dd(rfile), True, {"rclone": rc.pid})
+
+
+def bench_rest(res: dict, hub: Hub, hub_item: dict, root: Path, dsmeta: dict, key: Path, idle_rss_1file) -> dict:
     # ---------------------------------------------------------------- 3
     small = root / "small"
     nfiles, small_bytes = tree_size(small)
@@ -1005,7 +1061,10 @@ def bench() -> dict:
         "switch_over_rsync_time": ratio(mm["switch_after_push_exit_s"], mm["rsync_seconds"]),
     }
     res["switch"] = sw
+    return finish(res, hub, hub_item)
 
+
+def finish(res: dict, hub: Hub, hub_item: dict) -> dict:
     res["page_cache"] = page_cache_summary()
     res["machine"]["disk_free_bytes_at_end"] = shutil.disk_usage(BENCH_DIR).free
     res["machine"]["loadavg_at_end"] = os.getloadavg()
@@ -1070,6 +1129,7 @@ def markdown(res: dict) -> str:
         ("curl_par8", "curl of the file's packs, 8 in parallel, cold"),
         ("afs_disk_cold", "agent, from the encrypted disk cache (restarted: memory tier empty), cold page cache"),
         ("native_cold", "native dd of the plain file, cold page cache"),
+        ("native_warm", "native dd of the plain file, warm page cache"),
         ("rclone_filled_cold", "rclone mount --vfs-cache-mode full, cache filled, cold page cache"),
         ("rclone_first", "rclone mount, first read (fills its cache; 1 run)"),
         ("afs_warm_pc", "agent, warm page cache re-read"),
@@ -1077,7 +1137,9 @@ def markdown(res: dict) -> str:
         ("afs_cold_ra0", "diagnostic: agent cold with `fetch.readahead = 0` (1 run)"),
     ]
     for k, name in rows:
-        x = S[k]
+        x = S.get(k)
+        if x is None:
+            continue
         server = cpu(x, "agent") if k.startswith("afs") else (cpu(x, "rclone") if k.startswith("rclone") else "–")
         am = x.get("agent_metrics", {})
         fetched = am.get("fetched_bytes_total")
@@ -1087,6 +1149,10 @@ def markdown(res: dict) -> str:
                  f"**{f1(x['mb_per_s'])}** | {x['cpu_user_s'] + x['cpu_sys_s']:.2f} | {server} | {cpu(x, 'hub')} | "
                  f"{x['other_load_cores']} | {fetched_s} |")
     L.append("")
+    L.append("**Goal rows** (issue 12, same run, MB/s ratios, >1 = agent faster): "
+             f"FUSE cold read from disk cache vs native cold **{R['afs_disk_cold_vs_native_cold']}** (goal ≥ 1.0); "
+             f"FUSE warm re-read vs native warm **{R['afs_warm_pc_vs_native_warm']}** (goal ≥ 0.9); "
+             f"first read vs curl 8 connections **{R['afs_cold_vs_curl_par8']}** (goal ≥ 1.0).\n")
     L.append(f"Ratios (MB/s, >1 = agent faster): cold agent / curl sequential **{R['afs_cold_vs_curl_seq']}**, "
              f"/ curl 8 parallel **{R['afs_cold_vs_curl_par8']}**; disk-cache read / native dd "
              f"**{R['afs_disk_cold_vs_native_cold']}**, / rclone (cache filled) **{R['afs_disk_cold_vs_rclone_filled_cold']}**; "
@@ -1110,6 +1176,8 @@ def markdown(res: dict) -> str:
                 L.append(f"| {pk} ({pv['wall_s']} s) | {pn} | {px['cpu_s']} | {cats} |")
         L.append("")
 
+    if "memory" not in res:  # BENCH_AGENT_PARTS=read
+        return "\n".join(L) + "\n"
     mem = res["memory"]
     L.append(f"## 3. Agent memory with {mem['files']:,} files mounted\n")
     L.append(f"{mem['dirs']} dirs × {mem['files'] // mem['dirs']:,} files of 16–512 bytes ({mib(mem['bytes'])}); "

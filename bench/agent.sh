@@ -5,6 +5,7 @@
 #
 #   bench/agent.sh                                    # full size (1 GiB file, 100k files, 256 MiB db), ~5 min idle
 #   BENCH_SCALE=0.05 BENCH_RUNS=1 bench/agent.sh      # quick smoke run
+#   BENCH_AGENT_PARTS=read bench/agent.sh             # only the 1 GiB sequential reads (the issue-12 read rows)
 #
 # Needs root (drop_caches, FUSE mounts, perf). Environment: BENCH_DIR (default
 # /tmp/aetherfs-bench), BENCH_SCALE (default 1), BENCH_SEED, BENCH_RUNS
@@ -12,7 +13,8 @@
 # BENCH_VERIFY, BENCH_QUIET_WAIT, BENCH_QUIET_CORES, BENCH_QUIET_INTERVAL
 # (default 0.5 here), BENCH_QUIET_BUDGET (default 300 s here), BENCH_NO_BUILD,
 # BENCH_BIN (use this aetherfs binary), BENCH_BIN_COMMIT, BENCH_PROFILE (perf
-# profiles, default 1), BENCH_AGENT_MEMORY (the agent's memory tier, default 64MiB).
+# profiles, default 1), BENCH_AGENT_MEMORY (the agent's memory tier, default 64MiB),
+# BENCH_AGENT_PARTS (all, or read), BENCH_AGENT_RCLONE (rclone rows; default 1 for all, 0 for read).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -24,7 +26,8 @@ mkdir -p "$BENCH_DIR"
 cmdline="bench/agent.sh"
 for a in "$@"; do cmdline+=" $(printf '%q' "$a")"; done
 for v in BENCH_SCALE BENCH_DIR BENCH_SEED BENCH_RUNS BENCH_RESULTS BENCH_DROP_CACHES BENCH_VERIFY BENCH_QUIET_WAIT \
-         BENCH_QUIET_CORES BENCH_NO_BUILD BENCH_BIN BENCH_BIN_COMMIT BENCH_PROFILE BENCH_AGENT_MEMORY; do
+         BENCH_QUIET_CORES BENCH_NO_BUILD BENCH_BIN BENCH_BIN_COMMIT BENCH_PROFILE BENCH_AGENT_MEMORY \
+         BENCH_AGENT_PARTS BENCH_AGENT_RCLONE; do
   if [ -n "${!v:-}" ] && { [ "$v" != BENCH_DIR ] || [ "$BENCH_DIR" != /tmp/aetherfs-bench ]; }; then
     cmdline="$v=$(printf '%q' "${!v}") $cmdline"
   fi

@@ -12,7 +12,10 @@
 //!   loads of the chunks it carries, with at most `concurrency` requests in
 //!   flight.
 //! - Chunks the filesystem expects next (sequential reads) ride along in the
-//!   same requests and are loaded in the background.
+//!   same requests and are loaded in the background. Those on the disk cache
+//!   are read ahead too, in parallel (at most [`DISK_READS_IN_FLIGHT`] disk
+//!   reads at once, each on a blocking thread), so the next chunks are being
+//!   read and decrypted on every core while the kernel waits for this one.
 //! - Garbage collection may move chunks into new packs; a version's
 //!   manifest never changes, only its placement. A range read that finds its
 //!   pack gone asks the [`PackReader`] where the chunks went (the hub client
@@ -170,6 +173,10 @@ impl PackReader for HubPacks {
 
 /// Range requests in flight to the hub at once, unless configured.
 pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Disk-cache reads (pread + decrypt, each on a blocking thread) in flight at
+/// once, wanted and read-ahead together: enough to keep every core of a small
+/// machine decrypting and the disk's queue fed; each holds one chunk.
+pub const DISK_READS_IN_FLIGHT: usize = 8;
 
 /// How a [`HubSource`] fetches.
 #[derive(Clone, Debug)]
@@ -189,6 +196,11 @@ pub struct HubSource {
     /// (without this, every read re-requested most of the window).
     in_flight: Arc<parking_lot::Mutex<HashMap<Digest, Fetch>>>,
     disk: Option<Arc<dyn ChunkCache>>,
+    /// Bounds the disk-cache reads in flight ([`DISK_READS_IN_FLIGHT`]).
+    disk_permits: Arc<Semaphore>,
+    /// Chunks a background load is reading from the disk cache: read-ahead
+    /// leaves them out instead of starting a second load.
+    disk_loading: Arc<parking_lot::Mutex<HashSet<Digest>>>,
     timeout: Duration,
     permits: Arc<Semaphore>,
     /// Bytes of plaintext waiting to be written to the disk cache.
@@ -218,6 +230,8 @@ impl HubSource {
             memory,
             in_flight: Arc::default(),
             disk,
+            disk_permits: Arc::new(Semaphore::new(DISK_READS_IN_FLIGHT)),
+            disk_loading: Arc::default(),
             timeout: opts.timeout,
             permits: Arc::new(Semaphore::new(opts.concurrency.max(1))),
             disk_writes: Arc::new(Semaphore::new(DISK_WRITE_BUDGET as usize)),
@@ -414,10 +428,25 @@ impl HubSource {
         if !disk.contains(&c.digest) {
             return None;
         }
+        // The permit moves into the blocking read: a load dropped while it
+        // runs still counts against the bound until the read ends.
+        let permit = self.disk_permits.clone().acquire_owned().await.ok()?;
         let d = c.digest;
-        let got = tokio::task::spawn_blocking(move || disk.get(&d)).await.ok().flatten()?;
+        let got = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            disk.get(&d)
+        })
+        .await
+        .ok()
+        .flatten()?;
         self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
-        Some(Bytes::from(got))
+        Some(got)
+    }
+
+    /// Disk-cache reads in flight now (for tests of the bound).
+    #[cfg(test)]
+    pub(crate) fn disk_reads_in_flight(&self) -> usize {
+        DISK_READS_IN_FLIGHT - self.disk_permits.available_permits()
     }
 
     /// Fetches every chunk in `chunks` that is on neither tier into the disk
@@ -468,6 +497,15 @@ impl Drop for InFlight {
     }
 }
 
+/// Marks a chunk as no longer being read ahead from disk when dropped.
+struct DiskLoading(Arc<parking_lot::Mutex<HashSet<Digest>>>, Digest);
+
+impl Drop for DiskLoading {
+    fn drop(&mut self) {
+        self.0.lock().remove(&self.1);
+    }
+}
+
 /// Reads go through a shared handle so background loads can outlive the call.
 pub struct SharedSource(pub Arc<HubSource>);
 
@@ -496,11 +534,33 @@ impl ChunkSource for SharedSource {
                 }
             }
             this.stats.memory_hits.fetch_add(out.len() as u64, Ordering::Relaxed);
+            // Read-ahead: chunks in neither tier are fetched along with the
+            // wanted ones; chunks on disk are read from it in the background
+            // (unless a load of theirs is already running).
+            let mut from_disk: Vec<ChunkRef> = Vec::new();
             let ahead: Vec<ChunkRef> = ahead
                 .iter()
-                .filter(|c| !this.memory.contains_key(&c.digest) && !this.on_disk(&c.digest))
+                .filter(|c| !this.memory.contains_key(&c.digest))
+                .filter(|c| {
+                    if !this.on_disk(&c.digest) {
+                        return true;
+                    }
+                    if this.disk_loading.lock().insert(c.digest) {
+                        from_disk.push(**c);
+                    }
+                    false
+                })
                 .copied()
                 .collect();
+            if !from_disk.is_empty() {
+                let loads = this.loads(&from_disk);
+                let guards: Vec<DiskLoading> =
+                    from_disk.iter().map(|c| DiskLoading(this.disk_loading.clone(), c.digest)).collect();
+                tokio::spawn(async move {
+                    let _guards = guards;
+                    futures::future::join_all(loads).await
+                });
+            }
             let missing = want.len() - out.len();
             // Where the chunks come from, before the loads below start: a
             // chunk some fetch already carries costs this read no bytes.

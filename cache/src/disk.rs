@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aetherfs_format::Digest;
+use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 use zeroize::Zeroizing;
 
@@ -226,7 +227,7 @@ impl DiskCache {
 
     /// The verified plaintext of `digest`, or `None`. An entry that fails
     /// verification is dropped from the index and counted.
-    pub fn get(&self, digest: &Digest) -> Option<Vec<u8>> {
+    pub fn get(&self, digest: &Digest) -> Option<Bytes> {
         let id = self.keys.entry_id(digest);
         let found = self.state().find(&id, true);
         let Some((loc, file)) = found else {
@@ -321,17 +322,20 @@ impl DiskCache {
         self.writer.lock()
     }
 
-    fn read_entry(&self, file: &File, loc: &Loc, id: &EntryId, digest: &Digest) -> Result<Vec<u8>, &'static str> {
-        let mut h = [0u8; ENTRY_HEADER_LEN];
-        file.read_exact_at(&mut h, u64::from(loc.off)).map_err(|_| "entry header unreadable")?;
-        let header = EntryHeader::decode(&h).ok_or("invalid entry header")?;
+    /// Reads the entry's header and ciphertext with one `pread` into one
+    /// buffer, checks the header, decrypts in place, and hands out the
+    /// plaintext as a slice of that buffer (no copy).
+    fn read_entry(&self, file: &File, loc: &Loc, id: &EntryId, digest: &Digest) -> Result<Bytes, &'static str> {
+        let mut buf = vec![0u8; ENTRY_HEADER_LEN + loc.clen as usize];
+        file.read_exact_at(&mut buf, u64::from(loc.off)).map_err(|_| "entry unreadable")?;
+        let (h, ct) = buf.split_at_mut(ENTRY_HEADER_LEN);
+        let h: &[u8; ENTRY_HEADER_LEN] = (&*h).try_into().map_err(|_| "entry header unreadable")?;
+        let header = EntryHeader::decode(h).ok_or("invalid entry header")?;
         if header.id != *id || header.clen != loc.clen {
             return Err("entry header does not match the index");
         }
-        let mut buf = vec![0u8; loc.clen as usize];
-        file.read_exact_at(&mut buf, u64::from(loc.off) + ENTRY_HEADER_LEN as u64).map_err(|_| "entry unreadable")?;
-        self.keys.open(digest, &header.nonce, &mut buf)?;
-        Ok(buf)
+        let plen = self.keys.open(digest, &header.nonce, ct)?;
+        Ok(Bytes::from(buf).slice(ENTRY_HEADER_LEN..ENTRY_HEADER_LEN + plen))
     }
 
     fn drop_corrupt(&self, id: &EntryId, loc: &Loc, digest: &Digest, why: &str) {

@@ -34,9 +34,11 @@
 //!   open from the index hints of sealed segments, or by scanning headers
 //!   (seeking over ciphertext) where a hint is missing or stale. A torn tail is
 //!   cut off at the last whole entry.
-//! - **Reads** verify the entry header, the AEAD tag (digest as associated
-//!   data) and BLAKE3(plaintext) == digest; a failure drops the entry from the
-//!   index, is counted, and is a miss: the caller fetches the chunk again.
+//! - **Reads** verify the entry header and the AEAD tag (digest as associated
+//!   data); a failure drops the entry from the index, is counted, and is a
+//!   miss: the caller fetches the chunk again. The plaintext is not hashed
+//!   again: only a holder of the key can make a tag verify, and the cache
+//!   seals only bytes checked against their digest (`docs/cache.md`).
 //! - **Eviction** deletes whole segments, oldest first, once the total exceeds
 //!   the bound. Entries read since they were written get a second chance: they
 //!   are copied verbatim (same nonce and ciphertext: no new encryption) into the
@@ -58,6 +60,7 @@ mod tests;
 use std::path::PathBuf;
 
 use aetherfs_format::Digest;
+use bytes::Bytes;
 
 pub use disk::DiskCache;
 pub use key::CacheKey;
@@ -181,7 +184,7 @@ pub enum KeyProblem {
 /// `put` never fails.
 pub trait ChunkCache: Send + Sync {
     /// The verified plaintext of `digest`, or `None`.
-    fn get(&self, digest: &Digest) -> Option<Vec<u8>>;
+    fn get(&self, digest: &Digest) -> Option<Bytes>;
     /// Stores `plain`, whose digest is `digest`, if there is room; errors are
     /// logged and counted.
     fn put(&self, digest: &Digest, plain: &[u8]);
@@ -192,7 +195,7 @@ pub trait ChunkCache: Send + Sync {
 }
 
 impl ChunkCache for DiskCache {
-    fn get(&self, digest: &Digest) -> Option<Vec<u8>> {
+    fn get(&self, digest: &Digest) -> Option<Bytes> {
         DiskCache::get(self, digest)
     }
     fn put(&self, digest: &Digest, plain: &[u8]) {

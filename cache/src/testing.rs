@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use aetherfs_format::Digest;
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::{CacheStats, ChunkCache};
@@ -21,7 +22,7 @@ pub struct MemoryCache {
 
 #[derive(Default)]
 struct Inner {
-    chunks: HashMap<Digest, Vec<u8>>,
+    chunks: HashMap<Digest, Bytes>,
     order: VecDeque<Digest>,
     bytes: u64,
     evicted_bytes: u64,
@@ -40,7 +41,7 @@ impl MemoryCache {
 }
 
 impl ChunkCache for MemoryCache {
-    fn get(&self, digest: &Digest) -> Option<Vec<u8>> {
+    fn get(&self, digest: &Digest) -> Option<Bytes> {
         let got = self.inner.lock().chunks.get(digest).cloned();
         let counter = if got.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Relaxed);
@@ -53,7 +54,7 @@ impl ChunkCache for MemoryCache {
         if g.chunks.contains_key(digest) || plain.len() as u64 > self.max_bytes {
             return;
         }
-        g.chunks.insert(*digest, plain.to_vec());
+        g.chunks.insert(*digest, Bytes::copy_from_slice(plain));
         g.order.push_back(*digest);
         g.bytes += plain.len() as u64;
         while g.bytes > self.max_bytes {

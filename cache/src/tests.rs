@@ -410,6 +410,30 @@ fn flips_in_sealed_segments_and_live_caches_are_caught() {
     assert_eq!(cache.stats().corrupt_dropped, 1, "a dropped entry is a plain miss afterwards");
 }
 
+/// Reads no longer re-hash the plaintext: what stops a valid entry of one
+/// chunk from being served for another is the tag, bound to the nonce of the
+/// header and to the digest as associated data. Two entries of equal length
+/// swap their ciphertext and tag (headers left intact): both must be refused.
+#[test]
+fn swapped_entry_bodies_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = chunks(0..2, |_| 1000);
+    pristine(dir.path(), &all, 1 << 20);
+    let seg = segment_files(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let scan = segment::scan(&std::fs::File::open(&seg).unwrap(), bytes.len() as u64).unwrap();
+    let [a, b] = scan.entries[..] else { panic!("expected two entries") };
+    assert_eq!(a.clen, b.clen);
+    let body = |e: &segment::Placed| e.off as usize + ENTRY_HEADER_LEN..e.end() as usize;
+    let a_body = bytes[body(&a)].to_vec();
+    bytes.copy_within(body(&b), body(&a).start);
+    bytes[body(&b)].copy_from_slice(&a_body);
+    std::fs::write(&seg, &bytes).unwrap();
+    let cache = open(dir.path(), 64 << 20, 1 << 20, key(7));
+    assert_eq!(check_never_wrong(&cache, &all), 0);
+    assert_eq!(cache.stats().corrupt_dropped, 2);
+}
+
 #[test]
 fn truncation_at_every_offset_of_the_last_entry_and_at_random() {
     let base = tempfile::tempdir().unwrap();

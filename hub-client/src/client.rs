@@ -447,8 +447,10 @@ async fn read_bounded(resp: Response, max: usize) -> Result<Bytes, ClientError> 
     if resp.content_length().is_some_and(|l| l > max as u64) {
         return Err(ClientError::Invalid(format!("hub response larger than {max} bytes")));
     }
+    // Sized from Content-Length (bounded above): no regrowth copies.
+    let expect = resp.content_length().map_or(0, |l| l as usize);
     let mut stream = resp.bytes_stream();
-    let mut buf = bytes::BytesMut::new();
+    let mut buf = bytes::BytesMut::with_capacity(expect);
     while let Some(part) = stream.next().await {
         let part = part?;
         if buf.len() + part.len() > max {

@@ -25,6 +25,8 @@ use crate::version::{NodeKind, Version};
 pub const ROOT: u64 = 1;
 /// Largest read served in one call.
 pub const MAX_READ: u32 = 16 << 20;
+/// The read-ahead window advances in this many steps (see [`DatasetFs::read`]).
+const READAHEAD_STEPS: u64 = 8;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FsError {
@@ -363,16 +365,16 @@ impl DatasetFs {
         let last = starts.partition_point(|&s| s < end) - 1;
         let want = file.chunk_refs(first..last + 1);
         // Sequential (the read starts where the last one ended, or at 0):
-        // hint the chunks that follow.
+        // hint the chunks that follow, up to a window whose far end moves in
+        // steps of an eighth of it. Each step hands the source an eighth of a
+        // window of new chunks at once (a few large range requests, or a batch
+        // of parallel disk-cache reads) and keeps about eight steps in flight,
+        // instead of one small request per READ.
         let prev_end = v.read_ends[n as usize].swap(end, Ordering::Relaxed);
         let ahead: Vec<ChunkRef> = if prev_end == offset || offset == 0 {
-            let mut bytes = 0u64;
-            let stop = (last + 1..file.chunk_count())
-                .position(|i| {
-                    bytes += u64::from(file.chunk_len(i));
-                    bytes > self.readahead_bytes
-                })
-                .map_or(file.chunk_count(), |p| last + 1 + p);
+            let step = (self.readahead_bytes / READAHEAD_STEPS).max(1);
+            let window_end = end.saturating_add(self.readahead_bytes) / step * step;
+            let stop = starts.partition_point(|&s| s < window_end).max(last + 1);
             file.chunk_refs(last + 1..stop)
         } else {
             Vec::new()

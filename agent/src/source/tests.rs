@@ -254,3 +254,93 @@ async fn reads_follow_chunks_that_garbage_collection_moved() {
     let to_old_after = log.iter().skip(1).filter(|r| r.pack == old[0].location.pack).count();
     assert_eq!(to_old_after, 1, "the gone pack was asked more than once: {log:?}");
 }
+
+/// A disk cache whose reads block until [`GatedDisk::open`], counting how
+/// many are blocked at once.
+struct GatedDisk {
+    inner: MemoryCache,
+    state: std::sync::Mutex<(bool, usize, usize)>, // (open, now, max)
+    cv: std::sync::Condvar,
+}
+
+impl GatedDisk {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { inner: MemoryCache::new(16 << 20), state: Default::default(), cv: Default::default() })
+    }
+    fn waiting(&self) -> usize {
+        self.state.lock().unwrap().1
+    }
+    fn max(&self) -> usize {
+        self.state.lock().unwrap().2
+    }
+    fn open(&self) {
+        self.state.lock().unwrap().0 = true;
+        self.cv.notify_all();
+    }
+}
+
+impl ChunkCache for GatedDisk {
+    fn get(&self, digest: &aetherfs_format::Digest) -> Option<Bytes> {
+        let mut st = self.state.lock().unwrap();
+        st.1 += 1;
+        st.2 = st.2.max(st.1);
+        while !st.0 {
+            st = self.cv.wait(st).unwrap();
+        }
+        st.1 -= 1;
+        drop(st);
+        self.inner.get(digest)
+    }
+    fn put(&self, digest: &aetherfs_format::Digest, plain: &[u8]) {
+        self.inner.put(digest, plain)
+    }
+    fn contains(&self, digest: &aetherfs_format::Digest) -> bool {
+        self.inner.contains(digest)
+    }
+    fn stats(&self) -> aetherfs_cache::CacheStats {
+        self.inner.stats()
+    }
+    fn max_bytes(&self) -> u64 {
+        self.inner.max_bytes()
+    }
+}
+
+#[tokio::test]
+async fn read_ahead_from_disk_runs_in_parallel_within_its_bound() {
+    let packs = MemoryPacks::new();
+    let data = chunks(32, 80);
+    let refs = packs.add_pack(&data, true);
+    let disk = GatedDisk::new();
+    for (r, d) in refs.iter().zip(&data) {
+        disk.put(&r.digest, d);
+    }
+    let s = source(packs.clone(), Some(disk.clone()));
+    let (got, ()) = futures::join!(s.read(&refs[..1], &refs[1..]), async {
+        // The wanted chunk and the read-ahead all queue for disk reads:
+        // exactly the bound gets through while the disk is stalled.
+        until(|| disk.waiting() == DISK_READS_IN_FLIGHT).await;
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(disk.waiting(), DISK_READS_IN_FLIGHT);
+        assert_eq!(s.0.disk_reads_in_flight(), DISK_READS_IN_FLIGHT);
+        disk.open();
+    });
+    assert_eq!(got.unwrap(), data[..1]);
+    // Every read-ahead chunk lands in the memory tier, read from disk once.
+    let mem = s.0.memory.clone();
+    for _ in 0..1000 {
+        mem.run_pending_tasks().await;
+        if refs.iter().all(|c| mem.contains_key(&c.digest)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let again = s.read(&refs, &[]).await.unwrap();
+    assert_eq!(again, data);
+    assert_eq!(s.0.stats.disk_hits.load(Ordering::Relaxed), refs.len() as u64);
+    assert_eq!(s.0.stats.memory_hits.load(Ordering::Relaxed), refs.len() as u64);
+    assert_eq!(packs.requests(), 0);
+    assert_eq!(disk.max(), DISK_READS_IN_FLIGHT);
+    assert!(s.0.disk_loading.lock().is_empty());
+}

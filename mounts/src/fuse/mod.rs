@@ -18,7 +18,8 @@
 //!   (`max_write` sizes the kernel's `max_pages`). The kernel offers only its
 //!   default readahead (128 KiB) in INIT and a reply can only lower it, so
 //!   after mounting we raise the mount's `/sys/class/bdi/0:N/read_ahead_kb`
-//!   (best effort: needs root).
+//!   to [`READAHEAD`] (best effort: needs root): a sequential reader then has
+//!   several 1 MiB READs in flight at once, served in parallel.
 //! - **Read-only.** The mount is `ro`, so the kernel itself refuses most
 //!   writes with EROFS; every mutating request that still arrives, opens for
 //!   writing and `access(W_OK)` answer EROFS too.
@@ -49,8 +50,14 @@ pub use stale::clear_stale_mount;
 pub const ROOT_TTL: Duration = Duration::from_secs(1);
 /// Filesystem type suffix: mounts show as `fuse.aetherfs`.
 const SUBTYPE: &str = "aetherfs";
-/// Readahead and largest read request asked of the kernel.
+/// Readahead and largest read request asked of the kernel in INIT. 1 MiB is
+/// also the kernel's default cap on a request (`fs.fuse.max_pages_limit`,
+/// 256 pages).
 const READ_SIZE: u32 = 1 << 20;
+/// The mount's readahead, set after mounting: 8 MiB (what Linux gives a
+/// virtio disk) lets the kernel keep up to eight 1 MiB READs in flight, which
+/// the daemon serves in parallel (decryption on every core).
+const READAHEAD: u32 = 8 << 20;
 /// How long an unmount waits for the workers to stop.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(2);
 /// How long [`clear_stale_mount`] waits for a mount to answer.

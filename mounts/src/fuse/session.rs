@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::adapter::FuseFs;
 use super::stale::lazy_unmount;
-use super::{Counters, FuseError, FuseOptions, FuseStats, READ_SIZE, ROOT_TTL, SUBTYPE, UNMOUNT_GRACE, absolute};
+use super::{Counters, FuseError, FuseOptions, FuseStats, READAHEAD, ROOT_TTL, SUBTYPE, UNMOUNT_GRACE, absolute};
 use crate::fs::{DatasetFs, ROOT};
 use crate::version::Version;
 
@@ -131,7 +131,7 @@ impl FuseMount {
         self.notifier.inval_inode(INodeNo(ROOT), 0, 0).map_err(FuseError::Notify)
     }
 
-    /// Raises the mount's readahead to [`READ_SIZE`]: the kernel's FUSE INIT
+    /// Raises the mount's readahead to [`READAHEAD`]: the kernel's FUSE INIT
     /// offers only its default and lets the server lower it, not raise it.
     fn raise_readahead(&self) {
         let dev = match std::fs::metadata(&self.mountpoint) {
@@ -141,8 +141,8 @@ impl FuseMount {
         let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
         let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
         let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
-        match std::fs::write(&knob, format!("{}\n", READ_SIZE / 1024)) {
-            Ok(()) => debug!(%knob, kib = READ_SIZE / 1024, "raised readahead"),
+        match std::fs::write(&knob, format!("{}\n", READAHEAD / 1024)) {
+            Ok(()) => debug!(%knob, kib = READAHEAD / 1024, "raised readahead"),
             Err(e) => debug!(%knob, error = %e, "could not raise readahead (needs root); keeping the kernel default"),
         }
     }
