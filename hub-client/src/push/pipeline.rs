@@ -304,3 +304,54 @@ fn read_file(
     batch.files.push((job.index, FileChunks { chunks, size, digest }));
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(path: &std::path::Path) -> Job {
+        let stat = FileStat::of(&std::fs::metadata(path).unwrap());
+        Job { index: 0, path: path.to_path_buf(), stat }
+    }
+
+    #[test]
+    fn reads_a_file_once_into_chunks_that_match_the_chunker() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        let data = aetherfs_util::pseudo_random(WINDOW * 2 + 12_345, 3);
+        std::fs::write(&p, &data).unwrap();
+        let params = ChunkParams::default();
+        let (mut batch, mut sent) = (Batch::default(), Vec::new());
+        let mut send = |b: Batch| {
+            sent.push(b);
+            true
+        };
+        assert!(read_file(&job(&p), &params, &mut batch, &mut send).unwrap());
+        sent.push(batch);
+        let expected = aetherfs_format::chunk_reader(&params, &data[..]).unwrap();
+        let files: Vec<_> = sent.iter().flat_map(|b| b.files.iter()).collect();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].1, expected);
+        let bytes: Vec<u8> = sent.iter().flat_map(|b| b.chunks.iter()).flat_map(|(_, b)| b.iter().copied()).collect();
+        assert_eq!(bytes, data, "the chunks handed over are the file, in order");
+        for (d, b) in sent.iter().flat_map(|b| b.chunks.iter()) {
+            assert_eq!(*d, Digest::of(b));
+        }
+    }
+
+    #[test]
+    fn a_file_changed_since_the_walk_fails() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        std::fs::write(&p, b"before").unwrap();
+        let mut stale = job(&p);
+        stale.stat.mtime_ns -= 1;
+        let err = read_file(&stale, &ChunkParams::default(), &mut Batch::default(), &mut |_| true).unwrap_err();
+        assert!(err.to_string().contains("changed while it was being pushed"), "{err}");
+        // Grown since the walk: same answer, not a silently cut file.
+        let mut short = job(&p);
+        std::fs::write(&p, b"before, and after").unwrap();
+        short.stat = FileStat { size: 6, ..FileStat::of(&std::fs::metadata(&p).unwrap()) };
+        assert!(read_file(&short, &ChunkParams::default(), &mut Batch::default(), &mut |_| true).is_err());
+    }
+}
