@@ -63,7 +63,8 @@ fn first_push_reads_once_and_an_unchanged_repush_reads_nothing() {
         json(
             hub.cmd()
                 .env("AETHERFS_STAT_CACHE_DIR", cache.path())
-                .args(["push", "--json"])
+                // A fixed creation time: equal trees give equal version digests.
+                .args(["push", "--json", "--annotation", "created=2026-01-01T00:00:00Z"])
                 .args(extra)
                 .arg(src.path())
                 .arg(reference),
