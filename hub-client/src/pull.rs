@@ -389,7 +389,9 @@ fn index_local(
     let mut files: Vec<(String, FileStat)> = walk(dir, Strictness::Skip)?
         .into_iter()
         .filter_map(|e| match e.kind {
-            LocalKind::File { size } if size > 0 && !file_name(&e.path).starts_with(TMP_PREFIX) => Some((e.path, e.stat)),
+            LocalKind::File { size } if size > 0 && !file_name(&e.path).starts_with(TMP_PREFIX) => {
+                Some((e.path, e.stat))
+            }
             _ => None,
         })
         .collect();

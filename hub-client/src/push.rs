@@ -208,7 +208,8 @@ pub async fn push(
     let rest: Vec<Digest> = unique.iter().copied().filter(|d| !seen.contains(d)).collect();
     let mut read_again = 0;
     if !rest.is_empty() {
-        read_again += upload_missing(client, dir, name, &hashed, &rest, opts, &progress, &mut uploads, &mut locations).await?;
+        read_again +=
+            upload_missing(client, dir, name, &hashed, &rest, opts, &progress, &mut uploads, &mut locations).await?;
     }
     progress(PushEvent::Planned {
         chunks: unique.len() as u64,
@@ -228,7 +229,8 @@ pub async fn push(
         if attempt > 1 {
             locations.clear();
             read_again +=
-                upload_missing(client, dir, name, &hashed, &unique, opts, &progress, &mut uploads, &mut locations).await?;
+                upload_missing(client, dir, name, &hashed, &unique, opts, &progress, &mut uploads, &mut locations)
+                    .await?;
         }
         let (manifest, chunk_count, bytes) = build_manifest(&entries, &hashed, &locations, opts, &annotations)?;
         let encoded = Bytes::from(manifest.encode()?);

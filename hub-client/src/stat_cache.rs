@@ -235,7 +235,8 @@ impl StatCache {
         for _ in 0..count {
             let path = std::str::from_utf8(r.bytes()?).map_err(|_| "a path is not UTF-8")?.to_string();
             validate_path(&path).map_err(|e| e.to_string())?;
-            let stat = FileStat { dev: r.u64()?, ino: r.u64()?, size: r.u64()?, mtime_ns: r.i64()?, ctime_ns: r.i64()? };
+            let stat =
+                FileStat { dev: r.u64()?, ino: r.u64()?, size: r.u64()?, mtime_ns: r.i64()?, ctime_ns: r.i64()? };
             let hashed_ns = r.i64()?;
             let n = r.u32()? as usize;
             // Each chunk takes 36 bytes: a count beyond what is left is a lie.
@@ -428,10 +429,8 @@ mod tests {
         c.insert("f", s, now_ns(), &chunks(&p));
         assert!(c.is_empty(), "a racy entry was kept");
         // Written by an older build or a clock step: still not trusted.
-        c.entries.insert(
-            "f".into(),
-            Cached { stat: s, hashed_ns: s.ctime_ns + 1, chunks: vec![(Digest::of(b"first"), 5)] },
-        );
+        c.entries
+            .insert("f".into(), Cached { stat: s, hashed_ns: s.ctime_ns + 1, chunks: vec![(Digest::of(b"first"), 5)] });
         assert!(c.lookup("f", &s).is_none(), "a racy entry was trusted");
         // The same stat hashed well after its last change is trusted.
         c.entries.get_mut("f").unwrap().hashed_ns = s.ctime_ns.max(s.mtime_ns) + FINE_MARGIN_NS + 1;

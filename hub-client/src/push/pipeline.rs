@@ -168,7 +168,13 @@ async fn consume(
                         finish(joined(done)?, locations, uploads);
                     }
                 }
-                tasks.spawn(pack_and_upload(client.clone(), name.clone(), std::mem::take(&mut group), opts.compress, progress.clone()));
+                tasks.spawn(pack_and_upload(
+                    client.clone(),
+                    name.clone(),
+                    std::mem::take(&mut group),
+                    opts.compress,
+                    progress.clone(),
+                ));
                 group_bytes = 0;
             }
         }
@@ -263,6 +269,10 @@ fn read_file(
     }
     let io = |e| ClientError::io(job.path.display(), e);
     let file = File::open(&job.path).map_err(io)?;
+    if size > WINDOW as u64 {
+        // A larger read-ahead for a cold read of a big file; only a hint.
+        let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
+    }
     let mut chunks: Vec<ChunkInfo> = Vec::new();
     let mut carry: Vec<u8> = Vec::new();
     let mut offset = 0u64; // of the first byte not yet cut
