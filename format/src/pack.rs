@@ -104,10 +104,7 @@ impl PackBuilder {
     pub fn add(&mut self, digest: Digest, plain: &[u8], compress: bool) {
         let offset = self.buf.len() as u64;
         let mut compression = Compression::None;
-        if compress
-            && plain.len() >= 64
-            && self.zstd.is_none()
-        {
+        if compress && plain.len() >= 64 && self.zstd.is_none() {
             self.zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
         }
         if compress
