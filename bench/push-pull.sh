@@ -6,7 +6,7 @@
 #   BENCH_SCALE=0.05 bench/push-pull.sh     # quick smoke run (~50 MiB)
 #
 # Environment: BENCH_DIR (work dir, default /tmp/aetherfs-bench), BENCH_SCALE
-# (default 1), BENCH_SEED, BENCH_RUNS (repeats of each timed step, median
+# (default 1), BENCH_DATASET (issue = issue 12's shape, the default; classic), BENCH_SEED, BENCH_RUNS (repeats of each timed step, median
 # reported, default 3), BENCH_RESULTS (output dir, default bench/results),
 # BENCH_DROP_CACHES (1 = drop the page cache before cold runs, default 1),
 # BENCH_VERIFY (1 = compare the pulled tree with the source, default 1),
@@ -23,7 +23,7 @@ mkdir -p "$BENCH_DIR"
 # The exact command line, for the results file.
 cmdline="bench/push-pull.sh"
 for a in "$@"; do cmdline+=" $(printf '%q' "$a")"; done
-for v in BENCH_SCALE BENCH_DIR BENCH_SEED BENCH_RUNS BENCH_RESULTS BENCH_DROP_CACHES BENCH_VERIFY BENCH_QUIET_WAIT BENCH_QUIET_CORES BENCH_QUIET_BUDGET BENCH_NO_BUILD BENCH_BIN; do
+for v in BENCH_DATASET BENCH_SCALE BENCH_DIR BENCH_SEED BENCH_RUNS BENCH_RESULTS BENCH_DROP_CACHES BENCH_VERIFY BENCH_QUIET_WAIT BENCH_QUIET_CORES BENCH_QUIET_BUDGET BENCH_NO_BUILD BENCH_BIN; do
   if [ -n "${!v:-}" ] && { [ "$v" != BENCH_DIR ] || [ "$BENCH_DIR" != /tmp/aetherfs-bench ]; }; then
     cmdline="$v=$(printf '%q' "${!v}") $cmdline"
   fi

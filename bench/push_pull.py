@@ -28,6 +28,13 @@ from common import (BENCH_DIR, CITIES, MB, MIB, RUNS, SCALE, SEED, VERIFY, Bench
 BIN = common.BUILT_BIN  # replaced by a private copy in bench(), so a concurrent rebuild cannot swap it mid-run
 
 GEN_VERSION = 3  # bump when the generator changes: invalidates cached datasets
+# "issue" (default): issue 12's shape, a 1 GiB random file, a 71 MB SQLite
+# database, 100,000 small files in 100 directories and a 1,000-entry
+# directory (~1.5 GiB at scale 1). "classic": the earlier ~1 GiB mix (5,000
+# small files, four model files, a CSV).
+DATASET_KIND = os.environ.get("BENCH_DATASET", "issue")
+if DATASET_KIND not in ("issue", "classic"):
+    raise SystemExit(f"BENCH_DATASET must be issue or classic, not {DATASET_KIND!r}")
 HUB_PIDFILE = Path(os.environ.get("BENCH_HUB_PIDFILE") or (BENCH_DIR / "hub.pid"))
 
 DATASET = "bench/data"
@@ -135,7 +142,33 @@ def gen_big_csv(path: Path, size: int, seed: int, words: list[str]) -> None:
             start += 40_000
 
 
+def gen_issue_small_files(root: Path, count: int, dirs: int, rng: random.Random, words: list[str]) -> None:
+    """`count` text files spread over `dirs` directories, ~3 KiB median
+    (lognormal, 64 B to 64 KiB): slices of one text corpus, each with its own
+    first line, so no two files are alike."""
+    corpus = text_blob(rng, words, 4 * MIB)
+    for d in range(dirs):
+        (root / f"d{d:03d}").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        size = int(min(64 * 1024, max(64, rng.lognormvariate(8.0, 0.8))))
+        at = rng.randrange(len(corpus) - size)
+        body = f"file {i} seed {rng.randrange(10**9)}\n" + corpus[at:at + size]
+        (root / f"d{i % dirs:03d}" / f"f{i:06d}.txt").write_text(body)
+
+
+def issue_params() -> dict:
+    rows = max(1000, int(71e6 * SCALE / 1384))
+    return {
+        "kind": "issue", "gen_version": GEN_VERSION, "scale": SCALE, "seed": SEED,
+        "sqlite_rows": rows, "small_files": max(100, round(100_000 * SCALE)), "small_dirs": 100,
+        "wide_entries": max(10, round(1000 * SCALE)), "random_bytes": int(1024 * MIB * SCALE),
+        "refresh": refresh_plan(rows),
+    }
+
+
 def dataset_params() -> dict:
+    if DATASET_KIND == "issue":
+        return issue_params()
     rows = sqlite_rows(SCALE)
     return {
         "gen_version": GEN_VERSION, "scale": SCALE, "seed": SEED,
@@ -149,7 +182,7 @@ def dataset_params() -> dict:
 def ensure_dataset() -> tuple[Path, Path, dict]:
     """Returns (v1 tree, refreshed db, params), generating them unless cached."""
     params = dataset_params()
-    key = f"dataset-g{GEN_VERSION}-s{SCALE:g}-seed{SEED}"
+    key = f"dataset-g{GEN_VERSION}-s{SCALE:g}-seed{SEED}" + ("-issue" if DATASET_KIND == "issue" else "")
     root = BENCH_DIR / key
     stamp = root / "STAMP.json"
     v1, new_db = root / "v1", root / "refresh" / "catalog.sqlite"
@@ -164,10 +197,19 @@ def ensure_dataset() -> tuple[Path, Path, dict]:
     words = make_words(rng, 3000)
     gen_db(v1 / "db" / "catalog.sqlite", params["sqlite_rows"], SEED)
     log(f"dataset: sqlite db {os.path.getsize(v1 / 'db' / 'catalog.sqlite') / MIB:.1f} MiB")
-    gen_small_files(v1 / "small", params["small_files"], random.Random(SEED + 1), words)
-    for i in range(params["models"]):
-        gen_random_file(v1 / "models" / f"model-{i}.bin", params["model_bytes"], SEED + 100 + i)
-    gen_big_csv(v1 / "tables" / "events.csv", params["big_csv_bytes"], SEED + 2, words)
+    if DATASET_KIND == "issue":
+        gen_random_file(v1 / "models" / "random.bin", params["random_bytes"], SEED + 100)
+        gen_issue_small_files(v1 / "small", params["small_files"], params["small_dirs"], random.Random(SEED + 1), words)
+        wide = v1 / "wide"
+        wide.mkdir(parents=True)
+        wrng = random.Random(SEED + 3)
+        for i in range(params["wide_entries"]):
+            (wide / f"entry-{i:04d}.json").write_text(json_blob(wrng, words, 600))
+    else:
+        gen_small_files(v1 / "small", params["small_files"], random.Random(SEED + 1), words)
+        for i in range(params["models"]):
+            gen_random_file(v1 / "models" / f"model-{i}.bin", params["model_bytes"], SEED + 100 + i)
+        gen_big_csv(v1 / "tables" / "events.csv", params["big_csv_bytes"], SEED + 2, words)
     new_db.parent.mkdir(parents=True, exist_ok=True)
     gen_refresh(v1 / "db" / "catalog.sqlite", new_db, params["refresh"], SEED)
     files, size = tree_size(v1)
@@ -225,8 +267,11 @@ def afs(*args: str) -> list[str]:
     return [str(BIN), *args]
 
 
+STAT_CACHE = BENCH_DIR / "work" / "stat-cache"  # the push's stat cache, emptied before every first push
+
+
 def afs_env() -> dict:
-    return {"AETHERFS_HUB": HUB.url}
+    return {"AETHERFS_HUB": HUB.url, "AETHERFS_STAT_CACHE_DIR": str(STAT_CACHE)}
 
 
 # --------------------------------------------------------------------------
@@ -340,6 +385,7 @@ def bench() -> dict:
     pushes, backups = [], []
     for i in range(RUNS):
         HUB.fresh()
+        rm(STAT_CACHE)
         r = run_timed(f"push v1 [{i + 1}/{RUNS}]", afs("push", "--json", str(stage), f"{DATASET}:v1"),
                       env=afs_env(), cold=True)
         r.extra.update(push_phases(r))
@@ -364,8 +410,11 @@ def bench() -> dict:
     res["push"]["stored_ratio_aetherfs_over_restic"] = round(hub_store["file_bytes"] / max(1, restic_store["file_bytes"]), 3)
 
     # 2. Re-push / re-backup of unchanged data ----------------------------------
-    repush_cold, repush_warm, rebackup, rebackup_force = [], [], [], []
+    repush_cold, repush_warm, rebackup, rebackup_force, repush_rehash = [], [], [], [], []
     for i in range(RUNS):
+        repush_rehash.append(run_timed(f"re-push unchanged --no-stat-cache, cold [{i + 1}/{RUNS}]",
+                                       afs("push", "--json", "--no-stat-cache", str(stage), f"{DATASET}:v1"),
+                                       env=afs_env(), cold=True))
         repush_cold.append(run_timed(f"re-push unchanged, cold [{i + 1}/{RUNS}]",
                                      afs("push", "--json", str(stage), f"{DATASET}:v1"), env=afs_env(), cold=True))
         repush_warm.append(run_timed(f"re-push unchanged, warm [{i + 1}/{RUNS}]",
@@ -376,8 +425,10 @@ def bench() -> dict:
         rebackup_force.append(run_timed(f"restic re-backup --force, cold [{i + 1}/{RUNS}]",
                                         ["restic", "backup", "--json", "--force", "--cache-dir", str(rcache), str(stage)],
                                         env=restic_env(repo), cold=True))
-    rpc, rpw, rb, rbf = (median_run(x) for x in (repush_cold, repush_warm, rebackup, rebackup_force))
+    rpc, rpw, rb, rbf, rph = (median_run(x) for x in (repush_cold, repush_warm, rebackup, rebackup_force, repush_rehash))
     res["repush"] = {
+        "aetherfs_rehash_cold": {**rph.summary(), "samples_s": samples_of(repush_rehash), "report": rph.json()},
+        "speedup_aetherfs_over_restic": round(rb.wall / rpc.wall, 3),
         "aetherfs_cold": {**rpc.summary(), "samples_s": samples_of(repush_cold), "report": rpc.json()},
         "aetherfs_warm": {**rpw.summary(), "samples_s": samples_of(repush_warm), "report": rpw.json()},
         "restic_cold": {**rb.summary(), "samples_s": samples_of(rebackup), "summary": restic_summary(rb)},
@@ -591,11 +642,17 @@ def markdown(res: dict) -> str:
     v = m["versions"]
     L.append(f"Versions: {v['aetherfs']} (workspace {m['git_commit']}), {v['restic']}, {v['casync']}, "
              f"{v['rsync']}, sqlite3 {v['sqlite3']}, {v['rustc']}.\n")
+    dp = d["params"]
+    if dp.get("kind") == "issue":
+        shape = (f"SQLite db {mib(d['db_bytes'])} ({dp['sqlite_rows']:,} rows, index on a random key), a "
+                 f"{mib(dp['random_bytes'])} random file, {dp['small_files']:,} small text files in "
+                 f"{dp['small_dirs']} directories, a {dp['wide_entries']:,}-entry directory (issue 12's shape)")
+    else:
+        shape = (f"SQLite db {mib(d['db_bytes'])} ({dp['sqlite_rows']:,} rows, index on a random key), "
+                 f"{dp['small_files']:,} small CSV/TXT/JSON files, {dp['models']} random model files of "
+                 f"{mib(dp['model_bytes'])}, a {mib(dp['big_csv_bytes'])} CSV")
     L.append(f"Dataset (scale {m['scale']:g}, seed {m['seed']}): {d['files']:,} files, {mib(d['bytes'])} "
-             f"({d['bytes']:,} bytes): SQLite db {mib(d['db_bytes'])} ({d['params']['sqlite_rows']:,} rows, "
-             f"index on a random key), {d['params']['small_files']:,} small CSV/TXT/JSON files, "
-             f"{d['params']['models']} random model files of {mib(d['params']['model_bytes'])}, "
-             f"a {mib(d['params']['big_csv_bytes'])} CSV. Timings are the median of {m['runs_per_step']} run(s); "
+             f"({d['bytes']:,} bytes): {shape}. Timings are the median of {m['runs_per_step']} run(s); "
              f"MB = 10^6 bytes.\n")
     q = res.get("quiet_wait", {})
     L.append(f"Other load: before each timed step the script waited (up to {q.get('max_wait_s', 0):.0f} s) for the machine "
@@ -611,12 +668,12 @@ def markdown(res: dict) -> str:
              f"{secs(a['hub_cpu_s'])} | {a['other_load_cores']} | {mib(a['store']['file_bytes'])} | {mib(a['store']['du_alloc_bytes'])} |")
     L.append(f"| restic backup | {secs(r['seconds'])} | {runs_s(r)} | {r['mb_per_s']} | {r['cpu_user_s'] + r['cpu_sys_s']:.1f} | – | "
              f"{r['other_load_cores']} | {mib(r['store']['file_bytes'])} | {mib(r['store']['du_alloc_bytes'])} |")
-    L.append(f"\nMB/s ratio aetherfs/restic: **{p['mbps_ratio_aetherfs_over_restic']}** (>1 = aetherfs faster); "
+    L.append(f"\nMB/s ratio aetherfs/restic: **{p['mbps_ratio_aetherfs_over_restic']}** (>1 = aetherfs faster; goal ≥ 2); "
              f"stored bytes ratio aetherfs/restic: **{p['stored_ratio_aetherfs_over_restic']}**. ")
     ar = a.get("report") or {}
     if ar:
         L.append(f"aetherfs report: {ar.get('files')} files, {ar.get('chunks')} chunks, {ar.get('new_chunks')} new, "
-                 f"{ar.get('packs_uploaded')} packs, {mib(ar.get('uploaded_bytes'))} uploaded "
+                 f"{ar.get('packs_uploaded')} packs, {mib(ar.get('uploaded_bytes'))} uploaded, {mib(ar.get('read_bytes'))} of files read "
                  f"({100 * ar.get('uploaded_bytes', 0) / max(1, ar.get('bytes', 1)):.1f}% of plain).")
     if "hash_phase_s" in a:
         L.append(f" Phases (from the client's I/O counters): walk+chunk+hash {a['hash_phase_s']} s "
@@ -627,13 +684,17 @@ def markdown(res: dict) -> str:
     L.append("## Re-push of unchanged data\n")
     L.append("| | time (s) | runs (s) | CPU (s) | other (cores) | note |")
     L.append("|---|---:|---|---:|---:|---|")
-    for key, name, note in (("aetherfs_cold", "aetherfs push (cold)", "re-reads and re-hashes every byte"),
-                            ("aetherfs_warm", "aetherfs push (warm)", "same, data already in the page cache"),
+    for key, name, note in (("aetherfs_cold", "aetherfs push (cold)", "stat cache: reads no file data"),
+                            ("aetherfs_warm", "aetherfs push (warm)", "same, metadata already cached"),
+                            ("aetherfs_rehash_cold", "aetherfs push --no-stat-cache (cold)", "re-reads and re-hashes every byte"),
                             ("restic_cold", "restic backup (cold)", "skips files whose metadata matches the parent snapshot"),
                             ("restic_force_cold", "restic backup --force (cold)", "re-reads every byte")):
         x = rp[key]
         L.append(f"| {name} | {secs(x['seconds'])} | {runs_s(x)} | {x['cpu_user_s'] + x['cpu_sys_s']:.1f} | "
                  f"{x['other_load_cores']} | {note} |")
+    rc = rp["aetherfs_cold"].get("report") or {}
+    L.append(f"\nSpeed-up over restic's re-backup: **{rp['speedup_aetherfs_over_restic']}×** (goal ≥ 4×); the re-push "
+             f"read {rc.get('read_bytes', 'n/a')} bytes of file data, {rc.get('stat_cache_hits', 'n/a')} files from the stat cache.")
     L.append(f"\nTime ratio aetherfs/restic: **{rp['time_ratio_aetherfs_over_restic']}** (vs restic default), "
              f"**{rp['time_ratio_aetherfs_over_restic_force']}** (vs restic --force); <1 = aetherfs faster.\n")
 
@@ -685,8 +746,8 @@ def markdown(res: dict) -> str:
                 if "ratio_new_bytes_aetherfs_over_casync_new_plain" in rf else "")
              + " (<1 = aetherfs moves fewer bytes).")
     L.append(f"aetherfs v2 push: {a2['report']['new_chunks']} new chunks in {a2['report']['packs_uploaded']} pack(s), "
-             f"manifest {a2['report'].get('manifest_bytes', 0):,} bytes; the push re-hashed all "
-             f"{mib(a2['report']['bytes'])}. Pull v2: {p2['report']['files_written']} file(s) written, "
+             f"manifest {a2['report'].get('manifest_bytes', 0):,} bytes; of the {mib(a2['report']['bytes'])} tree the push "
+             f"hashed {mib(a2['report'].get('hashed_bytes'))} ({a2['report'].get('stat_cache_hits', 0)} files from the stat cache). Pull v2: {p2['report']['files_written']} file(s) written, "
              f"{p2['report']['files_unchanged']} unchanged, reused {mib(p2['report']['reused_bytes'])} from the directory, "
              f"{p2['report']['range_requests']} range request(s).\n")
     return "\n".join(L) + "\n"

@@ -518,6 +518,31 @@ pub struct PushArgs {
     /// Target pack size in MiB (16–64 suits S3).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=96))]
     pub pack_mib: u16,
+    #[command(flatten)]
+    pub stat_cache: StatCacheArgs,
+}
+
+/// The stat cache: files whose (device, inode, size, mtime, ctime) did not
+/// change since they were last hashed are not read again.
+#[derive(Args, Debug)]
+pub struct StatCacheArgs {
+    /// Read and hash every file, ignoring (and not updating) the stat cache.
+    #[arg(long, alias = "rehash")]
+    pub no_stat_cache: bool,
+    /// Where stat caches live (one file per directory); default
+    /// `$XDG_CACHE_HOME/aetherfs/stat` (`~/.cache/aetherfs/stat`).
+    #[arg(long, env = "AETHERFS_STAT_CACHE_DIR", value_name = "DIR")]
+    pub stat_cache_dir: Option<PathBuf>,
+}
+
+impl StatCacheArgs {
+    /// The directory of stat caches to use, if any.
+    pub fn dir(&self) -> Option<PathBuf> {
+        if self.no_stat_cache {
+            return None;
+        }
+        self.stat_cache_dir.clone().or_else(aetherfs_hub_client::stat_cache::default_dir)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -532,6 +557,8 @@ pub struct PullArgs {
     /// Skip fsync before each file is renamed into place (faster, not crash-safe).
     #[arg(long)]
     pub no_fsync: bool,
+    #[command(flatten)]
+    pub stat_cache: StatCacheArgs,
 }
 
 #[derive(Args, Debug)]

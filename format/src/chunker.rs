@@ -57,6 +57,24 @@ impl ChunkParams {
         n
     }
 
+    /// The leading chunk lengths of `window` that are final: those that
+    /// start at least `max` bytes before its end, or all of them at `eof`.
+    /// The rest must be cut again once more bytes follow. Lets a reader
+    /// chunk a stream from its own buffer (the push keeps the bytes it
+    /// hashed, to pack them without reading the file again).
+    pub fn complete_cuts(&self, window: &[u8], eof: bool) -> Vec<usize> {
+        let masks = self.masks();
+        let max = self.max as usize;
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < window.len() && (window.len() - pos >= max || eof) {
+            let n = self.next_cut(&window[pos..], masks).max(1);
+            out.push(n);
+            pos += n;
+        }
+        out
+    }
+
     /// Cut points of an in-memory buffer, as `(offset, len)` pairs.
     pub fn cut_points(&self, data: &[u8]) -> Vec<(usize, usize)> {
         let masks = self.masks();
@@ -191,6 +209,20 @@ mod tests {
             assert_eq!(c.digest, Digest::of(&data[s..s + c.len as usize]));
             assert!(c.len <= params.max);
         }
+    }
+
+    #[test]
+    fn complete_cuts_match_the_whole_file() {
+        let params = ChunkParams::default();
+        let data = pseudo_random(1_500_000, 11);
+        let expected: Vec<usize> = params.cut_points(&data).iter().map(|c| c.1).collect();
+        let (mut got, mut pos) = (Vec::new(), 0);
+        for end in [300_000, 700_001, 1_200_000, data.len()] {
+            let cuts = params.complete_cuts(&data[pos..end], end == data.len());
+            pos += cuts.iter().sum::<usize>();
+            got.extend(cuts);
+        }
+        assert_eq!(got, expected);
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
     plain_bytes: u64,
+    /// One compression context for the whole pack: making one per chunk
+    /// (what `zstd::bulk::compress` does) cost as much as compressing a
+    /// small chunk.
+    zstd: Option<zstd::bulk::Compressor<'static>>,
 }
 
 /// A finished pack: its bytes, name and index.
@@ -79,7 +83,7 @@ impl PackBuilder {
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&VERSION.to_le_bytes());
         buf.extend_from_slice(&[0, 0]);
-        Self { buf, entries: Vec::new(), plain_bytes: 0 }
+        Self { buf, entries: Vec::new(), plain_bytes: 0, zstd: None }
     }
 
     /// Bytes so far, for deciding when a pack is full.
@@ -100,9 +104,13 @@ impl PackBuilder {
     pub fn add(&mut self, digest: Digest, plain: &[u8], compress: bool) {
         let offset = self.buf.len() as u64;
         let mut compression = Compression::None;
+        if compress && plain.len() >= 64 && self.zstd.is_none() {
+            self.zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
         if compress
             && plain.len() >= 64
-            && let Ok(z) = zstd::bulk::compress(plain, ZSTD_LEVEL)
+            && let Some(zc) = self.zstd.as_mut()
+            && let Ok(z) = zc.compress(plain)
             && z.len() + plain.len() / COMPRESS_MIN_SAVING < plain.len()
         {
             self.buf.extend_from_slice(&z);

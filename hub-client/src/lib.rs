@@ -10,6 +10,7 @@ pub mod fetch;
 mod hashing;
 mod pull;
 mod push;
+pub mod stat_cache;
 mod tls;
 pub mod walk;
 

@@ -3,8 +3,10 @@
 //!
 //! 1. Fetch the manifest and verify it against its digest.
 //! 2. Index the directory: chunk every regular file already there with the
-//!    manifest's parameters. Files identical to the version are left alone;
-//!    every other chunk found becomes a local source.
+//!    manifest's parameters, except those whose stat matches the directory's
+//!    stat cache ([`crate::stat_cache`]; refreshed at the end for the files
+//!    indexed and left alone). Files identical to the version are left
+//!    alone; every other chunk found becomes a local source.
 //! 3. Plan: files (in manifest order) are grouped into batches of about
 //!    16 MiB to fetch; a batch's remote chunks are coalesced into range reads
 //!    (see [`crate::fetch`]). A chunk needed twice in a batch is fetched once.
@@ -48,7 +50,8 @@ use crate::error::ClientError;
 use crate::fetch::{ChunkWant, RangeRead, coalesce};
 use crate::hashing::hash_files;
 use crate::push::Progress;
-use crate::walk::{LocalKind, Strictness, walk};
+use crate::stat_cache::{StatCache, now_ns};
+use crate::walk::{FileStat, LocalKind, Strictness, walk};
 
 const TMP_PREFIX: &str = ".aetherfs-tmp-";
 const BATCH_FETCH_BYTES: u64 = 16 << 20;
@@ -69,6 +72,9 @@ pub struct PullOptions {
     /// Files get their mode without write bits (a read-only copy whose
     /// files may be hard-linked into later versions).
     pub read_only: bool,
+    /// Directory of stat caches ([`crate::stat_cache`]), used when pulling
+    /// into a directory in place; `None` hashes every file there.
+    pub stat_cache: Option<PathBuf>,
 }
 
 impl Default for PullOptions {
@@ -80,6 +86,7 @@ impl Default for PullOptions {
             delete: false,
             fsync: true,
             read_only: false,
+            stat_cache: None,
         }
     }
 }
@@ -130,10 +137,21 @@ pub struct PullReport {
     pub removed: u64,
     /// Entries in the directory that the version does not have, left in place.
     pub extraneous: u64,
+    /// Bytes of files already in the directory read and hashed to index it.
+    pub indexed_bytes: u64,
+    /// Files already in the directory whose chunks the stat cache knew.
+    pub stat_cache_hits: u64,
 }
 
-/// Manifest paths already right on disk, and where other needed chunks are.
-type LocalIndex = (Arc<HashSet<String>>, HashMap<Digest, LocalChunk>);
+/// What indexing the directory found.
+struct Indexed {
+    unchanged: Arc<HashSet<String>>,
+    local: HashMap<Digest, LocalChunk>,
+    hashed_bytes: u64,
+    hits: u64,
+    /// Every file indexed, with its stat and chunks, for the stat cache.
+    files: Vec<(String, FileStat, aetherfs_format::FileChunks)>,
+}
 
 #[derive(Clone)]
 struct LocalChunk {
@@ -222,13 +240,27 @@ pub async fn pull_into(
     progress(PullEvent::Resolved { digest: *digest, files: stats.files, bytes: stats.bytes });
     fs::create_dir_all(dir).map_err(|e| ClientError::io(dir.display(), e))?;
 
-    let (unchanged, local) = {
+    // The stat cache serves a pull in place (not one from a base).
+    let started_ns = now_ns();
+    let cache: Option<(PathBuf, PathBuf, Arc<StatCache>)> = match (&opts.stat_cache, base) {
+        (Some(cache_dir), None) => fs::canonicalize(dir).ok().map(|abs| {
+            let (c, err) = StatCache::load(cache_dir, &abs, manifest.chunking);
+            if let Some(e) = err {
+                tracing::warn!("{e}");
+            }
+            (cache_dir.clone(), abs, Arc::new(c))
+        }),
+        _ => None,
+    };
+    let (unchanged, local, hashed_bytes, hits, indexed_files) = {
         let indexed = base.unwrap_or(dir).to_path_buf();
         let (manifest, progress, threads, read_only) =
             (manifest.clone(), progress.clone(), opts.threads, opts.read_only);
         let linking = base.is_some();
+        let cache = cache.as_ref().map(|c| c.2.clone());
         tokio::task::spawn_blocking(move || {
-            let (unchanged, local) = index_local(&indexed, &manifest, threads, &progress)?;
+            let Indexed { unchanged, local, hashed_bytes, hits, files } =
+                index_local(&indexed, &manifest, threads, &progress, cache.as_deref())?;
             // A hard link shares the inode, so its mode must already be right.
             let unchanged = if linking {
                 let same_mode = |e: &&aetherfs_format::Entry| {
@@ -240,7 +272,7 @@ pub async fn pull_into(
             } else {
                 unchanged
             };
-            Ok::<_, ClientError>((unchanged, local))
+            Ok::<_, ClientError>((unchanged, local, hashed_bytes, hits, files))
         })
         .await
         .map_err(|e| ClientError::Invalid(format!("index task failed: {e}")))??
@@ -269,7 +301,33 @@ pub async fn pull_into(
         if let Some(base) = &base {
             link_unchanged(base, &dir2, &unchanged2)?;
         }
-        finish_tree(&dir2, &manifest2, &unchanged2, delete, read_only)
+        let done = finish_tree(&dir2, &manifest2, &unchanged2, delete, read_only)?;
+        // Remember the files indexed that the pull left as they were (those
+        // it wrote are indexed, and remembered, next time).
+        if let Some((cache_dir, abs, old)) = cache {
+            let written: HashSet<&str> = manifest2
+                .entries
+                .iter()
+                .filter(|e| matches!(e.kind, EntryKind::File(_)) && !unchanged2.contains(&e.path))
+                .map(|e| e.path.as_str())
+                .collect();
+            let mut new = StatCache::new(&abs, manifest2.chunking);
+            for (path, stat, fc) in &indexed_files {
+                let still = fs::symlink_metadata(dir2.join(path)).is_ok_and(|m| FileStat::of(&m) == *stat);
+                if written.contains(path.as_str()) || !still {
+                    continue;
+                }
+                if old.lookup(path, stat).is_some() {
+                    new.keep_from(&old, path);
+                } else {
+                    new.insert(path, *stat, started_ns, fc);
+                }
+            }
+            if let Err(e) = new.save(&cache_dir) {
+                tracing::warn!("cannot save the stat cache in {}: {e}", cache_dir.display());
+            }
+        }
+        Ok::<_, ClientError>(done)
     })
     .await
     .map_err(|e| ClientError::Invalid(format!("finish task failed: {e}")))??;
@@ -287,6 +345,8 @@ pub async fn pull_into(
         files_cloned: counters.cloned.load(Ordering::Relaxed),
         removed,
         extraneous,
+        indexed_bytes: hashed_bytes,
+        stat_cache_hits: hits,
     })
 }
 
@@ -315,7 +375,8 @@ fn index_local(
     manifest: &Manifest,
     threads: usize,
     progress: &Progress<PullEvent>,
-) -> Result<LocalIndex, ClientError> {
+    cache: Option<&StatCache>,
+) -> Result<Indexed, ClientError> {
     let wanted: HashMap<&str, (u64, Digest)> = manifest
         .entries
         .iter()
@@ -325,29 +386,49 @@ fn index_local(
         })
         .collect();
     let needed: HashSet<Digest> = manifest.unique_chunks().into_keys().collect();
-    let files: Vec<(String, u64)> = walk(dir, Strictness::Skip)?
+    let mut files: Vec<(String, FileStat)> = walk(dir, Strictness::Skip)?
         .into_iter()
         .filter_map(|e| match e.kind {
-            LocalKind::File { size } if size > 0 && !file_name(&e.path).starts_with(TMP_PREFIX) => Some((e.path, size)),
+            LocalKind::File { size } if size > 0 && !file_name(&e.path).starts_with(TMP_PREFIX) => {
+                Some((e.path, e.stat))
+            }
             _ => None,
         })
         .collect();
+    // Files the stat cache knows are not read.
+    let mut known: Vec<(String, FileStat, Result<aetherfs_format::FileChunks, ClientError>)> = Vec::new();
+    if let Some(cache) = cache {
+        files.retain(|(path, stat)| match cache.lookup(path, stat) {
+            Some(fc) => {
+                known.push((path.clone(), *stat, Ok(fc)));
+                false
+            }
+            None => true,
+        });
+    }
+    let hits = known.len() as u64;
+    let list: Vec<(String, u64)> = files.iter().map(|(p, s)| (p.clone(), s.size)).collect();
+    let hashed_bytes = list.iter().map(|f| f.1).sum();
     let on_bytes = |bytes| progress(PullEvent::Indexed { bytes });
-    let results = hash_files(dir, &files, &manifest.chunking, threads, false, &on_bytes);
+    let results = hash_files(dir, &list, &manifest.chunking, threads, false, &on_bytes);
+    known.extend(files.into_iter().zip(results).map(|((p, s), r)| (p, s, r)));
     let mut unchanged = HashSet::new();
     let mut local = HashMap::new();
-    for ((path, size), r) in files.into_iter().zip(results) {
+    let mut indexed = Vec::new();
+    for (path, stat, r) in known {
+        let size = stat.size;
         // Unreadable files are simply not reused.
         let Ok(fc) = r else { continue };
         if wanted.get(path.as_str()) == Some(&(size, fc.digest)) {
             unchanged.insert(path.clone());
         }
         let full = dir.join(&path);
-        for c in fc.chunks {
+        for c in &fc.chunks {
             if needed.contains(&c.digest) {
                 local.entry(c.digest).or_insert_with(|| LocalChunk { path: full.clone(), offset: c.offset });
             }
         }
+        indexed.push((path, stat, fc));
     }
     // Empty files are always "unchanged" when an empty file is there already.
     for e in &manifest.entries {
@@ -358,7 +439,7 @@ fn index_local(
             unchanged.insert(e.path.clone());
         }
     }
-    Ok((Arc::new(unchanged), local))
+    Ok(Indexed { unchanged: Arc::new(unchanged), local, hashed_bytes, hits, files: indexed })
 }
 
 fn file_name(path: &str) -> &str {
@@ -802,8 +883,12 @@ fn finish_tree(
                 }
             }
             EntryKind::File(_) if unchanged.contains(&e.path) => {
-                let mode = Permissions::from_mode(file_mode(e.mode, read_only));
-                fs::set_permissions(&dest, mode).map_err(|err| io(&e.path, err))?;
+                // Only where it differs: a chmod changes the ctime, which
+                // would make the stat cache miss next time.
+                let want = file_mode(e.mode, read_only);
+                if !fs::symlink_metadata(&dest).is_ok_and(|m| m.permissions().mode() & 0o7777 == want) {
+                    fs::set_permissions(&dest, Permissions::from_mode(want)).map_err(|err| io(&e.path, err))?;
+                }
             }
             EntryKind::File(_) => {}
         }

@@ -1,18 +1,23 @@
 //! The push engine: turn a directory into a published version.
 //!
-//! 1. Walk the tree (no symlinks followed) and chunk + hash every file on
-//!    all cores (FastCDC 2020, BLAKE3 per chunk; a file's digest is derived
-//!    from its chunk list, so every byte is hashed once).
-//! 2. Ask the hub which chunk digests it lacks (among the packs this caller
-//!    may read).
-//! 3. Re-read only the missing chunks (from the page cache, usually), pack
-//!    them into ~32 MiB packs, compressing each chunk where that pays, and
-//!    upload several packs at once. Each chunk is re-hashed as it is packed,
-//!    so a file edited during the push fails it instead of storing garbage.
-//! 4. Publish the manifest (what the version is; the hub places its chunks
+//! 1. Walk the tree (no symlinks followed), stat'ing every entry.
+//! 2. Files whose stat matches the directory's stat cache ([`crate::stat_cache`])
+//!    take their chunk list from it and are not read.
+//! 3. Every other file is read once, on all cores, and chunked (FastCDC
+//!    2020), hashed (BLAKE3 per chunk; a file's digest is derived from its
+//!    chunk list) and packed from that one read ([`pipeline`]): batches of
+//!    chunks ask the hub which it lacks (among the packs this caller may
+//!    read), the missing ones go into ~32 MiB packs, compressed where that
+//!    pays and uploaded a few at once while the next files are hashed.
+//! 4. Cached files' chunks the hub lacks (another hub, or collected) are
+//!    read from the files and packed, each re-hashed as it is read, so a
+//!    file edited since fails the push instead of storing garbage.
+//! 5. Publish the manifest (what the version is; the hub places its chunks
 //!    and refuses it unless every chunk is stored), then move the tags. A
 //!    publish refused because garbage collection removed a pack meanwhile
-//!    goes back to step 2, a bounded number of times.
+//!    asks again for every chunk and uploads what is missing (step 4's way),
+//!    a bounded number of times.
+//! 6. Save the stat cache for the next push.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
@@ -29,8 +34,10 @@ use futures::{StreamExt, TryStreamExt, stream};
 
 use crate::client::HubClient;
 use crate::error::ClientError;
-use crate::hashing::hash_files as hash_files_blocking;
+use crate::stat_cache::{StatCache, now_ns};
 use crate::walk::{LocalEntry, LocalKind, Strictness, walk};
+
+mod pipeline;
 
 /// Tunables of a push.
 #[derive(Clone, Debug)]
@@ -45,6 +52,9 @@ pub struct PushOptions {
     pub chunking: ChunkParams,
     /// Stored in the manifest (`created` is added automatically).
     pub annotations: BTreeMap<String, String>,
+    /// Directory of stat caches ([`crate::stat_cache`]); `None` hashes
+    /// every file and remembers nothing.
+    pub stat_cache: Option<PathBuf>,
 }
 
 impl Default for PushOptions {
@@ -56,6 +66,7 @@ impl Default for PushOptions {
             compress: true,
             chunking: ChunkParams::default(),
             annotations: BTreeMap::new(),
+            stat_cache: None,
         }
     }
 }
@@ -67,10 +78,17 @@ pub enum PushEvent {
         files: u64,
         bytes: u64,
     },
-    /// Incremental: this many more bytes were chunked and hashed.
+    /// Files whose chunks the stat cache knew: they are not read.
+    StatCacheHits {
+        files: u64,
+        bytes: u64,
+    },
+    /// Incremental: this many more bytes were read, chunked and hashed.
     Hashed {
         bytes: u64,
     },
+    /// Everything is hashed and the missing chunks are known (most of them
+    /// are uploaded already: hashing and uploading overlap).
     Planned {
         chunks: u64,
         missing_chunks: u64,
@@ -105,6 +123,14 @@ pub struct PushReport {
     /// Bytes sent in packs (after compression).
     pub uploaded_bytes: u64,
     pub manifest_bytes: u64,
+    /// Files read and hashed (the others' chunks came from the stat cache).
+    pub files_hashed: u64,
+    pub stat_cache_hits: u64,
+    /// Bytes chunked and hashed.
+    pub hashed_bytes: u64,
+    /// Bytes of file data read: each hashed file once, plus the chunks of
+    /// cached files the hub lacked.
+    pub read_bytes: u64,
 }
 
 pub type Progress<E> = Arc<dyn Fn(E) + Send + Sync>;
@@ -124,36 +150,88 @@ pub async fn push(
     progress: Progress<PushEvent>,
 ) -> Result<PushReport, ClientError> {
     opts.chunking.validate()?;
+    // Files are hashed after this moment; the stat cache's racy check needs it.
+    let started_ns = now_ns();
     let root = dir.to_path_buf();
     let entries = tokio::task::spawn_blocking(move || walk(&root, Strictness::Fail))
         .await
         .map_err(|e| ClientError::Invalid(format!("walk task failed: {e}")))??;
     let files: Vec<LocalEntry> = entries.iter().filter(|e| matches!(e.kind, LocalKind::File { .. })).cloned().collect();
-    let total: u64 = files.iter().map(|e| if let LocalKind::File { size } = e.kind { size } else { 0 }).sum();
+    let total: u64 = files.iter().map(|e| e.stat.size).sum();
     progress(PushEvent::Scanned { files: files.len() as u64, bytes: total });
 
-    let hashed = hash_files(dir, files, opts, progress.clone()).await?;
+    let cache = opts.stat_cache.as_deref().and_then(|d| load_stat_cache(d, dir, opts));
+    let mut known: Vec<Option<FileChunks>> = Vec::with_capacity(files.len());
+    let mut jobs = Vec::new();
+    let (mut hits, mut hit_bytes) = (0u64, 0u64);
+    for (index, e) in files.iter().enumerate() {
+        let cached = cache.as_ref().and_then(|(_, c)| c.lookup(&e.path, &e.stat));
+        if cached.is_some() {
+            hits += 1;
+            hit_bytes += e.stat.size;
+        } else {
+            jobs.push(pipeline::Job { index, path: dir.join(&e.path), stat: e.stat });
+        }
+        known.push(cached);
+    }
+    if hits > 0 {
+        progress(PushEvent::StatCacheHits { files: hits, bytes: hit_bytes });
+    }
+    let files_hashed = jobs.len() as u64;
 
-    // Which chunks does the hub lack? Upload them, then publish. A publish
-    // refused with `missing_chunks` (garbage collection removed a pack we
-    // were counting on between our query and the publish) starts over from
-    // the query; the hub then reports those chunks missing and we upload them.
-    let mut unique: Vec<Digest> = Vec::new();
     let mut seen = HashSet::new();
+    let mut locations = HashMap::new();
+    let mut uploads = Uploads::default();
+    let outcome = pipeline::run(client, name, jobs, opts, &progress, &mut seen, &mut locations, &mut uploads).await?;
+    for (i, fc) in outcome.files {
+        known[i] = Some(fc);
+    }
+    let hashed: Vec<HashedFile> = files
+        .into_iter()
+        .zip(known)
+        .map(|(entry, chunks)| match chunks {
+            Some(chunks) => Ok(HashedFile { entry, chunks }),
+            None => Err(ClientError::Invalid(format!("{} was not hashed", entry.path))),
+        })
+        .collect::<Result<_, _>>()?;
+
+    // The cached files' chunks the pipeline did not ask about.
+    let mut unique: Vec<Digest> = Vec::new();
+    let mut all = HashSet::new();
     for f in &hashed {
         for c in &f.chunks.chunks {
-            if seen.insert(c.digest) {
+            if all.insert(c.digest) {
                 unique.push(c.digest);
             }
         }
     }
-    let mut uploads = Uploads::default();
+    let rest: Vec<Digest> = unique.iter().copied().filter(|d| !seen.contains(d)).collect();
+    let mut read_again = 0;
+    if !rest.is_empty() {
+        read_again +=
+            upload_missing(client, dir, name, &hashed, &rest, opts, &progress, &mut uploads, &mut locations).await?;
+    }
+    progress(PushEvent::Planned {
+        chunks: unique.len() as u64,
+        missing_chunks: uploads.chunks,
+        missing_bytes: uploads.plain_bytes,
+    });
+
+    // Publish. A publish refused with `missing_chunks` (garbage collection
+    // removed a pack we were counting on between our query and the publish)
+    // asks again about every chunk; the hub then reports those missing and
+    // we upload them.
     let mut annotations = opts.annotations.clone();
     annotations.entry("created".into()).or_insert_with(now_rfc3339);
     let mut attempt = 0;
     let (stored, manifest_bytes, chunk_count, bytes) = loop {
         attempt += 1;
-        let locations = upload_missing(client, dir, name, &hashed, &unique, opts, &progress, &mut uploads).await?;
+        if attempt > 1 {
+            locations.clear();
+            read_again +=
+                upload_missing(client, dir, name, &hashed, &unique, opts, &progress, &mut uploads, &mut locations)
+                    .await?;
+        }
         let (manifest, chunk_count, bytes) = build_manifest(&entries, &hashed, &locations, opts, &annotations)?;
         let encoded = Bytes::from(manifest.encode()?);
         let manifest_bytes = encoded.len() as u64;
@@ -168,6 +246,9 @@ pub async fn push(
         }
     };
     progress(PushEvent::Published { digest: stored.digest });
+    if let (Some(cache_dir), Some((abs, old))) = (opts.stat_cache.as_deref(), &cache) {
+        save_stat_cache(cache_dir, abs, old, &hashed, started_ns, opts).await;
+    }
     for tag in tags {
         client.set_tag(name, tag, stored.digest, None).await?;
         progress(PushEvent::Tagged { tag: tag.clone() });
@@ -184,7 +265,49 @@ pub async fn push(
         packs_uploaded: uploads.packs,
         uploaded_bytes: uploads.stored_bytes,
         manifest_bytes,
+        files_hashed,
+        stat_cache_hits: hits,
+        hashed_bytes: outcome.hashed_bytes,
+        read_bytes: outcome.hashed_bytes + read_again,
     })
+}
+
+/// The stat cache of `dir` (keyed by its absolute path), or `None` when the
+/// path cannot be made absolute. An unusable cache file is a warning.
+fn load_stat_cache(cache_dir: &Path, dir: &Path, opts: &PushOptions) -> Option<(PathBuf, StatCache)> {
+    let abs = std::fs::canonicalize(dir).ok()?;
+    let (cache, err) = StatCache::load(cache_dir, &abs, opts.chunking);
+    if let Some(e) = err {
+        tracing::warn!("{e}");
+    }
+    Some((abs, cache))
+}
+
+/// Remembers every file of this push: hits as they were, the others as
+/// hashed now. Failing to save is a warning: it costs the next push a re-hash.
+async fn save_stat_cache(
+    cache_dir: &Path,
+    abs: &Path,
+    old: &StatCache,
+    hashed: &[HashedFile],
+    started_ns: i64,
+    opts: &PushOptions,
+) {
+    let mut new = StatCache::new(abs, opts.chunking);
+    for f in hashed {
+        if old.lookup(&f.entry.path, &f.entry.stat).is_some() {
+            new.keep_from(old, &f.entry.path);
+        } else {
+            new.insert(&f.entry.path, f.entry.stat, started_ns, &f.chunks);
+        }
+    }
+    let dir = cache_dir.to_path_buf();
+    let saved = tokio::task::spawn_blocking(move || new.save(&dir)).await;
+    match saved {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("cannot save the stat cache in {}: {e}", cache_dir.display()),
+        Err(e) => tracing::warn!("stat cache task failed: {e}"),
+    }
 }
 
 /// Publishes refused for missing chunks that are retried.
@@ -199,8 +322,10 @@ struct Uploads {
     stored_bytes: u64,
 }
 
-/// Asks which of `unique` the hub lacks, uploads those in packs, and returns
-/// where every chunk is.
+/// Asks which of `unique` the hub lacks, reads those from the files (each
+/// re-hashed: a file changed since it was hashed or cached fails the push)
+/// and uploads them in packs; every location goes into `locations`.
+/// Returns the bytes read.
 #[allow(clippy::too_many_arguments)]
 async fn upload_missing(
     client: &HubClient,
@@ -211,9 +336,10 @@ async fn upload_missing(
     opts: &PushOptions,
     progress: &Progress<PushEvent>,
     uploads: &mut Uploads,
-) -> Result<HashMap<Digest, ChunkLocation>, ClientError> {
+    locations: &mut HashMap<Digest, ChunkLocation>,
+) -> Result<u64, ClientError> {
     let answer = client.missing_chunks(name, unique).await?;
-    let mut locations: HashMap<Digest, ChunkLocation> = answer.present.iter().map(|p| (p.digest, p.location)).collect();
+    locations.extend(answer.present.iter().map(|p| (p.digest, p.location)));
     let missing: HashSet<Digest> = answer.missing.iter().copied().collect();
 
     // Plan packs: missing chunks in file order, each once.
@@ -237,7 +363,6 @@ async fn upload_missing(
     if !group.is_empty() {
         groups.push(group);
     }
-    progress(PushEvent::Planned { chunks: unique.len() as u64, missing_chunks: planned.len() as u64, missing_bytes });
 
     // Build and upload packs, a few at a time.
     let paths: Arc<Vec<PathBuf>> = Arc::new(hashed.iter().map(|f| dir.join(&f.entry.path)).collect());
@@ -270,7 +395,7 @@ async fn upload_missing(
     for b in built {
         locations.extend(b.locations);
     }
-    Ok(locations)
+    Ok(missing_bytes)
 }
 
 /// The manifest of the walked tree, with the chunk counts and bytes.
@@ -324,28 +449,6 @@ struct PackItem {
 struct BuiltPackSummary {
     locations: Vec<(Digest, ChunkLocation)>,
     stored: u64,
-}
-
-async fn hash_files(
-    dir: &Path,
-    files: Vec<LocalEntry>,
-    opts: &PushOptions,
-    progress: Progress<PushEvent>,
-) -> Result<Vec<HashedFile>, ClientError> {
-    let dir = dir.to_path_buf();
-    let params = opts.chunking;
-    let threads = opts.threads;
-    tokio::task::spawn_blocking(move || {
-        let list: Vec<(String, u64)> = files
-            .iter()
-            .map(|e| (e.path.clone(), if let LocalKind::File { size } = e.kind { size } else { 0 }))
-            .collect();
-        let on_bytes = |bytes| progress(PushEvent::Hashed { bytes });
-        let results = hash_files_blocking(&dir, &list, &params, threads, true, &on_bytes);
-        files.into_iter().zip(results).map(|(entry, r)| Ok(HashedFile { entry, chunks: r? })).collect()
-    })
-    .await
-    .map_err(|e| ClientError::Invalid(format!("hash task failed: {e}")))?
 }
 
 fn build_pack(paths: &[PathBuf], items: &[PackItem], compress: bool) -> Result<BuiltPack, ClientError> {

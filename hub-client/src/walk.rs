@@ -30,6 +30,31 @@ pub struct LocalEntry {
     pub mode: u32,
     pub kind: LocalKind,
     pub mtime: i64,
+    pub stat: FileStat,
+}
+
+/// What the stat cache compares to decide a file is unchanged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileStat {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// Nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl FileStat {
+    pub fn of(meta: &fs::Metadata) -> Self {
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 /// What to do with entries a manifest cannot describe (non-UTF-8 names,
@@ -90,6 +115,7 @@ fn walk_dir(dir: &Path, prefix: &str, strictness: Strictness, out: &mut Vec<Loca
                 mode,
                 kind: LocalKind::Dir { empty: true },
                 mtime: meta.mtime(),
+                stat: FileStat::of(&meta),
             });
             let non_empty = walk_dir(&full, &path, strictness, out)?;
             out[at].kind = LocalKind::Dir { empty: !non_empty };
@@ -112,7 +138,7 @@ fn walk_dir(dir: &Path, prefix: &str, strictness: Strictness, out: &mut Vec<Loca
             }
             continue;
         };
-        out.push(LocalEntry { path, mode, kind, mtime: meta.mtime() });
+        out.push(LocalEntry { path, mode, kind, mtime: meta.mtime(), stat: FileStat::of(&meta) });
     }
     Ok(any)
 }

@@ -11,7 +11,8 @@ pub async fn run(g: &GlobalArgs, a: PullArgs) -> Result<()> {
     let reference = parse_ref(&a.reference)?;
     let client = client(g)?;
     let digest = client.resolve(&reference).await.with_context(|| format!("cannot resolve {reference}"))?;
-    let opts = PullOptions { delete: a.delete, fsync: !a.no_fsync, ..PullOptions::default() };
+    let opts =
+        PullOptions { delete: a.delete, fsync: !a.no_fsync, stat_cache: a.stat_cache.dir(), ..PullOptions::default() };
     let bar = Arc::new(Bar::new(!g.json && !g.quiet));
     let b = bar.clone();
     let progress = Arc::new(move |e: PullEvent| match e {

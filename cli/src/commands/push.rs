@@ -40,17 +40,20 @@ pub async fn run(g: &GlobalArgs, a: PushArgs) -> Result<()> {
         uploads: a.uploads.max(1),
         pack_target: usize::from(a.pack_mib) << 20,
         annotations,
+        stat_cache: a.stat_cache.dir(),
         ..PushOptions::default()
     };
     let client = client(g)?;
     let bar = Arc::new(Bar::new(!g.json && !g.quiet));
     let b = bar.clone();
     let progress = Arc::new(move |e: PushEvent| match e {
-        PushEvent::Scanned { bytes, .. } => b.phase("hashing", bytes),
-        PushEvent::Hashed { bytes } => b.inc(bytes),
-        PushEvent::Planned { missing_bytes, .. } => b.phase("uploading", missing_bytes),
-        PushEvent::PackUploaded { plain, .. } => b.inc(plain),
-        PushEvent::Published { .. } | PushEvent::Tagged { .. } => {}
+        // Reading, hashing and uploading overlap: the bar follows the reading.
+        PushEvent::Scanned { bytes, .. } => b.phase("pushing", bytes),
+        PushEvent::StatCacheHits { bytes, .. } | PushEvent::Hashed { bytes } => b.inc(bytes),
+        PushEvent::Planned { .. }
+        | PushEvent::PackUploaded { .. }
+        | PushEvent::Published { .. }
+        | PushEvent::Tagged { .. } => {}
     });
     let report = push(&client, &a.dir, &reference.name, &tags, &opts, progress)
         .await
@@ -62,10 +65,11 @@ pub async fn run(g: &GlobalArgs, a: PushArgs) -> Result<()> {
     if !g.quiet {
         let tags: Vec<String> = report.tags.iter().map(|t| t.to_string()).collect();
         eprintln!(
-            "pushed {} files, {} in {} chunks; new: {} chunks, {} ({} uploaded in {} packs); tagged {}",
+            "pushed {} files, {} in {} chunks ({} files unchanged since the last push, not read); new: {} chunks, {} ({} uploaded in {} packs); tagged {}",
             report.files,
             human_bytes(report.bytes),
             report.chunks,
+            report.stat_cache_hits,
             report.new_chunks,
             human_bytes(report.new_bytes),
             human_bytes(report.uploaded_bytes),

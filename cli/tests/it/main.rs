@@ -22,5 +22,6 @@ mod pull_semantics;
 mod roundtrip;
 mod schemathesis;
 mod sidecar;
+mod stat_cache;
 mod tools;
 mod web;
