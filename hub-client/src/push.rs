@@ -179,10 +179,9 @@ pub async fn push(
     }
     let files_hashed = jobs.len() as u64;
 
-    let mut seen = HashSet::new();
-    let mut locations = HashMap::new();
-    let mut uploads = Uploads::default();
-    let outcome = pipeline::run(client, name, jobs, opts, &progress, &mut seen, &mut locations, &mut uploads).await?;
+    let mut learnt = pipeline::Known::default();
+    let outcome = pipeline::run(client, name, jobs, opts, &progress, &mut learnt).await?;
+    let pipeline::Known { seen, mut locations, mut uploads } = learnt;
     for (i, fc) in outcome.files {
         known[i] = Some(fc);
     }
@@ -315,7 +314,7 @@ const PUBLISH_ATTEMPTS: usize = 5;
 
 /// What a push uploaded, over all its attempts.
 #[derive(Default)]
-struct Uploads {
+pub(super) struct Uploads {
     chunks: u64,
     plain_bytes: u64,
     packs: u64,

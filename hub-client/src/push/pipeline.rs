@@ -75,18 +75,32 @@ pub(super) struct Outcome {
     pub hashed_bytes: u64,
 }
 
-/// Runs the pipeline over `jobs`. Every chunk queried or uploaded goes into
-/// `seen`, and its location into `locations`.
-#[allow(clippy::too_many_arguments)]
+/// What a push has learnt so far, which the pipeline adds to.
+#[derive(Default)]
+pub(super) struct Known {
+    /// Every chunk asked about or uploaded.
+    pub seen: HashSet<Digest>,
+    /// Where each of them is stored.
+    pub locations: HashMap<Digest, ChunkLocation>,
+    pub uploads: Uploads,
+}
+
+impl Known {
+    fn finish(&mut self, s: BuiltPackSummary) {
+        self.uploads.packs += 1;
+        self.uploads.stored_bytes += s.stored;
+        self.locations.extend(s.locations);
+    }
+}
+
+/// Runs the pipeline over `jobs`, adding what it learns to `known`.
 pub(super) async fn run(
     client: &HubClient,
     name: &Name,
     jobs: Vec<Job>,
     opts: &PushOptions,
     progress: &Progress<PushEvent>,
-    seen: &mut HashSet<Digest>,
-    locations: &mut HashMap<Digest, ChunkLocation>,
-    uploads: &mut Uploads,
+    known: &mut Known,
 ) -> Result<Outcome, ClientError> {
     let mut jobs = jobs;
     jobs.sort_by_key(|j| std::cmp::Reverse(j.stat.size));
@@ -103,7 +117,7 @@ pub(super) async fn run(
     }
     drop(tx);
 
-    let result = consume(client, name, &mut rx, opts, progress, seen, locations, uploads).await;
+    let result = consume(client, name, &mut rx, opts, progress, known).await;
     // On an error, stop the workers and let them drain.
     stop.store(true, Ordering::Relaxed);
     drop(rx);
@@ -113,34 +127,26 @@ pub(super) async fn run(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn consume(
     client: &HubClient,
     name: &Name,
     rx: &mut mpsc::Receiver<Result<Batch, ClientError>>,
     opts: &PushOptions,
     progress: &Progress<PushEvent>,
-    seen: &mut HashSet<Digest>,
-    locations: &mut HashMap<Digest, ChunkLocation>,
-    uploads: &mut Uploads,
+    k: &mut Known,
 ) -> Result<Outcome, ClientError> {
     let mut files = Vec::new();
     let mut hashed_bytes = 0u64;
     let mut group: Vec<(Digest, Bytes)> = Vec::new();
     let mut group_bytes = 0usize;
     let mut tasks: JoinSet<Result<BuiltPackSummary, ClientError>> = JoinSet::new();
-    let finish = |s: BuiltPackSummary, locations: &mut HashMap<Digest, ChunkLocation>, uploads: &mut Uploads| {
-        uploads.packs += 1;
-        uploads.stored_bytes += s.stored;
-        locations.extend(s.locations);
-    };
     while let Some(batch) = rx.recv().await {
         let batch = batch?;
         hashed_bytes += batch.bytes as u64;
         files.extend(batch.files);
         let mut fresh: Vec<(Digest, Bytes)> = Vec::new();
         for (d, b) in batch.chunks {
-            if seen.insert(d) {
+            if k.seen.insert(d) {
                 fresh.push((d, b));
             }
         }
@@ -149,7 +155,7 @@ async fn consume(
         }
         let digests: Vec<Digest> = fresh.iter().map(|(d, _)| *d).collect();
         let answer = client.missing_chunks(name, &digests).await?;
-        locations.extend(answer.present.iter().map(|p| (p.digest, p.location)));
+        k.locations.extend(answer.present.iter().map(|p| (p.digest, p.location)));
         let missing: HashSet<Digest> = answer.missing.iter().copied().collect();
         // A chunk kept alive keeps its whole read window alive: where most
         // of a batch is stored already, copy the few missing chunks out.
@@ -158,14 +164,14 @@ async fn consume(
             if !missing.contains(&d) {
                 continue;
             }
-            uploads.chunks += 1;
-            uploads.plain_bytes += b.len() as u64;
+            k.uploads.chunks += 1;
+            k.uploads.plain_bytes += b.len() as u64;
             group_bytes += b.len();
             group.push((d, if copy { Bytes::copy_from_slice(&b) } else { b }));
             if group_bytes >= opts.pack_target || group.len() >= PACK_MAX_CHUNKS {
                 while tasks.len() >= opts.uploads.max(1) {
                     if let Some(done) = tasks.join_next().await {
-                        finish(joined(done)?, locations, uploads);
+                        k.finish(joined(done)?);
                     }
                 }
                 tasks.spawn(pack_and_upload(
@@ -183,7 +189,7 @@ async fn consume(
         tasks.spawn(pack_and_upload(client.clone(), name.clone(), group, opts.compress, progress.clone()));
     }
     while let Some(done) = tasks.join_next().await {
-        finish(joined(done)?, locations, uploads);
+        k.finish(joined(done)?);
     }
     Ok(Outcome { files, hashed_bytes })
 }
