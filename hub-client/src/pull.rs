@@ -15,7 +15,8 @@
 //!    writes each file to a temporary file beside its destination, verifies
 //!    every chunk (remote or local) against its digest, checks that what was
 //!    written is the file's chunk list (which its digest is derived from)
-//!    and fills its size, sets the mode, syncs, and renames it into place. A
+//!    and fills its size and sets the mode; once the batch is written it is
+//!    synced (one syncfs) and its files are renamed into place. A
 //!    failure leaves the old file intact and removes the temporary one.
 //! 5. Symlinks and empty directories, directory modes, then (optionally)
 //!    removal of entries the version does not have.
@@ -67,7 +68,7 @@ pub struct PullOptions {
     pub threads: usize,
     /// Remove entries the version does not have.
     pub delete: bool,
-    /// fsync each file before renaming it into place.
+    /// Make each batch's files durable (one syncfs) before renaming them into place.
     pub fsync: bool,
     /// Files get their mode without write bits (a read-only copy whose
     /// files may be hard-linked into later versions).
@@ -601,8 +602,26 @@ impl BatchWriter {
         counters: &Counters,
         progress: &Progress<PullEvent>,
     ) -> Result<(), ClientError> {
+        // Files are written to temporary files first and renamed into place
+        // together once their data is durable: one syncfs for the batch
+        // rather than an fdatasync (and a journal commit) per file, which
+        // made a pull of 100,000 small files wait on 100,000 commits. Either
+        // way no file reaches its name before its data is on disk.
+        let mut pending: Vec<(tempfile::TempPath, PathBuf, PlannedFile)> = Vec::with_capacity(files.len());
         for f in files {
-            self.write_file(dir, &f, keep, fsync, counters)?;
+            let tmp = self.write_file(dir, &f, keep, counters)?;
+            pending.push((tmp, dir.join(&f.path), f));
+        }
+        if fsync && !pending.is_empty() {
+            let root = File::open(dir).map_err(|e| ClientError::io(".", e))?;
+            rustix::fs::syncfs(&root).map_err(|e| ClientError::io(".", e.into()))?;
+        }
+        for (tmp, dest, f) in pending {
+            let io = |e| ClientError::io(&f.path, e);
+            if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
+                fs::remove_dir_all(&dest).map_err(io)?;
+            }
+            tmp.persist(&dest).map_err(|e| io(e.error))?;
             counters.written.fetch_add(1, Ordering::Relaxed);
             progress(PullEvent::Written { path: f.path });
         }
@@ -614,10 +633,8 @@ impl BatchWriter {
         dir: &Path,
         f: &PlannedFile,
         keep: &HashSet<Digest>,
-        fsync: bool,
         counters: &Counters,
-    ) -> Result<(), ClientError> {
-        let dest = dir.join(&f.path);
+    ) -> Result<tempfile::TempPath, ClientError> {
         let parent = prepare_parent(dir, &f.path)?;
         let io = |e| ClientError::io(&f.path, e);
         let tmp = tempfile::Builder::new().prefix(TMP_PREFIX).tempfile_in(&parent).map_err(io)?;
@@ -687,14 +704,8 @@ impl BatchWriter {
             return Err(ClientError::Integrity { path: f.path.clone(), what: "file", digest: f.digest });
         }
         tmp.as_file().set_permissions(Permissions::from_mode(f.mode)).map_err(io)?;
-        if fsync {
-            tmp.as_file().sync_data().map_err(io)?;
-        }
-        if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
-            fs::remove_dir_all(&dest).map_err(io)?;
-        }
-        tmp.persist(&dest).map_err(|e| io(e.error))?;
-        Ok(())
+        // Closed here: a batch may hold hundreds of written files.
+        Ok(tmp.into_temp_path())
     }
 
     /// Writes `f` into `out` from scratch, every chunk verified (read from
