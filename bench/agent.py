@@ -767,6 +767,7 @@ def bench() -> dict:
     afs_file = mnt / "random.bin"
     idle_rss_1file = None
     start_s = []
+    cold_rss: list[dict] = []
     try:
         # 1. cold: a fresh agent on an empty cache for every run.
         for i in range(RUNS):
@@ -780,6 +781,7 @@ def bench() -> dict:
             r = S["afs_cold"].add(check_dd(timed(f"agent cold read (empty cache) {tag}", dd(afs_file), cold=True,
                                                  watch={"agent": ag.pid, "hub": hub.pid}, agent=ag), size))
             r.extra["disk_cache_after"] = wait_disk_cache(ag, nchunks)
+            cold_rss.append(proc_status(ag.pid))  # a fresh agent per run: VmHWM is this read's peak
             S["curl_seq"].add(check_curl(timed(f"curl packs, sequential {tag}", curl_packs(hub, DS_BIG, packs), cold=True,
                                                watch={"hub": hub.pid}), all_packs_bytes))
             S["curl_par8"].add(check_curl(timed(f"curl packs, 8 parallel {tag}", curl_packs(hub, DS_BIG, packs, 8),
@@ -800,7 +802,8 @@ def bench() -> dict:
         if VERIFY:
             verify_same("agent mount", afs_file, big)
         res["agent_big_cache"] = {"disk": wait_disk_cache(ag, nchunks), "start_seconds": start_s,
-                                  "rss_idle_1_file": idle_rss_1file, "rss_after_reads": proc_status(ag.pid)}
+                                  "rss_idle_1_file": idle_rss_1file, "rss_after_reads": proc_status(ag.pid),
+                                  "rss_after_cold_reads": cold_rss}
         prof = {}
         if PROFILE:
             ag.stop()
@@ -1079,6 +1082,15 @@ def finish(res: dict, hub: Hub, hub_item: dict) -> dict:
 # --------------------------------------------------------------------------
 
 
+def parse_size(text: str) -> int:
+    """Bytes in a size such as `64MiB` or `1GiB` (the agent config's binary units)."""
+    units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "B": 1}
+    for u, mult in units.items():
+        if text.endswith(u):
+            return int(float(text[: -len(u)]) * mult)
+    return int(text)
+
+
 def mib(n) -> str:
     return "n/a" if n is None else f"{n / MIB:,.1f} MiB"
 
@@ -1161,6 +1173,14 @@ def markdown(res: dict) -> str:
     ac = res["agent_big_cache"]
     L.append(f"Disk cache after the read: {ac['disk']['entries']:,} entries, {mib(ac['disk']['bytes'])}. "
              f"Agent start to ready (empty cache): {', '.join(f'{s:.2f}' for s in ac['start_seconds'])} s.\n")
+    tier = parse_size(MEMORY_TIER)
+    cold_hwm = [x["VmHWM"] for x in ac.get("rss_after_cold_reads", [])]
+    disk_hwm = ac["rss_after_reads"]["VmHWM"]
+    if cold_hwm:
+        L.append(f"**Agent peak memory** (VmHWM, memory tier {mib(tier)}; goal ≤ tier + 48 MiB): cold read from the hub "
+                 f"{', '.join(mib(h) for h in cold_hwm)} (tier + {mib(max(cold_hwm) - tier)} at most); disk-cache "
+                 f"reads and warm re-reads {mib(disk_hwm)} (tier + {mib(disk_hwm - tier)}); idle with the 1-file version "
+                 f"{mib(ac['rss_idle_1_file']['VmRSS'])}.\n")
     prof = rd.get("profiles") or {}
     if prof:
         L.append("**Where the CPU goes** (`perf record -a -F 999` around one extra dd; CPU seconds per process "
