@@ -219,7 +219,8 @@ async fn start_reads_only_the_recent_log_whatever_the_store_holds() {
     let asked = Arc::new(Mutex::new(Vec::new()));
     let recording: Arc<dyn ObjectStore> = Arc::new(Recording { inner: store.clone(), asked: asked.clone() });
     let b = TestHub::over(recording, HubOptions::default()).await;
-    let at_start = asked.lock().clone();
+    // (`/readyz` itself checks that the store answers.)
+    let at_start: Vec<String> = asked.lock().iter().filter(|k| !k.contains("_readyz")).cloned().collect();
     // One listing per day of the window (two, or three near midnight).
     assert!(at_start.iter().all(|k| k.starts_with("list index/log/")), "start asked for {at_start:?}");
     assert!(at_start.len() <= 3, "{at_start:?}");
