@@ -19,9 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aetherfs_format::api::TagRecord;
 use aetherfs_format::pack::{PackEntry, encode_index};
 use aetherfs_format::placement::PlacedChunk;
-use aetherfs_format::{
-    ChunkParams, ChunkRef, Compression, Digest, Entry, EntryKind, FileEntry, Manifest, Placement,
-};
+use aetherfs_format::{ChunkParams, ChunkRef, Compression, Digest, Entry, EntryKind, FileEntry, Manifest, Placement};
 
 const CHUNK_LEN: u32 = 65_536;
 
@@ -77,10 +75,8 @@ fn main() -> std::io::Result<()> {
             write(&root, &format!("packs/{hex}.links/{name}"), b"")?;
             let ms = if p + recent >= packs { now_ms - 3_600_000 + p as u64 } else { old_ms + p as u64 };
             write(&root, &format!("index/log/{:08}/{ms:020}-{hex}", ms / 86_400_000), b"")?;
-            let refs: Vec<ChunkRef> = entries
-                .iter()
-                .map(|e| ChunkRef { digest: e.digest, len: e.len, location: e.location(pack) })
-                .collect();
+            let refs: Vec<ChunkRef> =
+                entries.iter().map(|e| ChunkRef { digest: e.digest, len: e.len, location: e.location(pack) }).collect();
             placed.extend(refs.iter().map(|c| PlacedChunk { digest: c.digest, len: c.len, location: c.location }));
             manifest.entries.push(Entry {
                 path: format!("part-{p:05}.bin"),

@@ -489,7 +489,9 @@ async fn follow_log(shared: &Shared, from_ms: u64, at_start: bool) -> Result<(us
         logged
             .into_iter()
             .map(|l| l.1)
-            .filter(|d| seen.insert(*d) && !state.recent.has_pack(d) && !state.bad.contains(d) && !state.gone.contains(d))
+            .filter(|d| {
+                seen.insert(*d) && !state.recent.has_pack(d) && !state.bad.contains(d) && !state.gone.contains(d)
+            })
             .take(FOLLOW_MAX)
             .collect()
     };
@@ -500,8 +502,11 @@ async fn follow_log(shared: &Shared, from_ms: u64, at_start: bool) -> Result<(us
             let store = store.clone();
             async move {
                 let index = storage::get_bytes(&*store, &storage::pack_index(&d)).await?;
-                let links: Vec<object_store::ObjectMeta> =
-                    if index.is_some() { store.list(Some(&storage::pack_links(&d))).try_collect().await? } else { Vec::new() };
+                let links: Vec<object_store::ObjectMeta> = if index.is_some() {
+                    store.list(Some(&storage::pack_links(&d))).try_collect().await?
+                } else {
+                    Vec::new()
+                };
                 Ok::<_, object_store::Error>((d, index, links))
             }
         })

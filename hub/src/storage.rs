@@ -347,7 +347,9 @@ mod tests {
         assert_eq!(pack_log(7, &d).as_ref(), format!("index/log/00000000/00000000000000000007-{}", d.hex()));
         assert_eq!(parse_pack_log(&pack_log(7, &d)), Some((7, d)));
         assert!(pack_log(7, &d) > pack_log_from(7) && pack_log(6, &d) < pack_log_from(7));
-        assert!(pack_log(LOG_DAY_MS, &d) > pack_log_from(7) && pack_log(LOG_DAY_MS, &d).prefix_matches(&pack_log_day(1)));
+        assert!(
+            pack_log(LOG_DAY_MS, &d) > pack_log_from(7) && pack_log(LOG_DAY_MS, &d).prefix_matches(&pack_log_day(1))
+        );
         assert!(is_pack_file(&pack_index(&d)) && !is_pack_file(&pack_link(&d, &name)));
         assert_eq!(parse_hex_key(&condemned(&d)), Some(d));
         assert_eq!(tag_record(&name, &tag, 7).as_ref(), "datasets/acme/geoip/_tags/latest/00000000000000000007");

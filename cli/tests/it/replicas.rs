@@ -165,6 +165,11 @@ fn a_replica_killed_mid_push_leaves_nothing_half_done() {
     let retry = push_json(&b, src.path(), "acme/k:latest", &["--pack-mib", "2"]);
     let sent = retry["new_bytes"].as_u64().unwrap();
     assert!(sent + stored_by_a <= total + (1 << 20), "the retry sent {sent} bytes; A had stored {stored_by_a}");
-    eprintln!("retry through B uploaded {} MiB of {} MiB (A had stored {} MiB)", sent >> 20, total >> 20, stored_by_a >> 20);
+    eprintln!(
+        "retry through B uploaded {} MiB of {} MiB (A had stored {} MiB)",
+        sent >> 20,
+        total >> 20,
+        stored_by_a >> 20
+    );
     assert_same_tree(src.path(), pull(&b, "acme/k:latest").path());
 }

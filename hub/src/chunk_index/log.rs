@@ -100,7 +100,9 @@ impl ObjectStore for LoggedStore {
             // Failing here fails the upload, which the client retries: an
             // index that is stored but not logged is only found by replicas
             // that already know it, or by the base versions that use it.
-            self.inner.put_opts(&storage::pack_log(now_ms(), &pack), PutPayload::default(), PutOptions::default()).await?;
+            self.inner
+                .put_opts(&storage::pack_log(now_ms(), &pack), PutPayload::default(), PutOptions::default())
+                .await?;
         }
         Ok(res)
     }

@@ -166,7 +166,10 @@ impl ObjectStore for Recording {
         self.inner.delete_stream(locations)
     }
 
-    fn list(&self, prefix: Option<&Path>) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+    fn list(
+        &self,
+        prefix: Option<&Path>,
+    ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
         self.asked.lock().push(format!("list {}", prefix.map(|p| p.to_string()).unwrap_or_default()));
         self.inner.list(prefix)
     }
