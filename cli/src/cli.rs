@@ -441,11 +441,16 @@ pub struct HubArgs {
     /// that takes longer than this many seconds closes the connection.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_timeout_secs: u64,
-    /// Most memory the chunk index may take, in MiB (each stored chunk takes
-    /// about 100 bytes on every replica): packs that would take it past this
-    /// are refused with 507, so the hub can always load its store at start.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Most memory the chunk index may take, in MiB: the chunks of recent
+    /// packs (about 130 bytes each) and base versions' placements; past it the
+    /// oldest are dropped. The store itself may hold any number of chunks.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_index_mib: u64,
+    /// How far back, in seconds, the pack log is read at start: the recent
+    /// packs a restarted replica dedups against besides the datasets' tagged
+    /// versions (docs/storage-layout.md, "The chunk index").
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub index_window_secs: u64,
     /// An upload body (pack, manifest, query) that pauses longer than this
     /// many seconds is refused with 408, freeing its upload slot.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]

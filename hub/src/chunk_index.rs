@@ -1,24 +1,38 @@
-//! Which chunks the hub holds, and where: an in-memory cache of the store.
+//! Which chunks the hub holds, and where, without holding every chunk.
 //!
-//! The truth is the set of `packs/<hex>.idx` objects: an index is written
-//! only after its pack, so each one names a complete, verified pack. At start
-//! a background task lists `packs/` and reads every index (bounded
-//! parallelism) into one map `chunk digest -> (len, location)`; until it is
-//! done `/readyz` answers 503 and queries that need the map wait for it
-//! (bounded). Uploads through this replica add to the map at once.
+//! A push asks which of its chunks the hub lacks, and a publish places every
+//! chunk of a version in a stored pack. Neither needs every stored chunk: a
+//! push into a dataset shares its chunks with that dataset's recent versions
+//! and with what was just uploaded. So a lookup for dataset `D` consults,
+//! in order:
 //!
-//! Other replicas may store packs too. Their indexes are picked up lazily: when
-//! a missing-chunks query finds misses, the listing is re-read for indexes not
-//! yet known, at most once every [`RESCAN_INTERVAL`], so a burst of queries
-//! costs one listing.
+//! 1. **Recent packs** ([`recent`]): the chunks of packs stored lately by
+//!    any replica, bounded in bytes (the oldest pack goes first). A replica
+//!    learns them from the pack log ([`log`]): at start it lists the log's
+//!    last day (`--index-window-secs`; newest first, until the bound is full), and when a
+//!    lookup misses it lists what was logged since (at most once every
+//!    [`RESCAN_INTERVAL`], concurrent callers sharing one listing). Any
+//!    dataset's pack counts, if the caller may read it through one of its
+//!    links, as before.
+//! 2. **Base versions** ([`bases`]): the placements of the versions `D`'s
+//!    tags point at (the newest [`bases::BASES_MAX`]), read on demand and
+//!    cached with a bound. Publishing linked every pack of a placement to
+//!    `D`, so these need no link check.
 //!
-//! A chunk may be stored in several packs (two datasets that cannot read each
-//! other's packs each upload it), so the map keeps every location; queries
-//! take the first one the caller may read. Publishing places a version's
-//! chunks from this map and then checks, against the store, that every pack
-//! it chose still exists and is not being collected (see gc.rs): the map is a
-//! cache, the store is the truth. Packs garbage collection removes, or that a
-//! publish finds gone, are forgotten at once.
+//! Start reads no pack index but the recent ones, and memory is bounded by
+//! `--max-index-mib` whatever the store holds. What is lost: dedup against
+//! chunks that are neither recent nor in a tagged version of the dataset
+//! pushed into (an untagged old version, another dataset's old packs); such
+//! chunks are uploaded again (docs/storage-layout.md, "The chunk index").
+//!
+//! The index is a cache, the store the truth: publishing checks against the
+//! store that every pack it chose still exists and is not being collected
+//! (see gc.rs). Packs garbage collection removes, or that a publish finds
+//! gone, are forgotten at once.
+
+mod bases;
+pub(crate) mod log;
+mod recent;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,20 +42,35 @@ use std::time::{Duration, Instant};
 use aetherfs_format::api::PresentChunk;
 use aetherfs_format::pack::{PackEntry, decode_index};
 use aetherfs_format::placement::PlacedChunk;
-use aetherfs_format::{ChunkLocation, Digest, Name};
+use aetherfs_format::{ChunkLocation, Digest, Name, Placement};
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parking_lot::RwLock;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
 use crate::error::{AppError, StorageContext};
 use crate::storage;
+use crate::tags::TagStore;
+pub(crate) use recent::entry_bytes;
 
-/// Pack indexes read at once while loading.
+/// Pack indexes read at once while following the log.
 const LOAD_PARALLELISM: usize = 16;
-/// Least time between two rescans of the pack listing.
-pub(crate) const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+/// Least time between two listings of the pack log after a miss.
+pub(crate) const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// How far back the log is read at start, by default.
+pub(crate) const WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Clock skew between replicas the log follower allows: each listing starts
+/// this long before the newest entry seen.
+const SKEW: Duration = Duration::from_secs(120);
+/// Packs read from the log in one listing at most (newest first).
+const FOLLOW_MAX: usize = 4096;
+/// Packs whose links one lookup asks the store about at most.
+const LINK_CHECKS_MAX: usize = 64;
+/// Links remembered for packs that are not recent, at most.
+const LINKS_MAX: usize = 100_000;
+/// Packs found gone remembered, at most (base placements may still name them).
+const GONE_MAX: usize = 100_000;
 /// Longest a request waits for the initial load before answering 503.
 const READY_WAIT: Duration = Duration::from_secs(30);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -53,73 +82,84 @@ pub(crate) struct ChunkIndex {
 
 struct Shared {
     store: Arc<dyn ObjectStore>,
+    tags: TagStore,
+    sizes: Arc<log::PackSizes>,
     state: RwLock<State>,
+    bases: bases::Bases,
     ready: watch::Sender<bool>,
     started: AtomicBool,
-    last_rescan: tokio::sync::Mutex<Option<Instant>>,
+    follow: tokio::sync::Mutex<Follow>,
+    /// How far back the log is read at start.
+    window: Duration,
     gauge: Gauge,
     /// [`ChunkIndex::estimated_bytes`], for metrics.
     bytes_gauge: Gauge,
 }
 
-/// Where one chunk is stored: usually one place, rarely more.
-struct Located {
-    len: u32,
-    at: ChunkLocation,
-    /// Rare, so a boxed slice (two words) rather than a `Vec` (three).
-    also: Option<Box<[ChunkLocation]>>,
-}
-
-impl Located {
-    fn all(&self) -> impl Iterator<Item = &ChunkLocation> {
-        std::iter::once(&self.at).chain(self.also.iter().flat_map(|v| v.iter()))
-    }
-
-    fn add(&mut self, l: ChunkLocation) {
-        if self.all().any(|x| x.pack == l.pack) {
-            return;
-        }
-        let mut more: Vec<ChunkLocation> = self.also.take().map(Vec::from).unwrap_or_default();
-        more.push(l);
-        self.also = Some(more.into_boxed_slice());
-    }
-
-    /// Drops the locations in `gone`; `false` when none is left.
-    fn forget(&mut self, gone: &HashSet<Digest>) -> bool {
-        let mut left: Vec<ChunkLocation> = self.all().filter(|l| !gone.contains(&l.pack)).copied().collect();
-        if left.is_empty() {
-            return false;
-        }
-        self.at = left.remove(0);
-        self.also = (!left.is_empty()).then(|| left.into_boxed_slice());
-        true
-    }
-}
-
+/// Where the log follower is.
 #[derive(Default)]
+struct Follow {
+    /// When the last listing after a miss ran (the start's does not count).
+    last: Option<Instant>,
+    /// The newest log entry seen (Unix ms).
+    newest_ms: u64,
+    /// Where the start's listing began: later listings never reach back past it.
+    floor_ms: u64,
+}
+
 struct State {
-    chunks: HashMap<Digest, Located>,
-    /// Every indexed pack, with its size when the listing or upload told us.
-    packs: HashMap<Digest, Option<u64>>,
-    /// Indexes that failed to decode: logged once, not re-read on every rescan.
+    recent: recent::Recent,
+    /// Indexes that failed to decode: logged once, not re-read.
     bad: HashSet<Digest>,
-    /// The datasets that may read each pack (`packs/<hex>.links/<name>`).
+    /// The datasets that may read each pack (`packs/<hex>.links/<name>`),
+    /// as far as this replica knows.
     links: HashMap<Digest, Vec<Name>>,
     /// Packs garbage collection is removing (`gc/condemned/<hex>`): never
     /// offered to a push or a publish.
     condemned: HashSet<Digest>,
+    /// Packs found gone.
+    gone: HashSet<Digest>,
+}
+
+/// What a lookup found for one chunk.
+enum Found {
+    /// Length and location, and whether a base version's placement said so.
+    At(u32, ChunkLocation, bool),
+    /// In a recent pack no dataset the caller may read is known to be linked to.
+    Unlinked(Digest),
+    Missing,
 }
 
 impl ChunkIndex {
-    pub fn new(store: Arc<dyn ObjectStore>, gauge: Gauge, bytes_gauge: Gauge) -> Self {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        tags: TagStore,
+        sizes: Arc<log::PackSizes>,
+        max_bytes: u64,
+        window: Duration,
+        gauge: Gauge,
+        bytes_gauge: Gauge,
+    ) -> Self {
         let (ready, _) = watch::channel(false);
+        // Three quarters for recent packs, the rest for base placements.
+        let recent_cap = max_bytes / 4 * 3;
         Self {
             shared: Arc::new(Shared {
                 store,
-                state: RwLock::new(State::default()),
+                tags,
+                sizes,
+                state: RwLock::new(State {
+                    recent: recent::Recent::new(recent_cap),
+                    bad: HashSet::new(),
+                    links: HashMap::new(),
+                    condemned: HashSet::new(),
+                    gone: HashSet::new(),
+                }),
+                bases: bases::Bases::new(max_bytes - recent_cap),
                 ready,
                 started: AtomicBool::new(false),
-                last_rescan: tokio::sync::Mutex::new(None),
+                follow: tokio::sync::Mutex::new(Follow::default()),
+                window,
                 gauge,
                 bytes_gauge,
             }),
@@ -151,45 +191,129 @@ impl ChunkIndex {
         }
     }
 
-    /// Splits `digests` into the present ones (at their first location in a
-    /// pack some dataset `can_read` accepts is linked to) and the missing ones.
-    pub fn lookup(&self, digests: &[Digest], can_read: &CanRead<'_>) -> (Vec<PresentChunk>, Vec<Digest>) {
-        // One read guard for the whole query, and no call back into `self`
-        // under it: a recursive read would deadlock behind a waiting writer.
-        let state = self.shared.state.read();
+    /// Splits `digests` into the present ones (at a location a push into
+    /// `name` by a caller who `can_read` may use) and the missing ones.
+    pub async fn lookup(
+        &self,
+        name: &Name,
+        digests: &[Digest],
+        can_read: &CanRead<'_>,
+    ) -> Result<(Vec<PresentChunk>, Vec<Digest>), AppError> {
+        let wanted: Vec<(Digest, Option<u32>)> = digests.iter().map(|d| (*d, None)).collect();
+        let found = self.resolve(name, &wanted, can_read).await?;
         let mut present = Vec::new();
         let mut missing = Vec::new();
-        for d in digests {
-            let found = state
-                .chunks
-                .get(d)
-                .and_then(|c| c.all().find(|l| usable(&state, &l.pack, can_read)).map(|l| (c.len, *l)));
-            match found {
+        for (d, f) in digests.iter().zip(found) {
+            match f {
                 Some((len, location)) => present.push(PresentChunk { digest: *d, len, location }),
                 None => missing.push(*d),
             }
         }
-        (present, missing)
+        Ok((present, missing))
     }
 
-    /// Places chunks (digest, plaintext length) in packs some dataset
-    /// `can_read` accepts is linked to; returns the placed ones and the rest.
-    pub fn place(&self, chunks: &[(Digest, u32)], can_read: &CanRead<'_>) -> (Vec<PlacedChunk>, Vec<(Digest, u32)>) {
-        let state = self.shared.state.read();
+    /// Places chunks (digest, plaintext length) of a version published into
+    /// `name`; returns the placed ones and the rest.
+    pub async fn place(
+        &self,
+        name: &Name,
+        chunks: &[(Digest, u32)],
+        can_read: &CanRead<'_>,
+    ) -> Result<(Vec<PlacedChunk>, Vec<(Digest, u32)>), AppError> {
+        let wanted: Vec<(Digest, Option<u32>)> = chunks.iter().map(|&(d, len)| (d, Some(len))).collect();
+        let found = self.resolve(name, &wanted, can_read).await?;
         let mut placed = Vec::with_capacity(chunks.len());
         let mut missing = Vec::new();
-        for &(digest, len) in chunks {
-            let found = state
-                .chunks
-                .get(&digest)
-                .filter(|c| c.len == len)
-                .and_then(|c| c.all().find(|l| usable(&state, &l.pack, can_read)).copied());
-            match found {
-                Some(location) => placed.push(PlacedChunk { digest, len, location }),
+        for (&(digest, len), f) in chunks.iter().zip(found) {
+            match f {
+                Some((_, location)) => placed.push(PlacedChunk { digest, len, location }),
                 None => missing.push((digest, len)),
             }
         }
-        (placed, missing)
+        Ok((placed, missing))
+    }
+
+    /// Every source in turn (see the module docs); `len`, when given, must match.
+    async fn resolve(
+        &self,
+        name: &Name,
+        wanted: &[(Digest, Option<u32>)],
+        can_read: &CanRead<'_>,
+    ) -> Result<Vec<Option<(u32, ChunkLocation)>>, AppError> {
+        self.wait_ready().await?;
+        let bases = self.shared.bases.of(&self.shared.tags, &self.shared.store, name).await?;
+        let mut out: Vec<Option<(u32, ChunkLocation)>> = vec![None; wanted.len()];
+        let mut open: Vec<usize> = (0..wanted.len()).collect();
+        let mut from_bases = HashSet::new();
+        // Recent packs whose links must be asked for, then one more pass;
+        // then the log is followed, then one last pass.
+        for round in 0..3 {
+            let mut unlinked = HashSet::new();
+            {
+                let state = self.shared.state.read();
+                open.retain(|&i| {
+                    let (d, len) = wanted[i];
+                    match find(&state, &bases, &d, len, can_read) {
+                        Found::At(l, at, base) => {
+                            if base {
+                                from_bases.insert(at.pack);
+                            }
+                            out[i] = Some((l, at));
+                            false
+                        }
+                        Found::Unlinked(p) => {
+                            unlinked.insert(p);
+                            true
+                        }
+                        Found::Missing => true,
+                    }
+                });
+            }
+            if open.is_empty() {
+                break;
+            }
+            match round {
+                0 if !unlinked.is_empty() => self.check_links(name, unlinked).await?,
+                0 | 1 => self.rescan_if_due().await?,
+                _ => {}
+            }
+        }
+        // Publishing a placement linked its packs to `name`: remembered, so
+        // publishing the next version writes no link again.
+        if !from_bases.is_empty() {
+            let mut state = self.shared.state.write();
+            for p in from_bases {
+                add_link(&mut state, p, name.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Asks the store whether recent packs are linked to `name` (their link
+    /// may have been written after this replica read the log).
+    async fn check_links(&self, name: &Name, packs: HashSet<Digest>) -> Result<(), AppError> {
+        let store = &self.shared.store;
+        let found: Vec<Option<Digest>> = futures::stream::iter(packs.into_iter().take(LINK_CHECKS_MAX))
+            .map(|p| async move {
+                match store.head(&storage::pack_link(&p, name)).await {
+                    Ok(_) => Ok(Some(p)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(AppError::storage("looking up a pack link", e)),
+                }
+            })
+            .buffer_unordered(LOAD_PARALLELISM)
+            .try_collect()
+            .await?;
+        let mut state = self.shared.state.write();
+        for p in found.into_iter().flatten() {
+            add_link(&mut state, p, name.clone());
+        }
+        Ok(())
+    }
+
+    /// A tag of `name` moved through this replica: its bases are read again.
+    pub async fn tag_moved(&self, name: &Name) {
+        self.shared.bases.forget(name).await;
     }
 
     /// Replaces the set of packs being collected, as just listed from the store.
@@ -203,45 +327,57 @@ impl ChunkIndex {
         if gone.is_empty() {
             return;
         }
-        let mut state = self.shared.state.write();
-        state.chunks.retain(|_, c| c.forget(gone));
-        for p in gone {
-            state.packs.remove(p);
-            state.links.remove(p);
+        {
+            let mut state = self.shared.state.write();
+            state.recent.forget(gone);
+            if state.gone.len() + gone.len() > GONE_MAX {
+                state.gone.clear();
+            }
+            for p in gone {
+                state.links.remove(p);
+                state.gone.insert(*p);
+                self.shared.sizes.remove(p);
+            }
+            publish_size(&self.shared, &state);
         }
-        publish_size(&self.shared, &state);
+        // Base placements may name them until they are read again.
+        self.shared.bases.invalidate();
     }
 
-    /// Reads indexes other replicas added since the last scan, unless a scan
-    /// ran less than [`RESCAN_INTERVAL`] ago. Concurrent callers wait for the
-    /// scan in progress instead of starting their own.
+    /// Lists the pack log since the last listing, unless one ran less than
+    /// [`RESCAN_INTERVAL`] ago. Concurrent callers wait for the listing in
+    /// progress instead of starting their own.
     pub async fn rescan_if_due(&self) -> Result<(), AppError> {
-        let mut last = self.shared.last_rescan.lock().await;
-        if last.is_some_and(|t| t.elapsed() < RESCAN_INTERVAL) {
+        let mut follow = self.shared.follow.lock().await;
+        if follow.last.is_some_and(|t| t.elapsed() < RESCAN_INTERVAL) {
             return Ok(());
         }
-        let added = scan(&self.shared).await.ctx("rescanning pack indexes")?;
+        let from = follow.newest_ms.saturating_sub(SKEW.as_millis() as u64).max(follow.floor_ms);
+        let (added, newest) = follow_log(&self.shared, from, false).await.ctx("following the pack log")?;
         if added > 0 {
             tracing::info!(packs = added, "picked up packs stored by other replicas");
         }
-        *last = Some(Instant::now());
+        follow.newest_ms = follow.newest_ms.max(newest);
+        follow.last = Some(Instant::now());
         Ok(())
     }
 
     /// Records a pack this replica just stored.
     pub fn add_pack(&self, pack: Digest, size: u64, entries: &[PackEntry]) {
-        insert(&self.shared, pack, Some(size), entries);
+        self.shared.sizes.insert(pack, size);
+        insert(&self.shared, pack, Some(size), entries, true);
     }
 
-    /// The index's memory, estimated ([`entry_bytes`] per chunk).
+    /// The index's memory, estimated: recent packs and base placements,
+    /// each bounded (together by `--max-index-mib`).
     pub fn estimated_bytes(&self) -> u64 {
-        self.shared.state.read().chunks.len() as u64 * entry_bytes()
+        self.shared.state.read().recent.bytes() + self.shared.bases.bytes()
     }
 
-    /// How many of `entries` the index does not hold yet.
-    pub fn unknown(&self, entries: &[PackEntry]) -> usize {
-        let state = self.shared.state.read();
-        entries.iter().filter(|e| !state.chunks.contains_key(&e.digest)).count()
+    /// How many more chunks storing `entries` would hold for good: none, the
+    /// index makes room instead of growing (uploads are never refused for it).
+    pub fn unknown(&self, _entries: &[PackEntry]) -> usize {
+        0
     }
 
     /// Whether `name` may read `pack`, as far as this replica knows.
@@ -251,26 +387,43 @@ impl ChunkIndex {
 
     /// Lets `name` read `pack` (the link object is already stored).
     pub fn add_link(&self, pack: Digest, name: Name) {
-        add_link(&mut self.shared.state.write().links, pack, name);
+        add_link(&mut self.shared.state.write(), pack, name);
     }
 
+    /// Whether this replica knows `pack` is stored (a recent pack).
     pub fn has_pack(&self, pack: &Digest) -> bool {
-        self.shared.state.read().packs.contains_key(pack)
+        self.shared.state.read().recent.has_pack(pack)
     }
 
-    /// The size of an indexed pack, when known.
+    /// The size of a stored pack, when known.
     pub fn pack_size(&self, pack: &Digest) -> Option<u64> {
-        self.shared.state.read().packs.get(pack).copied().flatten()
+        self.shared.sizes.get(pack).or_else(|| self.shared.state.read().recent.pack_size(pack))
     }
 }
 
 /// Which datasets a caller may read.
 pub(crate) type CanRead<'a> = dyn Fn(&Name) -> bool + Sync + 'a;
 
-/// A pack a query may answer with: linked to a dataset the caller may read,
-/// and not being collected.
-fn usable(state: &State, pack: &Digest, can_read: &CanRead<'_>) -> bool {
-    !state.condemned.contains(pack) && state.links.get(pack).is_some_and(|l| l.iter().any(can_read))
+fn find(state: &State, bases: &[Arc<Placement>], d: &Digest, len: Option<u32>, can_read: &CanRead<'_>) -> Found {
+    let fits = |l: u32| len.is_none_or(|want| want == l);
+    let mut unlinked = None;
+    if let Some(c) = state.recent.get(d).filter(|c| fits(c.len)) {
+        for l in c.all().filter(|l| !state.condemned.contains(&l.pack)) {
+            match state.links.get(&l.pack) {
+                Some(names) if names.iter().any(can_read) => return Found::At(c.len, *l, false),
+                _ => unlinked = unlinked.or(Some(l.pack)),
+            }
+        }
+    }
+    for p in bases {
+        if let Some(c) = bases::locate(p, d).filter(|c| fits(c.len))
+            && !state.condemned.contains(&c.location.pack)
+            && !state.gone.contains(&c.location.pack)
+        {
+            return Found::At(c.len, c.location, true);
+        }
+    }
+    unlinked.map_or(Found::Missing, Found::Unlinked)
 }
 
 pub(crate) fn not_ready() -> AppError {
@@ -289,9 +442,16 @@ async fn load_until_done(weak: Weak<Shared>) {
             return;
         };
         let started = Instant::now();
-        match scan(&shared).await {
-            Ok(packs) => {
-                let chunks = shared.state.read().chunks.len();
+        let now = log::now_ms();
+        let from = now.saturating_sub(shared.window.as_millis() as u64);
+        match follow_log(&shared, from, true).await {
+            Ok((packs, newest)) => {
+                let mut follow = shared.follow.lock().await;
+                // Read up to now: the next listing starts from here (less the skew).
+                follow.newest_ms = newest.max(now);
+                follow.floor_ms = from;
+                drop(follow);
+                let chunks = shared.state.read().recent.chunks();
                 tracing::info!(packs, chunks, elapsed_ms = started.elapsed().as_millis() as u64, "chunk index loaded");
                 shared.ready.send_replace(true);
                 return;
@@ -306,84 +466,116 @@ async fn load_until_done(weak: Weak<Shared>) {
     }
 }
 
-/// Lists `packs/` and reads every index not yet known. Returns how many packs it added.
-async fn scan(shared: &Shared) -> Result<usize, object_store::Error> {
-    let listing: Vec<object_store::ObjectMeta> = shared.store.list(Some(&storage::packs_dir())).try_collect().await?;
-    let mut sizes = HashMap::new();
-    let mut indexes = Vec::new();
-    for meta in &listing {
-        if let Some((pack, name)) = storage::parse_pack_link(&meta.location) {
-            add_link(&mut shared.state.write().links, pack, name);
-        } else if let Some(d) = storage::parse_pack(&meta.location) {
-            sizes.insert(d, meta.size);
-        } else if let Some(d) = storage::parse_pack_index(&meta.location) {
-            indexes.push(d);
-        }
+/// Lists the pack log from `from_ms` and reads the packs it names that are
+/// not held yet, newest first (at start: while they fit). Returns how many packs it
+/// added and the newest entry's time.
+async fn follow_log(shared: &Shared, from_ms: u64, at_start: bool) -> Result<(usize, u64), object_store::Error> {
+    // One listing per day of the log from `from_ms` until now (and the
+    // next day, if another replica's clock may be there already).
+    let last_day = (log::now_ms() + SKEW.as_millis() as u64) / storage::LOG_DAY_MS;
+    let mut listing: Vec<object_store::ObjectMeta> = Vec::new();
+    for day in from_ms / storage::LOG_DAY_MS..=last_day {
+        let offset = storage::pack_log_from(from_ms);
+        let more: Vec<object_store::ObjectMeta> =
+            shared.store.list_with_offset(Some(&storage::pack_log_day(day)), &offset).try_collect().await?;
+        listing.extend(more);
     }
+    let mut logged: Vec<(u64, Digest)> = listing.iter().filter_map(|m| storage::parse_pack_log(&m.location)).collect();
+    let newest = logged.iter().map(|l| l.0).max().unwrap_or(0);
+    logged.sort_unstable_by(|a, b| b.cmp(a));
     let unknown: Vec<Digest> = {
         let state = shared.state.read();
-        indexes.into_iter().filter(|d| !state.packs.contains_key(d) && !state.bad.contains(d)).collect()
+        let mut seen = HashSet::new();
+        logged
+            .into_iter()
+            .map(|l| l.1)
+            .filter(|d| {
+                seen.insert(*d) && !state.recent.has_pack(d) && !state.bad.contains(d) && !state.gone.contains(d)
+            })
+            .take(FOLLOW_MAX)
+            .collect()
     };
     let store = shared.store.clone();
+    // `buffered` keeps the log's order: newest first, each older than the last.
     let mut fetches = futures::stream::iter(unknown)
         .map(|d| {
             let store = store.clone();
-            async move { (d, storage::get_bytes(&*store, &storage::pack_index(&d)).await) }
-        })
-        .buffer_unordered(LOAD_PARALLELISM);
-    let mut added = 0;
-    while let Some((pack, res)) = fetches.next().await {
-        // Gone between listing and reading (deleted): nothing to index.
-        let Some(bytes) = res? else { continue };
-        match decode_index(&bytes, None) {
-            Ok(entries) => {
-                insert(shared, pack, sizes.get(&pack).copied(), &entries);
-                added += 1;
+            async move {
+                let index = storage::get_bytes(&*store, &storage::pack_index(&d)).await?;
+                let links: Vec<object_store::ObjectMeta> = if index.is_some() {
+                    store.list(Some(&storage::pack_links(&d))).try_collect().await?
+                } else {
+                    Vec::new()
+                };
+                Ok::<_, object_store::Error>((d, index, links))
             }
+        })
+        .buffered(LOAD_PARALLELISM);
+    let mut added = 0;
+    // Followed later, the packs are newer than any held: gathered, then
+    // added oldest first so the oldest goes first again.
+    let mut later = Vec::new();
+    while let Some(res) = fetches.next().await {
+        let (pack, index, links) = res?;
+        // Gone since it was logged (collected): nothing to hold.
+        let Some(bytes) = index else { continue };
+        let entries = match decode_index(&bytes, None) {
+            Ok(entries) => entries,
             Err(e) => {
                 tracing::error!(pack = %pack, error = %e, "skipping corrupt pack index");
                 shared.state.write().bad.insert(pack);
+                continue;
+            }
+        };
+        {
+            let mut state = shared.state.write();
+            for l in &links {
+                if let Some((p, name)) = storage::parse_pack_link(&l.location) {
+                    add_link(&mut state, p, name);
+                }
             }
         }
+        if at_start {
+            if added > 0 && !shared.state.read().recent.has_room(entries.len()) {
+                break; // full: the older packs are not read at all
+            }
+            insert(shared, pack, None, &entries, false);
+        } else {
+            later.push((pack, entries));
+        }
+        added += 1;
     }
-    Ok(added)
+    for (pack, entries) in later.into_iter().rev() {
+        insert(shared, pack, None, &entries, true);
+    }
+    Ok((added, newest))
 }
 
-fn add_link(links: &mut HashMap<Digest, Vec<Name>>, pack: Digest, name: Name) {
-    let l = links.entry(pack).or_default();
+fn add_link(state: &mut State, pack: Digest, name: Name) {
+    if state.links.len() >= LINKS_MAX && !state.links.contains_key(&pack) {
+        let State { links, recent, .. } = state;
+        links.retain(|p, _| recent.has_pack(p));
+    }
+    let l = state.links.entry(pack).or_default();
     if !l.contains(&name) {
         l.push(name);
     }
 }
 
-fn insert(shared: &Shared, pack: Digest, size: Option<u64>, entries: &[PackEntry]) {
+fn insert(shared: &Shared, pack: Digest, size: Option<u64>, entries: &[PackEntry], newest: bool) {
     let mut state = shared.state.write();
-    for e in entries {
-        let at = e.location(pack);
-        match state.chunks.entry(e.digest) {
-            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().add(at),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(Located { len: e.len, at, also: None });
-            }
-        }
-    }
-    let known = state.packs.entry(pack).or_insert(None);
-    if size.is_some() {
-        *known = size;
+    let evicted = state.recent.insert(pack, size, entries, newest);
+    for p in &evicted {
+        state.links.remove(p);
     }
     state.bad.remove(&pack);
     publish_size(shared, &state);
 }
 
-/// Memory one indexed chunk takes, estimated: the map's entry (digest and
-/// location) over its load factor (7/8), plus a control byte.
-pub(crate) fn entry_bytes() -> u64 {
-    (std::mem::size_of::<(Digest, Located)>() as u64) * 8 / 7 + 1
-}
-
 fn publish_size(shared: &Shared, state: &State) {
-    shared.gauge.set(state.chunks.len() as i64);
-    shared.bytes_gauge.set(i64::try_from(state.chunks.len() as u64 * entry_bytes()).unwrap_or(i64::MAX));
+    shared.gauge.set(state.recent.chunks() as i64);
+    let bytes = state.recent.bytes() + shared.bases.bytes();
+    shared.bytes_gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
 }
 
 #[cfg(test)]
@@ -392,43 +584,30 @@ mod tests {
 
     use super::*;
 
-    fn at(pack: &Digest) -> ChunkLocation {
-        ChunkLocation { pack: *pack, offset: 8, stored_len: 3, compression: Compression::None }
-    }
-
-    #[test]
-    fn a_chunk_keeps_every_location_until_its_packs_are_forgotten() {
-        let (p1, p2) = (Digest::of(b"p1"), Digest::of(b"p2"));
-        let mut c = Located { len: 3, at: at(&p1), also: None };
-        c.add(at(&p2));
-        c.add(at(&p2));
-        assert_eq!(c.all().count(), 2, "the same pack is recorded once");
-        assert!(c.forget(&HashSet::from([p1])));
-        assert_eq!(c.all().map(|l| l.pack).collect::<Vec<_>>(), vec![p2]);
-        assert!(!c.forget(&HashSet::from([p2])), "no location left");
-    }
-
     #[tokio::test]
     async fn lookups_skip_packs_the_caller_cannot_use_or_that_are_condemned() {
-        let index =
-            ChunkIndex::new(Arc::new(object_store::memory::InMemory::new()), Gauge::default(), Gauge::default());
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let tags = TagStore::new(store.clone());
+        let index = ChunkIndex::new(store, tags, Arc::default(), 1 << 20, WINDOW, Gauge::default(), Gauge::default());
         let (p1, p2) = (Digest::of(b"p1"), Digest::of(b"p2"));
         let d = Digest::of(b"chunk");
         let e = PackEntry { digest: d, offset: 8, stored_len: 3, len: 3, compression: Compression::None };
         index.add_pack(p1, 100, std::slice::from_ref(&e));
         index.add_pack(p2, 100, std::slice::from_ref(&e));
         let (a, b): (Name, Name) = ("team-a/x".parse().unwrap(), "team-b/y".parse().unwrap());
+        let target: Name = "team-c/z".parse().unwrap();
         index.add_link(p1, a.clone());
         index.add_link(p2, b.clone());
-        let locate =
-            |len, can_read: &CanRead<'_>| index.place(&[(d, len)], can_read).0.first().map(|c| c.location.pack);
-        assert_eq!(locate(3, &|n: &Name| *n == b), Some(p2));
-        assert_eq!(locate(4, &|_: &Name| true), None, "a length mismatch is no match");
+        let locate = async |len, can_read: &CanRead<'_>| {
+            index.place(&target, &[(d, len)], can_read).await.unwrap().0.first().map(|c| c.location.pack)
+        };
+        assert_eq!(locate(3, &|n: &Name| *n == b).await, Some(p2));
+        assert_eq!(locate(4, &|_: &Name| true).await, None, "a length mismatch is no match");
         index.set_condemned(HashSet::from([p1]));
-        assert_eq!(locate(3, &|_: &Name| true), Some(p2));
-        let (present, missing) = index.lookup(&[d], &|n: &Name| *n == a);
+        assert_eq!(locate(3, &|_: &Name| true).await, Some(p2));
+        let (present, missing) = index.lookup(&target, &[d], &|n: &Name| *n == a).await.unwrap();
         assert!(present.is_empty() && missing == vec![d], "a condemned pack was offered");
         index.forget_packs(&HashSet::from([p2]));
-        assert_eq!(locate(3, &|_: &Name| true), None);
+        assert_eq!(locate(3, &|_: &Name| true).await, None);
     }
 }

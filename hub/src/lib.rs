@@ -1,7 +1,7 @@
 //! The AetherFS hub: a stateless HTTP server over an object store.
 //!
 //! - `auth`: authentication and access control on every request
-//! - `chunk_index`: in-memory index of which pack holds each chunk
+//! - `chunk_index`: where chunks are: recent packs (from the pack log) and base versions, bounded
 //! - `error`: `HubError` (opening a hub) and `AppError` (HTTP error bodies)
 //! - `grpc`: the gRPC API beside REST on the same port (tonic, reflection, health)
 //! - `gc`: garbage collection (retention, mark, repack, sweep) and its handshake with publishes
@@ -19,7 +19,7 @@
 //!     │ auth              authentication and access control on every request (auth.rs)
 //!     │
 //!     ├── tags            compare-and-swap moves, history, long-polls      (tags.rs)
-//!     ├── chunk index     in-memory cache of packs/*.idx, rebuilt at start (chunk_index.rs)
+//!     ├── chunk index     recent packs + base versions' placements, bounded  (chunk_index.rs)
 //!     └── object store    file://, memory://, s3://; key layout             (storage.rs)
 //! ```
 //!
@@ -59,6 +59,9 @@ pub use auth::Auth;
 pub use error::HubError;
 pub use lifecycle::{Lifecycle, LifecycleError};
 
+/// The chunk index's default memory bound.
+pub const DEFAULT_INDEX_BYTES: u64 = 64 << 20;
+
 /// Pack and manifest uploads read and verified at once; each holds up to
 /// `max_pack_bytes` (or `max_manifest_bytes`) in memory.
 const CONCURRENT_UPLOADS: usize = 8;
@@ -83,10 +86,12 @@ pub struct HubOptions {
     /// authentication) answers to; other Host headers are refused, which
     /// keeps DNS rebinding away from it. `"*"`: any.
     pub allowed_hosts: Vec<String>,
-    /// Most memory the chunk index may take (estimated): a pack whose new
-    /// chunks would take it past this is refused (`507 index_full`), so
-    /// uploads cannot grow the hub past what it can load at every start.
+    /// Most memory the chunk index may take (estimated): three quarters for
+    /// the chunks of recent packs, a quarter for base versions' placements.
+    /// Past it the oldest go; the store may hold any number of chunks.
     pub max_index_bytes: u64,
+    /// How far back the pack log is read at start (the recent packs).
+    pub index_window: std::time::Duration,
     /// Longest an upload's body may pause between two pieces before it is
     /// refused (`408 body_timeout`), freeing its upload slot.
     pub body_stall: std::time::Duration,
@@ -108,7 +113,8 @@ impl Default for HubOptions {
             lifecycle: Lifecycle::default(),
             allowed_hosts: Vec::new(),
             body_stall: std::time::Duration::from_secs(30),
-            max_index_bytes: 4 << 30,
+            max_index_bytes: DEFAULT_INDEX_BYTES,
+            index_window: chunk_index::WINDOW,
             long_poll_max: LONG_POLL_MAX,
             tls: false,
         }
@@ -157,15 +163,23 @@ impl Hub {
 
     fn build(store: Arc<dyn ObjectStore>, description: String, opts: HubOptions) -> Hub {
         let metrics = metrics::Metrics::new();
+        // Every write of a pack index goes through the pack log.
+        let sizes = Arc::new(chunk_index::log::PackSizes::default());
+        let store: Arc<dyn ObjectStore> = Arc::new(chunk_index::log::LoggedStore::new(store, sizes.clone()));
+        let tags = tags::TagStore::new(store.clone());
         let chunks = chunk_index::ChunkIndex::new(
             store.clone(),
+            tags.clone(),
+            sizes,
+            opts.max_index_bytes,
+            opts.index_window,
             metrics.chunks_indexed.clone(),
             metrics.chunk_index_bytes.clone(),
         );
         let dav_store = store.clone();
         let hub = Hub {
             inner: Arc::new(Inner {
-                tags: tags::TagStore::new(store.clone()),
+                tags,
                 store,
                 description,
                 chunks,

@@ -17,6 +17,7 @@
 //! datasets/<name…>/_tags/<tag>/head                  hint: the latest seq (plain overwrite)
 //! gc/condemned/<hex>                                 pack being collected: no publish may use it
 //! gc/lock                                            JSON: the collection running, until when
+//! index/log/<day>/<ms, 20 digits>-<hex>              empty: pack <hex>'s index was stored then (the pack log)
 //! ```
 //!
 //! Name segments start with `[a-z0-9]`, so `_manifests` and `_tags` can never
@@ -108,6 +109,8 @@ pub(crate) const PENDING_DIR: &str = "_pending";
 pub(crate) const LEASES_DIR: &str = "_leases";
 pub(crate) const DOOMED_DIR: &str = "_doomed";
 const GC: &str = "gc";
+const INDEX: &str = "index";
+const LOG: &str = "log";
 const CONDEMNED: &str = "condemned";
 const HEAD_HINT: &str = "head";
 const PACK_EXT: &str = ".pack";
@@ -157,6 +160,50 @@ pub(crate) fn parse_pack_link(key: &Path) -> Option<(Digest, Name)> {
 pub(crate) fn parse_pack(key: &Path) -> Option<Digest> {
     let file = key.filename()?;
     Digest::from_hex(file.strip_suffix(PACK_EXT)?).ok()
+}
+
+/// Milliseconds in a day of the pack log.
+pub(crate) const LOG_DAY_MS: u64 = 86_400_000;
+
+/// `index/log/<day>/<ms>-<hex>`: pack `d`'s index was committed at `ms` (Unix
+/// milliseconds of the writer's clock; `day` is `ms / LOG_DAY_MS`, 8
+/// digits). Keys sort by time, and a day's directory lists on its own, so
+/// reading the last day costs the same whatever the log holds.
+pub(crate) fn pack_log(ms: u64, d: &Digest) -> Path {
+    let (day, file) = (format!("{:08}", ms / LOG_DAY_MS), format!("{ms:0SEQ_WIDTH$}-{}", d.hex()));
+    Path::from_iter([INDEX, LOG, day.as_str(), file.as_str()])
+}
+
+/// The directory of one day of the pack log.
+pub(crate) fn pack_log_day(day: u64) -> Path {
+    let day = format!("{day:08}");
+    Path::from_iter([INDEX, LOG, day.as_str()])
+}
+
+/// A listing offset: every [`pack_log`] key at or after `ms` sorts after it.
+pub(crate) fn pack_log_from(ms: u64) -> Path {
+    let (day, file) = (format!("{:08}", ms / LOG_DAY_MS), format!("{ms:0SEQ_WIDTH$}"));
+    Path::from_iter([INDEX, LOG, day.as_str(), file.as_str()])
+}
+
+/// The time and pack a [`pack_log`] key names.
+pub(crate) fn parse_pack_log(key: &Path) -> Option<(u64, Digest)> {
+    let (ms, hex) = key.filename()?.split_once('-')?;
+    if ms.len() != SEQ_WIDTH || !ms.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((ms.parse().ok()?, Digest::from_hex(hex).ok()?))
+}
+
+/// Whether `key` is a top-level `packs/<file>` key (not a link below a pack).
+pub(crate) fn is_pack_file(key: &Path) -> bool {
+    let mut parts = key.parts();
+    parts.next().is_some_and(|p| p.as_ref() == PACKS) && parts.next().is_some() && parts.next().is_none()
+}
+
+pub(crate) fn pack_links(pack: &Digest) -> Path {
+    let dir = format!("{}{LINKS_EXT}", pack.hex());
+    Path::from_iter([PACKS, dir.as_str()])
 }
 
 pub(crate) fn datasets_dir() -> Path {
@@ -297,6 +344,13 @@ mod tests {
         assert_eq!(placement(&name, &d).as_ref(), format!("datasets/acme/geoip/_placements/{}", d.hex()));
         assert_eq!(pending(&name, &d).as_ref(), format!("datasets/acme/geoip/_pending/{}", d.hex()));
         assert_eq!(condemned(&d).as_ref(), format!("gc/condemned/{}", d.hex()));
+        assert_eq!(pack_log(7, &d).as_ref(), format!("index/log/00000000/00000000000000000007-{}", d.hex()));
+        assert_eq!(parse_pack_log(&pack_log(7, &d)), Some((7, d)));
+        assert!(pack_log(7, &d) > pack_log_from(7) && pack_log(6, &d) < pack_log_from(7));
+        assert!(
+            pack_log(LOG_DAY_MS, &d) > pack_log_from(7) && pack_log(LOG_DAY_MS, &d).prefix_matches(&pack_log_day(1))
+        );
+        assert!(is_pack_file(&pack_index(&d)) && !is_pack_file(&pack_link(&d, &name)));
         assert_eq!(parse_hex_key(&condemned(&d)), Some(d));
         assert_eq!(tag_record(&name, &tag, 7).as_ref(), "datasets/acme/geoip/_tags/latest/00000000000000000007");
         assert_eq!(parse_seq(&tag_record(&name, &tag, u64::MAX)), Some(u64::MAX));

@@ -39,7 +39,7 @@ use crate::error::{AppError, StorageContext};
 use crate::storage::{self, get_bytes};
 
 /// How often a long-poll re-reads storage for moves made by other replicas.
-pub(crate) const RECHECK: Duration = Duration::from_secs(2);
+pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 /// Past this many probes forward from a hint, listing is cheaper.
 const PROBE_MAX: u64 = 16;
 /// A move that loses this many races in a row gives up with 503.

@@ -51,6 +51,7 @@ pub async fn run(a: HubArgs) -> Result<()> {
         allowed_hosts: a.allowed_hosts.clone(),
         body_stall: std::time::Duration::from_secs(a.body_timeout_secs),
         max_index_bytes: a.max_index_mib << 20,
+        index_window: std::time::Duration::from_secs(a.index_window_secs),
         long_poll_max: std::time::Duration::from_secs(a.long_poll_max_secs),
         tls: tls.is_some(),
         ..HubOptions::default()

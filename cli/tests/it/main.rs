@@ -19,6 +19,7 @@ mod login;
 mod materialize;
 mod mounts;
 mod pull_semantics;
+mod replicas;
 mod roundtrip;
 mod schemathesis;
 mod sidecar;

@@ -4,7 +4,8 @@
 //! A chunk counts as present only in a pack the caller may read through some
 //! dataset (the target included): a caller learns nothing of what other
 //! tenants store, and a chunk it cannot prove it may read is reported missing
-//! and simply uploaded again.
+//! and simply uploaded again. Where the hub looks (recent packs, the
+//! dataset's tagged versions) is chunk_index.rs's business.
 
 use std::collections::HashSet;
 
@@ -50,16 +51,9 @@ pub(crate) async fn query(
     // Duplicates would only repeat work and answers.
     let mut seen = HashSet::with_capacity(req.digests.len());
     let digests: Vec<Digest> = req.digests.into_iter().filter(|d| seen.insert(*d)).collect();
-    let chunks = &hub.inner.chunks;
-    chunks.wait_ready().await?;
     // What the caller may not read is, to the caller, not there: the answer
     // keeps the query's order, so it shows no trace of what was hidden.
-    let (mut present, missing) = chunks.lookup(&digests, can_read);
-    if !missing.is_empty() {
-        // Another replica may have stored them since we last looked.
-        chunks.rescan_if_due().await?;
-        present.extend(chunks.lookup(&missing, can_read).0);
-    }
+    let (present, _) = hub.inner.chunks.lookup(name, &digests, can_read).await?;
     let shown: HashSet<Digest> = present.iter().map(|p| p.digest).collect();
     let missing: Vec<Digest> = digests.into_iter().filter(|d| !shown.contains(d)).collect();
     Ok(MissingChunksResponse { missing, present })

@@ -410,6 +410,7 @@ pub(crate) async fn move_tag(
         ));
     }
     if applied.moved {
+        hub.inner.chunks.tag_moved(&name).await;
         hub.inner.metrics.tag_moves.inc();
         tracing::info!(%name, %tag, digest = %body.digest, %by, "tag moved");
     }

@@ -247,17 +247,8 @@ pub(crate) async fn publish(
     // Only packs this dataset may read count; one the caller may read through
     // another dataset is linked here (a cross-dataset mount). Any other pack is,
     // to this caller, not there, whether or not it exists.
-    let chunks = &hub.inner.chunks;
-    chunks.wait_ready().await?;
     let can_read = |n: &Name| *n == name || caller.as_ref().is_none_or(|c| c.can(Permission::Read, n.as_str()));
-    let (mut placed, mut missing) = chunks.place(&unplaced.chunks, &can_read);
-    if !missing.is_empty() {
-        // Another replica may have stored them since we last looked.
-        chunks.rescan_if_due().await?;
-        let (more, still) = chunks.place(&missing, &can_read);
-        placed.extend(more);
-        missing = still;
-    }
+    let (placed, missing) = hub.inner.chunks.place(&name, &unplaced.chunks, &can_read).await?;
     if !missing.is_empty() {
         let digests: Vec<Digest> = missing.iter().map(|m| m.0).collect();
         return Err(missing_chunks(&digests, "are not stored in a pack this dataset may read; upload them first"));

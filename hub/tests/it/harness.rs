@@ -322,3 +322,13 @@ pub async fn counted_hub(opts: HubOptions) -> (TestHub, Arc<Requests>) {
         Arc::new(CountingStore { inner: Arc::new(InMemory::new()), requests: requests.clone() });
     (TestHub::over(store, opts).await, requests)
 }
+
+/// The value of a metric without labels in Prometheus text.
+pub fn gauge(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}

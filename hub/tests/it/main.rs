@@ -9,4 +9,5 @@ mod auth;
 mod gc;
 mod harness;
 mod hostile;
+mod index;
 mod web_scale;
