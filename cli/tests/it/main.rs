@@ -23,5 +23,6 @@ mod roundtrip;
 mod schemathesis;
 mod sidecar;
 mod stat_cache;
+mod stores;
 mod tools;
 mod web;

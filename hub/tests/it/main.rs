@@ -9,4 +9,5 @@ mod auth;
 mod gc;
 mod harness;
 mod hostile;
+mod stores;
 mod web_scale;
