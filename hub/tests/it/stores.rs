@@ -279,7 +279,6 @@ pub fn gcs_service_account(endpoint: &str) -> Option<String> {
             "private_key_id": "test",
             "client_email": "aetherfs-test@example.iam.gserviceaccount.com",
             "gcs_base_url": endpoint,
-            "disable_oauth": true,
         })
         .to_string(),
     )
@@ -311,3 +310,4 @@ pub async fn gcs_seed(endpoint: &str, key: &str, body: bytes::Bytes) {
     let r = reqwest::Client::new().post(url).body(body).send().await.expect("seed an object");
     assert!(r.status().is_success(), "seeding {key}: {}", r.status());
 }
+
