@@ -17,6 +17,7 @@ pub async fn run(a: HubArgs) -> Result<()> {
         Some(path) => Auth::load(path).await.context("cannot load the auth configuration")?,
         None => Auth::open(),
     };
+    let encryption = encryption(&a)?;
     let tls = match (a.tls_cert, a.tls_key) {
         (Some(cert), Some(key)) => Some(Tls::load(TlsFiles { cert, key }).context("cannot set up TLS")?),
         (None, None) => None,
@@ -35,7 +36,6 @@ pub async fn run(a: HubArgs) -> Result<()> {
             .with_context(|| format!("cannot load the lifecycle configuration {}", path.display()))?,
         None => Lifecycle::default(),
     };
-    let encryption = encryption(&a)?;
     let gc = &lifecycle.gc;
     eprintln!(
         "aetherfs hub: gc {}, grace {}, {} retention rule(s)",
