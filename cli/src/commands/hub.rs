@@ -125,7 +125,9 @@ fn encryption(a: &HubArgs) -> Result<Encryption> {
             bail!("{}: the key must be 32 bytes (base64 of them), not {}", path.display(), raw.len());
         }
         if a.redirect_reads {
-            bail!("--redirect-reads cannot be used with --azure-encryption-key-file: Azure needs the key on every read");
+            bail!(
+                "--redirect-reads cannot be used with --azure-encryption-key-file: Azure needs the key on every read"
+            );
         }
         return Ok(Encryption::AzureCustomerKey(key));
     }

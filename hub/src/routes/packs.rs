@@ -201,8 +201,7 @@ async fn redirect(
         .get_url(&storage::pack(digest), expiry)
         .await
         .map_err(|e| AppError::storage("presigning a pack read", e))?;
-    let location =
-        HeaderValue::from_str(url.as_str()).map_err(|e| AppError::internal("presigning a pack read", e))?;
+    let location = HeaderValue::from_str(url.as_str()).map_err(|e| AppError::internal("presigning a pack read", e))?;
     hub.inner.metrics.pack_reads_redirected.inc();
     let mut headers = HeaderMap::new();
     headers.insert(header::LOCATION, location);

@@ -120,7 +120,12 @@ pub(crate) fn open(url: &str, encryption: &Encryption) -> Result<Opened, HubErro
     let built = |source| HubError::Storage { url: url.to_string(), source };
     let (store, signer): (Arc<dyn ObjectStore>, Arc<dyn Signer>) = match parsed.scheme() {
         "s3" => {
-            let s3 = Arc::new(s3_encryption(AmazonS3Builder::from_env(), encryption)?.with_bucket_name(&bucket).build().map_err(built)?);
+            let s3 = Arc::new(
+                s3_encryption(AmazonS3Builder::from_env(), encryption)?
+                    .with_bucket_name(&bucket)
+                    .build()
+                    .map_err(built)?,
+            );
             (s3.clone(), s3)
         }
         "gs" => {

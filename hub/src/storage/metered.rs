@@ -112,11 +112,7 @@ impl ObjectStore for MeteredStore {
         self.inner.put_opts(location, payload, opts).await
     }
 
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> Result<Box<dyn MultipartUpload>> {
+    async fn put_multipart_opts(&self, location: &Path, opts: PutMultipartOptions) -> Result<Box<dyn MultipartUpload>> {
         self.meters.request(Op::Multipart);
         self.inner.put_multipart_opts(location, opts).await
     }

@@ -835,7 +835,8 @@ async fn suite(b: &Backend) {
     corrupt_chunk_is_refused(b.hub("corrupt", HubOptions::default()).await).await;
     cas_race(b.hub("race", HubOptions::default()).await).await;
     long_poll_without_a_move_lists_nothing(b.hub("poll", HubOptions::default()).await).await;
-    let lifecycle = aetherfs_hub::Lifecycle::from_toml("[[retention]]\ndatasets = \"**\"\nkeep_last = 2\n").expect("lifecycle");
+    let lifecycle =
+        aetherfs_hub::Lifecycle::from_toml("[[retention]]\ndatasets = \"**\"\nkeep_last = 2\n").expect("lifecycle");
     crate::gc::retention_scenario(&b.hub("gc", HubOptions { lifecycle, ..HubOptions::default() }).await).await;
     request_economy(b.hub("economy", HubOptions::default()).await).await;
     redirects(b).await;

@@ -87,7 +87,11 @@ impl TestHub {
     }
 
     /// A hub over `store` that redirects reads when `opts.redirect_reads` is set.
-    pub async fn over_signed(store: Arc<dyn ObjectStore>, presigner: aetherfs_hub::Presigner, opts: HubOptions) -> Self {
+    pub async fn over_signed(
+        store: Arc<dyn ObjectStore>,
+        presigner: aetherfs_hub::Presigner,
+        opts: HubOptions,
+    ) -> Self {
         let hub = Hub::from_signed_store(store.clone(), presigner, opts);
         let router = hub.router();
         let t = Self { hub, router, store };

@@ -122,10 +122,7 @@ pub async fn start_moto() -> Option<Emulator> {
     let http = reqwest::Client::new();
     // moto does not check signatures: a bare PUT creates the bucket.
     let url = format!("{}/{BUCKET}", moto.endpoint);
-    ready("moto_server", || async {
-        http.put(&url).send().await.is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    ready("moto_server", || async { http.put(&url).send().await.is_ok_and(|r| r.status().is_success()) }).await;
     Some(moto)
 }
 
@@ -243,8 +240,14 @@ pub async fn start_fake_gcs() -> Option<Emulator> {
     let port = free_port();
     let host = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(bin);
-    cmd.args(["-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", &port.to_string()])
-        .args(["-public-host", &host, "-external-url", &format!("http://{host}"), "-log-level", "error"]);
+    cmd.args(["-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", &port.to_string()]).args([
+        "-public-host",
+        &host,
+        "-external-url",
+        &format!("http://{host}"),
+        "-log-level",
+        "error",
+    ]);
     let gcs = spawn(cmd, format!("http://{host}"));
     let http = reqwest::Client::new();
     let url = format!("{}/storage/v1/b", gcs.endpoint);
@@ -298,7 +301,16 @@ pub async fn gcs() -> Option<(Backend, String)> {
             .expect("gcs store"),
     );
     let endpoint = gcs.endpoint.clone();
-    Some((Backend { name: "gcs (fake-gcs-server)", root: store.clone(), signer: Some(store), _alive: Some(gcs), _dir: None }, endpoint))
+    Some((
+        Backend {
+            name: "gcs (fake-gcs-server)",
+            root: store.clone(),
+            signer: Some(store),
+            _alive: Some(gcs),
+            _dir: None,
+        },
+        endpoint,
+    ))
 }
 
 /// Writes an object with the emulator's JSON upload API (what
@@ -310,4 +322,3 @@ pub async fn gcs_seed(endpoint: &str, key: &str, body: bytes::Bytes) {
     let r = reqwest::Client::new().post(url).body(body).send().await.expect("seed an object");
     assert!(r.status().is_success(), "seeding {key}: {}", r.status());
 }
-
