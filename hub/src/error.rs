@@ -16,8 +16,14 @@ use axum::response::{IntoResponse, Response};
 /// Why a hub could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("unsupported storage URL {0:?}: use file:///DIR, s3://BUCKET[/PREFIX] or memory://")]
+    #[error(
+        "unsupported storage URL {0:?}: use file:///DIR, s3://BUCKET[/PREFIX], gs://BUCKET[/PREFIX], az://CONTAINER[/PREFIX] or memory://"
+    )]
     UnsupportedStorage(String),
+    #[error(
+        "--redirect-reads needs an object store that presigns URLs (s3://, gs://, az:// without a customer-provided key); {0} cannot"
+    )]
+    CannotRedirect(String),
     #[error("invalid storage URL {url:?}: {reason}")]
     InvalidStorageUrl { url: String, reason: String },
     #[error("cannot create storage directory {path}: {source}")]

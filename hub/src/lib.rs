@@ -20,7 +20,8 @@
 //!     │
 //!     ├── tags            compare-and-swap moves, history, long-polls      (tags.rs)
 //!     ├── chunk index     recent packs + base versions' placements, bounded  (chunk_index.rs)
-//!     └── object store    file://, memory://, s3://; key layout             (storage.rs)
+//!     └── object store    file://, memory://, s3://, gs://, az://; metered;
+//!                         presigned reads; key layout                       (storage.rs)
 //! ```
 //!
 //! All durable state lives in the object store (layout in
@@ -58,6 +59,10 @@ pub const LONG_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(30
 pub use auth::Auth;
 pub use error::HubError;
 pub use lifecycle::{Lifecycle, LifecycleError};
+pub use storage::{Encryption, Presigner};
+
+/// How long a presigned pack URL stays valid by default (`--redirect-expiry-secs`).
+pub const REDIRECT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The chunk index's default memory bound.
 pub const DEFAULT_INDEX_BYTES: u64 = 64 << 20;
@@ -71,9 +76,15 @@ const CONCURRENT_JSON_VIEWS: usize = 2;
 /// How to open a hub.
 #[derive(Clone, Debug)]
 pub struct HubOptions {
-    /// `file:///DIR` (created if missing), `memory://` or `s3://BUCKET[/PREFIX]`
-    /// (configured from the usual `AWS_*` environment variables).
+    /// `file:///DIR` (created if missing), `memory://`, `s3://BUCKET[/PREFIX]`,
+    /// `gs://BUCKET[/PREFIX]` or `az://CONTAINER[/PREFIX]` (configured from the
+    /// usual `AWS_*`, `GOOGLE_*` and `AZURE_*` environment variables).
     pub storage: String,
+    /// Server-side encryption of what the hub writes (S3, Azure).
+    pub encryption: Encryption,
+    /// Answer pack reads with `307` to a presigned URL of the store, valid
+    /// this long, instead of streaming the bytes (cloud stores only).
+    pub redirect_reads: Option<std::time::Duration>,
     /// Largest pack accepted (default [`PACK_MAX_BYTES`]).
     pub max_pack_bytes: usize,
     /// Largest manifest accepted (default [`MANIFEST_MAX_BYTES`]).
@@ -107,6 +118,8 @@ impl Default for HubOptions {
     fn default() -> Self {
         Self {
             storage: "memory://".to_string(),
+            encryption: Encryption::StoreDefault,
+            redirect_reads: None,
             max_pack_bytes: PACK_MAX_BYTES,
             max_manifest_bytes: MANIFEST_MAX_BYTES,
             auth: Auth::open(),
@@ -134,7 +147,10 @@ pub struct Hub {
 }
 
 pub(crate) struct Inner {
+    /// The store, metered (every request counted in `metrics.store`).
     pub store: Arc<dyn ObjectStore>,
+    /// Signs pack read URLs when `opts.redirect_reads` is set.
+    pub presigner: Option<Presigner>,
     pub opts: HubOptions,
     pub description: String,
     pub chunks: chunk_index::ChunkIndex,
@@ -150,19 +166,31 @@ impl Hub {
     /// Opens the storage `opts.storage` names. Returns at once; the chunk
     /// index loads in a background task (`/readyz` reports when it is done).
     pub async fn open(opts: HubOptions) -> Result<Hub, HubError> {
-        let (store, description) = storage::open(&opts.storage)?;
-        Ok(Self::build(store, description, opts))
+        let storage::Opened { store, description, presigner } = storage::open(&opts.storage, &opts.encryption)?;
+        if opts.redirect_reads.is_some() && presigner.is_none() {
+            return Err(HubError::CannotRedirect(description));
+        }
+        Ok(Self::build(store, description, presigner, opts))
     }
 
     /// A hub over an existing store (tests use an in-memory one). Starts the
     /// chunk index load when called inside a tokio runtime, else on first use.
     pub fn from_store(store: Arc<dyn ObjectStore>, opts: HubOptions) -> Hub {
         let description = store.to_string();
-        Self::build(store, description, opts)
+        Self::build(store, description, None, opts)
     }
 
-    fn build(store: Arc<dyn ObjectStore>, description: String, opts: HubOptions) -> Hub {
+    /// A hub over an existing store whose reads `presigner` can sign (for
+    /// `redirect_reads`); `store` and `presigner` must name the same objects.
+    pub fn from_signed_store(store: Arc<dyn ObjectStore>, presigner: Presigner, opts: HubOptions) -> Hub {
+        let description = store.to_string();
+        Self::build(store, description, Some(presigner), opts)
+    }
+
+    fn build(store: Arc<dyn ObjectStore>, description: String, presigner: Option<Presigner>, opts: HubOptions) -> Hub {
         let metrics = metrics::Metrics::new();
+        // Metered innermost, so the pack log's own writes are counted too.
+        let store: Arc<dyn ObjectStore> = Arc::new(storage::MeteredStore::new(store, metrics.store.clone()));
         // Every write of a pack index goes through the pack log.
         let sizes = Arc::new(chunk_index::log::PackSizes::default());
         let store: Arc<dyn ObjectStore> = Arc::new(chunk_index::log::LoggedStore::new(store, sizes.clone()));
@@ -181,6 +209,7 @@ impl Hub {
             inner: Arc::new(Inner {
                 tags,
                 store,
+                presigner,
                 description,
                 chunks,
                 metrics,

@@ -25,6 +25,7 @@ pub(crate) const GRPC_REQUESTS: &str = "aetherfs_hub_grpc_requests";
 pub(crate) const GRPC_REQUEST_DURATION: &str = "aetherfs_hub_grpc_request_duration";
 pub(crate) const PACK_BYTES_RECEIVED: &str = "aetherfs_hub_pack_received";
 pub(crate) const PACK_BYTES_SERVED: &str = "aetherfs_hub_pack_served";
+pub(crate) const PACK_READS_REDIRECTED: &str = "aetherfs_hub_pack_reads_redirected";
 pub(crate) const PACKS_STORED: &str = "aetherfs_hub_packs_stored";
 pub(crate) const MANIFESTS_PUBLISHED: &str = "aetherfs_hub_manifests_published";
 pub(crate) const TAG_MOVES: &str = "aetherfs_hub_tag_moves";
@@ -46,6 +47,8 @@ pub(crate) const LIVE_BYTES: &str = "aetherfs_hub_live";
 pub(crate) const DATASET_LIVE_BYTES: &str = "aetherfs_hub_dataset_live";
 pub(crate) const LEASES_HELD: &str = "aetherfs_hub_leases_held";
 pub(crate) const LEASE_RENEWALS: &str = "aetherfs_hub_lease_renewals";
+pub(crate) const STORE_REQUESTS: &str = "aetherfs_hub_store_requests";
+pub(crate) const STORE_BYTES: &str = "aetherfs_hub_store";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct HttpLabels {
@@ -100,6 +103,7 @@ pub(crate) struct Metrics {
     pub grpc_duration: GrpcHistogramFamily,
     pub pack_bytes_received: Counter,
     pub pack_bytes_served: Counter,
+    pub pack_reads_redirected: Counter,
     pub packs_stored: Counter,
     pub manifests_published: Counter,
     pub tag_moves: Counter,
@@ -121,6 +125,8 @@ pub(crate) struct Metrics {
     pub dataset_live_bytes: Family<DatasetLabels, Gauge>,
     pub leases_held: Family<DatasetLabels, Gauge>,
     pub lease_renewals: Counter,
+    /// Requests to the object store and bytes moved, per operation (storage::MeteredStore).
+    pub store: crate::storage::StoreMeters,
 }
 
 fn latency_histogram() -> Histogram {
@@ -139,6 +145,7 @@ impl Metrics {
             grpc_duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             pack_bytes_received: Counter::default(),
             pack_bytes_served: Counter::default(),
+            pack_reads_redirected: Counter::default(),
             packs_stored: Counter::default(),
             manifests_published: Counter::default(),
             tag_moves: Counter::default(),
@@ -160,6 +167,7 @@ impl Metrics {
             dataset_live_bytes: Family::default(),
             leases_held: Family::default(),
             lease_renewals: Counter::default(),
+            store: crate::storage::StoreMeters::default(),
         };
         let mut r = Registry::default();
         r.register(HTTP_REQUESTS, "HTTP requests by route template, method and status", m.http_requests.clone());
@@ -187,6 +195,11 @@ impl Metrics {
             "Bytes of packs served to readers",
             Unit::Bytes,
             m.pack_bytes_served.clone(),
+        );
+        r.register(
+            PACK_READS_REDIRECTED,
+            "Pack reads answered with a presigned URL of the store (--redirect-reads)",
+            m.pack_reads_redirected.clone(),
         );
         r.register(PACKS_STORED, "Packs verified and stored", m.packs_stored.clone());
         r.register(MANIFESTS_PUBLISHED, "Manifests verified and stored", m.manifests_published.clone());
@@ -260,6 +273,17 @@ impl Metrics {
             m.leases_held.clone(),
         );
         r.register(LEASE_RENEWALS, "Lease heartbeats received by this replica", m.lease_renewals.clone());
+        r.register(
+            STORE_REQUESTS,
+            "Requests this replica made to the object store, by operation (put, put_conditional, get, get_range, head, list, delete, copy, multipart)",
+            m.store.requests.clone(),
+        );
+        r.register_with_unit(
+            STORE_BYTES,
+            "Bytes this replica wrote to (put) or read from (get, get_range) the object store",
+            Unit::Bytes,
+            m.store.bytes.clone(),
+        );
         Self { registry: r, ..m }
     }
 

@@ -1,5 +1,6 @@
-//! Opening the object store from a URL, the key layout inside it, and small
-//! helpers for reading it.
+//! The object store: opening it from a URL (`backend`), counting what is
+//! asked of it (`metered`), presigning reads (`presign`), the key layout
+//! inside it, and small helpers for reading it.
 //!
 //! Every durable byte of the hub lives under these keys (see
 //! docs/storage-layout.md):
@@ -23,57 +24,23 @@
 //! Name segments start with `[a-z0-9]`, so `_manifests` and `_tags` can never
 //! collide with a nested dataset name.
 
+mod backend;
+mod metered;
+mod presign;
+
 use std::sync::Arc;
 
 use aetherfs_format::{Digest, Name, Tag};
-use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
-use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::error::HubError;
+pub use backend::Encryption;
+pub(crate) use backend::{Opened, open};
+pub(crate) use metered::{MeteredStore, StoreMeters};
+pub use presign::Presigner;
 
-/// Opens the store a `file:///DIR`, `memory://` or `s3://BUCKET[/PREFIX]`
-/// URL names, with a description safe to log (no credentials).
-pub(crate) fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, String), HubError> {
-    let invalid = |reason: &str| HubError::InvalidStorageUrl { url: url.to_string(), reason: reason.to_string() };
-    if url == "memory://" || url == "memory:" {
-        return Ok((Arc::new(InMemory::new()), "memory://".to_string()));
-    }
-    if let Some(rest) = url.strip_prefix("file://") {
-        return open_dir(url, rest);
-    }
-    let parsed = url::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
-    match parsed.scheme() {
-        "memory" => Ok((Arc::new(InMemory::new()), "memory://".to_string())),
-        "s3" => {
-            let bucket = parsed
-                .host_str()
-                .filter(|b| !b.is_empty())
-                .ok_or_else(|| invalid("missing bucket: s3://BUCKET[/PREFIX]"))?
-                .to_string();
-            if !parsed.username().is_empty() || parsed.password().is_some() {
-                return Err(invalid(
-                    "credentials do not belong in the URL; use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-                ));
-            }
-            let prefix = parsed.path().trim_matches('/').to_string();
-            let s3 = AmazonS3Builder::from_env()
-                .with_bucket_name(&bucket)
-                .build()
-                .map_err(|source| HubError::Storage { url: url.to_string(), source })?;
-            if prefix.is_empty() {
-                Ok((Arc::new(s3), format!("s3://{bucket}")))
-            } else {
-                let store = PrefixStore::new(s3, Path::from(prefix.as_str()));
-                Ok((Arc::new(store), format!("s3://{bucket}/{prefix}")))
-            }
-        }
-        _ => Err(HubError::UnsupportedStorage(url.to_string())),
-    }
-}
+use crate::error::HubError;
 
 /// `file:///abs/dir`, `file://localhost/abs/dir`, or leniently
 /// `file://rel/dir` (relative to the working directory, as people write it).
@@ -360,14 +327,27 @@ mod tests {
 
     #[test]
     fn storage_urls() {
+        let open = |url: &str| open(url, &Encryption::StoreDefault);
         assert!(open("memory://").is_ok());
         assert!(matches!(open("ftp://x"), Err(HubError::UnsupportedStorage(_))));
         assert!(open("not a url").is_err());
         assert!(open("file://").is_err());
-        assert!(open("s3://").is_err());
+        for bad in ["s3://", "gs://", "az://", "s3://user:pw@b/x", "gs://b/x?key=1"] {
+            assert!(matches!(open(bad), Err(HubError::InvalidStorageUrl { .. })), "{bad}");
+        }
+        // Cloud stores carry a presigner, the local ones none.
+        assert!(open("memory://").expect("memory").presigner.is_none());
+        let s3 = open("s3://bucket/some/prefix").expect("s3 builds without contacting S3");
+        assert_eq!(s3.description, "s3://bucket/some/prefix");
+        assert!(s3.presigner.is_some());
+        // Encryption that does not fit the store is refused, naming it.
+        let kms = Encryption::S3Kms { key_id: Some("alias/x".into()), bucket_key: false };
+        let Err(e) = backend::open("file:///tmp/x", &kms) else { panic!("SSE-KMS on file:// accepted") };
+        assert!(e.to_string().contains("s3://"), "{e}");
+        assert!(backend::open("s3://bucket", &kms).is_ok());
         let dir = tempfile::tempdir().expect("tempdir");
         let sub = dir.path().join("a/b");
-        let (_, desc) = open(&format!("file://{}", sub.display())).expect("opens");
+        let desc = open(&format!("file://{}", sub.display())).expect("opens").description;
         assert!(sub.is_dir());
         assert!(desc.starts_with("file:///"), "{desc}");
         let spaced = dir.path().join("with space#1");

@@ -3,10 +3,10 @@ use std::path::PathBuf;
 
 use aetherfs_hub::serve::{ConnectionLimits, serve};
 use aetherfs_hub::tls::{Tls, TlsFiles};
-use aetherfs_hub::{Auth, Hub, HubOptions, Lifecycle};
+use aetherfs_hub::{Auth, Encryption, Hub, HubOptions, Lifecycle};
 use anyhow::{Context, Result, bail};
 
-use crate::cli::{HubAction, HubArgs, PasswdArgs};
+use crate::cli::{HubAction, HubArgs, PasswdArgs, SseKind};
 use crate::commands::shutdown_signal;
 
 pub async fn run(a: HubArgs) -> Result<()> {
@@ -17,6 +17,7 @@ pub async fn run(a: HubArgs) -> Result<()> {
         Some(path) => Auth::load(path).await.context("cannot load the auth configuration")?,
         None => Auth::open(),
     };
+    let encryption = encryption(&a)?;
     let tls = match (a.tls_cert, a.tls_key) {
         (Some(cert), Some(key)) => Some(Tls::load(TlsFiles { cert, key }).context("cannot set up TLS")?),
         (None, None) => None,
@@ -45,6 +46,8 @@ pub async fn run(a: HubArgs) -> Result<()> {
     );
     let opts = HubOptions {
         storage,
+        encryption: encryption.clone(),
+        redirect_reads: a.redirect_reads.then(|| std::time::Duration::from_secs(a.redirect_expiry_secs)),
         max_pack_bytes: a.max_pack_mib << 20,
         auth: auth.clone(),
         lifecycle,
@@ -57,6 +60,12 @@ pub async fn run(a: HubArgs) -> Result<()> {
         ..HubOptions::default()
     };
     let hub = Hub::open(opts).await.context("cannot open the hub's storage")?;
+    if encryption != Encryption::StoreDefault {
+        eprintln!("aetherfs hub: encryption at rest: {}", encryption.describe());
+    }
+    if a.redirect_reads {
+        eprintln!("aetherfs hub: pack reads redirect to presigned URLs valid {} s", a.redirect_expiry_secs);
+    }
     let listener =
         tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
@@ -93,6 +102,43 @@ pub async fn run(a: HubArgs) -> Result<()> {
     serve(listener, hub.router(), tls.as_ref(), limits, shutdown_signal()).await?;
     eprintln!("aetherfs hub: stopped");
     Ok(())
+}
+
+/// The server-side encryption the flags ask for.
+fn encryption(a: &HubArgs) -> Result<Encryption> {
+    if a.sse.is_some() && a.azure_encryption_key_file.is_some() {
+        bail!("--sse (S3) and --azure-encryption-key-file (Azure) do not go together");
+    }
+    if a.sse_kms_key_id.is_some() && !matches!(a.sse, Some(SseKind::Kms | SseKind::DsseKms)) {
+        bail!("--sse-kms-key-id needs --sse kms or --sse dsse-kms");
+    }
+    if a.sse_bucket_key && a.sse != Some(SseKind::Kms) {
+        bail!("--sse-bucket-key needs --sse kms");
+    }
+    if let Some(path) = &a.azure_encryption_key_file {
+        let key = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let key = key.trim().to_string();
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&key)
+            .with_context(|| format!("{}: not base64", path.display()))?;
+        if raw.len() != 32 {
+            bail!("{}: the key must be 32 bytes (base64 of them), not {}", path.display(), raw.len());
+        }
+        if a.redirect_reads {
+            bail!(
+                "--redirect-reads cannot be used with --azure-encryption-key-file: Azure needs the key on every read"
+            );
+        }
+        return Ok(Encryption::AzureCustomerKey(key));
+    }
+    let key_id = a.sse_kms_key_id.clone();
+    Ok(match a.sse {
+        None => Encryption::StoreDefault,
+        Some(SseKind::S3) => Encryption::S3Managed,
+        Some(SseKind::Kms) => Encryption::S3Kms { key_id, bucket_key: a.sse_bucket_key },
+        Some(SseKind::DsseKms) => Encryption::S3DsseKms { key_id },
+    })
 }
 
 /// `aetherfs hub passwd FILE USER`: the password comes from stdin (asked

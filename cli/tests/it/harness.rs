@@ -31,6 +31,7 @@ pub struct Hub {
     pub url: String,
     pub storage: String,
     envs: Vec<(String, String)>,
+    args: Vec<String>,
     proc: Option<Proc>,
 }
 
@@ -45,8 +46,18 @@ impl Hub {
 
     /// Starts a hub on a given port (0: any).
     pub fn start_on(storage: &str, envs: &[(String, String)], port: u16) -> Hub {
+        Self::start_full(storage, envs, &[], port)
+    }
+
+    /// Starts a hub with extra command-line arguments (e.g. `--redirect-reads`).
+    pub fn start_with_args(storage: &str, envs: &[(String, String)], args: &[&str]) -> Hub {
+        Self::start_full(storage, envs, args, 0)
+    }
+
+    fn start_full(storage: &str, envs: &[(String, String)], args: &[&str], port: u16) -> Hub {
         let mut cmd = Command::new(BIN);
         cmd.args(["hub", "--listen", &format!("127.0.0.1:{port}"), "--storage", storage])
+            .args(args)
             .env("AETHERFS_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -74,20 +85,23 @@ impl Hub {
         });
         let url = rx.recv_timeout(START_TIMEOUT).expect("hub did not announce its address");
         wait_http_ok(&url, "/readyz");
-        Hub { url, storage: storage.to_string(), envs: envs.to_vec(), proc: Some(proc) }
+        let args = args.iter().map(|a| a.to_string()).collect();
+        Hub { url, storage: storage.to_string(), envs: envs.to_vec(), args, proc: Some(proc) }
     }
 
     /// Stops the hub (as SIGKILL would) and starts a new one on the same storage.
     pub fn restart(&mut self) {
         self.stop();
-        let new = Hub::start_with_env(&self.storage, &self.envs);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let new = Hub::start_full(&self.storage, &self.envs, &args, 0);
         *self = new;
     }
 
     /// Starts the hub again on the same storage and the same port.
     pub fn start_again(&mut self) {
         let port = self.port();
-        let new = Hub::start_on(&self.storage, &self.envs, port);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let new = Hub::start_full(&self.storage, &self.envs, &args, port);
         *self = new;
     }
 
@@ -303,6 +317,83 @@ impl Moto {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
     }
+}
+
+/// Azurite (Azure Blob) on an ephemeral port, in memory, with one container.
+pub struct Azurite {
+    pub endpoint: String,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+/// Azurite's well-known development account and key (public, in its docs).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+impl Azurite {
+    pub fn start(container: &str) -> Azurite {
+        let bin = require("azurite-blob");
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--silent", "--inMemoryPersistence"])
+            .args(["--extentMemoryLimit", "512", "--disableTelemetry", "--skipApiVersionCheck"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn azurite-blob");
+        let proc = Proc { child };
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !create_container(port, container) {
+            assert!(Instant::now() < deadline, "azurite-blob did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Azurite { endpoint, _proc: proc, _dir: dir }
+    }
+
+    /// What `az://CONTAINER` needs to reach the emulator (docs/storage-layout.md).
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AZURE_STORAGE_USE_EMULATOR", "true"),
+            ("AZURITE_BLOB_STORAGE_URL", self.endpoint.as_str()),
+            ("AZURE_STORAGE_ACCOUNT_NAME", AZURITE_ACCOUNT),
+            ("AZURE_STORAGE_ACCOUNT_KEY", AZURITE_KEY),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
+/// Creates a container with a Shared Key request (object_store has no call
+/// for it; operators create containers beforehand). True once it exists.
+fn create_container(port: u16, container: &str) -> bool {
+    use base64::Engine;
+    use hmac::{KeyInit, Mac};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let f = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let date = time::OffsetDateTime::now_utc().format(&f).unwrap();
+    let to_sign = format!(
+        "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:2021-08-06\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{container}\nrestype:container"
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&b64.decode(AZURITE_KEY).unwrap()).unwrap();
+    mac.update(to_sign.as_bytes());
+    let sig = b64.encode(mac.finalize().into_bytes());
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let req = format!(
+        "PUT /{AZURITE_ACCOUNT}/{container}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nx-ms-date: {date}\r\nx-ms-version: 2021-08-06\r\nAuthorization: SharedKey {AZURITE_ACCOUNT}:{sig}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let mut resp = String::new();
+    if s.write_all(req.as_bytes()).is_err() || s.read_to_string(&mut resp).is_err() {
+        return false;
+    }
+    resp.starts_with("HTTP/1.1 201") || resp.starts_with("HTTP/1.1 409")
 }
 
 /// Deterministic random bytes.

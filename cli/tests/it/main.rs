@@ -24,5 +24,6 @@ mod roundtrip;
 mod schemathesis;
 mod sidecar;
 mod stat_cache;
+mod stores;
 mod tools;
 mod web;

@@ -175,7 +175,39 @@ pub(crate) async fn get(hub: &Hub, name: Name, digest: &str, req: Request) -> Re
     if !is_linked(hub, &digest, &name).await? {
         return Err(pack_not_found(&digest));
     }
+    if let (&Method::GET, Some(expiry), Some(presigner)) =
+        (req.method(), hub.inner.opts.redirect_reads, &hub.inner.presigner)
+    {
+        return redirect(hub, &digest, presigner, expiry).await;
+    }
     read_pack(hub, digest, req.method(), req.headers()).await
+}
+
+/// `307` to a presigned URL of the pack (`--redirect-reads`): the reader
+/// sends its `Range` to the store, and the bytes never cross the hub. The
+/// access check is done; the URL grants only this pack, only for `expiry`.
+async fn redirect(
+    hub: &Hub,
+    digest: &Digest,
+    presigner: &storage::Presigner,
+    expiry: std::time::Duration,
+) -> Result<Response, AppError> {
+    // A pack garbage collection removed answers as always (readers refetch
+    // the placement on `pack_not_found`), not with a URL the store refuses.
+    if hub.inner.chunks.pack_size(digest).is_none() {
+        stored_size(hub, digest).await?;
+    }
+    let url = presigner
+        .get_url(&storage::pack(digest), expiry)
+        .await
+        .map_err(|e| AppError::storage("presigning a pack read", e))?;
+    let location = HeaderValue::from_str(url.as_str()).map_err(|e| AppError::internal("presigning a pack read", e))?;
+    hub.inner.metrics.pack_reads_redirected.inc();
+    let mut headers = HeaderMap::new();
+    headers.insert(header::LOCATION, location);
+    // The URL expires: no cache may keep this answer.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok((StatusCode::TEMPORARY_REDIRECT, headers).into_response())
 }
 
 async fn read_pack(hub: &Hub, digest: Digest, method: &Method, headers: &HeaderMap) -> Result<Response, AppError> {

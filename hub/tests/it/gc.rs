@@ -71,7 +71,14 @@ async fn exists(store: &Arc<dyn ObjectStore>, key: &str) -> bool {
 
 #[tokio::test]
 async fn retention_keeps_the_last_versions_and_the_space_of_the_rest_is_reclaimed() {
-    let h = hub_with("[[retention]]\ndatasets = \"**\"\nkeep_last = 2\n").await;
+    retention_scenario(&hub_with("[[retention]]\ndatasets = \"**\"\nkeep_last = 2\n").await).await;
+}
+
+/// Four versions sharing a base, a rule keeping the last two: collection
+/// removes two, rewrites the mostly dead first pack, and the kept versions
+/// read back. `h` keeps the last 2 versions of every dataset. (Also part of
+/// the scenario suite over every store, api.rs.)
+pub async fn retention_scenario(h: &TestHub) {
     // Each version shares a large base with the others and adds its own chunks.
     let base: Vec<Vec<u8>> = (0..4).flat_map(file_chunks).collect();
     let mut versions = Vec::new();
@@ -87,13 +94,13 @@ async fn retention_keeps_the_last_versions_and_the_space_of_the_rest_is_reclaime
             None => merged(&pack, &pack),
             Some(first) => merged(first, &pack),
         };
-        versions.push(publish(&h, &chunks, &full, &format!("v{v}")).await);
+        versions.push(publish(h, &chunks, &full, &format!("v{v}")).await);
         contents.push(chunks.concat());
         first_pack.get_or_insert(pack);
     }
     let first = first_pack.expect("first pack");
 
-    let plan = gc(&h, true).await;
+    let plan = gc(h, true).await;
     let mut planned: Vec<String> =
         plan["versions_removed"].as_array().expect("list").iter().map(|v| v["digest"].to_string()).collect();
     let mut want: Vec<String> = versions[..2].iter().map(|d| json!(d).to_string()).collect();
@@ -104,13 +111,13 @@ async fn retention_keeps_the_last_versions_and_the_space_of_the_rest_is_reclaime
     let keys_before = h.keys().await;
     assert!(keys_before.iter().any(|k| k.ends_with(&versions[0].hex())), "a dry run removed something");
 
-    let done = gc(&h, false).await;
+    let done = gc(h, false).await;
     assert_eq!(done["versions_removed"].as_array().expect("list").len(), 2, "{done}");
     assert!(done["packs_deleted"].as_u64().expect("n") >= 2, "{done}");
     assert_eq!(done["packs_rewritten"], 1, "the mostly dead first pack is rewritten: {done}");
     assert!(done["stored_bytes_after"].as_u64() < done["stored_bytes_before"].as_u64(), "{done}");
     for (v, want) in versions.iter().zip(&contents).skip(2) {
-        assert_eq!(read_back(&h, v).await, *want, "{v} reads back differently");
+        assert_eq!(read_back(h, v).await, *want, "{v} reads back differently");
     }
     for v in &versions[..2] {
         let r = h.get(&format!("/v1/datasets/{NAME}/manifests/{v}")).await;
@@ -125,7 +132,7 @@ async fn retention_keeps_the_last_versions_and_the_space_of_the_rest_is_reclaime
     let history = h.get(&format!("/v1/datasets/{NAME}/tags/latest/history")).await.ok();
     assert_eq!(history["records"].as_array().expect("records").len(), 4);
 
-    let again = gc(&h, false).await;
+    let again = gc(h, false).await;
     assert_eq!((again["packs_deleted"].as_u64(), again["packs_rewritten"].as_u64()), (Some(0), Some(0)), "{again}");
     assert_eq!(again["stored_bytes_after"], done["stored_bytes_after"]);
 

@@ -86,6 +86,34 @@ impl TestHub {
         t
     }
 
+    /// A hub over `store` that redirects reads when `opts.redirect_reads` is set.
+    pub async fn over_signed(
+        store: Arc<dyn ObjectStore>,
+        presigner: aetherfs_hub::Presigner,
+        opts: HubOptions,
+    ) -> Self {
+        let hub = Hub::from_signed_store(store.clone(), presigner, opts);
+        let router = hub.router();
+        let t = Self { hub, router, store };
+        t.wait_ready().await;
+        t
+    }
+
+    /// One sample of the hub's `/metrics` (0 when the series does not exist yet).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").await.text();
+        text.lines()
+            .find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The object-store requests of one operation this hub made so far.
+    pub async fn store_requests(&self, op: &str) -> u64 {
+        self.metric(&format!("aetherfs_hub_store_requests_total{{op=\"{op}\"}}")).await as u64
+    }
+
     pub async fn memory() -> Self {
         Self::over(Arc::new(InMemory::new()), HubOptions::default()).await
     }

@@ -10,4 +10,5 @@ mod gc;
 mod harness;
 mod hostile;
 mod index;
+mod stores;
 mod web_scale;
