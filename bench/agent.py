@@ -42,7 +42,7 @@ import common
 from common import (BENCH_DIR, GIB, MB, MIB, RUNS, SCALE, SEED, VERIFY, BenchError, Hub, Run, db_insert_sql,
                     env_float, gen_db, gen_random_file, log, median_run, page_cache_summary, quiet_summary,
                     rm, run_sqlite, samples_of, sqlite_rows, tool_version, tree_size)
-from common import Resources, dd, f1, f2, kill_pid, mount_entry, unmount
+from common import Resources, proc_status, dd, f1, f2, kill_pid, mount_entry, unmount
 
 BIN = common.BUILT_BIN  # replaced by a private copy in bench()
 GEN_VERSION = 1  # bump when the generator changes: invalidates cached datasets
@@ -88,20 +88,6 @@ RES = Resources(STATE_FILE, undo)
 # --------------------------------------------------------------------------
 # Processes
 # --------------------------------------------------------------------------
-
-def proc_status(pid: int) -> dict:
-    """VmRSS, VmHWM (and a few more) of a process, in bytes."""
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "VmSize", "Threads"):
-                parts = v.split()
-                out[k] = int(parts[0]) * (1024 if len(parts) > 1 and parts[1] == "kB" else 1)
-    except OSError:
-        pass
-    return out
-
 
 def http_json(url: str, timeout: float = 5.0):
     with urllib.request.urlopen(url, timeout=timeout) as r:

@@ -125,6 +125,30 @@ def run_sqlite(db: Path, script: str) -> None:
         raise BenchError(f"sqlite3 {db} failed: {r.stderr.strip()}")
 
 
+def proc_status(pid: int) -> dict:
+    """VmRSS, VmHWM (and a few more) of a process, in bytes."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "VmSize", "Threads"):
+                parts = v.split()
+                out[k] = int(parts[0]) * (1024 if len(parts) > 1 and parts[1] == "kB" else 1)
+    except OSError:
+        pass
+    return out
+
+
+def clustered_update(db: Path, rows: int, version: int) -> None:
+    """A clustered 1% update: a contiguous run of rows gets new payloads of the same length."""
+    n = max(1, rows // 100)
+    start = random.Random(SEED * 1000 + version).randrange(1, rows - n)
+    run_sqlite(db, f""".testctrl prng_seed {(SEED + version) % 2_000_000_000}
+PRAGMA journal_mode=OFF;
+UPDATE items SET payload = randomblob(length(payload)) WHERE id BETWEEN {start} AND {start + n - 1};
+""")
+
+
 def gen_db(path: Path, rows: int, seed: int) -> None:
     # sqlite3's randomblob()/random() are seeded through the shell's
     # `.testctrl prng_seed`, so the file is byte-for-byte reproducible.

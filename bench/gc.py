@@ -12,29 +12,18 @@ before collection, what the collection deleted, copied and how long it took.
 
 import filecmp
 import json
-import random
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import (BENCH_DIR, CMDLINE, MIB, SCALE, SEED, BenchError, Hub, gen_db, log, machine_facts,
-                    private_binary, rm, run_sqlite, sqlite_rows, store_size, tool_version, write_results)
+from common import (BENCH_DIR, CMDLINE, MIB, SCALE, SEED, BenchError, Hub, clustered_update, gen_db, log,
+                    machine_facts, private_binary, rm, sqlite_rows, store_size, tool_version, write_results)
 
 VERSIONS = 20
 KEEP = 2
 TARGET = 1.15
-
-
-def update(db: Path, rows: int, version: int) -> None:
-    """A clustered 1% update: a contiguous run of rows gets new payloads of the same length."""
-    n = max(1, rows // 100)
-    start = random.Random(SEED * 1000 + version).randrange(1, rows - n)
-    run_sqlite(db, f""".testctrl prng_seed {(SEED + version) % 2_000_000_000}
-PRAGMA journal_mode=OFF;
-UPDATE items SET payload = randomblob(length(payload)) WHERE id BETWEEN {start} AND {start + n - 1};
-""")
 
 
 def aetherfs(bin_: Path, hub: Hub, *args: str) -> str:
@@ -63,7 +52,7 @@ def main() -> int:
     try:
         for v in range(1, VERSIONS + 1):
             if v > 1:
-                update(db, rows, v)
+                clustered_update(db, rows, v)
             t = time.monotonic()
             out = aetherfs(bin_, hub, "push", "-q", str(src), "bench/db:latest")
             push_secs.append(time.monotonic() - t)

@@ -17,14 +17,13 @@ push's packs are not among its recent ones). BENCH_RECENT=N logs the newest N pa
 
 import json
 import os
-import random
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import (BENCH_DIR, CMDLINE, MIB, ROOT, SCALE, SEED, BenchError, Hub, env_int, gen_db, log,
-                    machine_facts, private_binary, rm, run_sqlite, sqlite_rows, store_size, tool_version,
+from common import (BENCH_DIR, CMDLINE, MIB, ROOT, SCALE, SEED, BenchError, Hub, clustered_update, env_int, gen_db,
+                    log, machine_facts, private_binary, proc_status, rm, sqlite_rows, store_size, tool_version,
                     write_results)
 
 PACKS = env_int("BENCH_PACKS", 10_000)
@@ -32,26 +31,6 @@ CHUNKS_PER_PACK = env_int("BENCH_CHUNKS_PER_PACK", 500)
 RECENT = env_int("BENCH_RECENT", 0)
 READY_TARGET_S = 2.0
 RSS_TARGET = 128 * MIB
-
-
-def update(db: Path, rows: int, version: int) -> None:
-    """A clustered 1% update: a contiguous run of rows gets new payloads of the same length."""
-    n = max(1, rows // 100)
-    start = random.Random(SEED * 1000 + version).randrange(1, rows - n)
-    run_sqlite(db, f""".testctrl prng_seed {(SEED + version) % 2_000_000_000}
-PRAGMA journal_mode=OFF;
-UPDATE items SET payload = randomblob(length(payload)) WHERE id BETWEEN {start} AND {start + n - 1};
-""")
-
-
-def memory(pid: int) -> dict:
-    """VmRSS (now) and VmHWM (peak) of a process, in bytes."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM"):
-            out[k] = int(v.split()[0]) * 1024
-    return out
 
 
 def push(bin_: Path, hub: Hub, src: Path) -> dict:
@@ -88,7 +67,7 @@ def main() -> int:
 
     hub = Hub(bin_, data, work / "hub.log")
     ready_cold = start(hub)
-    mem_ready = memory(hub.proc.pid)
+    mem_ready = proc_status(hub.proc.pid)
     log(f"ready in {ready_cold:.2f} s, {mem_ready['VmRSS'] / MIB:.1f} MiB resident")
 
     src = work / "src"
@@ -99,17 +78,17 @@ def main() -> int:
     db_bytes = db.stat().st_size
     try:
         first = push(bin_, hub, src)
-        mem_first = memory(hub.proc.pid)
+        mem_first = proc_status(hub.proc.pid)
         hub.stop()
         # Restarted with a 1 s log window (and 2 s later), so the first push's
         # packs are not among the recent ones: dedup must come from the tag.
         time.sleep(2)
         hub.extra_args = ["--index-window-secs", "1"]
         ready_again = start(hub)
-        mem_restart = memory(hub.proc.pid)
-        update(db, rows, 2)
+        mem_restart = proc_status(hub.proc.pid)
+        clustered_update(db, rows, 2)
         second = push(bin_, hub, src)
-        mem_second = memory(hub.proc.pid)
+        mem_second = proc_status(hub.proc.pid)
     finally:
         hub.stop()
     share = second["new_bytes"] / db_bytes
