@@ -52,7 +52,6 @@ use tokio::sync::watch;
 use crate::error::{AppError, StorageContext};
 use crate::storage;
 use crate::tags::TagStore;
-pub(crate) use recent::entry_bytes;
 
 /// Pack indexes read at once while following the log.
 const LOAD_PARALLELISM: usize = 16;
@@ -366,18 +365,6 @@ impl ChunkIndex {
     pub fn add_pack(&self, pack: Digest, size: u64, entries: &[PackEntry]) {
         self.shared.sizes.insert(pack, size);
         insert(&self.shared, pack, Some(size), entries, true);
-    }
-
-    /// The index's memory, estimated: recent packs and base placements,
-    /// each bounded (together by `--max-index-mib`).
-    pub fn estimated_bytes(&self) -> u64 {
-        self.shared.state.read().recent.bytes() + self.shared.bases.bytes()
-    }
-
-    /// How many more chunks storing `entries` would hold for good: none, the
-    /// index makes room instead of growing (uploads are never refused for it).
-    pub fn unknown(&self, _entries: &[PackEntry]) -> usize {
-        0
     }
 
     /// Whether `name` may read `pack`, as far as this replica knows.

@@ -31,7 +31,6 @@ use object_store::{GetOptions, GetRange, GetResult, ObjectStoreExt, PutPayload};
 
 use super::{blocking, read_body};
 use crate::Hub;
-use crate::chunk_index::entry_bytes;
 use crate::error::AppError;
 use crate::storage;
 
@@ -130,22 +129,6 @@ pub(crate) async fn store_pack(
         return Ok(stored(false));
     }
 
-    // Every replica keeps every stored chunk in memory: refuse what would
-    // take the index past its bound (the store stays loadable at start).
-    let max = hub.inner.opts.max_index_bytes;
-    let after = hub.inner.chunks.estimated_bytes() + hub.inner.chunks.unknown(&entries) as u64 * entry_bytes();
-    if after > max {
-        tracing::warn!(pack = %digest, index_bytes = after, max, "refused a pack: the chunk index is full");
-        return Err(AppError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
-            "index_full",
-            format!(
-                "the hub's chunk index would take {} MiB, over its bound of {} MiB (--max-index-mib): collect garbage or raise the bound",
-                after >> 20,
-                max >> 20
-            ),
-        ));
-    }
     let store = &hub.inner.store;
     let index = body.slice(index_range);
     store
