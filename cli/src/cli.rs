@@ -557,10 +557,11 @@ pub struct PushArgs {
     #[arg(long)]
     pub no_compress: bool,
     /// Packs uploaded at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 3)]
     pub uploads: usize,
-    /// Target pack size in MiB (16–64 suits S3).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=96))]
+    /// Target pack size in MiB. Each pack costs two store writes (the pack
+    /// and its record), so 64 MiB keeps a GiB pushed under 48 requests.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=96))]
     pub pack_mib: u16,
     #[command(flatten)]
     pub stat_cache: StatCacheArgs,

@@ -7,7 +7,7 @@
 //!    2020), hashed (BLAKE3 per chunk; a file's digest is derived from its
 //!    chunk list) and packed from that one read ([`pipeline`]): batches of
 //!    chunks ask the hub which it lacks (among the packs this caller may
-//!    read), the missing ones go into ~32 MiB packs, compressed where that
+//!    read), the missing ones go into ~64 MiB packs, compressed where that
 //!    pays and uploaded a few at once while the next files are hashed.
 //! 4. Cached files' chunks the hub lacks (another hub, or collected) are
 //!    read from the files and packed, each re-hashed as it is read, so a
@@ -60,8 +60,8 @@ pub struct PushOptions {
 impl Default for PushOptions {
     fn default() -> Self {
         Self {
-            pack_target: 32 << 20,
-            uploads: 4,
+            pack_target: 64 << 20,
+            uploads: 3,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             compress: true,
             chunking: ChunkParams::default(),

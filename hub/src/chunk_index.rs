@@ -367,6 +367,29 @@ impl ChunkIndex {
         insert(&self.shared, pack, Some(size), entries, true);
     }
 
+    /// Whether `name` may read `pack`: it uploaded it (the pack's record), a
+    /// placement of one of its versions uses it, or a link object says so.
+    /// Asks the store, in that order of cost, when this replica does not know.
+    pub async fn may_read(&self, pack: &Digest, name: &Name) -> Result<bool, AppError> {
+        if self.is_linked(pack, name) {
+            return Ok(true);
+        }
+        let uses = |p: &Placement| p.chunks().iter().any(|c| c.location.pack == *pack);
+        let shared = &self.shared;
+        let bases = shared.bases.of(&shared.tags, &shared.store, name).await?;
+        let found = bases.iter().any(|p| uses(p))
+            || match shared.store.head(&storage::pack_link(pack, name)).await {
+                Ok(_) => true,
+                Err(object_store::Error::NotFound { .. }) => false,
+                Err(e) => return Err(AppError::storage("looking up a pack link", e)),
+            }
+            || shared.bases.placed(&shared.store, name).await?.contains(pack);
+        if found {
+            self.add_link(*pack, name.clone());
+        }
+        Ok(found)
+    }
+
     /// Whether `name` may read `pack`, as far as this replica knows.
     pub fn is_linked(&self, pack: &Digest, name: &Name) -> bool {
         self.shared.state.read().links.get(pack).is_some_and(|l| l.contains(name))
@@ -467,35 +490,30 @@ async fn follow_log(shared: &Shared, from_ms: u64, at_start: bool) -> Result<(us
             shared.store.list_with_offset(Some(&storage::pack_log_day(day)), &offset).try_collect().await?;
         listing.extend(more);
     }
-    let mut logged: Vec<(u64, Digest)> = listing.iter().filter_map(|m| storage::parse_pack_log(&m.location)).collect();
+    let mut logged: Vec<(u64, Digest, object_store::path::Path)> = listing
+        .into_iter()
+        .filter_map(|m| storage::parse_pack_log(&m.location).map(|(ms, d)| (ms, d, m.location)))
+        .collect();
     let newest = logged.iter().map(|l| l.0).max().unwrap_or(0);
-    logged.sort_unstable_by(|a, b| b.cmp(a));
-    let unknown: Vec<Digest> = {
+    logged.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    let unknown: Vec<(Digest, object_store::path::Path)> = {
         let state = shared.state.read();
         let mut seen = HashSet::new();
         logged
             .into_iter()
-            .map(|l| l.1)
-            .filter(|d| {
+            .filter(|(_, d, _)| {
                 seen.insert(*d) && !state.recent.has_pack(d) && !state.bad.contains(d) && !state.gone.contains(d)
             })
+            .map(|(_, d, key)| (d, key))
             .take(FOLLOW_MAX)
             .collect()
     };
     let store = shared.store.clone();
     // `buffered` keeps the log's order: newest first, each older than the last.
     let mut fetches = futures::stream::iter(unknown)
-        .map(|d| {
+        .map(|(d, key)| {
             let store = store.clone();
-            async move {
-                let index = storage::get_bytes(&*store, &storage::pack_index(&d)).await?;
-                let links: Vec<object_store::ObjectMeta> = if index.is_some() {
-                    store.list(Some(&storage::pack_links(&d))).try_collect().await?
-                } else {
-                    Vec::new()
-                };
-                Ok::<_, object_store::Error>((d, index, links))
-            }
+            async move { Ok::<_, object_store::Error>((d, read_record(&*store, &d, &key).await?)) }
         })
         .buffered(LOAD_PARALLELISM);
     let mut added = 0;
@@ -503,10 +521,10 @@ async fn follow_log(shared: &Shared, from_ms: u64, at_start: bool) -> Result<(us
     // added oldest first so the oldest goes first again.
     let mut later = Vec::new();
     while let Some(res) = fetches.next().await {
-        let (pack, index, links) = res?;
+        let (pack, record) = res?;
         // Gone since it was logged (collected): nothing to hold.
-        let Some(bytes) = index else { continue };
-        let entries = match decode_index(&bytes, None) {
+        let Some((bytes, links)) = record else { continue };
+        let entries = match bytes.and_then(|b| decode_index(&b, None).map_err(|e| e.to_string())) {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::error!(pack = %pack, error = %e, "skipping corrupt pack index");
@@ -516,10 +534,8 @@ async fn follow_log(shared: &Shared, from_ms: u64, at_start: bool) -> Result<(us
         };
         {
             let mut state = shared.state.write();
-            for l in &links {
-                if let Some((p, name)) = storage::parse_pack_link(&l.location) {
-                    add_link(&mut state, p, name);
-                }
+            for name in links {
+                add_link(&mut state, pack, name);
             }
         }
         if at_start {
@@ -536,6 +552,27 @@ async fn follow_log(shared: &Shared, from_ms: u64, at_start: bool) -> Result<(us
         insert(shared, pack, None, &entries, true);
     }
     Ok((added, newest))
+}
+
+/// A logged pack's index section and the datasets known to read it: from
+/// its record, or for an older hub's empty record from `packs/<hex>.idx` and
+/// the link objects. `None` when it is gone (collected since it was logged).
+async fn read_record(
+    store: &dyn ObjectStore,
+    pack: &Digest,
+    key: &object_store::path::Path,
+) -> Result<Option<(Result<bytes::Bytes, String>, Vec<Name>)>, object_store::Error> {
+    let Some(body) = storage::get_bytes(store, key).await? else { return Ok(None) };
+    match log::PackRecord::decode(&body) {
+        Ok(Some(r)) => Ok(Some((Ok(r.index), r.uploader.into_iter().collect()))),
+        Err(e) => Ok(Some((Err(format!("pack record: {e}")), Vec::new()))),
+        Ok(None) => {
+            let Some(index) = storage::get_bytes(store, &storage::pack_index(pack)).await? else { return Ok(None) };
+            let links: Vec<object_store::ObjectMeta> = store.list(Some(&storage::pack_links(pack))).try_collect().await?;
+            let names = links.iter().filter_map(|l| storage::parse_pack_link(&l.location)).map(|(_, n)| n).collect();
+            Ok(Some((Ok(index), names)))
+        }
+    }
 }
 
 fn add_link(state: &mut State, pack: Digest, name: Name) {

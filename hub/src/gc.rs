@@ -11,31 +11,32 @@
 //!    period, or a reader's lease names it. The rest is removed (manifest,
 //!    then placement), each behind a `_doomed` marker that a concurrent tag
 //!    move checks after writing (see [`remove_versions`]).
-//! 2. **Mark.** Read the placement of every kept version, of every pending
-//!    publish and of every placement without a manifest that is still young
-//!    (a publish in flight): their chunks are live.
+//! 2. **Mark.** Read the placement of every kept version and of every
+//!    placement without a manifest that is still young (a publish in flight,
+//!    whose packs are also pinned: never moved or deleted this run), and of
+//!    `_pending` records older hubs wrote: their chunks are live.
 //! 3. **Choose.** A pack with nothing live and older than the grace period is
 //!    deleted. Packs with live chunks are rewritten, least-live first, until
 //!    at most `max_unused` of the stored bytes would be dead; packs are
-//!    grouped by the datasets linked to them, so a new pack is readable by
-//!    exactly the datasets that could read the chunks before.
+//!    grouped by the datasets linked to them (link objects and the uploader
+//!    its record names), so a new pack is linked to exactly those; the
+//!    rewritten placements let their datasets read it, as before.
 //! 4. **Move.** Copy the live chunks of chosen packs into new packs (verified
 //!    before they are stored), then rewrite every placement that pointed into
 //!    them. Versions keep their digests: only placements change.
 //! 5. **Condemn, re-check, delete.** Write `gc/condemned/<pack>` for every
 //!    pack to delete, then list placements and pending publishes again and
 //!    re-read what changed since step 2: a pack someone started using is
-//!    rescued. The rest is deleted (index, pack, links). Moved-from packs are
+//!    rescued. The rest is deleted (record, pack, links). Moved-from packs are
 //!    deleted only once condemned for the grace period, so readers holding
 //!    the old placement keep working until they refetch it.
 //!
-//! A publish does the mirror image (routes/manifests.rs): it writes
-//! `_pending/<digest>` with its placement, then lists `gc/condemned/` and
-//! checks every pack it uses still has its index; only then does it store the
-//! placement and the manifest. With a linearizable store (S3, local files),
-//! either the publish sees the marker (and refuses with `missing_chunks`; the
-//! client uploads again), or this run's re-check sees the pending publish
-//! (and rescues the pack). A run killed at any point leaves every published
+//! A publish does the mirror image (routes/manifests.rs): it stores its
+//! placement, then lists `gc/condemned/` and checks every pack it uses is
+//! still stored; only then does it store the manifest. With a linearizable
+//! store (S3, local files), either the publish sees the marker (and refuses
+//! with `missing_chunks`; the client uploads again), or this run's re-check
+//! sees the new placement (and rescues the pack). A run killed at any point leaves every published
 //! version readable; the next run finishes the job.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -53,6 +54,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 
 use crate::Hub;
+use crate::chunk_index::log::{PackRecord, commit};
 use crate::error::{AppError, StorageContext};
 use crate::storage::{self, get_bytes};
 
@@ -459,14 +461,14 @@ async fn mark(
     let mut marked = Marked { placements: HashMap::new(), live: HashMap::new(), pinned: HashSet::new() };
     // Kept versions, and young placements without a manifest (a publish that
     // has stored its placement but not yet its manifest).
-    let mut todo: Vec<(Name, Digest, Option<String>)> = Vec::new();
+    let mut todo: Vec<(Name, Digest, Option<String>, bool)> = Vec::new();
     let mut pending: Vec<(Name, Digest)> = Vec::new();
     for (name, i) in inv {
         let keep = kept.get(name);
         for (d, (modified, etag)) in &i.placements {
             let in_flight = !i.manifests.contains_key(d) && age(*modified, now) < PENDING_MAX_AGE;
             if keep.is_some_and(|k| k.contains(d)) || in_flight {
-                todo.push((name.clone(), *d, etag.clone()));
+                todo.push((name.clone(), *d, etag.clone(), in_flight));
             }
         }
         for (d, modified) in &i.pending {
@@ -485,16 +487,20 @@ async fn mark(
             }
         }
     }
-    let read: Vec<(Name, Digest, Option<String>, Option<Placement>)> = futures::stream::iter(todo)
-        .map(|(name, d, etag)| async move {
+    let read: Vec<(Name, Digest, Option<String>, bool, Option<Placement>)> = futures::stream::iter(todo)
+        .map(|(name, d, etag, in_flight)| async move {
             let p = read_placement(&**store, &storage::placement(&name, &d)).await?;
-            Ok::<_, AppError>((name, d, etag, p))
+            Ok::<_, AppError>((name, d, etag, in_flight, p))
         })
         .buffer_unordered(PARALLELISM)
         .try_collect()
         .await?;
-    for (name, d, etag, p) in read {
+    for (name, d, etag, in_flight, p) in read {
         if let Some(p) = p {
+            if in_flight {
+                // A publish checking its packs: none may move under it.
+                marked.pinned.extend(p.packs());
+            }
             marked.add(&p);
             marked.placements.insert((name, d), (p, etag));
         }
@@ -513,14 +519,45 @@ struct PackInv {
     size: Option<u64>,
     modified: i64,
     indexed: bool,
+    /// Link objects.
     links: Vec<Name>,
+    /// Its records in the pack log (a retried upload may have written two).
+    records: Vec<Path>,
+}
+
+impl PackInv {
+    /// Every dataset linked to the pack: link objects and the uploaders its
+    /// records name (read from the store: only for packs being rewritten).
+    async fn readers(&self, store: &dyn ObjectStore) -> Result<Vec<Name>, AppError> {
+        let mut out = self.links.clone();
+        for key in &self.records {
+            let Some(body) = get_bytes(store, key).await.ctx("reading a pack record")? else { continue };
+            if let Ok(Some(r)) = PackRecord::decode(&body) {
+                out.extend(r.uploader);
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
 }
 
 async fn pack_inventory(store: &dyn ObjectStore) -> Result<HashMap<Digest, PackInv>, AppError> {
-    let metas: Vec<ObjectMeta> = store.list(Some(&storage::packs_dir())).try_collect().await.ctx("listing packs")?;
+    let mut metas: Vec<ObjectMeta> =
+        store.list(Some(&storage::packs_dir())).try_collect().await.ctx("listing packs")?;
+    let log: Vec<ObjectMeta> =
+        store.list(Some(&storage::pack_log_dir())).try_collect().await.ctx("listing the pack log")?;
+    metas.extend(log);
     let mut out: HashMap<Digest, PackInv> = HashMap::new();
-    let blank = || PackInv { size: None, modified: 0, indexed: false, links: Vec::new() };
+    let blank = || PackInv { size: None, modified: 0, indexed: false, links: Vec::new(), records: Vec::new() };
     for m in metas {
+        if let Some((_, d)) = storage::parse_pack_log(&m.location) {
+            let p = out.entry(d).or_insert_with(blank);
+            p.indexed = true;
+            p.modified = p.modified.max(m.last_modified.timestamp());
+            p.records.push(m.location);
+            continue;
+        }
         if let Some((pack, name)) = storage::parse_pack_link(&m.location) {
             out.entry(pack).or_insert_with(blank).links.push(name);
         } else if let Some(d) = storage::parse_pack(&m.location) {
@@ -705,7 +742,7 @@ async fn collect(hub: &Hub, req: &GcRequest, grace: Duration, lock: Option<&Lock
     let mut moved: HashMap<(Digest, Digest), ChunkLocation> = HashMap::new();
     let mut groups: HashMap<Vec<Name>, Vec<Digest>> = HashMap::new();
     for p in &rewrite {
-        groups.entry(packs[p].links.clone()).or_default().push(*p);
+        groups.entry(packs[p].readers(&*store).await?).or_default().push(*p);
     }
     for (links, sources) in groups {
         check()?;
@@ -846,9 +883,16 @@ async fn store_pack(
     let size = bytes.len() as u64;
     let index = bytes.slice(range);
     store.put(&storage::pack(&digest), PutPayload::from(bytes)).await.ctx("storing a rewritten pack")?;
-    store.put(&storage::pack_index(&digest), PutPayload::from(index)).await.ctx("storing a rewritten pack index")?;
-    for name in links {
-        store.put(&storage::pack_link(&digest, name), PutPayload::default()).await.ctx("linking a rewritten pack")?;
+    // The record names the first dataset; link objects the others.
+    let record = PackRecord { uploader: links.first().cloned(), index };
+    commit(&**store, &digest, &record).await.ctx("recording a rewritten pack")?;
+    for (i, name) in links.iter().enumerate() {
+        if i > 0 {
+            store
+                .put(&storage::pack_link(&digest, name), PutPayload::default())
+                .await
+                .ctx("linking a rewritten pack")?;
+        }
         hub.inner.chunks.add_link(digest, name.clone());
     }
     hub.inner.chunks.add_pack(digest, size, &entries);
@@ -937,9 +981,13 @@ async fn recheck(
     Ok(used)
 }
 
-/// Deletes a pack: index first (it stops being visible), then the bytes,
-/// the links and the marker.
+/// Deletes a pack: its records first (it stops being visible; this trims
+/// the pack log too), then an older hub's index, the bytes, the links and
+/// the marker.
 async fn delete_pack(store: &dyn ObjectStore, pack: &Digest, packs: &HashMap<Digest, PackInv>) -> Result<(), AppError> {
+    for key in packs.get(pack).map(|p| p.records.as_slice()).unwrap_or_default() {
+        delete_if_present(store, key).await?;
+    }
     delete_if_present(store, &storage::pack_index(pack)).await?;
     delete_if_present(store, &storage::pack(pack)).await?;
     if let Some(p) = packs.get(pack) {

@@ -193,7 +193,7 @@ impl Hub {
         let store: Arc<dyn ObjectStore> = Arc::new(storage::MeteredStore::new(store, metrics.store.clone()));
         // Every write of a pack index goes through the pack log.
         let sizes = Arc::new(chunk_index::log::PackSizes::default());
-        let store: Arc<dyn ObjectStore> = Arc::new(chunk_index::log::LoggedStore::new(store, sizes.clone()));
+        let store: Arc<dyn ObjectStore> = Arc::new(chunk_index::log::SizedStore::new(store, sizes.clone()));
         let tags = tags::TagStore::new(store.clone());
         let chunks = chunk_index::ChunkIndex::new(
             store.clone(),

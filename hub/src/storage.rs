@@ -7,18 +7,18 @@
 //!
 //! ```text
 //! packs/<hex>.pack                                   pack bytes
-//! packs/<hex>.idx                                    its index, written after the pack
+//! packs/<hex>.idx                                    its index (older hubs; now in the pack's record)
 //! packs/<hex>.links/<name…>                          empty: dataset <name> may read the pack
 //! datasets/<name…>/_manifests/<hex>                  manifest bytes (what the version is)
 //! datasets/<name…>/_placements/<hex>                 its placement (where its chunks are; GC rewrites it)
-//! datasets/<name…>/_pending/<hex>                    a publish in progress: the placement it will write
+//! datasets/<name…>/_pending/<hex>                    a publish in progress (older hubs): the placement it will write
 //! datasets/<name…>/_leases/<reader>                  JSON: versions a reader serves, until when
 //! datasets/<name…>/_doomed/<hex>                     empty: the version is being removed
 //! datasets/<name…>/_tags/<tag>/<seq, 20 digits>      one TagRecord per move, create-if-absent
 //! datasets/<name…>/_tags/<tag>/head                  hint: the latest seq (plain overwrite)
 //! gc/condemned/<hex>                                 pack being collected: no publish may use it
 //! gc/lock                                            JSON: the collection running, until when
-//! index/log/<day>/<ms, 20 digits>-<hex>              empty: pack <hex>'s index was stored then (the pack log)
+//! index/log/<day>/<ms, 20 digits>-<hex>              pack <hex>'s record: uploader and index (the commit point)
 //! ```
 //!
 //! Name segments start with `[a-z0-9]`, so `_manifests` and `_tags` can never
@@ -141,6 +141,11 @@ pub(crate) fn pack_log(ms: u64, d: &Digest) -> Path {
     Path::from_iter([INDEX, LOG, day.as_str(), file.as_str()])
 }
 
+/// The whole pack log.
+pub(crate) fn pack_log_dir() -> Path {
+    Path::from_iter([INDEX, LOG])
+}
+
 /// The directory of one day of the pack log.
 pub(crate) fn pack_log_day(day: u64) -> Path {
     let day = format!("{day:08}");
@@ -188,6 +193,11 @@ fn dataset_child<'a>(name: &'a Name, rest: impl IntoIterator<Item = &'a str>) ->
 pub(crate) fn manifest(name: &Name, d: &Digest) -> Path {
     let hex = d.hex();
     dataset_child(name, [MANIFESTS_DIR, hex.as_str()])
+}
+
+/// Every placement of `name` (not those of nested datasets).
+pub(crate) fn placements_dir(name: &Name) -> Path {
+    dataset_child(name, [PLACEMENTS_DIR])
 }
 
 pub(crate) fn placement(name: &Name, d: &Digest) -> Path {

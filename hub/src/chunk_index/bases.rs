@@ -7,12 +7,14 @@
 //! placements (immutable but for garbage collection's rewrites, which only
 //! move chunks out of packs it then condemns) bounded in bytes.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aetherfs_format::placement::PlacedChunk;
 use aetherfs_format::{Digest, Name, Placement};
 use axum::http::StatusCode;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::error::{AppError, StorageContext};
 use crate::storage;
@@ -24,10 +26,17 @@ pub(super) const BASES_MAX: usize = 8;
 const BASES_TTL: Duration = Duration::from_secs(5);
 /// Longest a placement is reused before it is read again.
 const PLACEMENT_TTL: Duration = Duration::from_secs(600);
+/// How long the packs of all of a dataset's placements are reused.
+const PLACED_TTL: Duration = Duration::from_secs(5);
+/// Placements read at once for [`Bases::placed`].
+const PLACED_PARALLELISM: usize = 16;
+/// Memory for [`Bases::placed`] sets, all datasets together.
+const PLACED_CAP_BYTES: u64 = 16 << 20;
 
 pub(super) struct Bases {
     versions: moka::future::Cache<Name, Arc<Vec<Digest>>>,
     placements: moka::future::Cache<(Name, Digest), Arc<Placement>>,
+    placed: moka::future::Cache<Name, Arc<HashSet<Digest>>>,
 }
 
 /// Memory one placement takes, estimated.
@@ -45,7 +54,47 @@ impl Bases {
                 .weigher(|_, p: &Arc<Placement>| weight(p))
                 .time_to_live(PLACEMENT_TTL)
                 .build(),
+            placed: moka::future::Cache::builder()
+                .max_capacity(PLACED_CAP_BYTES)
+                .weigher(|_, s: &Arc<HashSet<Digest>>| u32::try_from(64 + s.len() * 40).unwrap_or(u32::MAX))
+                .time_to_live(PLACED_TTL)
+                .build(),
         }
+    }
+
+    /// Every pack a placement of `name` uses, its versions tagged or not
+    /// (one LIST and a GET per placement; concurrent callers share one read,
+    /// reused for [`PLACED_TTL`]). The last way a replica that knows neither
+    /// the pack's record nor a link learns that `name` may read the pack.
+    pub async fn placed(
+        &self,
+        store: &Arc<dyn object_store::ObjectStore>,
+        name: &Name,
+    ) -> Result<Arc<HashSet<Digest>>, AppError> {
+        self.placed
+            .try_get_with(name.clone(), async {
+                let metas: Vec<object_store::ObjectMeta> =
+                    store.list(Some(&storage::placements_dir(name))).try_collect().await.ctx("listing placements")?;
+                let sets: Vec<Vec<Digest>> = futures::stream::iter(metas)
+                    .map(|m| async move {
+                        let Some(bytes) = storage::get_bytes(&**store, &m.location).await.ctx("reading a placement")?
+                        else {
+                            return Ok(Vec::new());
+                        };
+                        crate::routes::blocking("decoding a placement", move || {
+                            let p = Placement::decode(&bytes)
+                                .map_err(|e| AppError::internal("decoding a stored placement", e))?;
+                            Ok(p.packs().into_iter().collect())
+                        })
+                        .await
+                    })
+                    .buffer_unordered(PLACED_PARALLELISM)
+                    .try_collect()
+                    .await?;
+                Ok::<_, AppError>(Arc::new(sets.into_iter().flatten().collect()))
+            })
+            .await
+            .map_err(|e| AppError::new(e.status, e.code, e.message.clone()))
     }
 
     /// The placements of `name`'s base versions, newest first.
@@ -107,6 +156,7 @@ impl Bases {
     pub fn invalidate(&self) {
         self.placements.invalidate_all();
         self.versions.invalidate_all();
+        self.placed.invalidate_all();
     }
 
     pub fn bytes(&self) -> u64 {

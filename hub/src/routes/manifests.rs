@@ -5,13 +5,14 @@
 //! it. Publishing checks, in order, before anything is stored: the size bound
 //! (while reading), the digest of the exact bytes, a full decode (paths,
 //! sizes, order, conflicts); then it finds every chunk in a pack this dataset
-//! may read (linking packs the caller may read through another dataset), and
-//! refuses with `missing_chunks` whatever it cannot find, so the client
-//! uploads it. Against garbage collection it then runs its half of the
-//! handshake described in gc.rs: it records the publish as pending, and only
-//! if none of the packs it chose is condemned or gone does it store the
-//! placement and then the manifest. A published version can therefore always
-//! be read back completely.
+//! may read (or one the caller may read through another dataset: the
+//! placement then lets this dataset read it too), and refuses with
+//! `missing_chunks` whatever it cannot find, so the client uploads it.
+//! Against garbage collection it then runs its half of the handshake
+//! described in gc.rs: it stores the placement (a publish in flight until
+//! its manifest exists), and only if none of the packs it chose is condemned
+//! or gone does it store the manifest. A published version can therefore
+//! always be read back completely. Two writes: placement and manifest.
 
 use std::collections::HashSet;
 
@@ -25,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use object_store::{ObjectStoreExt, PutPayload};
 
-use super::{blocking, json_stream, packs, read_body};
+use super::{blocking, json_stream, read_body};
 use crate::Hub;
 use crate::auth::{Caller, Permission};
 use crate::error::{AppError, StorageContext};
@@ -255,28 +256,32 @@ pub(crate) async fn publish(
     }
     let placement = Placement::new(digest, placed);
     let packs = placement.packs();
+    // The placement is what lets `name` read these packs from now on
+    // (routes/packs.rs): no link object per pack.
     for pack in &packs {
-        packs::link(hub, *pack, &name).await?;
+        hub.inner.chunks.add_link(*pack, name.clone());
     }
 
     // The publish's half of the handshake with garbage collection (gc.rs):
-    // announce, then look for condemned or vanished packs.
+    // announce (the placement, stored before its manifest, is a publish in
+    // flight), then look for condemned or vanished packs.
     let encoded = bytes::Bytes::from(placement.encode());
     if encoded.len() > aetherfs_format::placement::PLACEMENT_MAX_BYTES {
         return Err(AppError::too_large("this version has too many chunks for one placement"));
     }
-    let pending = storage::pending(&name, &digest);
+    let placement_key = storage::placement(&name, &digest);
     let store = &hub.inner.store;
-    store.put(&pending, PutPayload::from(encoded.clone())).await.ctx("recording a publish")?;
+    store.put(&placement_key, PutPayload::from(encoded)).await.ctx("storing a placement")?;
     let gone = match unusable_packs(hub, &packs).await {
         Ok(g) => g,
         Err(e) => {
-            let _ = store.delete(&pending).await;
+            let _ = store.delete(&placement_key).await;
             return Err(e);
         }
     };
     if !gone.is_empty() {
-        let _ = store.delete(&pending).await;
+        // Without its manifest the placement is no version: gone with it.
+        let _ = store.delete(&placement_key).await;
         let lost: Vec<Digest> =
             placement.chunks().iter().filter(|c| gone.contains(&c.location.pack)).map(|c| c.digest).collect();
         tracing::info!(%name, %digest, packs = gone.len(), chunks = lost.len(), "publish refused: packs were collected");
@@ -285,15 +290,9 @@ pub(crate) async fn publish(
             "were in packs garbage collection has just removed; upload them again (the client does this itself)",
         ));
     }
-    let stored_all = async {
-        store.put(&storage::placement(&name, &digest), PutPayload::from(encoded)).await.ctx("storing a placement")?;
-        store.put(&key, PutPayload::from(body)).await.ctx("storing a manifest")
-    };
-    let res = stored_all.await;
-    // Stored or not, the publish is over; a leftover record only delays
-    // collection until it expires.
-    let _ = store.delete(&pending).await;
-    res?;
+    // A crash before this leaves a placement without a manifest: invisible,
+    // and garbage collection stops counting it after an hour.
+    store.put(&key, PutPayload::from(body)).await.ctx("storing a manifest")?;
     hub.inner.metrics.manifests_published.inc();
     tracing::info!(%name, %digest, files = stats.files, bytes = stats.bytes, "manifest published");
     Ok(ManifestStored { name, digest, stats, created: true })
@@ -321,7 +320,7 @@ async fn unusable_packs(hub: &Hub, packs: &std::collections::BTreeSet<Digest>) -
     let to_check: Vec<Digest> = packs.iter().filter(|p| !gone.contains(p)).copied().collect();
     let mut heads = futures::stream::iter(to_check)
         .map(|p| async move {
-            match store.head(&storage::pack_index(&p)).await {
+            match store.head(&storage::pack(&p)).await {
                 Ok(_) => Ok(None),
                 Err(object_store::Error::NotFound { .. }) => Ok(Some(p)),
                 Err(e) => Err(AppError::storage("looking up a pack", e)),

@@ -1,17 +1,18 @@
 //! `PUT|GET|HEAD /v1/datasets/{name}/packs/{digest}`.
 //!
-//! Packs are stored once (`packs/<hex>`) whatever dataset uploads them, but
-//! read through a dataset: a dataset may read a pack only once it is linked
-//! to it (`packs/<hex>.links/<name>`), which uploading the pack into it does,
-//! and publishing a version into it that uses a pack the publisher may read
-//! through another dataset. A pack that is not linked answers exactly as one
-//! that does not exist.
+//! Packs are stored once (`packs/<hex>.pack`) whatever dataset uploads them,
+//! but read through a dataset: a dataset may read a pack it uploaded (the
+//! pack's record names it), one a placement of its versions uses, or one
+//! linked to it (`packs/<hex>.links/<name>`: a second dataset uploading a
+//! stored pack). A pack the dataset may not read answers exactly as one that
+//! does not exist.
 //!
 //! An upload is bounded while it is read, hashed, and verified chunk by chunk
 //! (off the async workers) before a byte is stored. The pack is written
-//! first and its index second, so an index in storage always names a complete
-//! pack. Reads support one byte range (what the agent's fetcher sends) and
-//! stream the bytes from the store.
+//! first and its record (its index and uploader, in the pack log) second, so
+//! a record always names a complete pack: two writes per new pack. Reads
+//! support one byte range (what the agent's fetcher sends) and stream the
+//! bytes from the store.
 
 use std::ops::Range;
 
@@ -31,6 +32,7 @@ use object_store::{GetOptions, GetRange, GetResult, ObjectStoreExt, PutPayload};
 
 use super::{blocking, read_body};
 use crate::Hub;
+use crate::chunk_index::log::{PackRecord, commit};
 use crate::error::AppError;
 use crate::storage;
 
@@ -56,20 +58,10 @@ pub(crate) async fn link(hub: &Hub, pack: Digest, name: &Name) -> Result<(), App
     Ok(())
 }
 
-/// Whether `name` may read `pack`; asks the store when this replica does not
-/// know (another replica made the link).
+/// Whether `name` may read `pack` (see the module docs); asks the store
+/// when this replica does not know.
 pub(crate) async fn is_linked(hub: &Hub, pack: &Digest, name: &Name) -> Result<bool, AppError> {
-    if hub.inner.chunks.is_linked(pack, name) {
-        return Ok(true);
-    }
-    match hub.inner.store.head(&storage::pack_link(pack, name)).await {
-        Ok(_) => {
-            hub.inner.chunks.add_link(*pack, name.clone());
-            Ok(true)
-        }
-        Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(e) => Err(AppError::storage("looking up a pack link", e)),
-    }
+    hub.inner.chunks.may_read(pack, name).await
 }
 
 /// `PUT …/packs/{digest}`: stores the pack (once) and links it to `name`.
@@ -116,32 +108,36 @@ pub(crate) async fn store_pack(
     let size = body.len() as u64;
     let stored = |created| PackStored { pack: digest, chunks: entries.len() as u32, bytes: size, created };
 
-    let already = hub.inner.chunks.has_pack(&digest)
-        || match hub.inner.store.head(&storage::pack_index(&digest)).await {
-            Ok(_) => true,
-            Err(object_store::Error::NotFound { .. }) => false,
-            Err(e) => return Err(AppError::storage("looking up a pack", e)),
-        };
-    if already {
+    if hub.inner.chunks.has_pack(&digest) {
         hub.inner.chunks.add_pack(digest, size, &entries);
         // The uploader sent every byte: it may read the pack from now on.
         link(hub, digest, &name).await?;
         return Ok(stored(false));
     }
 
+    // Stored by a replica that did not tell this one, or by an upload that
+    // died before its record: the bytes stay, the record is written.
     let store = &hub.inner.store;
+    let bytes_there = match store.head(&storage::pack(&digest)).await {
+        Ok(meta) => meta.size == size,
+        Err(object_store::Error::NotFound { .. }) => false,
+        Err(e) => return Err(AppError::storage("looking up a pack", e)),
+    };
     let index = body.slice(index_range);
-    store
-        .put(&storage::pack(&digest), PutPayload::from(body))
-        .await
-        .map_err(|e| AppError::storage("storing a pack", e))?;
-    // Only now that the pack is complete does its index make it visible.
-    store
-        .put(&storage::pack_index(&digest), PutPayload::from(index))
-        .await
-        .map_err(|e| AppError::storage("storing a pack index", e))?;
+    if !bytes_there {
+        store
+            .put(&storage::pack(&digest), PutPayload::from(body))
+            .await
+            .map_err(|e| AppError::storage("storing a pack", e))?;
+    }
+    // Only now that the pack is complete does its record make it visible.
+    let record = PackRecord { uploader: Some(name.clone()), index };
+    commit(&**store, &digest, &record).await.map_err(|e| AppError::storage("recording a pack", e))?;
     hub.inner.chunks.add_pack(digest, size, &entries);
-    link(hub, digest, &name).await?;
+    hub.inner.chunks.add_link(digest, name);
+    if bytes_there {
+        return Ok(stored(false));
+    }
     let m = &hub.inner.metrics;
     m.packs_stored.inc();
     m.pack_bytes_received.inc_by(size);

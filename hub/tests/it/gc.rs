@@ -170,7 +170,10 @@ async fn a_publish_never_lands_on_a_condemned_or_vanished_pack() {
     let msg = h.put_manifest(NAME, &m).await.err(StatusCode::UNPROCESSABLE_ENTITY, "missing_chunks");
     assert!(msg.contains("garbage collection"), "{msg}");
     let keys = h.keys().await;
-    assert!(!keys.iter().any(|k| k.contains("_manifests") || k.contains("_pending")), "{keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.contains("_manifests") || k.contains("_placements") || k.contains("_pending")),
+        "a refused publish left {keys:?}"
+    );
     // The client asks again: the chunks are now missing, so it uploads them anew.
     let digests: Vec<Digest> = chunks.iter().map(|c| Digest::of(c)).collect();
     assert_eq!(h.missing(&digests).await["missing"].as_array().expect("list").len(), chunks.len());
@@ -183,8 +186,8 @@ async fn a_publish_never_lands_on_a_condemned_or_vanished_pack() {
     let placement = Placement::decode(&placement.body).expect("placement");
     assert_eq!(placement.packs().into_iter().collect::<Vec<_>>(), vec![again.digest]);
 
-    // A pack whose index vanished (another replica collected it) is refused too.
-    h.store.delete(&Path::from(format!("packs/{}.idx", again.digest.hex()))).await.expect("delete");
+    // A pack that vanished (another replica collected it) is refused too.
+    h.store.delete(&Path::from(format!("packs/{}.pack", again.digest.hex()))).await.expect("delete");
     let other = manifest(&[("g", &reordered)], &again, "two");
     h.put_manifest(NAME, &other).await.err(StatusCode::UNPROCESSABLE_ENTITY, "missing_chunks");
     assert_eq!(h.missing(&digests).await["missing"].as_array().expect("list").len(), chunks.len(), "still offered");
@@ -203,7 +206,7 @@ async fn a_publish_in_flight_keeps_its_packs() {
         pack.entries.iter().find(|e| e.digest == *d).map(|e| e.location(pack.digest))
     })
     .expect("decode");
-    let pending = format!("datasets/{NAME}/_pending/{}", digest.hex());
+    let pending = format!("datasets/{NAME}/_placements/{}", digest.hex());
     put(&h.store, &pending, Placement::of(&parsed, digest).encode()).await;
     let r = gc(&h, false).await;
     assert_eq!(r["packs_deleted"], 0, "{r}");

@@ -198,8 +198,12 @@ async fn start_reads_only_the_recent_log_whatever_the_store_holds() {
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let v1 = file_chunks(1);
     let p1 = build_pack(&v1);
+    let (v0, p0) = pack_of(2, 1000);
     let old = {
         let a = TestHub::over(store.clone(), HubOptions::default()).await;
+        // An untagged version: its pack is readable only through its placement.
+        assert!(a.put_pack(&p0).await.status.is_success());
+        assert!(a.put_manifest(NAME, &manifest(&[("f", &v0)], &p0, "v0")).await.status.is_success());
         push(&a, &v1, &p1, "v1").await;
         for salt in 0..40 {
             let (_, p) = pack_of(3, salt);
@@ -209,13 +213,15 @@ async fn start_reads_only_the_recent_log_whatever_the_store_holds() {
     };
     // Make it an old store: its log entries are past the window.
     let log: Vec<&String> = old.iter().filter(|k| k.starts_with("index/log/")).collect();
-    assert_eq!(log.len(), 41, "one log entry per stored pack");
+    assert_eq!(log.len(), 42, "one log entry per stored pack");
+    assert!(!old.iter().any(|k| k.ends_with(".idx") || k.contains(".links/")), "more than a record per pack: {old:?}");
     for k in log {
         let file = k.rsplit('/').next().expect("log key");
         let (ms, hex) = file.split_once('-').expect("log key");
         let aged = ms.parse::<u64>().expect("ms") - 2 * 86_400_000;
         let key = format!("index/log/{:08}/{aged:020}-{hex}", aged / 86_400_000);
-        store.put(&Path::from(key), PutPayload::default()).await.expect("put");
+        let record = store.get(&Path::from(k.as_str())).await.expect("get").bytes().await.expect("body");
+        store.put(&Path::from(key), PutPayload::from(record)).await.expect("put");
         store.delete(&Path::from(k.as_str())).await.expect("delete");
     }
 
@@ -237,4 +243,42 @@ async fn start_reads_only_the_recent_log_whatever_the_store_holds() {
         !asked.iter().any(|k| k.ends_with(".idx") || k == "list packs" || k == "list packs/"),
         "a lookup read pack indexes: {asked:?}"
     );
+
+    // The replica knows neither pack's record now: the dataset still reads
+    // the tagged version's pack (its placement is a base) and the untagged
+    // one's (found in its placements); another dataset reads neither.
+    let read = async |name: &str, pack: &BuiltPack| {
+        let uri = format!("/v1/datasets/{name}/packs/{}", pack.digest);
+        b.call(axum::http::Method::GET, &uri, &[("range", "bytes=0-9")], axum::body::Body::empty()).await.status
+    };
+    assert_eq!(read(NAME, &p1).await, axum::http::StatusCode::PARTIAL_CONTENT);
+    assert_eq!(read(NAME, &p0).await, axum::http::StatusCode::PARTIAL_CONTENT);
+    assert_eq!(read("acme/other", &p0).await, axum::http::StatusCode::NOT_FOUND);
+    assert_eq!(read("acme/other", &p1).await, axum::http::StatusCode::NOT_FOUND);
+}
+
+/// A store an older hub wrote (an empty log entry, the index in
+/// `packs/<hex>.idx`, the uploader as a link object) reads as before.
+#[tokio::test]
+async fn a_store_an_older_hub_wrote_still_serves() {
+    let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let (chunks, pack) = pack_of(4, 7);
+    let hex = pack.digest.hex();
+    let (range, _) = aetherfs_format::pack::verify_pack(&pack.bytes).expect("a valid pack");
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let put = async |key: String, body: Vec<u8>| store.put(&Path::from(key), PutPayload::from(body)).await.expect("put");
+    put(format!("packs/{hex}.pack"), pack.bytes.clone()).await;
+    put(format!("packs/{hex}.idx"), pack.bytes[range].to_vec()).await;
+    put(format!("packs/{hex}.links/{NAME}"), Vec::new()).await;
+    put(format!("index/log/{:08}/{ms:020}-{hex}", ms / 86_400_000), Vec::new()).await;
+
+    let h = TestHub::over(store.clone(), HubOptions::default()).await;
+    let (missing, present) = answer(&h.missing(&digests(&chunks)).await);
+    assert!(missing.is_empty() && present.len() == 4, "{missing:?}");
+    let m = manifest(&[("f", &chunks)], &pack, "old");
+    assert_eq!(h.put_manifest(NAME, &m).await.status, axum::http::StatusCode::CREATED);
+    let uri = format!("/v1/datasets/{NAME}/packs/{}", pack.digest);
+    let r = h.call(axum::http::Method::GET, &uri, &[], axum::body::Body::empty()).await;
+    assert_eq!(r.status, axum::http::StatusCode::OK);
+    assert_eq!(r.body.len(), pack.bytes.len());
 }
