@@ -599,7 +599,7 @@ pub struct PullArgs {
     /// Remove files and directories the version does not have.
     #[arg(long)]
     pub delete: bool,
-    /// Skip the sync (one syncfs per batch of files) before files are renamed into place (faster, not crash-safe).
+    /// Skip the sync (one syncfs per ~512 MiB or 16,384 files) before files are renamed into place (faster, not crash-safe).
     #[arg(long)]
     pub no_fsync: bool,
     #[command(flatten)]

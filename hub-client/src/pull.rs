@@ -15,9 +15,11 @@
 //!    writes each file to a temporary file beside its destination, verifies
 //!    every chunk (remote or local) against its digest, checks that what was
 //!    written is the file's chunk list (which its digest is derived from)
-//!    and fills its size and sets the mode; once the batch is written it is
-//!    synced (one syncfs) and its files are renamed into place. A
-//!    failure leaves the old file intact and removes the temporary one.
+//!    and fills its size and sets the mode; once the batch is written its
+//!    files join the [`Landing`], which makes them durable with one syncfs
+//!    per ~512 MiB or 16,384 files (across batches) and only then renames
+//!    them into place. A failure leaves the old file intact and removes the
+//!    temporary one.
 //! 5. Symlinks and empty directories, directory modes, then (optionally)
 //!    removal of entries the version does not have.
 //!
@@ -57,6 +59,9 @@ use crate::walk::{FileStat, LocalKind, Strictness, walk};
 const TMP_PREFIX: &str = ".aetherfs-tmp-";
 const BATCH_FETCH_BYTES: u64 = 16 << 20;
 const BATCH_MAX_FILES: usize = 512;
+/// Written bytes, or files, waiting for their names that make one syncfs.
+const LAND_BYTES: u64 = 512 << 20;
+const LAND_FILES: usize = 16_384;
 
 #[derive(Clone, Debug)]
 pub struct PullOptions {
@@ -68,7 +73,8 @@ pub struct PullOptions {
     pub threads: usize,
     /// Remove entries the version does not have.
     pub delete: bool,
-    /// Make each batch's files durable (one syncfs) before renaming them into place.
+    /// Make files durable (one syncfs per ~512 MiB or 16,384 files) before
+    /// renaming them into place.
     pub fsync: bool,
     /// Files get their mode without write bits (a read-only copy whose
     /// files may be hard-linked into later versions).
@@ -289,11 +295,21 @@ pub async fn pull_into(
         written: AtomicU64::new(0),
         cloned: AtomicU64::new(0),
     });
-    stream::iter(batches)
-        .map(|b| run_batch(client, name, dir, b, opts, counters.clone(), progress.clone()))
+    let landing = Arc::new(Landing::new(dir, opts.fsync));
+    let fetched = stream::iter(batches)
+        .map(|b| run_batch(client, name, dir, b, opts, landing.clone(), counters.clone(), progress.clone()))
         .buffer_unordered(opts.batches.max(1))
         .try_collect::<Vec<()>>()
-        .await?;
+        .await;
+    // Files written before a failure are complete and verified: they land too.
+    let landed = {
+        let (landing, counters, progress) = (landing.clone(), counters.clone(), progress.clone());
+        tokio::task::spawn_blocking(move || landing.finish(&counters, &progress))
+            .await
+            .map_err(|e| ClientError::Invalid(format!("landing task failed: {e}")))?
+    };
+    fetched?;
+    landed?;
 
     let (dir2, manifest2, unchanged2, delete, read_only) =
         (dir.to_path_buf(), manifest.clone(), unchanged.clone(), opts.delete, opts.read_only);
@@ -521,12 +537,14 @@ fn plan(
     (batches, fetch_bytes, reuse_bytes)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_batch(
     client: &HubClient,
     name: &Name,
     dir: &Path,
     batch: Batch,
     opts: &PullOptions,
+    landing: Arc<Landing>,
     counters: Arc<Counters>,
     progress: Progress<PullEvent>,
 ) -> Result<(), ClientError> {
@@ -559,15 +577,92 @@ async fn run_batch(
         }
     };
     let writer = {
-        let (dir, client, fsync, name) = (dir.to_path_buf(), client.clone(), opts.fsync, name.clone());
+        let (dir, client, name) = (dir.to_path_buf(), client.clone(), name.clone());
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let mut w = BatchWriter { rx, current: None, kept: HashMap::new(), handle, client, name };
-            w.write_all(&dir, batch.files, &batch.keep, fsync, &counters, &progress)
+            w.write_all(&dir, batch.files, &batch.keep, &landing, &counters, &progress)
         })
     };
     let (_, written) = tokio::join!(fetcher, writer);
     written.map_err(|e| ClientError::Invalid(format!("writer task failed: {e}")))?
+}
+
+/// A file written and verified under a temporary name.
+struct Written {
+    tmp: tempfile::TempPath,
+    dest: PathBuf,
+    path: String,
+    size: u64,
+}
+
+/// Files waiting for their names. They get them together once their data is
+/// durable: one syncfs per [`LAND_BYTES`] or [`LAND_FILES`] across batches,
+/// rather than an fdatasync (a journal commit) per file, which made a pull
+/// of 100,000 small files wait on 100,000 commits, or a syncfs per batch
+/// (200 of them). Either way no file reaches its name before its data is on
+/// disk. Without fsync, files are renamed as soon as they are written.
+struct Landing {
+    dir: PathBuf,
+    fsync: bool,
+    waiting: parking_lot::Mutex<(Vec<Written>, u64)>,
+}
+
+impl Landing {
+    fn new(dir: &Path, fsync: bool) -> Self {
+        Self { dir: dir.to_path_buf(), fsync, waiting: parking_lot::Mutex::new((Vec::new(), 0)) }
+    }
+
+    fn hand_over(
+        &self,
+        files: Vec<Written>,
+        counters: &Counters,
+        progress: &Progress<PullEvent>,
+    ) -> Result<(), ClientError> {
+        let due = {
+            let mut w = self.waiting.lock();
+            w.1 += files.iter().map(|f| f.size).sum::<u64>();
+            w.0.extend(files);
+            if !self.fsync || w.1 >= LAND_BYTES || w.0.len() >= LAND_FILES {
+                w.1 = 0;
+                std::mem::take(&mut w.0)
+            } else {
+                Vec::new()
+            }
+        };
+        self.land(due, counters, progress)
+    }
+
+    /// Lands whatever waits (the pull's end, or its failure).
+    fn finish(&self, counters: &Counters, progress: &Progress<PullEvent>) -> Result<(), ClientError> {
+        let due = std::mem::take(&mut self.waiting.lock().0);
+        self.land(due, counters, progress)
+    }
+
+    fn land(
+        &self,
+        files: Vec<Written>,
+        counters: &Counters,
+        progress: &Progress<PullEvent>,
+    ) -> Result<(), ClientError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        if self.fsync {
+            let root = File::open(&self.dir).map_err(|e| ClientError::io(".", e))?;
+            rustix::fs::syncfs(&root).map_err(|e| ClientError::io(".", e.into()))?;
+        }
+        for f in files {
+            let io = |e| ClientError::io(&f.path, e);
+            if fs::symlink_metadata(&f.dest).is_ok_and(|m| m.is_dir()) {
+                fs::remove_dir_all(&f.dest).map_err(io)?;
+            }
+            f.tmp.persist(&f.dest).map_err(|e| io(e.error))?;
+            counters.written.fetch_add(1, Ordering::Relaxed);
+            progress(PullEvent::Written { path: f.path });
+        }
+        Ok(())
+    }
 }
 
 enum RebuildError {
@@ -598,34 +693,16 @@ impl BatchWriter {
         dir: &Path,
         files: Vec<PlannedFile>,
         keep: &HashSet<Digest>,
-        fsync: bool,
+        landing: &Landing,
         counters: &Counters,
         progress: &Progress<PullEvent>,
     ) -> Result<(), ClientError> {
-        // Files are written to temporary files first and renamed into place
-        // together once their data is durable: one syncfs for the batch
-        // rather than an fdatasync (and a journal commit) per file, which
-        // made a pull of 100,000 small files wait on 100,000 commits. Either
-        // way no file reaches its name before its data is on disk.
-        let mut pending: Vec<(tempfile::TempPath, PathBuf, PlannedFile)> = Vec::with_capacity(files.len());
+        let mut written = Vec::with_capacity(files.len());
         for f in files {
             let tmp = self.write_file(dir, &f, keep, counters)?;
-            pending.push((tmp, dir.join(&f.path), f));
+            written.push(Written { tmp, dest: dir.join(&f.path), path: f.path, size: f.size });
         }
-        if fsync && !pending.is_empty() {
-            let root = File::open(dir).map_err(|e| ClientError::io(".", e))?;
-            rustix::fs::syncfs(&root).map_err(|e| ClientError::io(".", e.into()))?;
-        }
-        for (tmp, dest, f) in pending {
-            let io = |e| ClientError::io(&f.path, e);
-            if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
-                fs::remove_dir_all(&dest).map_err(io)?;
-            }
-            tmp.persist(&dest).map_err(|e| io(e.error))?;
-            counters.written.fetch_add(1, Ordering::Relaxed);
-            progress(PullEvent::Written { path: f.path });
-        }
-        Ok(())
+        landing.hand_over(written, counters, progress)
     }
 
     fn write_file(

@@ -12,12 +12,12 @@
 //!    last day (`--index-window-secs`; newest first, until the bound is full), and when a
 //!    lookup misses it lists what was logged since (at most once every
 //!    [`RESCAN_INTERVAL`], concurrent callers sharing one listing). Any
-//!    dataset's pack counts, if the caller may read it through one of its
-//!    links, as before.
+//!    dataset's pack counts, if the caller may read it: through the dataset
+//!    its record names, or a link object.
 //! 2. **Base versions** ([`bases`]): the placements of the versions `D`'s
 //!    tags point at (the newest [`bases::BASES_MAX`]), read on demand and
-//!    cached with a bound. Publishing linked every pack of a placement to
-//!    `D`, so these need no link check.
+//!    cached with a bound. A placement of `D` lets `D` read every pack it
+//!    uses, so these need no link check.
 //!
 //! Start reads no pack index but the recent ones, and memory is bounded by
 //! `--max-index-mib` whatever the store holds. What is lost: dedup against
@@ -495,7 +495,7 @@ async fn follow_log(shared: &Shared, from_ms: u64, at_start: bool) -> Result<(us
         .filter_map(|m| storage::parse_pack_log(&m.location).map(|(ms, d)| (ms, d, m.location)))
         .collect();
     let newest = logged.iter().map(|l| l.0).max().unwrap_or(0);
-    logged.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    logged.sort_unstable_by_key(|l| std::cmp::Reverse((l.0, l.1)));
     let unknown: Vec<(Digest, object_store::path::Path)> = {
         let state = shared.state.read();
         let mut seen = HashSet::new();
@@ -568,7 +568,8 @@ async fn read_record(
         Err(e) => Ok(Some((Err(format!("pack record: {e}")), Vec::new()))),
         Ok(None) => {
             let Some(index) = storage::get_bytes(store, &storage::pack_index(pack)).await? else { return Ok(None) };
-            let links: Vec<object_store::ObjectMeta> = store.list(Some(&storage::pack_links(pack))).try_collect().await?;
+            let links: Vec<object_store::ObjectMeta> =
+                store.list(Some(&storage::pack_links(pack))).try_collect().await?;
             let names = links.iter().filter_map(|l| storage::parse_pack_link(&l.location)).map(|(_, n)| n).collect();
             Ok(Some((Ok(index), names)))
         }

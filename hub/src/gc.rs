@@ -487,7 +487,8 @@ async fn mark(
             }
         }
     }
-    let read: Vec<(Name, Digest, Option<String>, bool, Option<Placement>)> = futures::stream::iter(todo)
+    type Read = (Name, Digest, Option<String>, bool, Option<Placement>);
+    let read: Vec<Read> = futures::stream::iter(todo)
         .map(|(name, d, etag, in_flight)| async move {
             let p = read_placement(&**store, &storage::placement(&name, &d)).await?;
             Ok::<_, AppError>((name, d, etag, in_flight, p))

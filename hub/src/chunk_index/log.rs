@@ -105,7 +105,9 @@ impl PackRecord {
 /// (a retried upload) adds a second record for the same pack, which readers
 /// take as one.
 pub(crate) async fn commit(store: &dyn ObjectStore, pack: &Digest, record: &PackRecord) -> object_store::Result<()> {
-    store.put_opts(&storage::pack_log(now_ms(), pack), PutPayload::from(record.encode()), PutOptions::default()).await?;
+    store
+        .put_opts(&storage::pack_log(now_ms(), pack), PutPayload::from(record.encode()), PutOptions::default())
+        .await?;
     Ok(())
 }
 

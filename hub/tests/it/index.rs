@@ -266,7 +266,8 @@ async fn a_store_an_older_hub_wrote_still_serves() {
     let hex = pack.digest.hex();
     let (range, _) = aetherfs_format::pack::verify_pack(&pack.bytes).expect("a valid pack");
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
-    let put = async |key: String, body: Vec<u8>| store.put(&Path::from(key), PutPayload::from(body)).await.expect("put");
+    let put =
+        async |key: String, body: Vec<u8>| store.put(&Path::from(key), PutPayload::from(body)).await.expect("put");
     put(format!("packs/{hex}.pack"), pack.bytes.clone()).await;
     put(format!("packs/{hex}.idx"), pack.bytes[range].to_vec()).await;
     put(format!("packs/{hex}.links/{NAME}"), Vec::new()).await;
