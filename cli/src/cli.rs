@@ -479,6 +479,12 @@ pub struct HubArgs {
     /// start lists one log prefix per day.
     #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
     pub index_window_secs: u64,
+    /// Memory, in MiB, for 16 MiB pack blocks read through for readers: once
+    /// readers come back to a block, the store is asked for the whole block
+    /// once rather than for each small range (docs/storage-layout.md,
+    /// "Requests and their cost"). 0: every read goes to the store as asked.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    pub read_cache_mib: u64,
     /// An upload body (pack, manifest, query) that pauses longer than this
     /// many seconds is refused with 408, freeing its upload slot.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]

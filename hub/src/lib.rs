@@ -7,6 +7,7 @@
 //! - `gc`: garbage collection (retention, mark, repack, sweep) and its handshake with publishes
 //! - `lifecycle`: the retention and garbage-collection configuration
 //! - `metrics`: Prometheus metrics and the request-tracking layer
+//! - `pack_blocks`: 16 MiB pack blocks read through for readers, so small ranges make few store GETs
 //! - `routes`: the router and one handler file per resource
 //! - `storage`: opening the object store and its key layout
 //! - `tags`: tag moves (compare-and-swap), history and long-polls
@@ -39,6 +40,7 @@ mod gc;
 mod grpc;
 pub mod lifecycle;
 mod metrics;
+mod pack_blocks;
 mod routes;
 pub mod serve;
 mod storage;
@@ -66,6 +68,8 @@ pub const REDIRECT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(
 
 /// The chunk index's default memory bound.
 pub const DEFAULT_INDEX_BYTES: u64 = 64 << 20;
+/// Default memory for pack blocks read through for readers.
+pub const DEFAULT_READ_CACHE_BYTES: u64 = 256 << 20;
 
 /// Pack and manifest uploads read and verified at once; each holds up to
 /// `max_pack_bytes` (or `max_manifest_bytes`) in memory.
@@ -103,6 +107,9 @@ pub struct HubOptions {
     pub max_index_bytes: u64,
     /// How far back the pack log is read at start (the recent packs).
     pub index_window: std::time::Duration,
+    /// Memory for pack blocks read through for readers (pack_blocks.rs); 0:
+    /// every read goes to the store as asked.
+    pub read_cache_bytes: u64,
     /// Longest an upload's body may pause between two pieces before it is
     /// refused (`408 body_timeout`), freeing its upload slot.
     pub body_stall: std::time::Duration,
@@ -128,6 +135,7 @@ impl Default for HubOptions {
             body_stall: std::time::Duration::from_secs(30),
             max_index_bytes: DEFAULT_INDEX_BYTES,
             index_window: chunk_index::WINDOW,
+            read_cache_bytes: DEFAULT_READ_CACHE_BYTES,
             long_poll_max: LONG_POLL_MAX,
             tls: false,
         }
@@ -154,6 +162,8 @@ pub(crate) struct Inner {
     pub opts: HubOptions,
     pub description: String,
     pub chunks: chunk_index::ChunkIndex,
+    /// Pack blocks read through for readers; `None` when disabled.
+    pub blocks: Option<pack_blocks::PackBlocks>,
     pub tags: tags::TagStore,
     pub metrics: metrics::Metrics,
     pub uploads: Semaphore,
@@ -191,7 +201,7 @@ impl Hub {
         let metrics = metrics::Metrics::new();
         // Metered innermost, so the pack log's own writes are counted too.
         let store: Arc<dyn ObjectStore> = Arc::new(storage::MeteredStore::new(store, metrics.store.clone()));
-        // Every write of a pack index goes through the pack log.
+        // Pack sizes seen on the way, so range reads need no HEAD.
         let sizes = Arc::new(chunk_index::log::PackSizes::default());
         let store: Arc<dyn ObjectStore> = Arc::new(chunk_index::log::SizedStore::new(store, sizes.clone()));
         let tags = tags::TagStore::new(store.clone());
@@ -204,6 +214,12 @@ impl Hub {
             metrics.chunks_indexed.clone(),
             metrics.chunk_index_bytes.clone(),
         );
+        let blocks = pack_blocks::PackBlocks::new(
+            store.clone(),
+            opts.read_cache_bytes,
+            metrics.pack_block_hits.clone(),
+            metrics.pack_blocks_loaded.clone(),
+        );
         let dav_store = store.clone();
         let hub = Hub {
             inner: Arc::new(Inner {
@@ -212,6 +228,7 @@ impl Hub {
                 presigner,
                 description,
                 chunks,
+                blocks,
                 metrics,
                 uploads: Semaphore::new(CONCURRENT_UPLOADS),
                 json_views: Arc::new(Semaphore::new(CONCURRENT_JSON_VIEWS)),

@@ -27,6 +27,8 @@ pub(crate) const PACK_BYTES_RECEIVED: &str = "aetherfs_hub_pack_received";
 pub(crate) const PACK_BYTES_SERVED: &str = "aetherfs_hub_pack_served";
 pub(crate) const PACK_READS_REDIRECTED: &str = "aetherfs_hub_pack_reads_redirected";
 pub(crate) const PACKS_STORED: &str = "aetherfs_hub_packs_stored";
+pub(crate) const PACK_BLOCK_HITS: &str = "aetherfs_hub_pack_block_hits";
+pub(crate) const PACK_BLOCKS_LOADED: &str = "aetherfs_hub_pack_blocks_loaded";
 pub(crate) const MANIFESTS_PUBLISHED: &str = "aetherfs_hub_manifests_published";
 pub(crate) const TAG_MOVES: &str = "aetherfs_hub_tag_moves";
 pub(crate) const VERSIONS_DELETED: &str = "aetherfs_hub_versions_deleted";
@@ -104,6 +106,8 @@ pub(crate) struct Metrics {
     pub pack_bytes_received: Counter,
     pub pack_bytes_served: Counter,
     pub pack_reads_redirected: Counter,
+    pub pack_block_hits: Counter,
+    pub pack_blocks_loaded: Counter,
     pub packs_stored: Counter,
     pub manifests_published: Counter,
     pub tag_moves: Counter,
@@ -146,6 +150,8 @@ impl Metrics {
             pack_bytes_received: Counter::default(),
             pack_bytes_served: Counter::default(),
             pack_reads_redirected: Counter::default(),
+            pack_block_hits: Counter::default(),
+            pack_blocks_loaded: Counter::default(),
             packs_stored: Counter::default(),
             manifests_published: Counter::default(),
             tag_moves: Counter::default(),
@@ -202,6 +208,16 @@ impl Metrics {
             m.pack_reads_redirected.clone(),
         );
         r.register(PACKS_STORED, "Packs verified and stored", m.packs_stored.clone());
+        r.register(
+            PACK_BLOCK_HITS,
+            "Pack range reads served from a 16 MiB block held in memory (--read-cache-mib)",
+            m.pack_block_hits.clone(),
+        );
+        r.register(
+            PACK_BLOCKS_LOADED,
+            "16 MiB pack blocks read from the store for readers (--read-cache-mib)",
+            m.pack_blocks_loaded.clone(),
+        );
         r.register(MANIFESTS_PUBLISHED, "Manifests verified and stored", m.manifests_published.clone());
         r.register(TAG_MOVES, "Tag moves and deletions made through this replica", m.tag_moves.clone());
         r.register(VERSIONS_DELETED, "Versions deleted through this replica", m.versions_deleted.clone());

@@ -55,6 +55,7 @@ pub async fn run(a: HubArgs) -> Result<()> {
         body_stall: std::time::Duration::from_secs(a.body_timeout_secs),
         max_index_bytes: a.max_index_mib << 20,
         index_window: std::time::Duration::from_secs(a.index_window_secs),
+        read_cache_bytes: a.read_cache_mib << 20,
         long_poll_max: std::time::Duration::from_secs(a.long_poll_max_secs),
         tls: tls.is_some(),
         ..HubOptions::default()

@@ -229,10 +229,17 @@ async fn read_pack(hub: &Hub, digest: Digest, method: &Method, headers: &HeaderM
         return Ok((status, headers, Body::empty()).into_response());
     }
 
+    let served = hub.inner.metrics.pack_bytes_served.clone();
+    if let (Some(r), Some(size)) = (&range, size)
+        && let Some(bytes) = from_blocks(hub, &digest, size, r).await?
+    {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len() as u64));
+        served.inc_by(bytes.len() as u64);
+        return Ok((status, headers, Body::from(bytes)).into_response());
+    }
     let result = open(hub, &digest, range).await?;
     let len = result.range.end - result.range.start;
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    let served = hub.inner.metrics.pack_bytes_served.clone();
     // Ranges (at most a few MiB each) are read in one piece: streaming a local
     // file in small pieces costs more in thread hand-offs than in reading.
     if len <= BUFFERED_READ_MAX {
@@ -247,6 +254,21 @@ async fn read_pack(hub: &Hub, digest: Digest, method: &Method, headers: &HeaderM
         })
         .inspect_err(move |e| tracing::error!(pack = %digest, error = %e, "pack stream failed"));
     Ok((status, headers, Body::from_stream(stream)).into_response())
+}
+
+/// `range` from the pack blocks held for readers, when they serve it.
+async fn from_blocks(
+    hub: &Hub,
+    digest: &Digest,
+    size: u64,
+    range: &Range<u64>,
+) -> Result<Option<bytes::Bytes>, AppError> {
+    let Some(blocks) = &hub.inner.blocks else { return Ok(None) };
+    match blocks.read(digest, size, range).await {
+        Ok(b) => Ok(b),
+        Err(object_store::Error::NotFound { .. }) => Err(pack_not_found(digest)),
+        Err(e) => Err(AppError::storage("reading a pack", e)),
+    }
 }
 
 /// A stored pack's size, from the store.
@@ -306,6 +328,10 @@ pub(crate) async fn read_range(
     let end = if length == 0 { size } else { offset.saturating_add(length).min(size) };
     if offset >= end {
         return Err(unsatisfiable(size));
+    }
+    if let Some(bytes) = from_blocks(hub, &digest, size, &(offset..end)).await? {
+        hub.inner.metrics.pack_bytes_served.inc_by(bytes.len() as u64);
+        return Ok((offset, Box::pin(futures::stream::once(async move { Ok(bytes) }))));
     }
     let result = open(hub, &digest, Some(offset..end)).await?;
     let served = hub.inner.metrics.pack_bytes_served.clone();

@@ -1026,6 +1026,36 @@ async fn request_economy(h: TestHub) {
     assert!(bytes >= 100.0, "{bytes}");
 }
 
+/// A reader going through a pack in small ranges costs the store one GET
+/// for its first range and one for the block; the rest is served from
+/// memory, for it and for a second reader. With the cache off, every range
+/// is a GET.
+#[tokio::test]
+async fn small_sequential_reads_cost_one_get_per_block() {
+    let chunks: Vec<Vec<u8>> = (0..24).map(|i| random_bytes(900 + i, 48 << 10)).collect();
+    let pack = build_pack(&chunks);
+    let ranges: Vec<(usize, usize)> =
+        (0..pack.bytes.len()).step_by(64 << 10).map(|s| (s, (s + (64 << 10)).min(pack.bytes.len()))).collect();
+    assert!(ranges.len() > 10);
+    for (cache, gets_wanted) in [(true, 2), (false, 2 * ranges.len() as u64)] {
+        let opts = HubOptions { read_cache_bytes: if cache { 64 << 20 } else { 0 }, ..HubOptions::default() };
+        let h = TestHub::over(Arc::new(InMemory::new()), opts).await;
+        assert_eq!(h.put_pack(&pack).await.status, StatusCode::CREATED);
+        let before = h.store_requests("get_range").await + h.store_requests("get").await;
+        let uri = format!("/v1/datasets/acme/geoip/packs/{}", pack.digest);
+        for _reader in 0..2 {
+            for &(s, e) in &ranges {
+                let range = format!("bytes={s}-{}", e - 1);
+                let r = h.call(Method::GET, &uri, &[("range", range.as_str())], Body::empty()).await;
+                assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+                assert_eq!(&r.body[..], &pack.bytes[s..e], "bytes {s}..{e}");
+            }
+        }
+        let gets = h.store_requests("get_range").await + h.store_requests("get").await - before;
+        assert_eq!(gets, gets_wanted, "store GETs with the block cache {}", if cache { "on" } else { "off" });
+    }
+}
+
 /// The same router behind a real socket: framing of streamed bodies, HEAD and
 /// ranges as hyper sends them.
 #[tokio::test]
